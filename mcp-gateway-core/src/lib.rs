@@ -1,0 +1,41 @@
+//! Shared building blocks of **mcp-gateway**: everything the gateway layers need to agree on.
+//!
+//! - [`message`]: classify a JSON-RPC request body once (method, id, kind, tool/prompt name,
+//!   resource URI, `params._meta`) without building a DOM of the arguments.
+//! - [`era`]: tell the legacy (session) protocol era from the 2026-07-28 (sessionless) one, and
+//!   check that the `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers match the body.
+//! - [`meta`]: rewrite `params._meta` keys while keeping every other byte of the body.
+//! - [`sse`]: an incremental, bounded Server-Sent Events decoder and an encoder.
+//! - [`jsonrpc`]: request ids, error codes and JSON-RPC error responses with the right HTTP status.
+//! - [`request`]: [`McpRequest`], the parsed view that travels in request extensions so that no
+//!   layer parses a body twice.
+//! - [`principal`]: [`Principal`], the identity that authentication hands to later layers.
+//!
+//! ```
+//! use mcp_gateway_core::message::{classify, MessageKind};
+//!
+//! let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+//! let parsed = classify(body).unwrap();
+//! let msg = parsed.single().unwrap();
+//! assert_eq!(msg.kind(), MessageKind::Request);
+//! assert_eq!(msg.method(), Some("tools/call"));
+//! assert_eq!(msg.target(), Some("echo"));
+//! assert_eq!(msg.id().unwrap().as_raw(), "7");
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod era;
+pub mod headers;
+pub mod jsonrpc;
+pub mod message;
+pub mod meta;
+pub mod principal;
+pub mod request;
+pub mod sse;
+
+pub use era::{Era, ProtocolInfo};
+pub use jsonrpc::{ErrorCode, JsonRpcError, RequestId};
+pub use message::{classify, McpMessage, MessageKind, ParsedBody};
+pub use principal::{Principal, PrincipalKind};
+pub use request::McpRequest;

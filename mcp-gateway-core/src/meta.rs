@@ -1,0 +1,214 @@
+//! Rewriting `params._meta` while keeping every other byte of the body.
+//!
+//! Layers that add to `_meta` (trace context, say) must not drop or alter keys they do not own.
+//! [`set_meta_entries`] splices new values into the original text: an existing key gets its value
+//! replaced in place, a new key is appended inside the existing `_meta` object, and a message
+//! without `_meta` (or without `params`) gets one inserted. Nothing else moves.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use mcp_gateway_core::message::classify;
+//! use mcp_gateway_core::meta::set_meta_entries;
+//!
+//! let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"k":1}}}"#);
+//! let msg = classify(&body).unwrap().single().unwrap().clone();
+//! let out = set_meta_entries(&body, &msg, &[("traceparent", "\"00-abc-def-01\"")]).unwrap();
+//! assert_eq!(&out[..], br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"k":1,"traceparent":"00-abc-def-01"}}}"#);
+//! ```
+
+use crate::message::McpMessage;
+use bytes::{Bytes, BytesMut};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why `_meta` could not be rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    /// `params` or `params._meta` is present but not a JSON object.
+    #[error("params._meta is not a JSON object")]
+    NotAnObject,
+    /// A value given to [`set_meta_entries`] is not valid JSON.
+    #[error("value for _meta key {0:?} is not valid JSON")]
+    InvalidValue(String),
+}
+
+struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    out.push((k, v));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn offset(base: &[u8], part: &str) -> usize {
+    (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize)
+}
+
+/// Sets `_meta` keys of message `msg` (which must have been classified from `body`) to raw JSON
+/// values, returning the new body. Keys not named in `entries` are kept byte for byte.
+pub fn set_meta_entries(
+    body: &Bytes,
+    msg: &McpMessage,
+    entries: &[(&str, &str)],
+) -> Result<Bytes, MetaError> {
+    for (k, v) in entries {
+        if serde_json::from_str::<&RawValue>(v).is_err() {
+            return Err(MetaError::InvalidValue((*k).to_owned()));
+        }
+    }
+    // (position, bytes to remove, text to insert), applied in position order.
+    let mut splices: Vec<(usize, usize, String)> = Vec::new();
+    let encode_new = |keys: &[&(&str, &str)]| -> String {
+        let mut s = String::new();
+        for (i, (k, v)) in keys.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(&serde_json::to_string(k).unwrap_or_default());
+            s.push(':');
+            s.push_str(v);
+        }
+        s
+    };
+    if let Some(meta) = msg.meta_span() {
+        let text = std::str::from_utf8(&body[meta.clone()]).map_err(|_| MetaError::NotAnObject)?;
+        let existing: Entries<'_> =
+            serde_json::from_str(text).map_err(|_| MetaError::NotAnObject)?;
+        let mut missing = Vec::new();
+        for entry in entries {
+            let mut found = false;
+            for (k, v) in &existing.0 {
+                if k == entry.0 {
+                    let start = meta.start + offset(text.as_bytes(), v.get());
+                    splices.push((start, v.get().len(), entry.1.to_owned()));
+                    found = true;
+                }
+            }
+            if !found {
+                missing.push(entry);
+            }
+        }
+        if !missing.is_empty() {
+            let close = meta.end - 1; // the closing brace of _meta
+            let sep = if existing.0.is_empty() { "" } else { "," };
+            splices.push((close, 0, format!("{sep}{}", encode_new(&missing))));
+        }
+    } else if let Some(params) = msg.params_span() {
+        let text = &body[params.clone()];
+        if text.first() != Some(&b'{') {
+            return Err(MetaError::NotAnObject);
+        }
+        let empty = text[1..].iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
+        let all: Vec<_> = entries.iter().collect();
+        let sep = if empty { "" } else { "," };
+        splices.push((params.start + 1, 0, format!("\"_meta\":{{{}}}{sep}", encode_new(&all))));
+    } else {
+        let span = msg.span();
+        let all: Vec<_> = entries.iter().collect();
+        splices.push((
+            span.end - 1,
+            0,
+            format!(",\"params\":{{\"_meta\":{{{}}}}}", encode_new(&all)),
+        ));
+    }
+    splices.sort_by_key(|s| s.0);
+    let extra: usize = splices.iter().map(|s| s.2.len()).sum();
+    let mut out = BytesMut::with_capacity(body.len() + extra);
+    let mut pos = 0;
+    for (at, remove, insert) in splices {
+        out.extend_from_slice(&body[pos..at]);
+        out.extend_from_slice(insert.as_bytes());
+        pos = at + remove;
+    }
+    out.extend_from_slice(&body[pos..]);
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::classify;
+
+    fn rewrite(body: &'static str, entries: &[(&str, &str)]) -> String {
+        let b = Bytes::from_static(body.as_bytes());
+        let m = classify(&b).unwrap().messages()[0].clone();
+        let out = set_meta_entries(&b, &m, entries).unwrap();
+        let s = String::from_utf8(out.to_vec()).unwrap();
+        serde_json::from_str::<serde_json::Value>(&s).unwrap();
+        s
+    }
+
+    #[test]
+    fn replaces_in_place_and_keeps_others() {
+        assert_eq!(
+            rewrite(
+                r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{ "a" : 1, "traceparent" : "old" , "b":[1]}}}"#,
+                &[("traceparent", "\"new\"")]
+            ),
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{ "a" : 1, "traceparent" : "new" , "b":[1]}}}"#
+        );
+    }
+
+    #[test]
+    fn inserts_meta_into_params_or_message() {
+        assert_eq!(
+            rewrite(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"x":1}}"#, &[("k", "2")]),
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"k":2},"x":1}}"#
+        );
+        assert_eq!(
+            rewrite(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{ }}"#, &[("k", "2")]),
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"k":2} }}"#
+        );
+        assert_eq!(
+            rewrite(r#"{"jsonrpc":"2.0","id":1,"method":"m"}"#, &[("k", "2"), ("j", "\"s\"")]),
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"k":2,"j":"s"}}}"#
+        );
+        assert_eq!(
+            rewrite(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{}}}"#, &[("k", "2")]),
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"k":2}}}"#
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let b = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":3}}"#);
+        let m = classify(&b).unwrap().messages()[0].clone();
+        assert_eq!(set_meta_entries(&b, &m, &[("k", "1")]), Err(MetaError::NotAnObject));
+        let b = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"m"}"#);
+        let m = classify(&b).unwrap().messages()[0].clone();
+        assert!(matches!(
+            set_meta_entries(&b, &m, &[("k", "{")]),
+            Err(MetaError::InvalidValue(_))
+        ));
+    }
+
+    #[test]
+    fn batch_member_is_rewritten_alone() {
+        let b = Bytes::from_static(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","id":2,"method":"b","params":{}}]"#,
+        );
+        let p = classify(&b).unwrap();
+        let out = set_meta_entries(&b, &p.messages()[1], &[("k", "1")]).unwrap();
+        assert_eq!(
+            &out[..],
+            br#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","id":2,"method":"b","params":{"_meta":{"k":1}}}]"#
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! The identity of the caller, as authentication establishes it.
+//!
+//! An authentication layer inserts a [`Principal`] into request extensions; rate limiting,
+//! tracing and audit read it from there, so every layer agrees on who is calling.
+//!
+//! ```
+//! use mcp_gateway_core::{Principal, PrincipalKind};
+//!
+//! let p = Principal::new("user-42", PrincipalKind::User)
+//!     .with_client_id("agent-a")
+//!     .with_scopes(["tools:read", "tools:call"]);
+//! assert!(p.has_scope("tools:call"));
+//! assert_eq!(p.agent_key(), "agent-a");
+//! ```
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Whether a principal is a person acting through an agent, or a machine acting for itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PrincipalKind {
+    /// A token delegated by a user (authorization code flow).
+    User,
+    /// A machine-to-machine token (client credentials).
+    Service,
+    /// No authentication configured: the caller is anonymous.
+    Anonymous,
+}
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    subject: Arc<str>,
+    client_id: Option<Arc<str>>,
+    scopes: Arc<BTreeSet<String>>,
+    kind: PrincipalKind,
+}
+
+impl Principal {
+    /// A principal with a subject and a kind, no client id and no scopes.
+    pub fn new(subject: impl Into<Arc<str>>, kind: PrincipalKind) -> Self {
+        Self {
+            subject: subject.into(),
+            client_id: None,
+            scopes: Arc::default(),
+            kind,
+        }
+    }
+
+    /// The anonymous principal.
+    pub fn anonymous() -> Self {
+        Self::new("anonymous", PrincipalKind::Anonymous)
+    }
+
+    /// Sets the OAuth client id (the agent).
+    pub fn with_client_id(mut self, client_id: impl Into<Arc<str>>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// Sets the granted scopes.
+    pub fn with_scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = Arc::new(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The subject (`sub`).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The OAuth client id, when known.
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
+    /// The granted scopes.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.scopes.iter().map(String::as_str)
+    }
+
+    /// True when `scope` was granted.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.contains(scope)
+    }
+
+    /// The kind of principal.
+    pub fn kind(&self) -> PrincipalKind {
+        self.kind
+    }
+
+    /// The key that limits and costs are attributed to: the client id (the agent) when known,
+    /// else the subject.
+    pub fn agent_key(&self) -> &str {
+        self.client_id.as_deref().unwrap_or(&self.subject)
+    }
+}

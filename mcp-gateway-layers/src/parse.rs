@@ -1,0 +1,235 @@
+//! [`ParseMcp`]: read the request once, classify it, and share the result.
+//!
+//! The layer buffers a POST body up to a limit (requests are single JSON-RPC messages; it is
+//! responses that stream), classifies it with [`mcp_gateway_core::message::classify`], checks
+//! the 2026-07-28 header/body agreement, and inserts an [`McpRequest`] into the request
+//! extensions before calling the inner service with the same bytes. Later layers read the view
+//! instead of parsing again. Its answers:
+//!
+//! | input | status | JSON-RPC code |
+//! |---|---|---|
+//! | body over the limit | 413 | -32600 |
+//! | not JSON | 400 | -32700 |
+//! | JSON but not JSON-RPC 2.0 | 400 | -32600 |
+//! | 2026-07-28 headers disagree with the body | 400 | -32020 |
+//! | batch outside protocol 2025-03-26 | 400 | -32600 |
+//! | `Content-Type` present and not JSON on POST | 415 | -32600 |
+//! | method other than POST, GET, DELETE | 405 | -32600 |
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use mcp_gateway_core::McpRequest;
+//! use mcp_gateway_layers::ParseMcpLayer;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(ParseMcpLayer::new())
+//!     .service(service_fn(|req: Request<Full<Bytes>>| async move {
+//!         let view = McpRequest::from_extensions(req.extensions()).unwrap();
+//!         let method = view.single().unwrap().method().unwrap().to_owned();
+//!         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(method))))
+//!     }));
+//! let req = Request::post("/mcp")
+//!     .header("content-type", "application/json")
+//!     .body(Full::new(Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)))
+//!     .unwrap();
+//! let resp = svc.oneshot(req).await.unwrap();
+//! assert_eq!(resp.status(), 200);
+//! # }
+//! ```
+
+use crate::body::{reject, ResponseBody};
+use crate::BoxError;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use mcp_gateway_core::era::detect;
+use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
+use mcp_gateway_core::message::classify;
+use mcp_gateway_core::McpRequest;
+use std::task::{Context, Poll};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The default request body limit: 4 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Applies [`ParseMcp`].
+#[derive(Clone, Copy, Debug)]
+pub struct ParseMcpLayer {
+    limit: usize,
+}
+
+impl Default for ParseMcpLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ParseMcpLayer {
+    /// A layer with the default body limit ([`DEFAULT_BODY_LIMIT`]).
+    pub const fn new() -> Self {
+        Self {
+            limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+
+    /// Sets the largest request body accepted, in bytes.
+    pub const fn body_limit(mut self, bytes: usize) -> Self {
+        self.limit = bytes;
+        self
+    }
+}
+
+impl<S> Layer<S> for ParseMcpLayer {
+    type Service = ParseMcp<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ParseMcp {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+/// Classifies MCP requests once and shares the result in extensions. See the module docs.
+#[derive(Clone, Debug)]
+pub struct ParseMcp<S> {
+    inner: S,
+    limit: usize,
+}
+
+fn refuse<B>(
+    status: StatusCode,
+    err: JsonRpcError,
+    id: Option<&mcp_gateway_core::RequestId>,
+) -> Response<ResponseBody<B>> {
+    reject(err.into_response(status, id))
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ParseMcp<S>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Take the service that was driven to readiness; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limit = self.limit;
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            if let Some(view) = McpRequest::from_extensions(&parts.extensions) {
+                // An earlier layer already read and classified this request.
+                let bytes = view.body().cloned().unwrap_or_default();
+                let req = Request::from_parts(parts, Full::new(bytes));
+                return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
+            }
+            let has_body = match parts.method {
+                Method::POST => true,
+                Method::GET | Method::DELETE => false,
+                _ => {
+                    let mut resp = refuse(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        JsonRpcError::new(
+                            ErrorCode::INVALID_REQUEST,
+                            format!("method {} is not allowed on an MCP endpoint", parts.method),
+                        ),
+                        None,
+                    );
+                    resp.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+                    return Ok(resp);
+                }
+            };
+            if !has_body {
+                let view = match detect(&parts.headers, None) {
+                    Ok(protocol) => McpRequest::from_parts(None, None, protocol),
+                    Err(e) => {
+                        let (status, err) = e.to_jsonrpc();
+                        return Ok(refuse(status, err, None));
+                    }
+                };
+                let mut req = Request::from_parts(parts, Full::new(Bytes::new()));
+                req.extensions_mut().insert(view);
+                return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
+            }
+            if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+                if !mcp_gateway_core::headers::is_json(ct) {
+                    return Ok(refuse(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        JsonRpcError::new(
+                            ErrorCode::INVALID_REQUEST,
+                            "Content-Type must be application/json",
+                        ),
+                        None,
+                    ));
+                }
+            }
+            let too_large = || {
+                refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    JsonRpcError::new(
+                        ErrorCode::INVALID_REQUEST,
+                        format!("request body exceeds the limit of {limit} bytes"),
+                    )
+                    .with_data(serde_json::json!({ "limit": limit })),
+                    None,
+                )
+            };
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit as u64) {
+                return Ok(too_large());
+            }
+            let bytes = match Limited::new(body, limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) if e.is::<LengthLimitError>() => return Ok(too_large()),
+                Err(e) => {
+                    return Ok(refuse(
+                        StatusCode::BAD_REQUEST,
+                        JsonRpcError::new(
+                            ErrorCode::INVALID_REQUEST,
+                            format!("could not read the request body: {e}"),
+                        ),
+                        None,
+                    ))
+                }
+            };
+            let parsed = match classify(&bytes) {
+                Ok(p) => p,
+                Err(e) => return Ok(refuse(StatusCode::BAD_REQUEST, e.to_jsonrpc(), None)),
+            };
+            let protocol = match detect(&parts.headers, Some(&parsed)) {
+                Ok(p) => p,
+                Err(e) => {
+                    let (status, err) = e.to_jsonrpc();
+                    return Ok(refuse(status, err, parsed.reply_id()));
+                }
+            };
+            let view = McpRequest::from_parts(Some(bytes.clone()), Some(parsed), protocol);
+            let mut req = Request::from_parts(parts, Full::new(bytes));
+            req.extensions_mut().insert(view);
+            inner.call(req).await.map(|r| r.map(ResponseBody::inner))
+        })
+    }
+}

@@ -1,0 +1,474 @@
+//! [`Upstream`]: the service that forwards MCP requests to a server.
+//!
+//! - Request and response bodies stream through; an SSE response reaches the client event by
+//!   event, as the server writes it (nothing is buffered).
+//! - GET streams and DELETE are forwarded like POST.
+//! - Hop-by-hop headers are removed both ways; `Mcp-*` headers (including unknown
+//!   `Mcp-Param-*` ones) pass untouched. The client's `Authorization` header is **never**
+//!   forwarded: the gateway does not pass tokens through to servers.
+//! - A connect timeout and a response-start timeout apply; streams have no total timeout.
+//! - An upstream with several instances spreads new work round-robin and keeps each legacy
+//!   session (`Mcp-Session-Id`) on the instance that issued it, within this process.
+//! - Failures are answered, not raised: 502 with JSON-RPC -32050 when the server cannot be
+//!   reached, 504 with -32051 when it does not answer in time, both keeping the request id.
+//!
+//! ```no_run
+//! use mcp_gateway_layers::upstream::{Upstream, UpstreamConfig};
+//!
+//! let upstream = Upstream::new(
+//!     "demo",
+//!     ["http://127.0.0.1:3001/mcp".parse().unwrap()],
+//!     UpstreamConfig::default(),
+//! )
+//! .unwrap();
+//! # let _ = upstream;
+//! ```
+
+use crate::body::{reject, ResponseBody};
+use crate::BoxError;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mcp_gateway_core::headers::{is_event_stream, MCP_SESSION_ID, X_ACCEL_BUFFERING};
+use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
+use mcp_gateway_core::McpRequest;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower_service::Service;
+
+/// The body type the upstream client sends.
+pub type UpstreamRequestBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The body type [`Upstream`] answers with.
+pub type UpstreamBody = ResponseBody<Incoming>;
+
+/// Timeouts and limits of an [`Upstream`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// Longest wait for a TCP (and TLS) connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head once the request is sent. Default 60 s. The body of
+    /// a response (an SSE stream, say) has no time limit.
+    pub response_timeout: Duration,
+    /// How long an idle pooled connection is kept. Default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// Most legacy sessions remembered per upstream for instance pinning. Default 100,000.
+    pub max_pinned_sessions: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            max_pinned_sessions: 100_000,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+    /// Sets the response-start timeout.
+    pub fn response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+}
+
+/// Why an upstream could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// No instance URL was given.
+    #[error("upstream {0:?} has no instance URLs")]
+    NoInstances(String),
+    /// An instance URL is not absolute http(s).
+    #[error("upstream {name:?}: {url:?} is not an absolute http:// or https:// URL")]
+    BadUrl {
+        /// The upstream name.
+        name: String,
+        /// The offending URL.
+        url: String,
+    },
+}
+
+#[derive(Debug)]
+struct Instance {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    path: String,
+    query: Option<String>,
+}
+
+impl Instance {
+    fn uri(&self, client_query: Option<&str>) -> Option<Uri> {
+        let pq = match (self.query.as_deref(), client_query) {
+            (Some(q), Some(c)) => format!("{}?{q}&{c}", self.path),
+            (Some(q), None) | (None, Some(q)) => format!("{}?{q}", self.path),
+            (None, None) => self.path.clone(),
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(pq).ok()?)
+            .build()
+            .ok()
+    }
+}
+
+struct Shared {
+    name: Arc<str>,
+    instances: Vec<Instance>,
+    next: AtomicUsize,
+    pins: Mutex<HashMap<Box<str>, usize>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamRequestBody>,
+    config: UpstreamConfig,
+}
+
+/// Forwards requests to one MCP server (one or more instances). Cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.shared.name)
+            .field("instances", &self.shared.instances.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_config() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| {
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+            .expect("ring supports the default protocol versions")
+        });
+    builder.with_root_certificates(roots).with_no_client_auth()
+}
+
+impl Upstream {
+    /// An upstream named `name` (used in logs and errors) served by `instances`.
+    pub fn new(
+        name: &str,
+        instances: impl IntoIterator<Item = Uri>,
+        config: UpstreamConfig,
+    ) -> Result<Self, UpstreamError> {
+        let mut list = Vec::new();
+        for uri in instances {
+            let bad = || UpstreamError::BadUrl {
+                name: name.to_owned(),
+                url: uri.to_string(),
+            };
+            let scheme = uri.scheme().cloned().ok_or_else(bad)?;
+            if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+                return Err(bad());
+            }
+            let authority = uri.authority().cloned().ok_or_else(bad)?;
+            list.push(Instance {
+                scheme,
+                authority,
+                path: uri.path().to_owned(),
+                query: uri.query().map(str::to_owned),
+            });
+        }
+        if list.is_empty() {
+            return Err(UpstreamError::NoInstances(name.to_owned()));
+        }
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                instances: list,
+                next: AtomicUsize::new(0),
+                pins: Mutex::new(HashMap::new()),
+                client,
+                config,
+            }),
+        })
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+}
+
+impl Shared {
+    fn pick(&self, session: Option<&str>) -> usize {
+        let n = self.instances.len();
+        if n == 1 {
+            return 0;
+        }
+        if let Some(sid) = session {
+            if let Some(&i) = self.pins.lock().unwrap_or_else(|p| p.into_inner()).get(sid) {
+                return i;
+            }
+        }
+        self.next.fetch_add(1, Ordering::Relaxed) % n
+    }
+
+    fn pin(&self, sid: &str, idx: usize) {
+        if self.instances.len() == 1 {
+            return;
+        }
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        if pins.len() >= self.config.max_pinned_sessions && !pins.contains_key(sid) {
+            // Full: forget an arbitrary session. Its next request may reach another instance,
+            // which answers 404, and the client re-initializes.
+            if let Some(k) = pins.keys().next().cloned() {
+                pins.remove(&k);
+            }
+        }
+        pins.insert(sid.into(), idx);
+    }
+
+    fn unpin(&self, sid: &str) {
+        if self.instances.len() > 1 {
+            self.pins.lock().unwrap_or_else(|p| p.into_inner()).remove(sid);
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and those named by `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn failure(status: StatusCode, code: ErrorCode, msg: String, id: Option<&RequestId>) -> Response<UpstreamBody> {
+    reject(JsonRpcError::new(code, msg).into_response(status, id))
+}
+
+fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if e.to_string().contains("timed out") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+impl<B> Service<Request<B>> for Upstream
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<UpstreamBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let reply_id = McpRequest::from_extensions(req.extensions())
+                .and_then(|v| v.reply_id().cloned());
+            let session: Option<Box<str>> = req
+                .headers()
+                .get(MCP_SESSION_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(Into::into);
+            let idx = shared.pick(session.as_deref());
+            let (mut parts, body) = req.into_parts();
+            let Some(uri) = shared.instances[idx].uri(parts.uri.query()) else {
+                return Ok(failure(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::INVALID_REQUEST,
+                    "the request's query string cannot be forwarded".into(),
+                    reply_id.as_ref(),
+                ));
+            };
+            parts.uri = uri;
+            parts.version = Version::HTTP_11;
+            strip_hop_by_hop(&mut parts.headers);
+            // No token passthrough: the client's credentials are for the gateway only.
+            parts.headers.remove(header::AUTHORIZATION);
+            parts.headers.remove(header::HOST);
+            parts.extensions = http::Extensions::new();
+            let method = parts.method.clone();
+            let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+
+            let sent = tokio::time::timeout(shared.config.response_timeout, shared.client.request(req));
+            let mut resp = match sent.await {
+                Err(_) => {
+                    tracing::warn!(upstream = %shared.name, instance = idx, "upstream response timed out");
+                    return Ok(failure(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        ErrorCode::UPSTREAM_TIMEOUT,
+                        format!(
+                            "upstream {:?} did not answer within {:?}",
+                            shared.name, shared.config.response_timeout
+                        ),
+                        reply_id.as_ref(),
+                    ));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(upstream = %shared.name, instance = idx, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+                    let (status, code, what) = if e.is_connect() && is_timeout(&e) {
+                        (StatusCode::GATEWAY_TIMEOUT, ErrorCode::UPSTREAM_TIMEOUT, "timed out connecting to")
+                    } else if e.is_connect() {
+                        (StatusCode::BAD_GATEWAY, ErrorCode::UPSTREAM_UNAVAILABLE, "could not connect to")
+                    } else {
+                        (StatusCode::BAD_GATEWAY, ErrorCode::UPSTREAM_UNAVAILABLE, "failed talking to")
+                    };
+                    return Ok(failure(
+                        status,
+                        code,
+                        format!("gateway {what} upstream {:?}", shared.name),
+                        reply_id.as_ref(),
+                    ));
+                }
+                Ok(Ok(resp)) => resp,
+            };
+            if let Some(issued) = resp.headers().get(MCP_SESSION_ID).and_then(|v| v.to_str().ok()) {
+                shared.pin(issued, idx);
+            }
+            if let Some(sid) = session.as_deref() {
+                let ended = (method == Method::DELETE && resp.status().is_success())
+                    || resp.status() == StatusCode::NOT_FOUND;
+                if ended {
+                    shared.unpin(sid);
+                }
+            }
+            strip_hop_by_hop(resp.headers_mut());
+            let sse = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(is_event_stream);
+            if sse && !resp.headers().contains_key(X_ACCEL_BUFFERING) {
+                resp.headers_mut()
+                    .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+            }
+            Ok(resp.map(ResponseBody::inner))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("mcp-param-region", HeaderValue::from_static("eu"));
+        h.insert(MCP_SESSION_ID, HeaderValue::from_static("s"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert!(h.contains_key("mcp-param-region"));
+    }
+
+    #[test]
+    fn instance_uri_merges_queries() {
+        let up = Upstream::new(
+            "t",
+            ["http://h:1/mcp?k=v".parse().unwrap()],
+            UpstreamConfig::default(),
+        );
+        // Building the client needs no runtime.
+        let up = up.unwrap();
+        let inst = &up.shared.instances[0];
+        assert_eq!(inst.uri(None).unwrap().to_string(), "http://h:1/mcp?k=v");
+        assert_eq!(inst.uri(Some("a=b")).unwrap().to_string(), "http://h:1/mcp?k=v&a=b");
+        assert!(Upstream::new("t", ["ftp://h/x".parse().unwrap()], UpstreamConfig::default()).is_err());
+        assert!(Upstream::new("t", Vec::<Uri>::new(), UpstreamConfig::default()).is_err());
+    }
+
+    #[test]
+    fn sessions_stay_on_their_instance() {
+        let up = Upstream::new(
+            "t",
+            ["http://a:1/mcp".parse().unwrap(), "http://b:1/mcp".parse().unwrap()],
+            UpstreamConfig::default(),
+        )
+        .unwrap();
+        let s = &up.shared;
+        s.pin("sess-1", 1);
+        for _ in 0..5 {
+            assert_eq!(s.pick(Some("sess-1")), 1);
+        }
+        let spread: std::collections::HashSet<_> = (0..4).map(|_| s.pick(None)).collect();
+        assert_eq!(spread.len(), 2);
+        s.unpin("sess-1");
+        assert!(s.pins.lock().unwrap().is_empty());
+    }
+}
