@@ -1,1 +1,10 @@
-//! x
+//! Examples for mcp-gateway.
+//!
+//! - [`demo_server`]: a small MCP server built with the official `rmcp` SDK — `echo`, a
+//!   per-session counter (`increment`) and a tool that streams progress (`slow_count`). The
+//!   `demo-server` binary serves it; the gateway's integration tests start it in-process.
+//! - `demo-client` (binary): calls the demo tools through any URL, in both protocol eras.
+//! - `embed-axum` (binary): the gateway's layers and forwarding service inside an axum app.
+#![forbid(unsafe_code)]
+
+pub mod demo_server;
