@@ -1,1 +1,132 @@
-fn main() {}
+//! `mcp-gateway`: the reference MCP gateway binary.
+
+use clap::{Parser, Subcommand};
+use mcp_gateway::config::{self, LogFormat, Settings};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "mcp-gateway", version, about = "An MCP gateway: one governed entry point for many MCP servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve MCP traffic. Each upstream NAME is served at /mcp/NAME.
+    Serve {
+        /// Configuration file (TOML). Flags below override or add to it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// An upstream MCP server: NAME=URL, or NAME=URL,URL,... for several instances.
+        #[arg(long = "upstream", value_name = "NAME=URL[,URL...]")]
+        upstreams: Vec<String>,
+        /// TLS certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM); needs --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Check a configuration file and report every error with its location.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn report(errors: &[config::ConfigError]) -> ExitCode {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load(&config) {
+            Ok(s) => {
+                println!(
+                    "{}: ok ({} upstream{}: {})",
+                    config.display(),
+                    s.upstreams.len(),
+                    if s.upstreams.len() == 1 { "" } else { "s" },
+                    s.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => report(&errors),
+        },
+        Command::Serve { config, listen, upstreams, tls_cert, tls_key, log_json } => {
+            let mut settings = match &config {
+                Some(path) => match config::load(path) {
+                    Ok(s) => s,
+                    Err(errors) if !upstreams.is_empty()
+                        && errors.iter().all(|e| e.message.starts_with("no upstreams")) =>
+                    {
+                        let mut s = Settings::from_flags(listen.unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid")), Vec::new());
+                        s.upstreams.clear();
+                        s
+                    }
+                    Err(errors) => return report(&errors),
+                },
+                None => {
+                    if upstreams.is_empty() {
+                        eprintln!("error: give --config FILE or at least one --upstream NAME=URL");
+                        return ExitCode::from(2);
+                    }
+                    Settings::from_flags("127.0.0.1:8080".parse().expect("valid"), Vec::new())
+                }
+            };
+            if let Some(l) = listen {
+                settings.listen = l;
+            }
+            for flag in &upstreams {
+                match config::parse_upstream_flag(flag) {
+                    Ok(spec) => {
+                        settings.upstreams.retain(|u| u.name != spec.name);
+                        settings.upstreams.push(spec);
+                    }
+                    Err(e) => return report(&[e]),
+                }
+            }
+            if let (Some(c), Some(k)) = (tls_cert, tls_key) {
+                settings.tls = Some((c, k));
+            }
+            if log_json {
+                settings.log_format = LogFormat::Json;
+            }
+            mcp_gateway::logging::init(settings.log_format, &settings.log_level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async move {
+                match mcp_gateway::Gateway::bind(settings).await {
+                    Ok(gw) => {
+                        gw.run_until_signal().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start");
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! The gateway's configuration: a TOML file, or flags alone.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8080"
+//! body_limit = "4MiB"
+//! shutdown_grace = "30s"
+//! allowed_origins = ["https://app.example.com"]
+//! allow_localhost_origins = true
+//! # tls = { cert = "cert.pem", key = "key.pem" }
+//!
+//! [log]
+//! format = "text"   # or "json"
+//! level = "info"
+//!
+//! [upstreams.demo]
+//! url = "http://127.0.0.1:3001/mcp"   # or urls = ["http://a/mcp", "http://b/mcp"]
+//! connect_timeout = "5s"
+//! response_timeout = "60s"
+//! ```
+//!
+//! Unknown keys are errors, and every error names the file, line and column it comes from.
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A configuration problem, with where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<flags>` for the command line).
+    pub source: String,
+    /// 1-based line and column, when known.
+    pub location: Option<(usize, usize)>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some((l, c)) => write!(f, "{}:{l}:{c}: {}", self.source, self.message),
+            None => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A duration written as `250ms`, `30s`, `5m`, `1h`, or a whole number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+/// Parses `250ms`, `30s`, `5m`, `1h` or `30`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 30s, 5m, 1h"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("invalid duration unit {other:?} in {s:?}: use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+/// Parses `4MiB`, `512KiB`, `1MB`, `1GiB` or a number of bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 4MiB, 512KiB, 1000000"))?;
+    let mul: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Num(u64),
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::Num(n) => Ok(Dur(Duration::from_secs(n))),
+            NumOrStr::Str(s) => parse_duration(&s).map(Dur).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// A size in bytes written as `4MiB` or a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::Num(n) => usize::try_from(n).map(Size).map_err(de::Error::custom),
+            NumOrStr::Str(s) => parse_size(&s).map(Size).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The listener and request policy.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Upstream MCP servers by name; each is served at `/mcp/NAME`.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamEntry>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest request body. Default 4 MiB.
+    #[serde(default = "default_body_limit")]
+    pub body_limit: Size,
+    /// How long SIGTERM/Ctrl-C waits for in-flight requests and open streams. Default 30 s.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+    /// Browser origins allowed besides localhost (`*` for any).
+    #[serde(default)]
+    pub allowed_origins: Vec<Spanned<String>>,
+    /// Whether localhost origins are allowed. Default true.
+    #[serde(default = "yes")]
+    pub allow_localhost_origins: bool,
+    /// Terminate TLS with this certificate and key.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            body_limit: default_body_limit(),
+            shutdown_grace: default_grace(),
+            allowed_origins: Vec::new(),
+            allow_localhost_origins: true,
+            tls: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_body_limit() -> Size {
+    Size(mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT)
+}
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[server.tls]`: PEM files.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub cert: Spanned<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<PathBuf>,
+}
+
+/// Log output format.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `warn,mcp_gateway=debug`). `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamEntry {
+    /// One instance URL.
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    /// Several instance URLs of the same server.
+    #[serde(default)]
+    pub urls: Vec<Spanned<String>>,
+    /// Connect timeout. Default 5 s.
+    #[serde(default)]
+    pub connect_timeout: Option<Dur>,
+    /// Response-start timeout. Default 60 s.
+    #[serde(default)]
+    pub response_timeout: Option<Dur>,
+}
+
+/// A checked upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    /// Name (route `/mcp/NAME`).
+    pub name: String,
+    /// Instance URLs.
+    pub urls: Vec<http::Uri>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Response-start timeout.
+    pub response_timeout: Duration,
+}
+
+/// A checked configuration, ready to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Body limit in bytes.
+    pub body_limit: usize,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Allowed origins.
+    pub origins: mcp_gateway_layers::AllowedOrigins,
+    /// TLS files.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+    /// Upstreams.
+    pub upstreams: Vec<UpstreamSpec>,
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, col)
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            source: source.clone(),
+            location: None,
+            message: format!("cannot read: {e}"),
+        }]
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &source, &base)
+}
+
+/// Parses and checks configuration text. Relative TLS paths resolve against `base`.
+pub fn parse(text: &str, source: &str, base: &Path) -> Result<Settings, Vec<ConfigError>> {
+    let config: Config = toml::from_str(text).map_err(|e| {
+        vec![ConfigError {
+            source: source.to_owned(),
+            location: e.span().map(|s| line_col(text, s.start)),
+            message: e.message().trim().to_owned(),
+        }]
+    })?;
+    check(config, text, source, base)
+}
+
+/// Checks a parsed configuration: URLs, names, origins, TLS files.
+pub fn check(config: Config, text: &str, source: &str, base: &Path) -> Result<Settings, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let err_at = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
+        source: source.to_owned(),
+        location: span.map(|s| line_col(text, s.start)),
+        message,
+    };
+    let mut origins = mcp_gateway_layers::AllowedOrigins::default()
+        .allow_localhost(config.server.allow_localhost_origins);
+    for o in &config.server.allowed_origins {
+        match origins.clone().allow(o.get_ref()) {
+            Ok(next) => origins = next,
+            Err(e) => errors.push(err_at(Some(o.span()), e.to_string())),
+        }
+    }
+    if config.server.body_limit.0 == 0 {
+        errors.push(err_at(None, "server.body_limit must be greater than 0".into()));
+    }
+    let tls = config.server.tls.as_ref().map(|t| {
+        let resolve = |p: &Spanned<PathBuf>, what: &str, errors: &mut Vec<ConfigError>| {
+            let full = if p.get_ref().is_absolute() { p.get_ref().clone() } else { base.join(p.get_ref()) };
+            if let Err(e) = std::fs::metadata(&full) {
+                errors.push(err_at(Some(p.span()), format!("TLS {what} {}: {e}", full.display())));
+            }
+            full
+        };
+        (resolve(&t.cert, "certificate", &mut errors), resolve(&t.key, "key", &mut errors))
+    });
+    let mut upstreams = Vec::new();
+    if config.upstreams.is_empty() {
+        errors.push(err_at(None, "no upstreams: add an [upstreams.NAME] table with a url".into()));
+    }
+    for (name, entry) in &config.upstreams {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            errors.push(err_at(None, format!("upstream name {name:?} must use only letters, digits, '-', '_' and '.'")));
+        }
+        let mut raw: Vec<&Spanned<String>> = entry.url.iter().collect();
+        raw.extend(entry.urls.iter());
+        if raw.is_empty() {
+            errors.push(err_at(None, format!("upstream {name:?} needs url or urls")));
+        }
+        if entry.url.is_some() && !entry.urls.is_empty() {
+            errors.push(err_at(entry.url.as_ref().map(Spanned::span), format!("upstream {name:?}: give url or urls, not both")));
+        }
+        let mut urls = Vec::new();
+        for u in raw {
+            match check_url(u.get_ref()) {
+                Ok(uri) => urls.push(uri),
+                Err(m) => errors.push(err_at(Some(u.span()), format!("upstream {name:?}: {m}"))),
+            }
+        }
+        upstreams.push(UpstreamSpec {
+            name: name.clone(),
+            urls,
+            connect_timeout: entry.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            response_timeout: entry.response_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Settings {
+        listen: config.server.listen,
+        body_limit: config.server.body_limit.0,
+        shutdown_grace: config.server.shutdown_grace.0,
+        origins,
+        tls,
+        log_format: config.log.format,
+        log_level: config.log.level,
+        upstreams,
+    })
+}
+
+/// Checks one upstream instance URL: absolute `http://` or `https://` with a host.
+pub fn check_url(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s.trim().parse().map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("URL {s:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("URL {s:?} has no host"));
+    }
+    Ok(uri)
+}
+
+/// Parses a `--upstream NAME=URL[,URL…]` flag.
+pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
+    let bad = |message: String| ConfigError {
+        source: "--upstream".into(),
+        location: None,
+        message,
+    };
+    let (name, urls) = flag
+        .split_once('=')
+        .ok_or_else(|| bad(format!("{flag:?}: expected NAME=URL[,URL...]")))?;
+    let name = name.trim();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(bad(format!("upstream name {name:?} must use only letters, digits, '-', '_' and '.'")));
+    }
+    let urls = urls
+        .split(',')
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| check_url(u).map_err(&bad))
+        .collect::<Result<Vec<_>, _>>()?;
+    if urls.is_empty() {
+        return Err(bad(format!("upstream {name:?} has no URL")));
+    }
+    Ok(UpstreamSpec {
+        name: name.to_owned(),
+        urls,
+        connect_timeout: Duration::from_secs(5),
+        response_timeout: Duration::from_secs(60),
+    })
+}
+
+impl Settings {
+    /// Settings from flags alone: one listener, the given upstreams, defaults elsewhere.
+    pub fn from_flags(listen: SocketAddr, upstreams: Vec<UpstreamSpec>) -> Self {
+        Self {
+            listen,
+            body_limit: mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT,
+            shutdown_grace: Duration::from_secs(30),
+            origins: mcp_gateway_layers::AllowedOrigins::default(),
+            tls: None,
+            log_format: LogFormat::Text,
+            log_level: default_level(),
+            upstreams,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> Vec<String> {
+        parse(text, "gw.toml", Path::new("."))
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn full_config() {
+        let s = parse(
+            r#"
+[server]
+listen = "0.0.0.0:9000"
+body_limit = "1MiB"
+shutdown_grace = "250ms"
+allowed_origins = ["https://app.example.com"]
+[log]
+format = "json"
+level = "debug"
+[upstreams.a]
+url = "http://127.0.0.1:3001/mcp"
+response_timeout = 5
+[upstreams.b]
+urls = ["http://h1/mcp", "https://h2:8443/mcp"]
+"#,
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 9000);
+        assert_eq!(s.body_limit, 1 << 20);
+        assert_eq!(s.shutdown_grace, Duration::from_millis(250));
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.upstreams.len(), 2);
+        assert_eq!(s.upstreams[0].response_timeout, Duration::from_secs(5));
+        assert_eq!(s.upstreams[1].urls.len(), 2);
+        assert!(s.origins.permits("https://app.example.com"));
+    }
+
+    #[test]
+    fn errors_have_locations() {
+        let e = errs("[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("gw.toml:3:1: unknown field `bogus`"), "{e:?}");
+        let e = errs("[upstreams.a]\nurl = \"ftp://x/mcp\"\n");
+        assert!(e[0].starts_with("gw.toml:2:7: upstream \"a\""), "{e:?}");
+        let e = errs("[upstreams.a]\nurl = \"http://x/mcp\"\nconnect_timeout = \"5 parsecs\"\n");
+        assert!(e[0].starts_with("gw.toml:3:"), "{e:?}");
+        assert!(e[0].contains("invalid duration unit"), "{e:?}");
+        let e = errs("[server]\nallowed_origins = [\"nope\"]\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
+        assert!(e[0].starts_with("gw.toml:2:20: invalid origin"), "{e:?}");
+        let e = errs("");
+        assert!(e[0].contains("no upstreams"), "{e:?}");
+        let e = errs("[server]\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        let e = errs("[upstreams.\"a b\"]\nurl = \"http://x/mcp\"\n");
+        assert!(e[0].contains("must use only"), "{e:?}");
+    }
+
+    #[test]
+    fn flags() {
+        let u = parse_upstream_flag("demo=http://127.0.0.1:3001/mcp,http://127.0.0.1:3002/mcp").unwrap();
+        assert_eq!(u.urls.len(), 2);
+        assert!(parse_upstream_flag("demo").is_err());
+        assert!(parse_upstream_flag("=http://x").is_err());
+        assert!(parse_upstream_flag("d=ftp://x").is_err());
+        assert!(parse_upstream_flag("d=").is_err());
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("x").is_err());
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("10KB").unwrap(), 10_000);
+        assert!(parse_size("4 furlongs").is_err());
+    }
+}

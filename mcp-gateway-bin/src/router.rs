@@ -1,0 +1,123 @@
+//! Routing: `/mcp/NAME` to upstream `NAME`, plus `/healthz` and `/readyz`.
+//!
+//! Each upstream gets its own stack. The order, outermost first, and why:
+//!
+//! 1. [`OriginGuard`](mcp_gateway_layers::OriginGuard): a forbidden browser origin costs
+//!    nothing else — no body is read for it.
+//! 2. [`ParseMcp`](mcp_gateway_layers::ParseMcp): reads the body once (bounded), classifies
+//!    it and checks the 2026-07-28 headers; every later layer reuses that view.
+//! 3. [`Upstream`](mcp_gateway_layers::upstream::Upstream): forwards, streaming the response.
+
+use crate::config::Settings;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
+use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig, UpstreamError};
+use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tower::{Layer, ServiceExt};
+
+/// The per-upstream stack.
+pub type Stack = OriginGuard<ParseMcp<Upstream>>;
+/// The body of every gateway response.
+pub type GatewayBody = ResponseBody<ResponseBody<UpstreamBody>>;
+
+/// Routes requests to upstream stacks and answers health checks.
+#[derive(Clone)]
+pub struct Router {
+    routes: Arc<HashMap<String, Stack>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Router {
+    /// Builds one stack per configured upstream.
+    pub fn new(settings: &Settings, ready: Arc<AtomicBool>) -> Result<Self, UpstreamError> {
+        let mut routes = HashMap::new();
+        for spec in &settings.upstreams {
+            let config = UpstreamConfig::default()
+                .connect_timeout(spec.connect_timeout)
+                .response_timeout(spec.response_timeout);
+            let upstream = Upstream::new(&spec.name, spec.urls.iter().cloned(), config)?;
+            let stack = OriginGuardLayer::new(settings.origins.clone()).layer(
+                ParseMcpLayer::new()
+                    .body_limit(settings.body_limit)
+                    .layer(upstream),
+            );
+            routes.insert(spec.name.clone(), stack);
+        }
+        Ok(Self {
+            routes: Arc::new(routes),
+            ready,
+        })
+    }
+
+    /// Serves one request.
+    pub async fn serve(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<GatewayBody>, Infallible> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let route = path
+            .strip_prefix("/mcp/")
+            .map(|r| r.strip_suffix('/').unwrap_or(r));
+        let (upstream, resp) = match (route, path.as_str()) {
+            (Some(name), _) if self.routes.contains_key(name) => {
+                let stack = self.routes[name].clone();
+                let resp = stack.oneshot(req).await?;
+                (Some(name), resp)
+            }
+            (_, "/healthz") if method == Method::GET || method == Method::HEAD => {
+                (None, plain(StatusCode::OK, "ok\n"))
+            }
+            (_, "/readyz") if method == Method::GET || method == Method::HEAD => {
+                if self.ready.load(Ordering::Relaxed) {
+                    (None, plain(StatusCode::OK, "ready\n"))
+                } else {
+                    (None, plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n"))
+                }
+            }
+            _ => {
+                let err = JsonRpcError::new(
+                    ErrorCode::NO_ROUTE,
+                    format!("no MCP server is routed at {path}; routes are /mcp/NAME"),
+                );
+                (None, wrap(err.into_response(StatusCode::NOT_FOUND, None)))
+            }
+        };
+        tracing::info!(
+            target: "mcp_gateway::access",
+            client = %peer,
+            %method,
+            path = %path,
+            upstream = upstream.unwrap_or("-"),
+            status = resp.status().as_u16(),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+        Ok(resp)
+    }
+}
+
+fn wrap(resp: Response<Full<Bytes>>) -> Response<GatewayBody> {
+    resp.map(ResponseBody::full)
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<GatewayBody> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    wrap(resp)
+}
