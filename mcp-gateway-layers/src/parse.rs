@@ -17,7 +17,7 @@
 //! | method other than POST, GET, DELETE | 405 | -32600 |
 //!
 //! ```
-//! use bytes::Bytes;
+//! use bytes::{Buf, Bytes};
 //! use http::{Request, Response};
 //! use http_body_util::Full;
 //! use mcp_gateway_core::McpRequest;
@@ -43,11 +43,11 @@
 
 use crate::body::{reject, ResponseBody};
 use crate::BoxError;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_util::future::BoxFuture;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use mcp_gateway_core::era::detect;
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 use mcp_gateway_core::message::classify;
@@ -58,6 +58,22 @@ use tower_service::Service;
 
 /// The default request body limit: 4 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// How much of an oversized body is read and thrown away before answering 413, so that a
+/// client still writing its body receives the answer instead of a reset connection.
+fn drain_cap(limit: usize) -> usize {
+    limit.saturating_mul(4).min(64 << 20)
+}
+
+async fn drain<B: Body>(mut body: std::pin::Pin<&mut B>, cap: usize) {
+    let mut seen = 0usize;
+    while seen <= cap {
+        match body.as_mut().frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.remaining()),
+            _ => return,
+        }
+    }
+}
 
 /// Applies [`ParseMcp`].
 #[derive(Clone, Copy, Debug)]
@@ -199,11 +215,39 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > limit as u64) {
+                drain(std::pin::pin!(body), drain_cap(limit)).await;
                 return Ok(too_large());
             }
-            let bytes = match Limited::new(body, limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) if e.is::<LengthLimitError>() => return Ok(too_large()),
+            let mut body = std::pin::pin!(body);
+            let mut buf = bytes::BytesMut::new();
+            let mut first: Option<Bytes> = None;
+            let mut total = 0usize;
+            let read: Result<(), BoxError> = loop {
+                let next = body.as_mut().frame().await.map(|r| r.map_err(Into::into));
+                match next {
+                    None => break Ok(()),
+                    Some(Ok(frame)) => {
+                        let Ok(data) = frame.into_data() else { continue };
+                        total = total.saturating_add(data.len());
+                        if total > limit {
+                            drain(body.as_mut(), drain_cap(limit)).await;
+                            return Ok(too_large());
+                        }
+                        // One chunk (the common case) is kept without copying.
+                        match first.take() {
+                            None if buf.is_empty() => first = Some(data),
+                            None => buf.extend_from_slice(&data),
+                            Some(f) => {
+                                buf.extend_from_slice(&f);
+                                buf.extend_from_slice(&data);
+                            }
+                        }
+                    }
+                    Some(Err(e)) => break Err(e),
+                }
+            };
+            let bytes = match read {
+                Ok(()) => first.unwrap_or_else(|| buf.freeze()),
                 Err(e) => {
                     return Ok(refuse(
                         StatusCode::BAD_REQUEST,

@@ -1,0 +1,127 @@
+//! Shared helpers for the gateway's integration tests: real servers on 127.0.0.1:0.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use mcp_gateway::config::{parse_upstream_flag, Settings};
+use mcp_gateway::Gateway;
+use mcp_gateway_examples::demo_server::{self, DemoOptions};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Starts the rmcp demo server.
+pub async fn demo(opts: DemoOptions) -> SocketAddr {
+    demo_server::spawn("127.0.0.1:0".parse().unwrap(), opts).await.unwrap()
+}
+
+/// Settings for a gateway on an ephemeral port in front of `upstreams` (`name=url,...`).
+pub fn settings(upstreams: &[String]) -> Settings {
+    Settings::from_flags(
+        "127.0.0.1:0".parse().unwrap(),
+        upstreams.iter().map(|u| parse_upstream_flag(u).unwrap()).collect(),
+    )
+}
+
+/// Starts a gateway.
+pub async fn gateway(settings: Settings) -> Gateway {
+    Gateway::bind(settings).await.unwrap()
+}
+
+/// A gateway in front of one demo server; returns (gateway, route URL).
+pub async fn gateway_for_demo(opts: DemoOptions) -> (Gateway, String) {
+    let addr = demo(opts).await;
+    let gw = gateway(settings(&[format!("demo=http://{addr}/mcp")])).await;
+    let url = format!("http://{}/mcp/demo", gw.local_addr());
+    (gw, url)
+}
+
+/// Serves a hand-written upstream (for wire-level checks no SDK server can make).
+pub async fn raw_upstream<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+pub fn full(body: impl Into<Bytes>) -> TestBody {
+    Full::new(body.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// POSTs a JSON-RPC body with the headers MCP clients send.
+pub fn mcp_post(c: &reqwest::Client, url: &str, body: &str) -> reqwest::RequestBuilder {
+    c.post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_owned())
+}
+
+/// Asserts a JSON-RPC error answer: status, code, and id.
+pub async fn assert_error(resp: reqwest::Response, status: u16, code: i64, id: serde_json::Value) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "application/json",
+        "content-type"
+    );
+    let v: serde_json::Value = resp.json_value().await;
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert_eq!(v["id"], id, "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    v
+}
+
+pub trait JsonValue {
+    async fn json_value(self) -> serde_json::Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> serde_json::Value {
+        let bytes = self.bytes().await.unwrap();
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)))
+    }
+}
+
+/// Decodes the JSON-RPC messages of an SSE body.
+pub fn sse_messages(body: &[u8]) -> Vec<serde_json::Value> {
+    let mut dec = mcp_gateway_core::sse::SseDecoder::new(1 << 20);
+    let mut out = Vec::new();
+    dec.feed(body, &mut |item| {
+        if let mcp_gateway_core::sse::SseItem::Event(e) = item {
+            if !e.data.is_empty() {
+                out.push(serde_json::from_str(&e.data).unwrap());
+            }
+        }
+    })
+    .unwrap();
+    out
+}
