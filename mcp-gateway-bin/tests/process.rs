@@ -1,0 +1,193 @@
+//! Process concerns: TLS termination, graceful drain, readiness, and the `mcp-gateway` CLI.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use mcp_gateway_examples::demo_server::DemoOptions;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_termination_with_a_generated_certificate() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+
+    let up = demo(DemoOptions::default()).await;
+    let mut s = settings(&[format!("demo=http://{up}/mcp")]);
+    s.tls = Some((cert_path, key_path));
+    let gw = gateway(s).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Full<Bytes>>(https);
+    let uri = format!("https://localhost:{}/mcp/demo", gw.local_addr().port());
+    let req = http::Request::post(&uri)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Full::new(Bytes::from_static(INIT.as_bytes())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("mcp-session-id"));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let msgs = sse_messages(&body);
+    assert_eq!(msgs.last().unwrap()["result"]["serverInfo"]["name"], "mcp-gateway-demo");
+
+    // Plain HTTP to the TLS port fails the handshake and does not reach the upstream.
+    let plain = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/mcp/demo", gw.local_addr().port()))
+        .body(INIT)
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let (gw, url) = gateway_for_demo(DemoOptions::default()).await;
+    let base = format!("http://{}", gw.local_addr());
+    let c = client();
+    let resp = mcp_post(&c, &url, INIT).send().await.unwrap();
+    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(resp.bytes().await.unwrap());
+    // A call that takes a while (5 × 60 ms) is in flight when shutdown starts.
+    let call = mcp_post(&c, &url, r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow_count","arguments":{"n":5,"delay_ms":60}}}"#)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send();
+    let in_flight = tokio::spawn(async move {
+        let resp = call.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        sse_messages(&resp.bytes().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.shutdown().await;
+    let msgs = in_flight.await.unwrap();
+    assert_eq!(msgs.last().unwrap()["result"]["content"][0]["text"], "counted to 5");
+    // The listener is closed now.
+    assert!(reqwest::Client::new().get(format!("{base}/healthz")).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_open_streams_at_the_deadline() {
+    let up = demo(DemoOptions::default()).await;
+    let mut s = settings(&[format!("demo=http://{up}/mcp")]);
+    s.shutdown_grace = Duration::from_millis(200);
+    let gw = gateway(s).await;
+    let url = format!("http://{}/mcp/demo", gw.local_addr());
+    let c = client();
+    let resp = mcp_post(&c, &url, INIT).send().await.unwrap();
+    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(resp.bytes().await.unwrap());
+    let stream = c.get(&url).header("accept", "text/event-stream").header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25").send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    // The GET stream never ends by itself; shutdown must still return.
+    tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .expect("shutdown waited past its deadline");
+    drop(stream);
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
+}
+
+#[test]
+fn check_reports_errors_with_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[upstreams.demo]\nurl = \"http://127.0.0.1:3001/mcp\"\n").unwrap();
+    let out = bin().args(["check", "--config"]).arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 upstream: demo)"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:8080\"\nlisten_typo = 1\n[upstreams.demo]\nurl = \"http://127.0.0.1:3001/mcp\"\n").unwrap();
+    let out = bin().args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:3:1: unknown field `listen_typo`"), "{err}");
+
+    let bad = dir.path().join("bad2.toml");
+    std::fs::write(&bad, "[upstreams.demo]\nurl = \"tcp://nope\"\n[upstreams.other]\nurls = [\"http://ok/mcp\", \"://\"]\n").unwrap();
+    let out = bin().args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad2.toml:2:7:"), "{err}");
+    assert!(err.contains("bad2.toml:4:26:"), "{err}");
+
+    let out = bin().args(["check", "--config", "/nonexistent/gw.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn serve_refuses_bad_flags_clearly() {
+    let out = bin().args(["serve"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+    let out = bin().args(["serve", "--upstream", "demo"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=URL"));
+}
+
+#[test]
+fn binary_serves_and_stops_on_sigterm() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(demo(DemoOptions::default()));
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let child = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("demo=http://{up}/mcp"), "--log-json"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/mcp/demo");
+    let ok = rt.block_on(async {
+        for _ in 0..100 {
+            if let Ok(r) = mcp_post(&client(), &url, INIT).send().await {
+                return r.status().as_u16();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        0
+    });
+    assert_eq!(ok, 200);
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    // JSON logs: one object per line, with the access log of the call above.
+    let access = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "mcp_gateway::access")
+        .unwrap_or_else(|| panic!("no JSON access log in {logs}"));
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["upstream"], "demo");
+    assert!(logs.contains("draining"));
+}
