@@ -67,7 +67,9 @@ impl Demo {
     #[tool(description = "Increment a per-session counter and return its new value")]
     async fn increment(&self) -> Result<CallToolResult, ErrorData> {
         let v = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
-        Ok(CallToolResult::success(vec![ContentBlock::text(v.to_string())]))
+        Ok(CallToolResult::success(vec![ContentBlock::text(
+            v.to_string(),
+        )]))
     }
 
     #[tool(description = "Send n progress notifications, then return")]
@@ -104,7 +106,10 @@ impl Demo {
 impl ServerHandler for Demo {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("mcp-gateway-demo", env!("CARGO_PKG_VERSION")))
+            .with_server_info(Implementation::new(
+                "mcp-gateway-demo",
+                env!("CARGO_PKG_VERSION"),
+            ))
             .with_instructions("Demo server for mcp-gateway: echo, increment, slow_count.")
     }
 }

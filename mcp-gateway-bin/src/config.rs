@@ -69,7 +69,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => return Err(format!("invalid duration unit {other:?} in {s:?}: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+            ))
+        }
     };
     Ok(d)
 }
@@ -90,9 +94,14 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
     };
-    n.checked_mul(mul).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 #[derive(Deserialize)]
@@ -290,7 +299,10 @@ pub struct Settings {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, col)
 }
 
@@ -321,7 +333,12 @@ pub fn parse(text: &str, source: &str, base: &Path) -> Result<Settings, Vec<Conf
 }
 
 /// Checks a parsed configuration: URLs, names, origins, TLS files.
-pub fn check(config: Config, text: &str, source: &str, base: &Path) -> Result<Settings, Vec<ConfigError>> {
+pub fn check(
+    config: Config,
+    text: &str,
+    source: &str,
+    base: &Path,
+) -> Result<Settings, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let err_at = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
         source: source.to_owned(),
@@ -337,25 +354,48 @@ pub fn check(config: Config, text: &str, source: &str, base: &Path) -> Result<Se
         }
     }
     if config.server.body_limit.0 == 0 {
-        errors.push(err_at(None, "server.body_limit must be greater than 0".into()));
+        errors.push(err_at(
+            None,
+            "server.body_limit must be greater than 0".into(),
+        ));
     }
     let tls = config.server.tls.as_ref().map(|t| {
         let resolve = |p: &Spanned<PathBuf>, what: &str, errors: &mut Vec<ConfigError>| {
-            let full = if p.get_ref().is_absolute() { p.get_ref().clone() } else { base.join(p.get_ref()) };
+            let full = if p.get_ref().is_absolute() {
+                p.get_ref().clone()
+            } else {
+                base.join(p.get_ref())
+            };
             if let Err(e) = std::fs::metadata(&full) {
-                errors.push(err_at(Some(p.span()), format!("TLS {what} {}: {e}", full.display())));
+                errors.push(err_at(
+                    Some(p.span()),
+                    format!("TLS {what} {}: {e}", full.display()),
+                ));
             }
             full
         };
-        (resolve(&t.cert, "certificate", &mut errors), resolve(&t.key, "key", &mut errors))
+        (
+            resolve(&t.cert, "certificate", &mut errors),
+            resolve(&t.key, "key", &mut errors),
+        )
     });
     let mut upstreams = Vec::new();
     if config.upstreams.is_empty() {
-        errors.push(err_at(None, "no upstreams: add an [upstreams.NAME] table with a url".into()));
+        errors.push(err_at(
+            None,
+            "no upstreams: add an [upstreams.NAME] table with a url".into(),
+        ));
     }
     for (name, entry) in &config.upstreams {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            errors.push(err_at(None, format!("upstream name {name:?} must use only letters, digits, '-', '_' and '.'")));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            errors.push(err_at(
+                None,
+                format!("upstream name {name:?} must use only letters, digits, '-', '_' and '.'"),
+            ));
         }
         let mut raw: Vec<&Spanned<String>> = entry.url.iter().collect();
         raw.extend(entry.urls.iter());
@@ -363,7 +403,10 @@ pub fn check(config: Config, text: &str, source: &str, base: &Path) -> Result<Se
             errors.push(err_at(None, format!("upstream {name:?} needs url or urls")));
         }
         if entry.url.is_some() && !entry.urls.is_empty() {
-            errors.push(err_at(entry.url.as_ref().map(Spanned::span), format!("upstream {name:?}: give url or urls, not both")));
+            errors.push(err_at(
+                entry.url.as_ref().map(Spanned::span),
+                format!("upstream {name:?}: give url or urls, not both"),
+            ));
         }
         let mut urls = Vec::new();
         for u in raw {
@@ -375,8 +418,12 @@ pub fn check(config: Config, text: &str, source: &str, base: &Path) -> Result<Se
         upstreams.push(UpstreamSpec {
             name: name.clone(),
             urls,
-            connect_timeout: entry.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
-            response_timeout: entry.response_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            connect_timeout: entry
+                .connect_timeout
+                .map_or(Duration::from_secs(5), |d| d.0),
+            response_timeout: entry
+                .response_timeout
+                .map_or(Duration::from_secs(60), |d| d.0),
         });
     }
     if !errors.is_empty() {
@@ -396,7 +443,10 @@ pub fn check(config: Config, text: &str, source: &str, base: &Path) -> Result<Se
 
 /// Checks one upstream instance URL: absolute `http://` or `https://` with a host.
 pub fn check_url(s: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = s.trim().parse().map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    let uri: http::Uri = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid URL {s:?}: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => return Err(format!("URL {s:?} must start with http:// or https://")),
@@ -418,8 +468,14 @@ pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
         .split_once('=')
         .ok_or_else(|| bad(format!("{flag:?}: expected NAME=URL[,URL...]")))?;
     let name = name.trim();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(bad(format!("upstream name {name:?} must use only letters, digits, '-', '_' and '.'")));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(bad(format!(
+            "upstream name {name:?} must use only letters, digits, '-', '_' and '.'"
+        )));
     }
     let urls = urls
         .split(',')
@@ -454,6 +510,7 @@ impl Settings {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -502,13 +559,17 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
     fn errors_have_locations() {
         let e = errs("[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
         assert_eq!(e.len(), 1);
-        assert!(e[0].starts_with("gw.toml:3:1: unknown field `bogus`"), "{e:?}");
+        assert!(
+            e[0].starts_with("gw.toml:3:1: unknown field `bogus`"),
+            "{e:?}"
+        );
         let e = errs("[upstreams.a]\nurl = \"ftp://x/mcp\"\n");
         assert!(e[0].starts_with("gw.toml:2:7: upstream \"a\""), "{e:?}");
         let e = errs("[upstreams.a]\nurl = \"http://x/mcp\"\nconnect_timeout = \"5 parsecs\"\n");
         assert!(e[0].starts_with("gw.toml:3:"), "{e:?}");
         assert!(e[0].contains("invalid duration unit"), "{e:?}");
-        let e = errs("[server]\nallowed_origins = [\"nope\"]\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
+        let e =
+            errs("[server]\nallowed_origins = [\"nope\"]\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
         assert!(e[0].starts_with("gw.toml:2:20: invalid origin"), "{e:?}");
         let e = errs("");
         assert!(e[0].contains("no upstreams"), "{e:?}");
@@ -520,7 +581,8 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
 
     #[test]
     fn flags() {
-        let u = parse_upstream_flag("demo=http://127.0.0.1:3001/mcp,http://127.0.0.1:3002/mcp").unwrap();
+        let u = parse_upstream_flag("demo=http://127.0.0.1:3001/mcp,http://127.0.0.1:3002/mcp")
+            .unwrap();
         assert_eq!(u.urls.len(), 2);
         assert!(parse_upstream_flag("demo").is_err());
         assert!(parse_upstream_flag("=http://x").is_err());

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "mcp-gateway", version, about = "An MCP gateway: one governed entry point for many MCP servers")]
+#[command(
+    name = "mcp-gateway",
+    version,
+    about = "An MCP gateway: one governed entry point for many MCP servers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,20 +65,35 @@ fn main() -> ExitCode {
                     config.display(),
                     s.upstreams.len(),
                     if s.upstreams.len() == 1 { "" } else { "s" },
-                    s.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")
+                    s.upstreams
+                        .iter()
+                        .map(|u| u.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 ExitCode::SUCCESS
             }
             Err(errors) => report(&errors),
         },
-        Command::Serve { config, listen, upstreams, tls_cert, tls_key, log_json } => {
+        Command::Serve {
+            config,
+            listen,
+            upstreams,
+            tls_cert,
+            tls_key,
+            log_json,
+        } => {
             let mut settings = match &config {
                 Some(path) => match config::load(path) {
                     Ok(s) => s,
-                    Err(errors) if !upstreams.is_empty()
-                        && errors.iter().all(|e| e.message.starts_with("no upstreams")) =>
+                    Err(errors)
+                        if !upstreams.is_empty()
+                            && errors.iter().all(|e| e.message.starts_with("no upstreams")) =>
                     {
-                        let mut s = Settings::from_flags(listen.unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid")), Vec::new());
+                        let mut s = Settings::from_flags(
+                            listen.unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid")),
+                            Vec::new(),
+                        );
                         s.upstreams.clear();
                         s
                     }
@@ -107,7 +126,10 @@ fn main() -> ExitCode {
                 settings.log_format = LogFormat::Json;
             }
             mcp_gateway::logging::init(settings.log_format, &settings.log_level);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");

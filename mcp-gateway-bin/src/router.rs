@@ -2,11 +2,11 @@
 //!
 //! Each upstream gets its own stack. The order, outermost first, and why:
 //!
-//! 1. [`OriginGuard`](mcp_gateway_layers::OriginGuard): a forbidden browser origin costs
+//! 1. [`OriginGuard`]: a forbidden browser origin costs
 //!    nothing else — no body is read for it.
-//! 2. [`ParseMcp`](mcp_gateway_layers::ParseMcp): reads the body once (bounded), classifies
+//! 2. [`ParseMcp`]: reads the body once (bounded), classifies
 //!    it and checks the 2026-07-28 headers; every later layer reuses that view.
-//! 3. [`Upstream`](mcp_gateway_layers::upstream::Upstream): forwards, streaming the response.
+//! 3. [`Upstream`]: forwards, streaming the response.
 
 use crate::config::Settings;
 use bytes::Bytes;

@@ -46,17 +46,20 @@ impl Gateway {
     /// Binds the listener and starts serving in the background.
     pub async fn bind(settings: Settings) -> Result<Self, StartError> {
         let tls = match &settings.tls {
-            Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(cert, key)?)),
+            Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                cert, key,
+            )?)),
             None => None,
         };
         let ready = Arc::new(AtomicBool::new(true));
         let router = Router::new(&settings, ready.clone())?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: settings.listen,
             source,
@@ -168,7 +171,9 @@ async fn accept_loop(
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await;
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -190,7 +195,10 @@ async fn accept_loop(
     }
     ready.store(false, Ordering::Relaxed);
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(grace = ?grace, "shutdown grace period over: closing remaining connections");
     }
 }

@@ -1,4 +1,5 @@
 //! Process concerns: TLS termination, graceful drain, readiness, and the `mcp-gateway` CLI.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -28,11 +29,13 @@ async fn tls_termination_with_a_generated_certificate() {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
@@ -51,11 +54,17 @@ async fn tls_termination_with_a_generated_certificate() {
     assert!(resp.headers().contains_key("mcp-session-id"));
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let msgs = sse_messages(&body);
-    assert_eq!(msgs.last().unwrap()["result"]["serverInfo"]["name"], "mcp-gateway-demo");
+    assert_eq!(
+        msgs.last().unwrap()["result"]["serverInfo"]["name"],
+        "mcp-gateway-demo"
+    );
 
     // Plain HTTP to the TLS port fails the handshake and does not reach the upstream.
     let plain = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{}/mcp/demo", gw.local_addr().port()))
+        .post(format!(
+            "http://127.0.0.1:{}/mcp/demo",
+            gw.local_addr().port()
+        ))
         .body(INIT)
         .send()
         .await;
@@ -69,7 +78,10 @@ async fn shutdown_drains_in_flight_requests() {
     let base = format!("http://{}", gw.local_addr());
     let c = client();
     let resp = mcp_post(&c, &url, INIT).send().await.unwrap();
-    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     drop(resp.bytes().await.unwrap());
     // A call that takes a while (5 × 60 ms) is in flight when shutdown starts.
     let call = mcp_post(&c, &url, r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow_count","arguments":{"n":5,"delay_ms":60}}}"#)
@@ -84,9 +96,16 @@ async fn shutdown_drains_in_flight_requests() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     gw.shutdown().await;
     let msgs = in_flight.await.unwrap();
-    assert_eq!(msgs.last().unwrap()["result"]["content"][0]["text"], "counted to 5");
+    assert_eq!(
+        msgs.last().unwrap()["result"]["content"][0]["text"],
+        "counted to 5"
+    );
     // The listener is closed now.
-    assert!(reqwest::Client::new().get(format!("{base}/healthz")).send().await.is_err());
+    assert!(reqwest::Client::new()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,10 +117,19 @@ async fn shutdown_closes_open_streams_at_the_deadline() {
     let url = format!("http://{}/mcp/demo", gw.local_addr());
     let c = client();
     let resp = mcp_post(&c, &url, INIT).send().await.unwrap();
-    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     drop(resp.bytes().await.unwrap());
-    let stream = c.get(&url).header("accept", "text/event-stream").header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-11-25").send().await.unwrap();
+    let stream = c
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stream.status(), 200);
     // The GET stream never ends by itself; shutdown must still return.
     tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
@@ -118,27 +146,53 @@ fn bin() -> Command {
 fn check_reports_errors_with_locations() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "[upstreams.demo]\nurl = \"http://127.0.0.1:3001/mcp\"\n").unwrap();
-    let out = bin().args(["check", "--config"]).arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &good,
+        "[upstreams.demo]\nurl = \"http://127.0.0.1:3001/mcp\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 upstream: demo)"));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:8080\"\nlisten_typo = 1\n[upstreams.demo]\nurl = \"http://127.0.0.1:3001/mcp\"\n").unwrap();
-    let out = bin().args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:3:1: unknown field `listen_typo`"), "{err}");
+    assert!(
+        err.contains("bad.toml:3:1: unknown field `listen_typo`"),
+        "{err}"
+    );
 
     let bad = dir.path().join("bad2.toml");
     std::fs::write(&bad, "[upstreams.demo]\nurl = \"tcp://nope\"\n[upstreams.other]\nurls = [\"http://ok/mcp\", \"://\"]\n").unwrap();
-    let out = bin().args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad2.toml:2:7:"), "{err}");
     assert!(err.contains("bad2.toml:4:26:"), "{err}");
 
-    let out = bin().args(["check", "--config", "/nonexistent/gw.toml"]).output().unwrap();
+    let out = bin()
+        .args(["check", "--config", "/nonexistent/gw.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -147,7 +201,10 @@ fn serve_refuses_bad_flags_clearly() {
     let out = bin().args(["serve"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
-    let out = bin().args(["serve", "--upstream", "demo"]).output().unwrap();
+    let out = bin()
+        .args(["serve", "--upstream", "demo"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=URL"));
 }
@@ -161,7 +218,14 @@ fn binary_serves_and_stops_on_sigterm() {
         l.local_addr().unwrap().port()
     };
     let child = bin()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("demo=http://{up}/mcp"), "--log-json"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &format!("demo=http://{up}/mcp"),
+            "--log-json",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -176,7 +240,10 @@ fn binary_serves_and_stops_on_sigterm() {
         0
     });
     assert_eq!(ok, 200);
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{:?}", out.status);

@@ -1,5 +1,6 @@
 //! The official Rust SDK (`rmcp`) on both sides of the gateway: a real client talking to a
 //! real server through `/mcp/NAME`, in the legacy (session) and 2026-07-28 (sessionless) eras.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -32,9 +33,15 @@ impl ClientHandler for Client {
 }
 
 fn client(version: ProtocolVersion) -> Client {
-    let mut info = ClientConfig::new(ClientCapabilities::default(), Implementation::new("gateway-test", "0"));
+    let mut info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("gateway-test", "0"),
+    );
     info.protocol_version = version;
-    Client { info, progress: Arc::default() }
+    Client {
+        info,
+        progress: Arc::default(),
+    }
 }
 
 fn transport(url: &str) -> StreamableHttpClientTransport<reqwest::Client> {
@@ -45,29 +52,46 @@ fn transport(url: &str) -> StreamableHttpClientTransport<reqwest::Client> {
 }
 
 async fn legacy(url: &str, version: ProtocolVersion) -> RunningService<RoleClient, Client> {
-    client(version).serve(transport(url)).await.expect("initialize through the gateway")
+    client(version)
+        .serve(transport(url))
+        .await
+        .expect("initialize through the gateway")
 }
 
 async fn modern(url: &str) -> RunningService<RoleClient, Client> {
     client(ProtocolVersion::V_2026_07_28)
         .serve_with_lifecycle(
             transport(url),
-            ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] },
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
         )
         .await
         .expect("server/discover through the gateway")
 }
 
 fn text(r: &rmcp::model::CallToolResult) -> String {
-    r.content.first().and_then(|c| c.as_text()).map(|t| t.text.clone()).unwrap_or_default()
+    r.content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default()
 }
 
-async fn call(c: &RunningService<RoleClient, Client>, tool: &'static str, args: serde_json::Value) -> String {
+async fn call(
+    c: &RunningService<RoleClient, Client>,
+    tool: &'static str,
+    args: serde_json::Value,
+) -> String {
     let mut p = CallToolRequestParams::new(tool);
     if let serde_json::Value::Object(m) = args {
         p = p.with_arguments(m);
     }
-    text(&c.call_tool(p).await.unwrap_or_else(|e| panic!("{tool}: {e}")))
+    text(
+        &c.call_tool(p)
+            .await
+            .unwrap_or_else(|e| panic!("{tool}: {e}")),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,14 +100,35 @@ async fn legacy_session_through_gateway() {
     for version in [ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2025_11_25] {
         let c = legacy(&url, version.clone()).await;
         assert_eq!(c.peer_info().unwrap().protocol_version, version);
-        let tools: Vec<String> = c.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+        let tools: Vec<String> = c
+            .list_all_tools()
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect();
         assert_eq!(tools, ["echo", "increment", "slow_count"]);
-        assert_eq!(call(&c, "echo", serde_json::json!({"text": "héllo"})).await, "héllo");
+        assert_eq!(
+            call(&c, "echo", serde_json::json!({"text": "héllo"})).await,
+            "héllo"
+        );
         // Per-session state lives in the server: the session must keep reaching it.
         assert_eq!(call(&c, "increment", serde_json::json!({})).await, "1");
         assert_eq!(call(&c, "increment", serde_json::json!({})).await, "2");
-        assert_eq!(call(&c, "slow_count", serde_json::json!({"n": 3, "delay_ms": 20})).await, "counted to 3");
-        assert_eq!(c.service().progress.load(Ordering::SeqCst), 3, "progress notifications streamed");
+        assert_eq!(
+            call(
+                &c,
+                "slow_count",
+                serde_json::json!({"n": 3, "delay_ms": 20})
+            )
+            .await,
+            "counted to 3"
+        );
+        assert_eq!(
+            c.service().progress.load(Ordering::SeqCst),
+            3,
+            "progress notifications streamed"
+        );
         c.cancel().await.unwrap();
     }
     gw.shutdown().await;
@@ -91,16 +136,36 @@ async fn legacy_session_through_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessionless_2026_through_gateway() {
-    for opts in [DemoOptions::default(), DemoOptions { stateless: true, json_response: true }] {
+    for opts in [
+        DemoOptions::default(),
+        DemoOptions {
+            stateless: true,
+            json_response: true,
+        },
+    ] {
         let (gw, url) = gateway_for_demo(opts).await;
         let c = modern(&url).await;
-        assert_eq!(c.peer_info().unwrap().protocol_version, ProtocolVersion::V_2026_07_28);
+        assert_eq!(
+            c.peer_info().unwrap().protocol_version,
+            ProtocolVersion::V_2026_07_28
+        );
         assert_eq!(c.list_all_tools().await.unwrap().len(), 3);
-        assert_eq!(call(&c, "echo", serde_json::json!({"text": "x"})).await, "x");
+        assert_eq!(
+            call(&c, "echo", serde_json::json!({"text": "x"})).await,
+            "x"
+        );
         // No sessions in 2026-07-28: every request gets a fresh server instance.
         assert_eq!(call(&c, "increment", serde_json::json!({})).await, "1");
         assert_eq!(call(&c, "increment", serde_json::json!({})).await, "1");
-        assert_eq!(call(&c, "slow_count", serde_json::json!({"n": 2, "delay_ms": 20})).await, "counted to 2");
+        assert_eq!(
+            call(
+                &c,
+                "slow_count",
+                serde_json::json!({"n": 2, "delay_ms": 20})
+            )
+            .await,
+            "counted to 2"
+        );
         assert_eq!(c.service().progress.load(Ordering::SeqCst), 2);
         c.cancel().await.unwrap();
         gw.shutdown().await;
@@ -120,7 +185,10 @@ async fn sessions_stay_on_their_instance_across_several() {
     ];
     for round in 1..=3 {
         for c in &clients {
-            assert_eq!(call(c, "increment", serde_json::json!({})).await, round.to_string());
+            assert_eq!(
+                call(c, "increment", serde_json::json!({})).await,
+                round.to_string()
+            );
         }
     }
     for c in clients {

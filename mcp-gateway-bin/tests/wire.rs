@@ -1,5 +1,6 @@
 //! Wire-level checks of the gateway: exact statuses, headers and bodies of legacy session
 //! traffic, 2026-07-28 requests, SSE streaming and every error path.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -23,7 +24,13 @@ fn modern_call(id: u32, tool: &str, args: serde_json::Value) -> String {
     .to_string()
 }
 
-fn modern_post(c: &reqwest::Client, url: &str, body: &str, method: &str, name: Option<&str>) -> reqwest::RequestBuilder {
+fn modern_post(
+    c: &reqwest::Client,
+    url: &str,
+    body: &str,
+    method: &str,
+    name: Option<&str>,
+) -> reqwest::RequestBuilder {
     let mut b = mcp_post(c, url, body)
         .header("mcp-protocol-version", "2026-07-28")
         .header("mcp-method", method);
@@ -39,18 +46,34 @@ async fn legacy_session_on_the_wire() {
     let c = client();
     let resp = mcp_post(&c, &url, INIT).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     assert_eq!(resp.headers()["x-accel-buffering"], "no");
-    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let msgs = sse_messages(&resp.bytes().await.unwrap());
-    assert_eq!(msgs.last().unwrap()["result"]["protocolVersion"], "2025-11-25");
+    assert_eq!(
+        msgs.last().unwrap()["result"]["protocolVersion"],
+        "2025-11-25"
+    );
 
     let with_session = |b: reqwest::RequestBuilder| {
-        b.header("mcp-session-id", &sid).header("mcp-protocol-version", "2025-11-25")
+        b.header("mcp-session-id", &sid)
+            .header("mcp-protocol-version", "2025-11-25")
     };
     // Notification → 202, no body.
-    let resp = with_session(mcp_post(&c, &url, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#))
-        .send().await.unwrap();
+    let resp = with_session(mcp_post(
+        &c,
+        &url,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    ))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     assert!(resp.bytes().await.unwrap().is_empty());
 
@@ -63,35 +86,65 @@ async fn legacy_session_on_the_wire() {
     assert_eq!(result["result"]["content"][0]["text"], "wire");
 
     // GET opens the server→client stream.
-    let get = with_session(c.get(&url).header("accept", "text/event-stream")).send().await.unwrap();
+    let get = with_session(c.get(&url).header("accept", "text/event-stream"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status(), 200);
-    assert!(get.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(get.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     drop(get);
 
     // DELETE ends the session; the session is then unknown (404), as the client must learn.
     let del = with_session(c.delete(&url)).send().await.unwrap();
     assert!(del.status().is_success(), "{}", del.status());
-    let after = with_session(mcp_post(&c, &url, r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#))
-        .send().await.unwrap();
+    let after = with_session(mcp_post(
+        &c,
+        &url,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#,
+    ))
+    .send()
+    .await
+    .unwrap();
     assert_eq!(after.status(), 404);
     gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_responses_pass_through() {
-    let (gw, url) = gateway_for_demo(DemoOptions { stateless: true, json_response: true }).await;
+    let (gw, url) = gateway_for_demo(DemoOptions {
+        stateless: true,
+        json_response: true,
+    })
+    .await;
     let c = client();
     // Legacy, stateless server: initialize answered with application/json.
     let resp = mcp_post(&c, &url, INIT).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
     let v = resp.json_value().await;
     assert_eq!(v["id"], 1);
     // 2026-07-28 sessionless tools/call answered with application/json.
-    let resp = modern_post(&c, &url, &modern_call(9, "echo", json!({"text": "j"})), "tools/call", Some("echo"))
-        .send().await.unwrap();
+    let resp = modern_post(
+        &c,
+        &url,
+        &modern_call(9, "echo", json!({"text": "j"})),
+        "tools/call",
+        Some("echo"),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
     let v = resp.json_value().await;
     assert_eq!(v["id"], 9);
     assert_eq!(v["result"]["content"][0]["text"], "j");
@@ -103,15 +156,28 @@ async fn modern_header_mismatch_is_refused_before_the_upstream() {
     let (gw, url) = gateway_for_demo(DemoOptions::default()).await;
     let c = client();
     let body = modern_call(5, "echo", json!({"text": "x"}));
-    let resp = modern_post(&c, &url, &body, "tools/call", Some("not-echo")).send().await.unwrap();
+    let resp = modern_post(&c, &url, &body, "tools/call", Some("not-echo"))
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 400, -32020, json!(5)).await;
-    let resp = modern_post(&c, &url, &body, "tools/list", Some("echo")).send().await.unwrap();
+    let resp = modern_post(&c, &url, &body, "tools/list", Some("echo"))
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 400, -32020, json!(5)).await;
-    let resp = mcp_post(&c, &url, &body).header("mcp-method", "tools/call").header("mcp-name", "echo")
-        .send().await.unwrap();
+    let resp = mcp_post(&c, &url, &body)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "echo")
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 400, -32020, json!(5)).await;
     // Base64-encoded Mcp-Name is decoded before comparing.
-    let resp = modern_post(&c, &url, &body, "tools/call", Some("=?base64?ZWNobw==?=")).send().await.unwrap();
+    let resp = modern_post(&c, &url, &body, "tools/call", Some("=?base64?ZWNobw==?="))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     gw.shutdown().await;
 }
@@ -122,44 +188,136 @@ async fn error_paths() {
     let base = format!("http://{}", gw.local_addr());
     let c = client();
     // Malformed JSON → 400 / -32700.
-    assert_error(mcp_post(&c, &url, "{\"jsonrpc\":").send().await.unwrap(), 400, -32700, json!(null)).await;
+    assert_error(
+        mcp_post(&c, &url, "{\"jsonrpc\":").send().await.unwrap(),
+        400,
+        -32700,
+        json!(null),
+    )
+    .await;
     // JSON but not JSON-RPC → 400 / -32600, keeping nothing it cannot read.
-    assert_error(mcp_post(&c, &url, "[]").send().await.unwrap(), 400, -32600, json!(null)).await;
-    assert_error(mcp_post(&c, &url, r#"{"jsonrpc":"1.0","id":4,"method":"x"}"#).send().await.unwrap(), 400, -32600, json!(null)).await;
+    assert_error(
+        mcp_post(&c, &url, "[]").send().await.unwrap(),
+        400,
+        -32600,
+        json!(null),
+    )
+    .await;
+    assert_error(
+        mcp_post(&c, &url, r#"{"jsonrpc":"1.0","id":4,"method":"x"}"#)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        -32600,
+        json!(null),
+    )
+    .await;
     // A batch outside 2025-03-26 → 400 / -32600.
     let resp = mcp_post(&c, &url, r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#)
-        .header("mcp-protocol-version", "2025-11-25").send().await.unwrap();
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 400, -32600, json!(null)).await;
     // Oversized body → 413, both with Content-Length and streamed without it.
-    let big = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{}"}}}}}}"#, "a".repeat(5 << 20));
-    let v = assert_error(mcp_post(&c, &url, &big).send().await.unwrap(), 413, -32600, json!(null)).await;
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{}"}}}}}}"#,
+        "a".repeat(5 << 20)
+    );
+    let v = assert_error(
+        mcp_post(&c, &url, &big).send().await.unwrap(),
+        413,
+        -32600,
+        json!(null),
+    )
+    .await;
     assert_eq!(v["error"]["data"]["limit"], 4 << 20);
-    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..6).map(|_| Ok(Bytes::from(vec![b' '; 1 << 20]))).collect();
-    let resp = c.post(&url).header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))).send().await.unwrap();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..6)
+        .map(|_| Ok(Bytes::from(vec![b' '; 1 << 20])))
+        .collect();
+    let resp = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 413, -32600, json!(null)).await;
     // Wrong media type → 415; wrong method → 405 with Allow.
-    let resp = c.post(&url).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    let resp = c
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 415, -32600, json!(null)).await;
     let resp = c.put(&url).body("{}").send().await.unwrap();
     assert_eq!(resp.headers()["allow"], "GET, POST, DELETE");
     assert_error(resp, 405, -32600, json!(null)).await;
     // Unknown route → 404 / -32053.
-    assert_error(mcp_post(&c, &format!("{base}/mcp/nope"), INIT).send().await.unwrap(), 404, -32053, json!(null)).await;
-    assert_error(c.get(format!("{base}/")).send().await.unwrap(), 404, -32053, json!(null)).await;
+    assert_error(
+        mcp_post(&c, &format!("{base}/mcp/nope"), INIT)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        -32053,
+        json!(null),
+    )
+    .await;
+    assert_error(
+        c.get(format!("{base}/")).send().await.unwrap(),
+        404,
+        -32053,
+        json!(null),
+    )
+    .await;
     // Foreign browser origin → 403; localhost origin passes.
-    let resp = mcp_post(&c, &url, INIT).header("origin", "https://evil.example").send().await.unwrap();
+    let resp = mcp_post(&c, &url, INIT)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 403, -32052, json!(null)).await;
-    let resp = mcp_post(&c, &url, INIT).header("origin", "http://localhost:6274").send().await.unwrap();
+    let resp = mcp_post(&c, &url, INIT)
+        .header("origin", "http://localhost:6274")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     // Forged session id → the upstream's 404, passed through.
-    let resp = mcp_post(&c, &url, r#"{"jsonrpc":"2.0","id":8,"method":"tools/list"}"#)
-        .header("mcp-session-id", "forged-session").header("mcp-protocol-version", "2025-11-25")
-        .send().await.unwrap();
+    let resp = mcp_post(
+        &c,
+        &url,
+        r#"{"jsonrpc":"2.0","id":8,"method":"tools/list"}"#,
+    )
+    .header("mcp-session-id", "forged-session")
+    .header("mcp-protocol-version", "2025-11-25")
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 404);
     // Health endpoints.
-    assert_eq!(c.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     gw.shutdown().await;
 }
 
@@ -184,14 +342,23 @@ async fn dead_and_slow_upstreams() {
         };
         tokio::select! { () = accept => {}, _ = hold_rx => {} }
     });
-    let mut s = settings(&[format!("dead=http://{dead_addr}/mcp"), format!("slow=http://{slow_addr}/mcp")]);
+    let mut s = settings(&[
+        format!("dead=http://{dead_addr}/mcp"),
+        format!("slow=http://{slow_addr}/mcp"),
+    ]);
     s.upstreams[1].response_timeout = Duration::from_millis(300);
     let gw = gateway(s).await;
     let c = client();
     let body = r#"{"jsonrpc":"2.0","id":"call-7","method":"tools/list"}"#;
-    let resp = mcp_post(&c, &format!("http://{}/mcp/dead", gw.local_addr()), body).send().await.unwrap();
+    let resp = mcp_post(&c, &format!("http://{}/mcp/dead", gw.local_addr()), body)
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 502, -32050, json!("call-7")).await;
-    let resp = mcp_post(&c, &format!("http://{}/mcp/slow", gw.local_addr()), body).send().await.unwrap();
+    let resp = mcp_post(&c, &format!("http://{}/mcp/slow", gw.local_addr()), body)
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 504, -32051, json!("call-7")).await;
     let _ = hold_tx.send(());
     gw.shutdown().await;
@@ -234,7 +401,10 @@ async fn headers_forwarded_and_withheld() {
     assert_eq!(resp.headers()["mcp-session-id"], "s-1");
     assert!(resp.headers().get("x-upstream-private").is_none());
     let seen = seen_rx.recv().await.unwrap();
-    assert!(seen.get("authorization").is_none(), "token passed through: {seen:?}");
+    assert!(
+        seen.get("authorization").is_none(),
+        "token passed through: {seen:?}"
+    );
     assert!(seen.get("proxy-authorization").is_none());
     assert!(seen.get("x-hop").is_none());
     assert_eq!(seen["mcp-param-region"], "eu-west");
@@ -278,8 +448,14 @@ async fn sse_events_arrive_one_by_one() {
     .await;
     let gw = gateway(settings(&[format!("sse=http://{up}/mcp")])).await;
     let url = format!("http://{}/mcp/sse", gw.local_addr());
-    let resp = mcp_post(&client(), &url, r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#)
-        .send().await.unwrap();
+    let resp = mcp_post(
+        &client(),
+        &url,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
     let mut dec = mcp_gateway_core::sse::SseDecoder::new(1 << 16);
@@ -301,12 +477,16 @@ async fn sse_events_arrive_one_by_one() {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(20), read).await.expect("stream stalled: buffered?");
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("stream stalled: buffered?");
     assert_eq!(ids, (0..1000).collect::<Vec<_>>());
     gw.shutdown().await;
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Send {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -317,9 +497,15 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     let up = raw_upstream(move |_req| {
         let closed_tx = closed_tx.clone();
         async move {
-            let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
+            let (tx, rx) = mpsc::channel::<
+                Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+            >(1);
             tokio::spawn(async move {
-                let _ = tx.send(Ok(http_body::Frame::data(Bytes::from_static(b": open\n\n")))).await;
+                let _ = tx
+                    .send(Ok(http_body::Frame::data(Bytes::from_static(
+                        b": open\n\n",
+                    ))))
+                    .await;
                 tx.closed().await;
                 let _ = closed_tx.send(());
             });
@@ -332,8 +518,14 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     .await;
     let gw = gateway(settings(&[format!("sse=http://{up}/mcp")])).await;
     let url = format!("http://{}/mcp/sse", gw.local_addr());
-    let resp = mcp_post(&client(), &url, r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#)
-        .send().await.unwrap();
+    let resp = mcp_post(
+        &client(),
+        &url,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(&first[..], b": open\n\n");

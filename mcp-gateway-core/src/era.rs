@@ -96,11 +96,18 @@ impl EraError {
             Self::HeaderMismatch(_) | Self::InvalidHeader(_) => ErrorCode::HEADER_MISMATCH,
             Self::BatchNotAllowed(_) => ErrorCode::INVALID_REQUEST,
         };
-        (StatusCode::BAD_REQUEST, JsonRpcError::new(code, self.to_string()))
+        (
+            StatusCode::BAD_REQUEST,
+            JsonRpcError::new(code, self.to_string()),
+        )
     }
 }
 
-fn header_str(headers: &HeaderMap, name: &http::HeaderName, label: &'static str) -> Result<Option<String>, EraError> {
+fn header_str(
+    headers: &HeaderMap,
+    name: &http::HeaderName,
+    label: &'static str,
+) -> Result<Option<String>, EraError> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -112,7 +119,10 @@ fn header_str(headers: &HeaderMap, name: &http::HeaderName, label: &'static str)
 
 /// Decodes a header value that may use the `=?base64?…?=` form of 2026-07-28.
 pub fn decode_header_value(v: &str) -> Option<String> {
-    match v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+    match v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
         Some(enc) => base64::engine::general_purpose::STANDARD
             .decode(enc)
             .ok()
@@ -182,7 +192,11 @@ pub fn detect(headers: &HeaderMap, parsed: Option<&ParsedBody>) -> Result<Protoc
     if msg.kind() == MessageKind::Request {
         let method = msg.method().unwrap_or_default();
         match header_str(headers, &MCP_METHOD, "Mcp-Method")? {
-            None => return Err(EraError::HeaderMismatch("Mcp-Method header is missing".into())),
+            None => {
+                return Err(EraError::HeaderMismatch(
+                    "Mcp-Method header is missing".into(),
+                ))
+            }
             Some(h) if h != method => {
                 return Err(EraError::HeaderMismatch(format!(
                     "Mcp-Method header value '{h}' does not match body value '{method}'"
@@ -193,9 +207,14 @@ pub fn detect(headers: &HeaderMap, parsed: Option<&ParsedBody>) -> Result<Protoc
         if matches!(method, "tools/call" | "prompts/get" | "resources/read") {
             let body_name = msg.target().unwrap_or_default();
             match header_str(headers, &MCP_NAME, "Mcp-Name")? {
-                None => return Err(EraError::HeaderMismatch("Mcp-Name header is missing".into())),
+                None => {
+                    return Err(EraError::HeaderMismatch(
+                        "Mcp-Name header is missing".into(),
+                    ))
+                }
                 Some(h) => {
-                    let decoded = decode_header_value(&h).ok_or(EraError::InvalidHeader("Mcp-Name"))?;
+                    let decoded =
+                        decode_header_value(&h).ok_or(EraError::InvalidHeader("Mcp-Name"))?;
                     if decoded != body_name {
                         return Err(EraError::HeaderMismatch(format!(
                             "Mcp-Name header value '{h}' does not match body value '{body_name}'"
@@ -213,6 +232,7 @@ pub fn detect(headers: &HeaderMap, parsed: Option<&ParsedBody>) -> Result<Protoc
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::message::classify;
@@ -247,11 +267,29 @@ mod tests {
         assert!(detect(&b64, Some(&p)).is_ok());
         for bad in [
             hdrs(&[("mcp-method", "tools/call"), ("mcp-name", "greet")]),
-            hdrs(&[("mcp-protocol-version", "2025-06-18"), ("mcp-method", "tools/call"), ("mcp-name", "greet")]),
-            hdrs(&[("mcp-protocol-version", "2026-07-28"), ("mcp-name", "greet")]),
-            hdrs(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list"), ("mcp-name", "greet")]),
-            hdrs(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call")]),
-            hdrs(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "other")]),
+            hdrs(&[
+                ("mcp-protocol-version", "2025-06-18"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "greet"),
+            ]),
+            hdrs(&[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-name", "greet"),
+            ]),
+            hdrs(&[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+                ("mcp-name", "greet"),
+            ]),
+            hdrs(&[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+            ]),
+            hdrs(&[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "other"),
+            ]),
         ] {
             let err = detect(&bad, Some(&p)).unwrap_err();
             assert_eq!(err.to_jsonrpc().1.code, ErrorCode::HEADER_MISMATCH, "{err}");
@@ -266,7 +304,10 @@ mod tests {
         assert_eq!(info.version, None);
         let p = classify(br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).unwrap();
         let info = detect(
-            &hdrs(&[("mcp-protocol-version", "2025-06-18"), ("mcp-session-id", "s1")]),
+            &hdrs(&[
+                ("mcp-protocol-version", "2025-06-18"),
+                ("mcp-session-id", "s1"),
+            ]),
             Some(&p),
         )
         .unwrap();
@@ -296,7 +337,10 @@ mod tests {
 
     #[test]
     fn header_decoding() {
-        assert_eq!(decode_header_value("=?base64?SGVsbG8sIOS4lueVjA==?=").unwrap(), "Hello, 世界");
+        assert_eq!(
+            decode_header_value("=?base64?SGVsbG8sIOS4lueVjA==?=").unwrap(),
+            "Hello, 世界"
+        );
         assert_eq!(decode_header_value("plain").unwrap(), "plain");
         assert!(decode_header_value("=?base64?***?=").is_none());
     }

@@ -45,14 +45,19 @@ fn media_type_is(value: &http::HeaderValue, wanted: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use http::HeaderValue;
 
     #[test]
     fn media_types_ignore_parameters_and_case() {
-        assert!(is_json(&HeaderValue::from_static("application/json; charset=utf-8")));
-        assert!(is_event_stream(&HeaderValue::from_static("Text/Event-Stream")));
+        assert!(is_json(&HeaderValue::from_static(
+            "application/json; charset=utf-8"
+        )));
+        assert!(is_event_stream(&HeaderValue::from_static(
+            "Text/Event-Stream"
+        )));
         assert!(!is_json(&HeaderValue::from_static("application/jsonx")));
     }
 }

@@ -172,7 +172,11 @@ impl JsonRpcError {
     }
 
     /// An HTTP response carrying this error as `application/json` with the given status.
-    pub fn into_response(self, status: StatusCode, id: Option<&RequestId>) -> Response<Full<Bytes>> {
+    pub fn into_response(
+        self,
+        status: StatusCode,
+        id: Option<&RequestId>,
+    ) -> Response<Full<Bytes>> {
         let body = self.to_body(id);
         let mut resp = Response::new(Full::new(body));
         *resp.status_mut() = status;
@@ -193,13 +197,17 @@ impl fmt::Display for JsonRpcError {
 impl std::error::Error for JsonRpcError {}
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn ids_keep_their_text() {
         assert_eq!(RequestId::from_raw("42").unwrap().as_raw(), "42");
-        assert_eq!(RequestId::from_raw("\"a\\\"b\"").unwrap().as_raw(), "\"a\\\"b\"");
+        assert_eq!(
+            RequestId::from_raw("\"a\\\"b\"").unwrap().as_raw(),
+            "\"a\\\"b\""
+        );
         assert!(RequestId::from_raw("null").is_none());
         assert!(RequestId::from_raw("{}").is_none());
         assert!(RequestId::from_raw("true").is_none());

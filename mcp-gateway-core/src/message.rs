@@ -221,8 +221,7 @@ pub fn classify(body: &[u8]) -> Result<ParsedBody, ClassifyError> {
     let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
-            let items: Vec<&RawValue> =
-                serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
             if items.is_empty() {
                 return Err(ClassifyError::Invalid("empty batch".into()));
             }
@@ -280,7 +279,9 @@ fn string_of(raw: &RawValue) -> Option<Box<str>> {
 fn classify_one(body: &[u8], raw: &RawValue) -> Result<McpMessage, ClassifyError> {
     let text = raw.get();
     if !text.starts_with('{') {
-        return Err(ClassifyError::Invalid("a message must be a JSON object".into()));
+        return Err(ClassifyError::Invalid(
+            "a message must be a JSON object".into(),
+        ));
     }
     let env: Envelope<'_> =
         serde_json::from_str(text).map_err(|e| ClassifyError::Invalid(e.to_string()))?;
@@ -289,20 +290,24 @@ fn classify_one(body: &[u8], raw: &RawValue) -> Result<McpMessage, ClassifyError
     }
     // `"id": null` is only meaningful on an error answering an unreadable request.
     let null_id = env.id.is_some_and(|raw_id| raw_id.get().trim() == "null");
-    let id = match env.id {
-        None => None,
-        Some(_) if null_id => None,
-        Some(raw_id) => Some(RequestId::from_raw(raw_id.get()).ok_or_else(|| {
-            ClassifyError::Invalid("\"id\" must be a string or a number".into())
-        })?),
-    };
+    let id =
+        match env.id {
+            None => None,
+            Some(_) if null_id => None,
+            Some(raw_id) => Some(RequestId::from_raw(raw_id.get()).ok_or_else(|| {
+                ClassifyError::Invalid("\"id\" must be a string or a number".into())
+            })?),
+        };
     if null_id && env.error.is_none() {
-        return Err(ClassifyError::Invalid("\"id\" must be a string or a number".into()));
+        return Err(ClassifyError::Invalid(
+            "\"id\" must be a string or a number".into(),
+        ));
     }
     let method = match env.method {
         None => None,
         Some(m) => Some(
-            string_of(m).ok_or_else(|| ClassifyError::Invalid("\"method\" must be a string".into()))?,
+            string_of(m)
+                .ok_or_else(|| ClassifyError::Invalid("\"method\" must be a string".into()))?,
         ),
     };
     let kind = match (&method, &id, env.result, env.error) {
@@ -392,6 +397,7 @@ impl ClassifiedBody {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -418,7 +424,8 @@ mod tests {
 
     #[test]
     fn escaped_strings_are_decoded() {
-        let m = one(r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"name":"e\u0063ho"}}"#);
+        let m =
+            one(r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"name":"e\u0063ho"}}"#);
         assert_eq!(m.method(), Some("tools/call"));
         assert_eq!(m.target(), Some("echo"));
     }
@@ -426,20 +433,33 @@ mod tests {
     #[test]
     fn resources_and_prompts_targets() {
         assert_eq!(
-            one(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#).target(),
+            one(
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#
+            )
+            .target(),
             Some("file:///a")
         );
         assert_eq!(
-            one(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}"#).target(),
+            one(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p"}}"#)
+                .target(),
             Some("p")
         );
-        assert_eq!(one(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).target(), None);
+        assert_eq!(
+            one(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).target(),
+            None
+        );
     }
 
     #[test]
     fn kinds() {
-        assert_eq!(one(r#"{"jsonrpc":"2.0","method":"n"}"#).kind(), MessageKind::Notification);
-        assert_eq!(one(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).kind(), MessageKind::Response);
+        assert_eq!(
+            one(r#"{"jsonrpc":"2.0","method":"n"}"#).kind(),
+            MessageKind::Notification
+        );
+        assert_eq!(
+            one(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).kind(),
+            MessageKind::Response
+        );
         assert_eq!(
             one(r#"{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}}"#).kind(),
             MessageKind::ErrorResponse
@@ -466,10 +486,17 @@ mod tests {
             (r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#, false),
             (r#"{"jsonrpc":"2.0","id":1,"method":7}"#, false),
             (r#"{"jsonrpc":"2.0","id":1,"method":"x","result":1}"#, false),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"x","method":"y"}"#, false),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"x","method":"y"}"#,
+                false,
+            ),
         ] {
             let err = classify(body.as_bytes()).unwrap_err();
-            assert_eq!(matches!(err, ClassifyError::Parse(_)), parse, "{body}: {err}");
+            assert_eq!(
+                matches!(err, ClassifyError::Parse(_)),
+                parse,
+                "{body}: {err}"
+            );
         }
         assert!(classify(b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}").is_err());
     }
@@ -485,11 +512,15 @@ mod tests {
 
     #[test]
     fn batch_spans() {
-        let body = r#" [ {"jsonrpc":"2.0","id":1,"method":"a"} , {"jsonrpc":"2.0","method":"b"} ] "#;
+        let body =
+            r#" [ {"jsonrpc":"2.0","id":1,"method":"a"} , {"jsonrpc":"2.0","method":"b"} ] "#;
         let p = classify(body.as_bytes()).unwrap();
         assert!(p.is_batch());
         assert!(p.single().is_none());
-        assert_eq!(&body[p.messages()[1].span()], r#"{"jsonrpc":"2.0","method":"b"}"#);
+        assert_eq!(
+            &body[p.messages()[1].span()],
+            r#"{"jsonrpc":"2.0","method":"b"}"#
+        );
         assert!(!p.is_fire_and_forget());
     }
 

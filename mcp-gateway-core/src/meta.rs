@@ -115,10 +115,16 @@ pub fn set_meta_entries(
         if text.first() != Some(&b'{') {
             return Err(MetaError::NotAnObject);
         }
-        let empty = text[1..].iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
+        let empty = text[1..]
+            .iter()
+            .all(|b| b.is_ascii_whitespace() || *b == b'}');
         let all: Vec<_> = entries.iter().collect();
         let sep = if empty { "" } else { "," };
-        splices.push((params.start + 1, 0, format!("\"_meta\":{{{}}}{sep}", encode_new(&all))));
+        splices.push((
+            params.start + 1,
+            0,
+            format!("\"_meta\":{{{}}}{sep}", encode_new(&all)),
+        ));
     } else {
         let span = msg.span();
         let all: Vec<_> = entries.iter().collect();
@@ -142,6 +148,7 @@ pub fn set_meta_entries(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::message::classify;
@@ -169,28 +176,44 @@ mod tests {
     #[test]
     fn inserts_meta_into_params_or_message() {
         assert_eq!(
-            rewrite(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"x":1}}"#, &[("k", "2")]),
+            rewrite(
+                r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"x":1}}"#,
+                &[("k", "2")]
+            ),
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"k":2},"x":1}}"#
         );
         assert_eq!(
-            rewrite(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{ }}"#, &[("k", "2")]),
+            rewrite(
+                r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{ }}"#,
+                &[("k", "2")]
+            ),
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"k":2} }}"#
         );
         assert_eq!(
-            rewrite(r#"{"jsonrpc":"2.0","id":1,"method":"m"}"#, &[("k", "2"), ("j", "\"s\"")]),
+            rewrite(
+                r#"{"jsonrpc":"2.0","id":1,"method":"m"}"#,
+                &[("k", "2"), ("j", "\"s\"")]
+            ),
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"k":2,"j":"s"}}}"#
         );
         assert_eq!(
-            rewrite(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{}}}"#, &[("k", "2")]),
+            rewrite(
+                r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{}}}"#,
+                &[("k", "2")]
+            ),
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"k":2}}}"#
         );
     }
 
     #[test]
     fn rejects_bad_input() {
-        let b = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":3}}"#);
+        let b =
+            Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":3}}"#);
         let m = classify(&b).unwrap().messages()[0].clone();
-        assert_eq!(set_meta_entries(&b, &m, &[("k", "1")]), Err(MetaError::NotAnObject));
+        assert_eq!(
+            set_meta_entries(&b, &m, &[("k", "1")]),
+            Err(MetaError::NotAnObject)
+        );
         let b = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"m"}"#);
         let m = classify(&b).unwrap().messages()[0].clone();
         assert!(matches!(

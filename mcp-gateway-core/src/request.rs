@@ -72,7 +72,11 @@ impl McpRequest {
 
     /// Assembles a view from parts already computed (a layer that classified the body itself
     /// to keep the request id for its error answers).
-    pub fn from_parts(body: Option<Bytes>, parsed: Option<ParsedBody>, protocol: ProtocolInfo) -> Self {
+    pub fn from_parts(
+        body: Option<Bytes>,
+        parsed: Option<ParsedBody>,
+        protocol: ProtocolInfo,
+    ) -> Self {
         Self(Arc::new(Inner {
             body,
             parsed,

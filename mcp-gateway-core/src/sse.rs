@@ -142,7 +142,11 @@ impl SseDecoder {
     }
 
     /// Feeds a chunk; calls `emit` for every complete event or comment it finishes.
-    pub fn feed(&mut self, mut chunk: &[u8], emit: &mut impl FnMut(SseItem)) -> Result<(), SseError> {
+    pub fn feed(
+        &mut self,
+        mut chunk: &[u8],
+        emit: &mut impl FnMut(SseItem),
+    ) -> Result<(), SseError> {
         if !self.bom_checked && !chunk.is_empty() {
             let bom = b"\xEF\xBB\xBF";
             let have = self.line.len() + chunk.len();
@@ -210,7 +214,11 @@ impl SseDecoder {
         self.pending_bytes = 0;
     }
 
-    fn process_line(&mut self, line: &[u8], emit: &mut impl FnMut(SseItem)) -> Result<(), SseError> {
+    fn process_line(
+        &mut self,
+        line: &[u8],
+        emit: &mut impl FnMut(SseItem),
+    ) -> Result<(), SseError> {
         if line.is_empty() {
             if self.has_fields {
                 let ev = std::mem::take(&mut self.pending);
@@ -245,11 +253,9 @@ impl SseDecoder {
                 self.pending.event = Some(value.to_owned());
                 self.has_fields = true;
             }
-            "id" => {
-                if !value.contains('\0') {
-                    self.pending.id = Some(value.to_owned());
-                    self.has_fields = true;
-                }
+            "id" if !value.contains('\0') => {
+                self.pending.id = Some(value.to_owned());
+                self.has_fields = true;
             }
             "retry" => {
                 if let Ok(ms) = value.parse::<u64>() {
@@ -264,6 +270,7 @@ impl SseDecoder {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -309,7 +316,9 @@ mod tests {
     #[test]
     fn bounded() {
         let mut dec = SseDecoder::new(16);
-        let err = dec.feed(b"data: 0123456789012345678\n", &mut |_| {}).unwrap_err();
+        let err = dec
+            .feed(b"data: 0123456789012345678\n", &mut |_| {})
+            .unwrap_err();
         assert_eq!(err, SseError::TooLarge(16));
         let mut dec = SseDecoder::new(16);
         dec.feed(b"data: 0123456789\n", &mut |_| {}).unwrap();
@@ -329,13 +338,27 @@ mod tests {
     fn encode_roundtrip() {
         for ev in [
             SseEvent::data("{\"a\":1}"),
-            SseEvent { event: Some("message".into()), data: "l1\nl2".into(), id: Some("7".into()), retry: Some(10) },
-            SseEvent { id: Some("priming".into()), retry: Some(3000), ..SseEvent::default() },
+            SseEvent {
+                event: Some("message".into()),
+                data: "l1\nl2".into(),
+                id: Some("7".into()),
+                retry: Some(10),
+            },
+            SseEvent {
+                id: Some("priming".into()),
+                retry: Some(3000),
+                ..SseEvent::default()
+            },
             SseEvent::default(),
         ] {
             let wire = ev.encode();
             let got = events(decode_all(&[&wire]));
-            assert_eq!(got, vec![ev.clone()], "{:?}", String::from_utf8_lossy(&wire));
+            assert_eq!(
+                got,
+                vec![ev.clone()],
+                "{:?}",
+                String::from_utf8_lossy(&wire)
+            );
         }
         assert_eq!(&encode_comment("keep-alive")[..], b":keep-alive\n\n");
     }

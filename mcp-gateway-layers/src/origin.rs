@@ -13,8 +13,8 @@
 //! ```
 
 use crate::body::{reject, ResponseBody};
-use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 use http::{header, Request, Response, StatusCode};
+use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 use pin_project_lite::pin_project;
 use std::collections::HashSet;
 use std::future::Future;
@@ -86,13 +86,19 @@ fn normalize(origin: &str) -> Option<String> {
     let origin = origin.trim().trim_end_matches('/');
     let (scheme, rest) = origin.split_once("://")?;
     if scheme.is_empty()
-        || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         || rest.is_empty()
         || rest.contains(['/', '?', '#', '@', ' '])
     {
         return None;
     }
-    Some(format!("{}://{}", scheme.to_ascii_lowercase(), rest.to_ascii_lowercase()))
+    Some(format!(
+        "{}://{}",
+        scheme.to_ascii_lowercase(),
+        rest.to_ascii_lowercase()
+    ))
 }
 
 fn is_localhost_origin(norm: &str) -> bool {
@@ -213,6 +219,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -252,6 +259,9 @@ mod tests {
         assert!(!a.permits("http://app.example.com"));
         assert!(!a.permits("http://localhost"));
         assert!(AllowedOrigins::default().allow("nope").is_err());
-        assert!(AllowedOrigins::default().allow("*").unwrap().permits("https://x.y"));
+        assert!(AllowedOrigins::default()
+            .allow("*")
+            .unwrap()
+            .permits("https://x.y"));
     }
 }

@@ -227,7 +227,9 @@ where
                 match next {
                     None => break Ok(()),
                     Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else { continue };
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
                         total = total.saturating_add(data.len());
                         if total > limit {
                             drain(body.as_mut(), drain_cap(limit)).await;

@@ -268,7 +268,10 @@ impl Shared {
 
     fn unpin(&self, sid: &str) {
         if self.instances.len() > 1 {
-            self.pins.lock().unwrap_or_else(|p| p.into_inner()).remove(sid);
+            self.pins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(sid);
         }
     }
 }
@@ -300,7 +303,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-fn failure(status: StatusCode, code: ErrorCode, msg: String, id: Option<&RequestId>) -> Response<UpstreamBody> {
+fn failure(
+    status: StatusCode,
+    code: ErrorCode,
+    msg: String,
+    id: Option<&RequestId>,
+) -> Response<UpstreamBody> {
     reject(JsonRpcError::new(code, msg).into_response(status, id))
 }
 
@@ -336,8 +344,8 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move {
-            let reply_id = McpRequest::from_extensions(req.extensions())
-                .and_then(|v| v.reply_id().cloned());
+            let reply_id =
+                McpRequest::from_extensions(req.extensions()).and_then(|v| v.reply_id().cloned());
             let session: Option<Box<str>> = req
                 .headers()
                 .get(MCP_SESSION_ID)
@@ -363,7 +371,8 @@ where
             let method = parts.method.clone();
             let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
 
-            let sent = tokio::time::timeout(shared.config.response_timeout, shared.client.request(req));
+            let sent =
+                tokio::time::timeout(shared.config.response_timeout, shared.client.request(req));
             let mut resp = match sent.await {
                 Err(_) => {
                     tracing::warn!(upstream = %shared.name, instance = idx, "upstream response timed out");
@@ -380,11 +389,23 @@ where
                 Ok(Err(e)) => {
                     tracing::warn!(upstream = %shared.name, instance = idx, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
                     let (status, code, what) = if e.is_connect() && is_timeout(&e) {
-                        (StatusCode::GATEWAY_TIMEOUT, ErrorCode::UPSTREAM_TIMEOUT, "timed out connecting to")
+                        (
+                            StatusCode::GATEWAY_TIMEOUT,
+                            ErrorCode::UPSTREAM_TIMEOUT,
+                            "timed out connecting to",
+                        )
                     } else if e.is_connect() {
-                        (StatusCode::BAD_GATEWAY, ErrorCode::UPSTREAM_UNAVAILABLE, "could not connect to")
+                        (
+                            StatusCode::BAD_GATEWAY,
+                            ErrorCode::UPSTREAM_UNAVAILABLE,
+                            "could not connect to",
+                        )
                     } else {
-                        (StatusCode::BAD_GATEWAY, ErrorCode::UPSTREAM_UNAVAILABLE, "failed talking to")
+                        (
+                            StatusCode::BAD_GATEWAY,
+                            ErrorCode::UPSTREAM_UNAVAILABLE,
+                            "failed talking to",
+                        )
                     };
                     return Ok(failure(
                         status,
@@ -395,7 +416,11 @@ where
                 }
                 Ok(Ok(resp)) => resp,
             };
-            if let Some(issued) = resp.headers().get(MCP_SESSION_ID).and_then(|v| v.to_str().ok()) {
+            if let Some(issued) = resp
+                .headers()
+                .get(MCP_SESSION_ID)
+                .and_then(|v| v.to_str().ok())
+            {
                 shared.pin(issued, idx);
             }
             if let Some(sid) = session.as_deref() {
@@ -420,16 +445,23 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn hop_by_hop_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("mcp-param-region", HeaderValue::from_static("eu"));
         h.insert(MCP_SESSION_ID, HeaderValue::from_static("s"));
         strip_hop_by_hop(&mut h);
@@ -448,8 +480,16 @@ mod tests {
         let up = up.unwrap();
         let inst = &up.shared.instances[0];
         assert_eq!(inst.uri(None).unwrap().to_string(), "http://h:1/mcp?k=v");
-        assert_eq!(inst.uri(Some("a=b")).unwrap().to_string(), "http://h:1/mcp?k=v&a=b");
-        assert!(Upstream::new("t", ["ftp://h/x".parse().unwrap()], UpstreamConfig::default()).is_err());
+        assert_eq!(
+            inst.uri(Some("a=b")).unwrap().to_string(),
+            "http://h:1/mcp?k=v&a=b"
+        );
+        assert!(Upstream::new(
+            "t",
+            ["ftp://h/x".parse().unwrap()],
+            UpstreamConfig::default()
+        )
+        .is_err());
         assert!(Upstream::new("t", Vec::<Uri>::new(), UpstreamConfig::default()).is_err());
     }
 
@@ -457,7 +497,10 @@ mod tests {
     fn sessions_stay_on_their_instance() {
         let up = Upstream::new(
             "t",
-            ["http://a:1/mcp".parse().unwrap(), "http://b:1/mcp".parse().unwrap()],
+            [
+                "http://a:1/mcp".parse().unwrap(),
+                "http://b:1/mcp".parse().unwrap(),
+            ],
             UpstreamConfig::default(),
         )
         .unwrap();

@@ -22,7 +22,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("demo MCP server listening on http://{}/mcp", listener.local_addr()?);
+    eprintln!(
+        "demo MCP server listening on http://{}/mcp",
+        listener.local_addr()?
+    );
     tokio::select! {
         () = serve(listener, opts) => {}
         _ = tokio::signal::ctrl_c() => {}

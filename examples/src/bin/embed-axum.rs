@@ -11,7 +11,9 @@ use tower::ServiceBuilder;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "http://127.0.0.1:3001/mcp".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "http://127.0.0.1:3001/mcp".into());
     let upstream = Upstream::new("demo", [url.parse()?], UpstreamConfig::default())?;
     let mcp = ServiceBuilder::new()
         // Refuse foreign browser origins first: nothing else runs for them.
@@ -23,7 +25,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/hello", get(|| async { "hello from the host app\n" }))
         .route_service("/mcp", mcp);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8090").await?;
-    eprintln!("axum app on http://{}/ — MCP at /mcp", listener.local_addr()?);
+    eprintln!(
+        "axum app on http://{}/ — MCP at /mcp",
+        listener.local_addr()?
+    );
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Shared helpers for the gateway's integration tests: real servers on 127.0.0.1:0.
 #![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -15,14 +16,19 @@ pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Starts the rmcp demo server.
 pub async fn demo(opts: DemoOptions) -> SocketAddr {
-    demo_server::spawn("127.0.0.1:0".parse().unwrap(), opts).await.unwrap()
+    demo_server::spawn("127.0.0.1:0".parse().unwrap(), opts)
+        .await
+        .unwrap()
 }
 
 /// Settings for a gateway on an ephemeral port in front of `upstreams` (`name=url,...`).
 pub fn settings(upstreams: &[String]) -> Settings {
     Settings::from_flags(
         "127.0.0.1:0".parse().unwrap(),
-        upstreams.iter().map(|u| parse_upstream_flag(u).unwrap()).collect(),
+        upstreams
+            .iter()
+            .map(|u| parse_upstream_flag(u).unwrap())
+            .collect(),
     )
 }
 
@@ -49,7 +55,9 @@ where
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
@@ -85,7 +93,12 @@ pub fn mcp_post(c: &reqwest::Client, url: &str, body: &str) -> reqwest::RequestB
 }
 
 /// Asserts a JSON-RPC error answer: status, code, and id.
-pub async fn assert_error(resp: reqwest::Response, status: u16, code: i64, id: serde_json::Value) -> serde_json::Value {
+pub async fn assert_error(
+    resp: reqwest::Response,
+    status: u16,
+    code: i64,
+    id: serde_json::Value,
+) -> serde_json::Value {
     assert_eq!(resp.status().as_u16(), status, "status");
     assert_eq!(
         resp.headers().get("content-type").unwrap(),
@@ -96,7 +109,9 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: i64, id: s
     assert_eq!(v["jsonrpc"], "2.0");
     assert_eq!(v["error"]["code"], code, "{v}");
     assert_eq!(v["id"], id, "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
     v
 }
 
@@ -107,7 +122,8 @@ pub trait JsonValue {
 impl JsonValue for reqwest::Response {
     async fn json_value(self) -> serde_json::Value {
         let bytes = self.bytes().await.unwrap();
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)))
     }
 }
 
