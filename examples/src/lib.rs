@@ -8,3 +8,4 @@
 #![forbid(unsafe_code)]
 
 pub mod demo_server;
+pub mod embed;

@@ -61,8 +61,9 @@ impl Router {
     /// Serves one request.
     pub async fn serve(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
+        tls: bool,
     ) -> Result<Response<GatewayBody>, Infallible> {
         let started = Instant::now();
         let method = req.method().clone();
@@ -72,6 +73,7 @@ impl Router {
             .map(|r| r.strip_suffix('/').unwrap_or(r));
         let (upstream, resp) = match (route, path.as_str()) {
             (Some(name), _) if self.routes.contains_key(name) => {
+                add_forwarded(&mut req, peer, tls);
                 let stack = self.routes[name].clone();
                 let resp = stack.oneshot(req).await?;
                 (Some(name), resp)
@@ -120,4 +122,31 @@ fn plain(status: StatusCode, text: &'static str) -> Response<GatewayBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     wrap(resp)
+}
+
+/// Appends the client to `X-Forwarded-For` and records the scheme and host it used, as reverse
+/// proxies conventionally do, so upstream logs can name the real client.
+fn add_forwarded<B>(req: &mut Request<B>, peer: SocketAddr, tls: bool) {
+    // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header.
+    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let headers = req.headers_mut();
+    let ip = peer.ip().to_string();
+    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host);
+    }
 }

@@ -152,9 +152,10 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let is_tls = tls.is_some();
         let svc = hyper::service::service_fn(move |req| {
             let router = router.clone();
-            async move { router.serve(req, peer).await }
+            async move { router.serve(req, peer, is_tls).await }
         });
         match &tls {
             None => {

@@ -129,6 +129,24 @@ async fn json_responses_pass_through() {
         .starts_with("application/json"));
     let v = resp.json_value().await;
     assert_eq!(v["id"], 1);
+    // Legacy tools/call (no session: the server runs stateless) answered with application/json.
+    let resp = mcp_post(
+        &c,
+        &url,
+        r#"{"jsonrpc":"2.0","id":"j1","method":"tools/call","params":{"name":"echo","arguments":{"text":"legacy-json"}}}"#,
+    )
+    .header("mcp-protocol-version", "2025-11-25")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let v = resp.json_value().await;
+    assert_eq!(v["id"], "j1");
+    assert_eq!(v["result"]["content"][0]["text"], "legacy-json");
     // 2026-07-28 sessionless tools/call answered with application/json.
     let resp = modern_post(
         &c,
@@ -533,5 +551,84 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     tokio::time::timeout(Duration::from_secs(10), closed_rx.recv())
         .await
         .expect("upstream stream was not closed after the client left");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_breaking_mid_stream_is_not_reported_as_complete() {
+    let up = raw_upstream(|_req| async move {
+        let (tx, rx) = mpsc::channel::<
+            Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+        >(2);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(http_body::Frame::data(Bytes::from_static(
+                    b"data: {\"jsonrpc\":\"2.0\",\"method\":\"n\"}\n\n",
+                ))))
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(Err("upstream died".into())).await;
+        });
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
+            .unwrap()
+    })
+    .await;
+    let gw = gateway(settings(&[format!("sse=http://{up}/mcp")])).await;
+    let url = format!("http://{}/mcp/sse", gw.local_addr());
+    let resp = mcp_post(
+        &client(),
+        &url,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    let mut ended_with_error = false;
+    while let Some(chunk) = stream.next().await {
+        if chunk.is_err() {
+            ended_with_error = true;
+            break;
+        }
+    }
+    assert!(
+        ended_with_error,
+        "a broken upstream stream looked complete to the client"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_name_the_client() {
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel::<http::HeaderMap>();
+    let up = raw_upstream(move |req| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let _ = seen_tx.send(req.headers().clone());
+            Response::builder().status(202).body(full("")).unwrap()
+        }
+    })
+    .await;
+    let gw = gateway(settings(&[format!("raw=http://{up}/mcp")])).await;
+    let url = format!("http://{}/mcp/raw", gw.local_addr());
+    let resp = mcp_post(
+        &client(),
+        &url,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    )
+    .header("x-forwarded-for", "203.0.113.9")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 202);
+    let seen = seen_rx.recv().await.unwrap();
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], gw.local_addr().to_string());
     gw.shutdown().await;
 }
