@@ -231,6 +231,16 @@ async fn error_paths() {
         json!(null),
     )
     .await;
+    // A key the gateway acts on, sent twice → 400 / -32600 (no parser-disagreement smuggling).
+    let resp = mcp_post(
+        &c,
+        &url,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","name":"slow_count"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_error(resp, 400, -32600, json!(null)).await;
     // A batch outside 2025-03-26 → 400 / -32600.
     let resp = mcp_post(&c, &url, r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#)
         .header("mcp-protocol-version", "2025-11-25")

@@ -335,19 +335,22 @@ fn classify_one(body: &[u8], raw: &RawValue) -> Result<McpMessage, ClassifyError
     };
     if let Some(params) = env.params {
         msg.params = Some(span_of(body, params));
-        // Params of an unexpected shape are the server's to reject: keep what can be read.
+        // Params of an unexpected shape (an array, a numeric name) are the server's to reject:
+        // keep what can be read. But a key the gateway acts on must not appear twice: parsers
+        // disagree on which copy wins, so the gateway could check one name while the server
+        // runs another.
         if params.get().starts_with('{') {
-            if let Ok(p) = serde_json::from_str::<Params<'_>>(params.get()) {
-                msg.name = p.name.and_then(string_of);
-                msg.uri = p.uri.and_then(string_of);
-                msg.arguments = p.arguments.map(|a| span_of(body, a));
-                if let Some(meta) = p.meta {
-                    msg.meta = Some(span_of(body, meta));
-                    if meta.get().starts_with('{') {
-                        if let Ok(known) = serde_json::from_str::<MetaKnown<'_>>(meta.get()) {
-                            msg.meta_protocol_version = known.protocol_version.map(Into::into);
-                        }
-                    }
+            let p = serde_json::from_str::<Params<'_>>(params.get())
+                .map_err(|e| ClassifyError::Invalid(format!("params: {e}")))?;
+            msg.name = p.name.and_then(string_of);
+            msg.uri = p.uri.and_then(string_of);
+            msg.arguments = p.arguments.map(|a| span_of(body, a));
+            if let Some(meta) = p.meta {
+                msg.meta = Some(span_of(body, meta));
+                if meta.get().starts_with('{') {
+                    let known = serde_json::from_str::<MetaKnown<'_>>(meta.get())
+                        .map_err(|e| ClassifyError::Invalid(format!("params._meta: {e}")))?;
+                    msg.meta_protocol_version = known.protocol_version.map(Into::into);
                 }
             }
         }
@@ -499,6 +502,25 @@ mod tests {
             );
         }
         assert!(classify(b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn duplicate_keys_the_gateway_reads_are_refused() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","name":"rm"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"a","uri":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{},"_meta":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"arguments":{},"arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/protocolVersion":"2025-06-18"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":7}}}"#,
+        ] {
+            assert!(
+                matches!(classify(body.as_bytes()), Err(ClassifyError::Invalid(_))),
+                "{body}"
+            );
+        }
+        // Keys the gateway does not read may repeat: that is the server's business.
+        assert!(classify(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"x":1,"x":2}}"#).is_ok());
     }
 
     #[test]
