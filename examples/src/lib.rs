@@ -5,7 +5,10 @@
 //!   `demo-server` binary serves it; the gateway's integration tests start it in-process.
 //! - `demo-client` (binary): calls the demo tools through any URL, in both protocol eras.
 //! - `embed-axum` (binary): the gateway's layers and forwarding service inside an axum app.
+//! - [`conformance`]: the server the official conformance suite is run against, directly and
+//!   through the gateway (`conformance-server` binary, `scripts/conformance`).
 #![forbid(unsafe_code)]
 
+pub mod conformance;
 pub mod demo_server;
 pub mod embed;
