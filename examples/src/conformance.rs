@@ -908,10 +908,9 @@ fn reconnection_call(parts: &http::request::Parts, body: &[u8]) -> Option<(Strin
     }
     let session = parts.headers.get("mcp-session-id")?.to_str().ok()?;
     let msg: Value = serde_json::from_slice(body).ok()?;
-    (msg.get("method")?.as_str()? == "tools/call"
-        && msg.pointer("/params/name")?.as_str()? == RECONNECTION_TOOL)
-        .then(|| (session.to_owned(), msg.get("id").map(Value::to_string)))
-        .and_then(|(s, id)| Some((s, id?)))
+    let is_call = msg.get("method")?.as_str()? == "tools/call"
+        && msg.pointer("/params/name")?.as_str()? == RECONNECTION_TOOL;
+    is_call.then(|| Some((session.to_owned(), msg.get("id")?.to_string())))?
 }
 
 fn is_sse(resp: &http::Response<BoxBody>) -> bool {
