@@ -520,7 +520,9 @@ mod tests {
             );
         }
         // Keys the gateway does not read may repeat: that is the server's business.
-        assert!(classify(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"x":1,"x":2}}"#).is_ok());
+        assert!(
+            classify(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"x":1,"x":2}}"#).is_ok()
+        );
     }
 
     #[test]

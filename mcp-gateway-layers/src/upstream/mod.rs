@@ -34,10 +34,6 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use mcp_gateway_core::headers::{is_event_stream, MCP_SESSION_ID, X_ACCEL_BUFFERING};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 use mcp_gateway_core::McpRequest;
@@ -51,8 +47,13 @@ use tower_service::Service;
 
 /// The body type the upstream client sends.
 pub type UpstreamRequestBody = UnsyncBoxBody<Bytes, BoxError>;
+mod pool;
+
+pub use pool::PooledBody;
+use pool::{ConnectError, InstancePool};
+
 /// The body type [`Upstream`] answers with.
-pub type UpstreamBody = ResponseBody<Incoming>;
+pub type UpstreamBody = ResponseBody<PooledBody>;
 
 /// Timeouts and limits of an [`Upstream`].
 #[derive(Clone, Debug)]
@@ -67,6 +68,8 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Most legacy sessions remembered per upstream for instance pinning. Default 100,000.
     pub max_pinned_sessions: usize,
+    /// Most idle connections kept per instance. Default 256.
+    pub max_idle_per_instance: usize,
 }
 
 impl Default for UpstreamConfig {
@@ -76,6 +79,7 @@ impl Default for UpstreamConfig {
             response_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             max_pinned_sessions: 100_000,
+            max_idle_per_instance: 256,
         }
     }
 }
@@ -110,27 +114,20 @@ pub enum UpstreamError {
     },
 }
 
-#[derive(Debug)]
 struct Instance {
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
+    pool: Arc<InstancePool>,
     path: String,
     query: Option<String>,
 }
 
 impl Instance {
-    fn uri(&self, client_query: Option<&str>) -> Option<Uri> {
+    fn path_and_query(&self, client_query: Option<&str>) -> Option<PathAndQuery> {
         let pq = match (self.query.as_deref(), client_query) {
             (Some(q), Some(c)) => format!("{}?{q}&{c}", self.path),
             (Some(q), None) | (None, Some(q)) => format!("{}?{q}", self.path),
-            (None, None) => self.path.clone(),
+            (None, None) => return PathAndQuery::try_from(self.path.as_str()).ok(),
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(PathAndQuery::try_from(pq).ok()?)
-            .build()
-            .ok()
+        PathAndQuery::try_from(pq).ok()
     }
 }
 
@@ -139,7 +136,6 @@ struct Shared {
     instances: Vec<Instance>,
     next: AtomicUsize,
     pins: Mutex<HashMap<Box<str>, usize>>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamRequestBody>,
     config: UpstreamConfig,
 }
 
@@ -185,6 +181,7 @@ impl Upstream {
         config: UpstreamConfig,
     ) -> Result<Self, UpstreamError> {
         let mut list = Vec::new();
+        let mut tls = None;
         for uri in instances {
             let bad = || UpstreamError::BadUrl {
                 name: name.to_owned(),
@@ -195,9 +192,25 @@ impl Upstream {
                 return Err(bad());
             }
             let authority = uri.authority().cloned().ok_or_else(bad)?;
+            let connector = if scheme == http::uri::Scheme::HTTPS {
+                Some(
+                    tls.get_or_insert_with(|| {
+                        tokio_rustls::TlsConnector::from(Arc::new(tls_config()))
+                    })
+                    .clone(),
+                )
+            } else {
+                None
+            };
             list.push(Instance {
-                scheme,
-                authority,
+                pool: Arc::new(InstancePool::new(
+                    scheme,
+                    authority,
+                    connector,
+                    config.connect_timeout,
+                    config.pool_idle_timeout,
+                    config.max_idle_per_instance,
+                )),
                 path: uri.path().to_owned(),
                 query: uri.query().map(str::to_owned),
             });
@@ -205,27 +218,12 @@ impl Upstream {
         if list.is_empty() {
             return Err(UpstreamError::NoInstances(name.to_owned()));
         }
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config())
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(https);
         Ok(Self {
             shared: Arc::new(Shared {
                 name: name.into(),
                 instances: list,
                 next: AtomicUsize::new(0),
                 pins: Mutex::new(HashMap::new()),
-                client,
                 config,
             }),
         })
@@ -312,20 +310,59 @@ fn failure(
     reject(JsonRpcError::new(code, msg).into_response(status, id))
 }
 
-fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
+enum Failure {
+    Connect(ConnectError),
+    Send(hyper::Error),
+    Timeout,
+}
+
+impl Failure {
+    fn into_response(
+        self,
+        shared: &Shared,
+        idx: usize,
+        id: Option<&RequestId>,
+    ) -> Response<UpstreamBody> {
+        let name = &shared.name;
+        let (status, code, message) = match self {
+            Failure::Connect(ConnectError::Timeout) => {
+                tracing::warn!(upstream = %name, instance = idx, timeout = ?shared.config.connect_timeout, "upstream connect timed out");
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ErrorCode::UPSTREAM_TIMEOUT,
+                    format!("gateway timed out connecting to upstream {name:?}"),
+                )
             }
-        }
-        if e.to_string().contains("timed out") {
-            return true;
-        }
-        cur = e.source();
+            Failure::Connect(ConnectError::Failed(why)) => {
+                tracing::warn!(upstream = %name, instance = idx, error = %why, "upstream connect failed");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::UPSTREAM_UNAVAILABLE,
+                    format!("gateway could not connect to upstream {name:?}"),
+                )
+            }
+            Failure::Send(e) => {
+                tracing::warn!(upstream = %name, instance = idx, error = %e, "upstream exchange failed");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::UPSTREAM_UNAVAILABLE,
+                    format!("gateway failed talking to upstream {name:?}"),
+                )
+            }
+            Failure::Timeout => {
+                tracing::warn!(upstream = %name, instance = idx, "upstream response timed out");
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ErrorCode::UPSTREAM_TIMEOUT,
+                    format!(
+                        "upstream {name:?} did not answer within {:?}",
+                        shared.config.response_timeout
+                    ),
+                )
+            }
+        };
+        failure(status, code, message, id)
     }
-    false
 }
 
 impl<B> Service<Request<B>> for Upstream
@@ -352,8 +389,9 @@ where
                 .and_then(|v| v.to_str().ok())
                 .map(Into::into);
             let idx = shared.pick(session.as_deref());
+            let instance = &shared.instances[idx];
             let (mut parts, body) = req.into_parts();
-            let Some(uri) = shared.instances[idx].uri(parts.uri.query()) else {
+            let Some(pq) = instance.path_and_query(parts.uri.query()) else {
                 return Ok(failure(
                     StatusCode::BAD_REQUEST,
                     ErrorCode::INVALID_REQUEST,
@@ -361,61 +399,48 @@ where
                     reply_id.as_ref(),
                 ));
             };
-            parts.uri = uri;
+            // HTTP/1.1 to the upstream: origin-form target, Host from the instance URL.
+            parts.uri = Uri::from(pq);
             parts.version = Version::HTTP_11;
             strip_hop_by_hop(&mut parts.headers);
             // No token passthrough: the client's credentials are for the gateway only.
             parts.headers.remove(header::AUTHORIZATION);
-            parts.headers.remove(header::HOST);
+            if let Ok(host) = HeaderValue::from_str(instance.pool.authority().as_str()) {
+                parts.headers.insert(header::HOST, host);
+            }
             parts.extensions = http::Extensions::new();
             let method = parts.method.clone();
             let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
 
-            let sent =
-                tokio::time::timeout(shared.config.response_timeout, shared.client.request(req));
-            let mut resp = match sent.await {
-                Err(_) => {
-                    tracing::warn!(upstream = %shared.name, instance = idx, "upstream response timed out");
-                    return Ok(failure(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        ErrorCode::UPSTREAM_TIMEOUT,
-                        format!(
-                            "upstream {:?} did not answer within {:?}",
-                            shared.name, shared.config.response_timeout
-                        ),
-                        reply_id.as_ref(),
-                    ));
+            let exchange = async {
+                let mut req = req;
+                let mut retried = false;
+                loop {
+                    let (mut send, reused) =
+                        instance.pool.checkout().await.map_err(Failure::Connect)?;
+                    match send.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, send)),
+                        Err(mut e) => match e.take_message() {
+                            // The server closed an idle connection just as it was reused:
+                            // nothing was sent, so sending again on a fresh one is safe.
+                            Some(back) if reused && !retried => {
+                                req = back;
+                                retried = true;
+                            }
+                            _ => return Err(Failure::Send(e.into_error())),
+                        },
+                    }
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(upstream = %shared.name, instance = idx, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
-                    let (status, code, what) = if e.is_connect() && is_timeout(&e) {
-                        (
-                            StatusCode::GATEWAY_TIMEOUT,
-                            ErrorCode::UPSTREAM_TIMEOUT,
-                            "timed out connecting to",
-                        )
-                    } else if e.is_connect() {
-                        (
-                            StatusCode::BAD_GATEWAY,
-                            ErrorCode::UPSTREAM_UNAVAILABLE,
-                            "could not connect to",
-                        )
-                    } else {
-                        (
-                            StatusCode::BAD_GATEWAY,
-                            ErrorCode::UPSTREAM_UNAVAILABLE,
-                            "failed talking to",
-                        )
-                    };
-                    return Ok(failure(
-                        status,
-                        code,
-                        format!("gateway {what} upstream {:?}", shared.name),
-                        reply_id.as_ref(),
-                    ));
-                }
-                Ok(Ok(resp)) => resp,
             };
+            let (resp, send) =
+                match tokio::time::timeout(shared.config.response_timeout, exchange).await {
+                    Ok(Ok(pair)) => pair,
+                    Ok(Err(f)) => return Ok(f.into_response(&shared, idx, reply_id.as_ref())),
+                    Err(_) => {
+                        return Ok(Failure::Timeout.into_response(&shared, idx, reply_id.as_ref()))
+                    }
+                };
+            let mut resp = resp.map(|b| PooledBody::new(b, send, instance.pool.clone()));
             if let Some(issued) = resp
                 .headers()
                 .get(MCP_SESSION_ID)
@@ -475,14 +500,13 @@ mod tests {
             "t",
             ["http://h:1/mcp?k=v".parse().unwrap()],
             UpstreamConfig::default(),
-        );
-        // Building the client needs no runtime.
-        let up = up.unwrap();
+        )
+        .unwrap();
         let inst = &up.shared.instances[0];
-        assert_eq!(inst.uri(None).unwrap().to_string(), "http://h:1/mcp?k=v");
+        assert_eq!(inst.path_and_query(None).unwrap().as_str(), "/mcp?k=v");
         assert_eq!(
-            inst.uri(Some("a=b")).unwrap().to_string(),
-            "http://h:1/mcp?k=v&a=b"
+            inst.path_and_query(Some("a=b")).unwrap().as_str(),
+            "/mcp?k=v&a=b"
         );
         assert!(Upstream::new(
             "t",

@@ -1,0 +1,232 @@
+//! A lean HTTP/1.1 connection pool per upstream instance.
+//!
+//! Idle connections sit in a LIFO stack behind one short lock (the most recently used
+//! connection is the warmest). A connection goes back to the stack when the response body it
+//! carried has been read to the end; a response abandoned half-way (the client left) closes its
+//! connection instead, since unread bytes would corrupt the next exchange.
+
+use super::UpstreamRequestBody;
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Why a connection could not be made.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// TCP or TLS did not complete within the connect timeout.
+    Timeout,
+    /// Refused, unreachable, unresolvable, or a failed handshake.
+    Failed(String),
+}
+
+struct Idle {
+    send: SendRequest<UpstreamRequestBody>,
+    since: Instant,
+}
+
+/// The pool of one instance.
+pub(crate) struct InstancePool {
+    scheme: Scheme,
+    authority: Authority,
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl InstancePool {
+    pub(crate) fn new(
+        scheme: Scheme,
+        authority: Authority,
+        tls: Option<tokio_rustls::TlsConnector>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
+        Self {
+            scheme,
+            authority,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+            connect_timeout,
+            tls,
+        }
+    }
+
+    /// The instance's `host[:port]`.
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// A connection ready for one request: an idle one if any is alive, else a new one.
+    /// The flag says whether it was reused (a reused connection may have been closed by the
+    /// server a moment ago, so a request that failed before being sent may be retried).
+    pub(crate) async fn checkout(
+        &self,
+    ) -> Result<(SendRequest<UpstreamRequestBody>, bool), ConnectError> {
+        loop {
+            let candidate = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some(mut idle) = candidate else { break };
+            if idle.since.elapsed() > self.idle_timeout || idle.send.is_closed() {
+                continue;
+            }
+            // Right after a response ends, the connection task may not have marked the
+            // connection idle yet: wait for it (it is immediate, or the connection is dead).
+            if idle.send.ready().await.is_ok() {
+                return Ok((idle.send, true));
+            }
+        }
+        self.connect().await.map(|s| (s, false))
+    }
+
+    /// Returns a connection whose exchange completed.
+    pub(crate) fn put(&self, send: SendRequest<UpstreamRequestBody>) {
+        if send.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                send,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamRequestBody>, ConnectError> {
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let default_port = if self.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let port = self.authority.port_u16().unwrap_or(default_port);
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect((host, port))
+                .await
+                .map_err(|e| ConnectError::Failed(format!("connect to {host}:{port}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => handshake(tcp).await,
+                Some(tls) => {
+                    let name =
+                        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+                            ConnectError::Failed(format!("TLS server name {host:?}: {e}"))
+                        })?;
+                    let stream = tls.connect(name, tcp).await.map_err(|e| {
+                        ConnectError::Failed(format!("TLS handshake with {host}:{port}: {e}"))
+                    })?;
+                    handshake(stream).await
+                }
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout),
+        }
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<SendRequest<UpstreamRequestBody>, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ConnectError::Failed(format!("HTTP handshake: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with error");
+        }
+    });
+    Ok(send)
+}
+
+pin_project! {
+    /// An upstream response body that gives its connection back to the pool when it has been
+    /// read to the end.
+    pub struct PooledBody {
+        #[pin]
+        inner: Incoming,
+        slot: Option<(SendRequest<UpstreamRequestBody>, Arc<InstancePool>)>,
+    }
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody").finish_non_exhaustive()
+    }
+}
+
+impl PooledBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        send: SendRequest<UpstreamRequestBody>,
+        pool: Arc<InstancePool>,
+    ) -> Self {
+        let mut body = Self {
+            inner,
+            slot: Some((send, pool)),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((send, pool)) = self.slot.take() {
+            pool.put(send);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let res = inner.as_mut().poll_frame(cx);
+        // The server side may stop polling as soon as the body reports its end, so give the
+        // connection back both on the final `None` and on the frame that ends the body.
+        let ended = match &res {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            if let Some((send, pool)) = this.slot.take() {
+                pool.put(send);
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
