@@ -62,8 +62,7 @@ impl Router {
     pub async fn serve(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
-        tls: bool,
+        conn: &ConnInfo,
     ) -> Result<Response<GatewayBody>, Infallible> {
         let started = Instant::now();
         let method = req.method().clone();
@@ -73,7 +72,7 @@ impl Router {
             .map(|r| r.strip_suffix('/').unwrap_or(r));
         let (upstream, resp) = match (route, path.as_str()) {
             (Some(name), _) if self.routes.contains_key(name) => {
-                add_forwarded(&mut req, peer, tls);
+                add_forwarded(&mut req, conn);
                 let stack = self.routes[name].clone();
                 let resp = stack.oneshot(req).await?;
                 (Some(name), resp)
@@ -98,7 +97,7 @@ impl Router {
         };
         tracing::info!(
             target: "mcp_gateway::access",
-            client = %peer,
+            client = %conn.peer,
             %method,
             path = %path,
             upstream = upstream.unwrap_or("-"),
@@ -124,9 +123,33 @@ fn plain(status: StatusCode, text: &'static str) -> Response<GatewayBody> {
     wrap(resp)
 }
 
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+
+/// What the router knows of the connection a request arrived on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The client's IP, ready to go into `X-Forwarded-For`.
+    peer_ip: HeaderValue,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+impl ConnInfo {
+    /// Information for a new connection.
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { peer, peer_ip, tls }
+    }
+}
+
 /// Appends the client to `X-Forwarded-For` and records the scheme and host it used, as reverse
 /// proxies conventionally do, so upstream logs can name the real client.
-fn add_forwarded<B>(req: &mut Request<B>, peer: SocketAddr, tls: bool) {
+fn add_forwarded<B>(req: &mut Request<B>, conn: &ConnInfo) {
     // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header.
     let host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
@@ -134,19 +157,22 @@ fn add_forwarded<B>(req: &mut Request<B>, peer: SocketAddr, tls: bool) {
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let headers = req.headers_mut();
-    let ip = peer.ip().to_string();
-    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
+    let chain = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prior) if !prior.trim_ascii().is_empty() => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + conn.peer_ip.len());
+            joined.extend_from_slice(prior);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(conn.peer_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| conn.peer_ip.clone())
+        }
+        _ => conn.peer_ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert("x-forwarded-for", v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), chain);
     headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
 }

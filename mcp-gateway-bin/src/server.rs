@@ -152,10 +152,11 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let is_tls = tls.is_some();
+        let info = Arc::new(crate::router::ConnInfo::new(peer, tls.is_some()));
         let svc = hyper::service::service_fn(move |req| {
             let router = router.clone();
-            async move { router.serve(req, peer, is_tls).await }
+            let info = info.clone();
+            async move { router.serve(req, &info).await }
         });
         match &tls {
             None => {

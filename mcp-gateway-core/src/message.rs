@@ -235,10 +235,19 @@ pub fn classify(body: &[u8]) -> Result<ParsedBody, ClassifyError> {
             })
         }
         Some(b'{') => {
-            let raw: &RawValue = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+            // One pass: the envelope straight from the body, `params` kept as raw text.
+            let env: Envelope<'_> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+            let start = body
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(0);
+            let end = body
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .map_or(body.len(), |i| i + 1);
             Ok(ParsedBody {
                 batch: false,
-                messages: vec![classify_one(body, raw)?],
+                messages: vec![classify_envelope(body, env, start..end)?],
             })
         }
         None => Err(ClassifyError::Parse("empty body".into())),
@@ -285,6 +294,14 @@ fn classify_one(body: &[u8], raw: &RawValue) -> Result<McpMessage, ClassifyError
     }
     let env: Envelope<'_> =
         serde_json::from_str(text).map_err(|e| ClassifyError::Invalid(e.to_string()))?;
+    classify_envelope(body, env, span_of(body, raw))
+}
+
+fn classify_envelope(
+    body: &[u8],
+    env: Envelope<'_>,
+    span: Range<usize>,
+) -> Result<McpMessage, ClassifyError> {
     if env.jsonrpc.as_deref() != Some("2.0") {
         return Err(ClassifyError::Invalid(r#""jsonrpc" must be "2.0""#.into()));
     }
@@ -328,7 +345,7 @@ fn classify_one(body: &[u8], raw: &RawValue) -> Result<McpMessage, ClassifyError
         name: None,
         uri: None,
         meta_protocol_version: None,
-        span: span_of(body, raw),
+        span,
         params: None,
         meta: None,
         arguments: None,

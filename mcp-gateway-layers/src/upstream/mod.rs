@@ -274,8 +274,24 @@ impl Shared {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and those named by `Connection`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One scan first: most messages carry none, and then nothing is hashed or moved.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

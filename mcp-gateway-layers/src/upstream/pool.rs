@@ -86,7 +86,9 @@ impl InstancePool {
                 return Ok((idle.send, true));
             }
         }
-        self.connect().await.map(|s| (s, false))
+        // Boxed: connecting (TCP, maybe TLS) is rare and its state is large; keeping it out
+        // of line keeps every request's future small.
+        Box::pin(self.connect()).await.map(|s| (s, false))
     }
 
     /// Returns a connection whose exchange completed.
