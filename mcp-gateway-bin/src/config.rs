@@ -170,6 +170,10 @@ pub struct ServerConfig {
     /// Terminate TLS with this certificate and key.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Runtime worker threads; default: one per available core. `1` runs a single-threaded
+    /// runtime, the cheapest per request when the gateway is given one core.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -181,6 +185,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             allow_localhost_origins: true,
             tls: None,
+            worker_threads: None,
         }
     }
 }
@@ -294,6 +299,8 @@ pub struct Settings {
     pub log_level: String,
     /// Upstreams.
     pub upstreams: Vec<UpstreamSpec>,
+    /// Runtime worker threads (`None`: one per core).
+    pub worker_threads: Option<usize>,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -352,6 +359,12 @@ pub fn check(
             Ok(next) => origins = next,
             Err(e) => errors.push(err_at(Some(o.span()), e.to_string())),
         }
+    }
+    if config.server.worker_threads == Some(0) {
+        errors.push(err_at(
+            None,
+            "server.worker_threads must be at least 1".into(),
+        ));
     }
     if config.server.body_limit.0 == 0 {
         errors.push(err_at(
@@ -438,6 +451,7 @@ pub fn check(
         log_format: config.log.format,
         log_level: config.log.level,
         upstreams,
+        worker_threads: config.server.worker_threads,
     })
 }
 
@@ -505,6 +519,7 @@ impl Settings {
             log_format: LogFormat::Text,
             log_level: default_level(),
             upstreams,
+            worker_threads: None,
         }
     }
 }

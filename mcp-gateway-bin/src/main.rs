@@ -130,10 +130,19 @@ fn main() -> ExitCode {
                 settings.log_format = LogFormat::Json;
             }
             mcp_gateway::logging::init(settings.log_format, &settings.log_level);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            // One worker: a single-threaded runtime (no work stealing, no cross-thread
+            // wake-ups). More: the multi-threaded one with that many workers.
+            let threads = settings.worker_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            let mut builder = if threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(threads);
+                b
+            };
+            let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
