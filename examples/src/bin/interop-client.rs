@@ -118,6 +118,9 @@ async fn run(
         return Err(format!("tool failed: {}", text(&r)).into());
     }
     let r = client.call_tool(tool_call(&case["progress"])?).await?;
+    // rmcp hands notifications to the handler on their own tasks, so the last one can still be
+    // in flight when the result returns; give them a moment before counting.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let seen = progress.load(Ordering::SeqCst);
     out.insert("progress".into(), json!(seen));
     if r.is_error == Some(true) || seen == 0 {
