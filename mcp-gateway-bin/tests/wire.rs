@@ -191,6 +191,19 @@ async fn modern_header_mismatch_is_refused_before_the_upstream() {
         .await
         .unwrap();
     assert_error(resp, 400, -32020, json!(5)).await;
+    // A 2026-07-28 header on a request whose _meta has no protocol version: -32602, as the
+    // protocol has servers answer (SEP-2575), keeping the id.
+    let resp = modern_post(
+        &c,
+        &url,
+        r#"{"jsonrpc":"2.0","id":101,"method":"server/discover","params":{}}"#,
+        "server/discover",
+        None,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_error(resp, 400, -32602, json!(101)).await;
     // Base64-encoded Mcp-Name is decoded before comparing.
     let resp = modern_post(&c, &url, &body, "tools/call", Some("=?base64?ZWNobw==?="))
         .send()

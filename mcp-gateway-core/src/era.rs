@@ -87,6 +87,11 @@ pub enum EraError {
     /// A header value is not visible ASCII.
     #[error("header {0} is not valid visible ASCII")]
     InvalidHeader(&'static str),
+    /// A request declares a 2026-07-28 version in `MCP-Protocol-Version` but its `_meta` lacks
+    /// the protocol version every such request must carry (JSON-RPC -32602, as SEP-2575 has
+    /// servers answer).
+    #[error("Invalid params: request _meta is missing \"io.modelcontextprotocol/protocolVersion\" (MCP-Protocol-Version header is {0})")]
+    MissingMetaVersion(String),
 }
 
 impl EraError {
@@ -95,6 +100,7 @@ impl EraError {
         let code = match self {
             Self::HeaderMismatch(_) | Self::InvalidHeader(_) => ErrorCode::HEADER_MISMATCH,
             Self::BatchNotAllowed(_) => ErrorCode::INVALID_REQUEST,
+            Self::MissingMetaVersion(_) => ErrorCode::INVALID_PARAMS,
         };
         (
             StatusCode::BAD_REQUEST,
@@ -169,10 +175,9 @@ pub fn detect(headers: &HeaderMap, parsed: Option<&ParsedBody>) -> Result<Protoc
             && msg.method() != Some("initialize")
             && header_version.as_deref().is_some_and(is_modern_version)
         {
-            return Err(EraError::HeaderMismatch(format!(
-                "MCP-Protocol-Version header is {} but params._meta has no \"io.modelcontextprotocol/protocolVersion\"",
-                header_version.unwrap_or_default()
-            )));
+            return Err(EraError::MissingMetaVersion(
+                header_version.unwrap_or_default(),
+            ));
         }
         return Ok(legacy(header_version));
     };
@@ -314,7 +319,8 @@ mod tests {
         assert_eq!(info.session_id.as_deref(), Some("s1"));
         assert_eq!(info.version.as_deref(), Some("2025-06-18"));
         let err = detect(&hdrs(&[("mcp-protocol-version", "2026-07-28")]), Some(&p)).unwrap_err();
-        assert!(matches!(err, EraError::HeaderMismatch(_)));
+        assert!(matches!(err, EraError::MissingMetaVersion(_)));
+        assert_eq!(err.to_jsonrpc().1.code, ErrorCode::INVALID_PARAMS);
     }
 
     #[test]
