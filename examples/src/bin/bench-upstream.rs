@@ -1,0 +1,162 @@
+//! `bench-upstream [--listen ADDR] [--threads N]`: the fastest MCP server we can write, so
+//! that in benchmarks the upstream is never the bottleneck.
+//!
+//! It answers `initialize` (issuing a session id), notifications (202), and
+//! `tools/call` of the tool `payload` with a result of `arguments.size` bytes of text, as
+//! `application/json` or — with `arguments.format = "sse"` — as one SSE event. Any other
+//! request gets an empty result. Sessions are not checked: every id is accepted.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use mcp_gateway_core::message::{ClassifiedBody, MessageKind};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static SESSIONS: AtomicU64 = AtomicU64::new(1);
+
+fn respond(status: StatusCode, ctype: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}
+
+fn result(id: &str, result: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#)
+}
+
+fn payload_result(id: &str, args: Option<&str>) -> (String, bool) {
+    #[derive(serde::Deserialize)]
+    struct Args {
+        #[serde(default)]
+        size: usize,
+        #[serde(default)]
+        format: Option<String>,
+    }
+    let a: Args = args
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Args {
+            size: 0,
+            format: None,
+        });
+    let sse = a.format.as_deref() == Some("sse");
+    // Fill so that the whole JSON-RPC message is about `size` bytes.
+    let frame = result(
+        id,
+        r#"{"content":[{"type":"text","text":""}],"isError":false}"#,
+    );
+    let fill = a.size.saturating_sub(frame.len());
+    let text = "x".repeat(fill);
+    let body = result(
+        id,
+        &format!(r#"{{"content":[{{"type":"text","text":"{text}"}}],"isError":false}}"#),
+    );
+    (body, sse)
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != http::Method::POST {
+        return Ok(respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            Bytes::new(),
+        ));
+    }
+    let Ok(body) = req.into_body().collect().await.map(|c| c.to_bytes()) else {
+        return Ok(respond(StatusCode::BAD_REQUEST, "text/plain", Bytes::new()));
+    };
+    let Ok(view) = ClassifiedBody::new(body) else {
+        return Ok(respond(StatusCode::BAD_REQUEST, "text/plain", Bytes::new()));
+    };
+    let Some(msg) = view.parsed().single() else {
+        return Ok(respond(StatusCode::BAD_REQUEST, "text/plain", Bytes::new()));
+    };
+    if msg.kind() != MessageKind::Request {
+        return Ok(respond(StatusCode::ACCEPTED, "text/plain", Bytes::new()));
+    }
+    let id = msg.id().map_or("null", |i| i.as_raw());
+    match msg.method() {
+        Some("initialize") => {
+            let mut r = respond(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from(result(
+                    id,
+                    r#"{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"bench-upstream","version":"0"}}"#,
+                )),
+            );
+            let sid = SESSIONS.fetch_add(1, Ordering::Relaxed);
+            if let Ok(v) = HeaderValue::from_str(&format!("bench-{sid}")) {
+                r.headers_mut().insert("mcp-session-id", v);
+            }
+            Ok(r)
+        }
+        Some("tools/call") => {
+            let (body, sse) = payload_result(id, view.arguments_text(msg));
+            if sse {
+                Ok(respond(
+                    StatusCode::OK,
+                    "text/event-stream",
+                    Bytes::from(format!("data: {body}\n\n")),
+                ))
+            } else {
+                Ok(respond(
+                    StatusCode::OK,
+                    "application/json",
+                    Bytes::from(body),
+                ))
+            }
+        }
+        Some("tools/list") => Ok(respond(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(result(
+                id,
+                r#"{"tools":[{"name":"payload","description":"returns size bytes","inputSchema":{"type":"object","properties":{"size":{"type":"integer"},"format":{"type":"string"}}}}]}"#,
+            )),
+        )),
+        _ => Ok(respond(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(result(id, "{}")),
+        )),
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut addr: SocketAddr = "127.0.0.1:3101".parse()?;
+    let mut threads = 1usize;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--listen" => addr = it.next().ok_or("--listen needs ADDR")?.parse()?,
+            "--threads" => threads = it.next().ok_or("--threads needs N")?.parse()?,
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        eprintln!("bench-upstream on http://{}/mcp", listener.local_addr()?);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper::service::service_fn(handle),
+                    )
+                    .await;
+            });
+        }
+    })
+}

@@ -1,0 +1,474 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of MCP gateways on this machine, in one run.
+
+Targets (all in front of the same fast upstream, `bench-upstream`):
+  direct       load generator -> upstream
+  nginx        plain proxy_pass reverse proxy
+  mcp-proxy    the crates.io Rust MCP gateway, pass-through
+  mcp-gateway  one row per config file in GATEWAY_CONFIGS
+
+Every scenario runs against every target REPS times, interleaved, and the report quotes
+medians. Writes docs/benchmarks.md and docs/benchmarks-latency.svg.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REL = os.path.join(ROOT, "target", "release")
+
+# Adding a gateway configuration to the run: add its file name here (one line).
+GATEWAY_CONFIGS = [
+    "passthrough.toml",
+]
+
+# (name, era, format, size, mode)  mode: "closed" or an open-loop rate in requests/s.
+SCENARIOS = [
+    ("legacy json 200B closed", "legacy", "json", 200, "closed"),
+    ("modern json 200B closed", "modern", "json", 200, "closed"),
+    ("legacy sse 200B closed", "legacy", "sse", 200, "closed"),
+    ("legacy json 64KiB closed", "legacy", "json", 65536, "closed"),
+    ("modern sse 64KiB closed", "modern", "sse", 65536, "closed"),
+    ("modern json 200B @2000/s", "modern", "json", 200, 2000),
+    ("legacy sse 200B @2000/s", "legacy", "sse", 200, 2000),
+]
+
+LOAD_CPU = "0"     # the load generator's core
+SERVER_CPU = "1"   # targets and upstream share the other core
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def pinned(cpu, argv):
+    return ["taskset", "-c", cpu] + argv if shutil.which("taskset") and os.cpu_count() >= 2 else argv
+
+
+def proc_tree(pid):
+    pids = [pid]
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        pids += [int(p) for p in out.split()]
+    except OSError:
+        pass
+    return pids
+
+
+def cpu_seconds(pids):
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
+def peak_rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Target:
+    def __init__(self, name, kind, port, proc, tool="payload", note="", workdir=None):
+        self.name, self.kind, self.port, self.proc = name, kind, port, proc
+        self.tool, self.note, self.workdir = tool, note, workdir
+        self.unsupported = {}  # era -> reason
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+    path = "/mcp/bench"
+
+    def pids(self):
+        return proc_tree(self.proc.pid) if self.proc else []
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_upstream(log):
+    port = free_port()
+    p = subprocess.Popen(pinned(SERVER_CPU, [os.path.join(REL, "bench-upstream"), "--listen", f"127.0.0.1:{port}"]),
+                         stdout=log, stderr=log)
+    wait_port(port, p)
+    return port, p
+
+
+def start_gateway(config, upstream_port, log, tmp):
+    port = free_port()
+    with open(os.path.join(HERE, "configs", config)) as f:
+        text = f.read()
+    text = text.replace("{listen}", f"127.0.0.1:{port}").replace("{upstream}", f"http://127.0.0.1:{upstream_port}/mcp")
+    path = os.path.join(tmp, config)
+    with open(path, "w") as f:
+        f.write(text)
+    p = subprocess.Popen(pinned(SERVER_CPU, [os.path.join(REL, "mcp-gateway"), "serve", "--config", path]),
+                         stdout=log, stderr=log)
+    wait_port(port, p)
+    name = "mcp-gateway " + config.rsplit(".", 1)[0]
+    return Target(name, "gateway", port, p)
+
+
+def start_nginx(upstream_port, log, tmp):
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    d = os.path.join(tmp, "nginx")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(HERE, "nginx.conf")) as f:
+        text = f.read()
+    text = (text.replace("{workers}", "1").replace("{dir}", d).replace("{listen}", f"127.0.0.1:{port}")
+            .replace("{upstream_hostport}", f"127.0.0.1:{upstream_port}"))
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(text)
+    p = subprocess.Popen(pinned(SERVER_CPU, [nginx, "-c", conf, "-p", d]), stdout=log, stderr=log)
+    wait_port(port, p)
+    return Target("nginx", "nginx", port, p)
+
+
+def start_mcp_proxy(upstream_port, log, tmp):
+    binary = os.path.join(ROOT, ".tools", "mcp-proxy", "bin", "mcp-proxy")
+    # mcp-proxy answers at "/" and exposes the upstream's tools as "<backend>/<tool>".
+    if not os.path.exists(binary):
+        return None
+    port = free_port()
+    with open(os.path.join(HERE, "mcp-proxy.toml")) as f:
+        text = f.read()
+    text = text.replace("{port}", str(port)).replace("{upstream}", f"http://127.0.0.1:{upstream_port}/mcp")
+    conf = os.path.join(tmp, "mcp-proxy.toml")
+    with open(conf, "w") as f:
+        f.write(text)
+    env = dict(os.environ, RUST_LOG="error")
+    p = subprocess.Popen(pinned(SERVER_CPU, [binary, "--config", conf]), stdout=log, stderr=log, env=env)
+    wait_port(port, p)
+    t = Target("mcp-proxy", "mcp-proxy", port, p, tool="bench/payload",
+               note="terminates MCP itself: it answers initialize and tools/list from its own state, and sends every "
+                    "client's tools/call over one shared upstream session; tools are named bench/payload")
+    t.path = "/"
+    return t
+
+
+def run_load(target, scenario, args):
+    name, era, fmt, size, mode = scenario
+    argv = [os.path.join(REL, "bench-load"), "--url", target.url, "--era", era, "--format", fmt,
+            "--size", str(size), "--tool", target.tool, "--connections", str(args.connections),
+            "--duration", f"{args.duration}s", "--warmup", f"{args.warmup}s", "--threads", "1",
+            "--label", target.name]
+    if mode != "closed":
+        argv += ["--rate", str(mode)]
+    pids = target.pids()
+    cpu0 = cpu_seconds(pids)
+    out = subprocess.run(pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=args.duration * 4 + 60)
+    cpu1 = cpu_seconds(pids)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench-load failed: {out.stderr.strip()}")
+    r = json.loads(out.stdout)
+    r["cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / max(r["all_requests"], 1)
+    return r
+
+
+def machine():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB RAM, Linux {platform.release()}"
+
+
+def version_of(argv):
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (out.stdout + out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def fmt_us(us):
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+
+
+def svg_chart(results, scenario_name, path):
+    """An HDR-style latency-by-percentile chart for one open-loop scenario."""
+    series = [(t, r) for (t, s), r in results.items() if s == scenario_name and r]
+    if not series:
+        return False
+    pcts = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99]
+    import math
+    xs = {p: math.log10(100.0 / (100.0 - p)) for p in pcts}
+    xmax = max(xs.values())
+    ymax = max(dict(r["percentiles"]).get(99.99, 1) for _, r in series) * 1.1 / 1000.0
+    W, H, L, B, T, R = 760, 420, 70, 50, 40, 190
+    pw, ph = W - L - R, H - T - B
+    colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{L}" y="22" font-size="14">Latency by percentile — {scenario_name} (median run)</text>']
+    for i in range(6):
+        y = T + ph - ph * i / 5
+        out.append(f'<line x1="{L}" y1="{y:.1f}" x2="{L + pw}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{L - 6}" y="{y + 4:.1f}" text-anchor="end">{ymax * i / 5:.2f}</text>')
+    out.append(f'<text x="16" y="{T + ph / 2}" transform="rotate(-90 16 {T + ph / 2})" text-anchor="middle">latency (ms)</text>')
+    for p in pcts:
+        x = L + pw * xs[p] / xmax
+        out.append(f'<line x1="{x:.1f}" y1="{T}" x2="{x:.1f}" y2="{T + ph}" stroke="#eee"/>')
+        out.append(f'<text x="{x:.1f}" y="{T + ph + 18}" text-anchor="middle">p{p:g}</text>')
+    for i, (t, r) in enumerate(series):
+        c = colors[i % len(colors)]
+        d = dict(r["percentiles"])
+        pts = " ".join(f"{L + pw * xs[p] / xmax:.1f},{T + ph - ph * min(d.get(p, 0) / 1000.0 / ymax, 1):.1f}" for p in pcts)
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"/>')
+        out.append(f'<rect x="{L + pw + 16}" y="{T + 18 * i}" width="12" height="12" fill="{c}"/>')
+        out.append(f'<text x="{L + pw + 34}" y="{T + 18 * i + 10}">{t}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return True
+
+
+def median_run(runs):
+    """The run with the median throughput (its latencies are reported together)."""
+    ok = [r for r in runs if r]
+    if not ok:
+        return None
+    ok.sort(key=lambda r: r["throughput"])
+    return ok[len(ok) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
+    ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run")
+    ap.add_argument("--reps", type=int, default=3, help="runs per scenario and target (median quoted)")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--quick", action="store_true", help="one short run of two scenarios (a smoke test)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    ap.add_argument("--command", default="scripts/bench/run", help="the command shown in the report")
+    args = ap.parse_args()
+    scenarios = SCENARIOS
+    if args.quick:
+        args.duration, args.warmup, args.reps = 1.0, 0.5, 1
+        scenarios = [SCENARIOS[0], SCENARIOS[5]]
+
+    tmp = tempfile.mkdtemp(prefix="mcp-bench-")
+    log = open(os.path.join(tmp, "servers.log"), "w")
+    targets = []
+    results = {}
+    try:
+        up_port, up_proc = start_upstream(log)
+        direct = Target("direct", "direct", up_port, None)
+        direct.path = "/mcp"
+        targets.append(direct)
+        targets.append(start_nginx(up_port, log, tmp))
+        mp = start_mcp_proxy(up_port, log, tmp)
+        if mp:
+            targets.append(mp)
+        else:
+            print("mcp-proxy is not installed (scripts/bench/run installs it): skipped", file=sys.stderr)
+        for c in GATEWAY_CONFIGS:
+            targets.append(start_gateway(c, up_port, log, tmp))
+
+        runs = {}
+        total = len(scenarios) * len(targets) * args.reps
+        n = 0
+        for sc in scenarios:
+            for rep in range(args.reps):
+                for t in targets:
+                    n += 1
+                    key = (t.name, sc[0])
+                    if sc[1] in t.unsupported:
+                        runs.setdefault(key, [])
+                        continue
+                    try:
+                        r = run_load(t, sc, args)
+                    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+                        r = None
+                        print(f"[{n}/{total}] {t.name:28} {sc[0]:28} failed: {e}", file=sys.stderr)
+                    if r and r["requests"] == 0:
+                        t.unsupported.setdefault(sc[1], r.get("first_error") or "no successful call")
+                        print(f"[{n}/{total}] {t.name:28} {sc[0]:28} no successful call: {r.get('first_error')}", file=sys.stderr)
+                        r = None
+                    elif r:
+                        print(f"[{n}/{total}] {t.name:28} {sc[0]:28} {r['throughput']:9.0f} req/s  p50 {fmt_us(r['latency_us']['p50'])}  p99 {fmt_us(r['latency_us']['p99'])}  errors {r['errors']}", file=sys.stderr)
+                    runs.setdefault(key, []).append(r)
+        for key, rs in runs.items():
+            results[key] = median_run(rs)
+            if results[key]:
+                results[key]["reps"] = len([r for r in rs if r])
+        rss = {t.name: peak_rss_kib(t.pids()) for t in targets if t.proc}
+        rss["direct"] = peak_rss_kib([up_proc.pid])
+    finally:
+        for t in targets:
+            t.stop()
+        if "up_proc" in locals():
+            up_proc.terminate()
+        log.close()
+
+    write_report(args, scenarios, targets, results, rss)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def write_report(args, scenarios, targets, results, rss):
+    names = [t.name for t in targets]
+    gw_names = [n for n in names if n.startswith("mcp-gateway")]
+    lines = []
+    w = lines.append
+    w("# Benchmarks")
+    w("")
+    w("Generated by the benchmark harness; do not edit by hand.")
+    w("")
+    w(f"- **Command:** `{args.command}`" + (" (quick smoke run: not for quoting)" if args.quick else ""))
+    w(f"- **Date:** {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    w(f"- **Machine:** {machine()}")
+    w(f"- **Placement:** the load generator runs on CPU {LOAD_CPU}; every target and the upstream share CPU {SERVER_CPU} "
+      "(`taskset`), nginx with one worker and mcp-gateway's runtime sized to that one core, so each proxy gets the same single core.")
+    w(f"- **Runs:** {args.reps} per scenario and target, interleaved target by target; each {args.warmup:g} s warm-up + "
+      f"{args.duration:g} s measured, {args.connections} keep-alive HTTP/1.1 connections. Tables quote the run with the median throughput.")
+    w(f"- **Versions:** {version_of([shutil.which('nginx') or '/usr/sbin/nginx', '-v'])}; "
+      "mcp-proxy 0.6.0 (crates.io, built with --no-default-features --features protocol-2026-07-28); "
+      f"{version_of([os.path.join(REL, 'mcp-gateway'), '--version'])}.")
+    w("- **Upstream:** `bench-upstream`, a minimal MCP server (examples crate) answering `tools/call` with a result of the "
+      "requested size, as JSON or one SSE event. **Load:** `bench-load` (examples crate): legacy calls carry a live "
+      "`Mcp-Session-Id` from `initialize`; modern calls are 2026-07-28 sessionless with `_meta` and the mirrored headers. "
+      "Open-loop latency is measured from each call's due time (no coordinated omission).")
+    for t in targets:
+        if t.note:
+            w(f"- **{t.name}:** {t.note}.")
+        for era, why in t.unsupported.items():
+            w(f"- **{t.name}** could not serve {era}-era calls: `{why}`.")
+    w("")
+    w("![latency by percentile](benchmarks-latency.svg)")
+    w("")
+    for sc in scenarios:
+        open_loop = sc[4] != "closed"
+        w(f"## {sc[0]}")
+        w("")
+        if open_loop:
+            w("| target | achieved req/s | p50 | p99 | p99.9 | p50 added over direct | p99 added over direct | CPU µs/req | errors |")
+            w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        else:
+            w("| target | req/s | vs nginx | vs mcp-proxy | p50 | p99 | p99.9 | CPU µs/req | errors |")
+            w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        d = results.get(("direct", sc[0]))
+        ng = results.get(("nginx", sc[0]))
+        mp = results.get(("mcp-proxy", sc[0]))
+        for n in names:
+            r = results.get((n, sc[0]))
+            if not r:
+                w(f"| {n} | n/a | | | | | | | |")
+                continue
+            lat = r["latency_us"]
+            if open_loop:
+                add50 = fmt_us(lat["p50"] - d["latency_us"]["p50"]) if d and n != "direct" else "–"
+                add99 = fmt_us(lat["p99"] - d["latency_us"]["p99"]) if d and n != "direct" else "–"
+                w(f"| {n} | {r['throughput']:.0f} | {fmt_us(lat['p50'])} | {fmt_us(lat['p99'])} | {fmt_us(lat['p999'])} | "
+                  f"{add50} | {add99} | {r['cpu_us_per_req']:.0f} | {r['errors']} |")
+            else:
+                w(f"| {n} | {r['throughput']:.0f} | {ratio(r['throughput'], ng['throughput'] if ng else 0)} | "
+                  f"{ratio(r['throughput'], mp['throughput'] if mp else 0)} | {fmt_us(lat['p50'])} | {fmt_us(lat['p99'])} | "
+                  f"{fmt_us(lat['p999'])} | {r['cpu_us_per_req']:.0f} | {r['errors']} |")
+        w("")
+    w("## Peak memory (VmHWM over the whole run)")
+    w("")
+    w("| target | peak RSS | vs nginx |")
+    w("|---|---:|---:|")
+    for n in names:
+        if n in rss:
+            w(f"| {n}{' (the upstream alone)' if n == 'direct' else ''} | {rss[n] / 1024:.1f} MiB | {ratio(rss[n], rss.get('nginx', 0))} |")
+    w("")
+    w("## Targets")
+    w("")
+    w("| target | measured | verdict |")
+    w("|---|---|---|")
+    for g in gw_names:
+        for sc in scenarios:
+            r, ng, mp, d = (results.get((x, sc[0])) for x in (g, "nginx", "mcp-proxy", "direct"))
+            if not (r and ng):
+                continue
+            if sc[4] == "closed":
+                q = r["throughput"] / ng["throughput"]
+                w(f"| {g}: throughput ≥ nginx ({sc[0]}) | {q:.2f}× nginx | {'met' if q >= 1 else f'missed by {(1 - q) * 100:.0f}%'} |")
+                if mp:
+                    q = r["throughput"] / mp["throughput"]
+                    w(f"| {g}: ≥ 4× mcp-proxy ({sc[0]}) | {q:.2f}× mcp-proxy | {'met' if q >= 4 else 'missed'} |")
+            elif d:
+                for p in ("p50", "p99"):
+                    ours = r["latency_us"][p] - d["latency_us"][p]
+                    theirs = ng["latency_us"][p] - d["latency_us"][p]
+                    verdict = "met" if ours <= theirs else f"missed by {fmt_us(ours - theirs)}"
+                    w(f"| {g}: added {p} ≤ nginx's ({sc[0]}) | {fmt_us(ours)} vs {fmt_us(theirs)} | {verdict} |")
+        if g in rss and "nginx" in rss:
+            q = rss[g] / rss["nginx"]
+            w(f"| {g}: peak RSS ≤ 2× nginx | {q:.2f}× | {'met' if q <= 2 else 'missed'} |")
+    w("")
+    w("## Micro-benchmarks")
+    w("")
+    w("`cargo bench -p mcp-gateway-core` runs the Criterion benchmarks of the per-request hot paths "
+      "(classification, era checks, `_meta` injection, SSE decoding); see `mcp-gateway-core/benches/`.")
+    w("")
+    open_scenarios = [sc[0] for sc in scenarios if sc[4] != "closed"]
+    chart = os.path.join(os.path.dirname(args.out), "benchmarks-latency.svg")
+    if open_scenarios:
+        svg_chart(results, open_scenarios[0], chart)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump({f"{k[0]} | {k[1]}": v for k, v in results.items()}, f, indent=1)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
