@@ -295,7 +295,15 @@ async fn worker(
                 if due >= end {
                     break;
                 }
-                tokio::time::sleep_until(due).await;
+                // The runtime's timer ticks in whole milliseconds: sleep to just before the
+                // due time, then yield until it, so calls leave on time (the load generator
+                // has a core of its own) and latency is not inflated by timer lateness.
+                if let Some(early) = due.checked_sub(Duration::from_millis(2)) {
+                    tokio::time::sleep_until(early).await;
+                }
+                while Instant::now() < due {
+                    tokio::task::yield_now().await;
+                }
                 due
             }
             _ => {
