@@ -454,6 +454,9 @@ def write_report(args, scenarios, targets, results, rss):
             q = rss[g] / rss["nginx"]
             w(f"| {g}: peak RSS ≤ 2× nginx | {q:.2f}× | {'met' if q <= 2 else 'missed'} |")
     w("")
+    w("Where a target is missed, [performance.md](performance.md) has the profile (callgrind, "
+      "`scripts/bench/callgrind`): where the instructions of a proxied call go, and what to change next.")
+    w("")
     w("## Micro-benchmarks")
     w("")
     w("`cargo bench -p mcp-gateway-core` runs the Criterion benchmarks of the per-request hot paths "
