@@ -246,18 +246,35 @@ def svg_chart(results, scenario_name, path):
     import math
     xs = {p: math.log10(100.0 / (100.0 - p)) for p in pcts}
     xmax = max(xs.values())
-    ymax = max(dict(r["percentiles"]).get(99.99, 1) for _, r in series) * 1.1 / 1000.0
-    W, H, L, B, T, R = 760, 420, 70, 50, 40, 190
+    # Latency on a log scale: the medians (tens of µs apart) and the tail (milliseconds) both show.
+    vals = [v for _, r in series for p, v in r["percentiles"] if p in xs and v > 0]
+    lo = 10 ** math.floor(math.log10(max(min(vals), 1)))
+    hi = 10 ** math.ceil(math.log10(max(vals)))
+    ylo, yhi = math.log10(lo), math.log10(hi)
+    W, H, L, B, T, R = 820, 420, 70, 50, 40, 240
     pw, ph = W - L - R, H - T - B
     colors = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
+
+    def ypos(us):
+        return T + ph - ph * (math.log10(max(us, lo)) - ylo) / (yhi - ylo)
+
+    def label(us):
+        return f"{us / 1000:g} ms" if us >= 1000 else f"{us:g} µs"
+
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<text x="{L}" y="22" font-size="14">Latency by percentile — {scenario_name} (median run)</text>']
-    for i in range(6):
-        y = T + ph - ph * i / 5
-        out.append(f'<line x1="{L}" y1="{y:.1f}" x2="{L + pw}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{L - 6}" y="{y + 4:.1f}" text-anchor="end">{ymax * i / 5:.2f}</text>')
-    out.append(f'<text x="16" y="{T + ph / 2}" transform="rotate(-90 16 {T + ph / 2})" text-anchor="middle">latency (ms)</text>')
+    decade = lo
+    while decade <= hi:
+        for m in (1, 2, 5):
+            v = decade * m
+            if v > hi:
+                break
+            y = ypos(v)
+            out.append(f'<line x1="{L}" y1="{y:.1f}" x2="{L + pw}" y2="{y:.1f}" stroke="{"#ccc" if m == 1 else "#eee"}"/>')
+            out.append(f'<text x="{L - 6}" y="{y + 4:.1f}" text-anchor="end">{label(v)}</text>')
+        decade *= 10
+    out.append(f'<text x="14" y="{T + ph / 2}" transform="rotate(-90 14 {T + ph / 2})" text-anchor="middle">latency (log scale)</text>')
     for p in pcts:
         x = L + pw * xs[p] / xmax
         out.append(f'<line x1="{x:.1f}" y1="{T}" x2="{x:.1f}" y2="{T + ph}" stroke="#eee"/>')
@@ -265,7 +282,7 @@ def svg_chart(results, scenario_name, path):
     for i, (t, r) in enumerate(series):
         c = colors[i % len(colors)]
         d = dict(r["percentiles"])
-        pts = " ".join(f"{L + pw * xs[p] / xmax:.1f},{T + ph - ph * min(d.get(p, 0) / 1000.0 / ymax, 1):.1f}" for p in pcts)
+        pts = " ".join(f"{L + pw * xs[p] / xmax:.1f},{ypos(d.get(p, lo)):.1f}" for p in pcts)
         out.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"/>')
         out.append(f'<rect x="{L + pw + 16}" y="{T + 18 * i}" width="12" height="12" fill="{c}"/>')
         out.append(f'<text x="{L + pw + 34}" y="{T + 18 * i + 10}">{t}</text>')
