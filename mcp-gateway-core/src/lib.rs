@@ -32,6 +32,7 @@ pub mod message;
 pub mod meta;
 pub mod principal;
 pub mod request;
+mod scan;
 pub mod sse;
 
 pub use era::{Era, ProtocolInfo};

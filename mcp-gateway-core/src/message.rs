@@ -17,8 +17,8 @@
 //! ```
 
 use crate::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
+use crate::scan::{decode_string, scan, Fields, ScanError};
 use bytes::Bytes;
-use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -174,160 +174,81 @@ impl ParsedBody {
     }
 }
 
-fn raw_present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(default, borrow)]
-    jsonrpc: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "raw_present")]
-    id: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "raw_present")]
-    method: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "raw_present")]
-    params: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "raw_present")]
-    result: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "raw_present")]
-    error: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct Params<'a> {
-    #[serde(default, borrow, deserialize_with = "raw_present")]
-    name: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "raw_present")]
-    uri: Option<&'a RawValue>,
-    #[serde(default, borrow, rename = "_meta", deserialize_with = "raw_present")]
-    meta: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "raw_present")]
-    arguments: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct MetaKnown<'a> {
-    #[serde(default, borrow, rename = "io.modelcontextprotocol/protocolVersion")]
-    protocol_version: Option<Cow<'a, str>>,
-}
-
 /// Classifies a body: one JSON-RPC message, or a JSON array of them.
 ///
 /// Fails with [`ClassifyError::Parse`] when the body is not JSON, and with
 /// [`ClassifyError::Invalid`] when it is JSON but not JSON-RPC 2.0 (wrong `jsonrpc`, no
 /// `method`/`result`/`error`, an id that is neither string nor number, an empty batch).
 pub fn classify(body: &[u8]) -> Result<ParsedBody, ClassifyError> {
-    let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
-    match first {
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
-            if items.is_empty() {
-                return Err(ClassifyError::Invalid("empty batch".into()));
-            }
-            let messages = items
-                .into_iter()
-                .map(|raw| classify_one(body, raw))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(ParsedBody {
-                batch: true,
-                messages,
-            })
-        }
-        Some(b'{') => {
-            // One pass: the envelope straight from the body, `params` kept as raw text.
-            let env: Envelope<'_> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
-            let start = body
-                .iter()
-                .position(|b| !b.is_ascii_whitespace())
-                .unwrap_or(0);
-            let end = body
-                .iter()
-                .rposition(|b| !b.is_ascii_whitespace())
-                .map_or(body.len(), |i| i + 1);
-            Ok(ParsedBody {
-                batch: false,
-                messages: vec![classify_envelope(body, env, start..end)?],
-            })
-        }
-        None => Err(ClassifyError::Parse("empty body".into())),
-        Some(_) => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-            Ok(_) => Err(ClassifyError::Invalid(
-                "expected a JSON object or array".into(),
-            )),
-            Err(e) => Err(json_error(&e)),
-        },
-    }
+    let (fields, batch) = scan(body).map_err(scan_error)?;
+    let messages = fields
+        .into_iter()
+        .map(|f| from_fields(body, f))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ParsedBody { batch, messages })
 }
 
 /// Classifies a message that is already known to be one JSON text (an SSE `data` payload, say).
 pub fn classify_message(text: &[u8]) -> Result<McpMessage, ClassifyError> {
-    let raw: &RawValue = serde_json::from_slice(text).map_err(|e| json_error(&e))?;
-    classify_one(text, raw)
+    let (fields, batch) = scan(text).map_err(scan_error)?;
+    match (batch, fields.into_iter().next()) {
+        (false, Some(f)) => from_fields(text, f),
+        _ => Err(ClassifyError::Invalid(
+            "expected one message, not a batch".into(),
+        )),
+    }
 }
 
-fn json_error(e: &serde_json::Error) -> ClassifyError {
-    if e.is_syntax() || e.is_eof() || e.is_io() {
-        ClassifyError::Parse(e.to_string())
+fn scan_error(e: ScanError) -> ClassifyError {
+    if e.syntax {
+        ClassifyError::Parse(e.message.into_owned())
     } else {
-        ClassifyError::Invalid(e.to_string())
+        ClassifyError::Invalid(e.message.into_owned())
     }
 }
 
-fn span_of(body: &[u8], raw: &RawValue) -> Range<usize> {
-    let start = (raw.get().as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
-    start..start + raw.get().len()
-}
-
-fn string_of(raw: &RawValue) -> Option<Box<str>> {
-    serde_json::from_str::<Cow<'_, str>>(raw.get())
-        .ok()
-        .map(|s| s.into())
-}
-
-fn classify_one(body: &[u8], raw: &RawValue) -> Result<McpMessage, ClassifyError> {
-    let text = raw.get();
-    if !text.starts_with('{') {
-        return Err(ClassifyError::Invalid(
-            "a message must be a JSON object".into(),
-        ));
+/// The decoded text of a JSON string token; `None` for any other kind of value.
+fn str_token(token: &[u8]) -> Option<Cow<'_, str>> {
+    if token.first() != Some(&b'"') {
+        return None;
     }
-    let env: Envelope<'_> =
-        serde_json::from_str(text).map_err(|e| ClassifyError::Invalid(e.to_string()))?;
-    classify_envelope(body, env, span_of(body, raw))
+    decode_string(token)
 }
 
-fn classify_envelope(
-    body: &[u8],
-    env: Envelope<'_>,
-    span: Range<usize>,
-) -> Result<McpMessage, ClassifyError> {
-    if env.jsonrpc.as_deref() != Some("2.0") {
+fn from_fields(body: &[u8], f: Fields) -> Result<McpMessage, ClassifyError> {
+    let at = |r: &Range<usize>| &body[r.clone()];
+    let jsonrpc = f.jsonrpc.as_ref().and_then(|r| str_token(at(r)));
+    if jsonrpc.as_deref() != Some("2.0") {
         return Err(ClassifyError::Invalid(r#""jsonrpc" must be "2.0""#.into()));
     }
     // `"id": null` is only meaningful on an error answering an unreadable request.
-    let null_id = env.id.is_some_and(|raw_id| raw_id.get().trim() == "null");
-    let id =
-        match env.id {
-            None => None,
-            Some(_) if null_id => None,
-            Some(raw_id) => Some(RequestId::from_raw(raw_id.get()).ok_or_else(|| {
-                ClassifyError::Invalid("\"id\" must be a string or a number".into())
-            })?),
-        };
-    if null_id && env.error.is_none() {
+    let null_id = f.id.as_ref().is_some_and(|r| at(r) == b"null");
+    let id = match &f.id {
+        None => None,
+        Some(_) if null_id => None,
+        Some(r) => Some(
+            std::str::from_utf8(at(r))
+                .ok()
+                .and_then(RequestId::from_raw)
+                .ok_or_else(|| {
+                    ClassifyError::Invalid("\"id\" must be a string or a number".into())
+                })?,
+        ),
+    };
+    if null_id && f.error.is_none() {
         return Err(ClassifyError::Invalid(
             "\"id\" must be a string or a number".into(),
         ));
     }
-    let method = match env.method {
+    let method: Option<Box<str>> = match &f.method {
         None => None,
-        Some(m) => Some(
-            string_of(m)
-                .ok_or_else(|| ClassifyError::Invalid("\"method\" must be a string".into()))?,
+        Some(r) => Some(
+            str_token(at(r))
+                .ok_or_else(|| ClassifyError::Invalid("\"method\" must be a string".into()))?
+                .into(),
         ),
     };
-    let kind = match (&method, &id, env.result, env.error) {
+    let kind = match (&method, &id, &f.result, &f.error) {
         (Some(_), Some(_), None, None) => MessageKind::Request,
         (Some(_), None, None, None) => MessageKind::Notification,
         (None, Some(_), Some(_), None) => MessageKind::Response,
@@ -338,41 +259,21 @@ fn classify_envelope(
             ))
         }
     };
-    let mut msg = McpMessage {
+    let text = |r: &Option<Range<usize>>| -> Option<Box<str>> {
+        r.as_ref().and_then(|r| str_token(at(r))).map(Into::into)
+    };
+    Ok(McpMessage {
         kind,
         id,
         method,
-        name: None,
-        uri: None,
-        meta_protocol_version: None,
-        span,
-        params: None,
-        meta: None,
-        arguments: None,
-    };
-    if let Some(params) = env.params {
-        msg.params = Some(span_of(body, params));
-        // Params of an unexpected shape (an array, a numeric name) are the server's to reject:
-        // keep what can be read. But a key the gateway acts on must not appear twice: parsers
-        // disagree on which copy wins, so the gateway could check one name while the server
-        // runs another.
-        if params.get().starts_with('{') {
-            let p = serde_json::from_str::<Params<'_>>(params.get())
-                .map_err(|e| ClassifyError::Invalid(format!("params: {e}")))?;
-            msg.name = p.name.and_then(string_of);
-            msg.uri = p.uri.and_then(string_of);
-            msg.arguments = p.arguments.map(|a| span_of(body, a));
-            if let Some(meta) = p.meta {
-                msg.meta = Some(span_of(body, meta));
-                if meta.get().starts_with('{') {
-                    let known = serde_json::from_str::<MetaKnown<'_>>(meta.get())
-                        .map_err(|e| ClassifyError::Invalid(format!("params._meta: {e}")))?;
-                    msg.meta_protocol_version = known.protocol_version.map(Into::into);
-                }
-            }
-        }
-    }
-    Ok(msg)
+        name: text(&f.name),
+        uri: text(&f.uri),
+        meta_protocol_version: text(&f.protocol_version),
+        span: f.span,
+        params: f.params,
+        meta: f.meta,
+        arguments: f.arguments,
+    })
 }
 
 /// A body together with its classification: what layers hand to each other.

@@ -1,0 +1,483 @@
+//! A single-pass JSON scanner that validates a body and records, with their byte ranges, the
+//! few fields a gateway acts on — in one walk over the bytes, with no allocation unless a key
+//! or value it reads uses escapes.
+//!
+//! It accepts exactly the JSON that `serde_json` accepts when skipping a value (RFC 8259:
+//! whitespace, literals, numbers, strings with escapes, nesting up to 128 levels), which the
+//! `classify_differential` fuzz target checks against `serde_json` itself.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Nesting limit, as `serde_json`'s.
+const MAX_DEPTH: u32 = 128;
+
+/// A scan failure: `syntax` is a JSON error (-32700); otherwise the JSON is valid but not an
+/// acceptable JSON-RPC message (-32600).
+#[derive(Debug)]
+pub(crate) struct ScanError {
+    pub(crate) syntax: bool,
+    pub(crate) message: Cow<'static, str>,
+}
+
+fn syntax(message: impl Into<Cow<'static, str>>) -> ScanError {
+    ScanError {
+        syntax: true,
+        message: message.into(),
+    }
+}
+
+fn invalid(message: impl Into<Cow<'static, str>>) -> ScanError {
+    ScanError {
+        syntax: false,
+        message: message.into(),
+    }
+}
+
+/// What one message's envelope holds. Ranges index the scanned body.
+#[derive(Default, Debug)]
+pub(crate) struct Fields {
+    pub(crate) span: Range<usize>,
+    pub(crate) jsonrpc: Option<Range<usize>>,
+    pub(crate) id: Option<Range<usize>>,
+    pub(crate) method: Option<Range<usize>>,
+    pub(crate) params: Option<Range<usize>>,
+    pub(crate) result: Option<Range<usize>>,
+    pub(crate) error: Option<Range<usize>>,
+    pub(crate) name: Option<Range<usize>>,
+    pub(crate) uri: Option<Range<usize>>,
+    pub(crate) meta: Option<Range<usize>>,
+    pub(crate) arguments: Option<Range<usize>>,
+    pub(crate) protocol_version: Option<Range<usize>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Skip,
+    Params,
+    Meta,
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+    depth: u32,
+}
+
+/// Decodes a JSON string token (`"…"`, quotes included) when it has escapes.
+pub(crate) fn decode_string(token: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = token.get(1..token.len().checked_sub(1)?)?;
+    if !inner.contains(&b'\\') {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(token).ok().map(Cow::Owned)
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn expect(&mut self, c: u8, what: &'static str) -> Result<(), ScanError> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else if self.i >= self.b.len() {
+            Err(syntax("unexpected end of JSON"))
+        } else {
+            Err(syntax(what))
+        }
+    }
+
+    /// A string token; returns its range (quotes included).
+    fn string(&mut self) -> Result<Range<usize>, ScanError> {
+        let start = self.i;
+        self.expect(b'"', "expected a string")?;
+        loop {
+            self.skip_plain();
+            let Some(c) = self.peek() else {
+                return Err(syntax("unterminated string"));
+            };
+            self.i += 1;
+            match c {
+                b'"' => return Ok(start..self.i),
+                b'\\' => {
+                    let Some(e) = self.peek() else {
+                        return Err(syntax("unterminated string"));
+                    };
+                    self.i += 1;
+                    match e {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                        b'u' => {
+                            let hex = self.b.get(self.i..self.i + 4);
+                            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                                return Err(syntax("invalid \\u escape"));
+                            }
+                            self.i += 4;
+                        }
+                        _ => return Err(syntax("invalid escape")),
+                    }
+                }
+                0x00..=0x1f => return Err(syntax("control character in string")),
+                _ => {}
+            }
+        }
+    }
+
+    /// Skips string bytes that need no attention (not `"`, `\\` or a control character),
+    /// eight at a time.
+    fn skip_plain(&mut self) {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGHS: u64 = 0x8080_8080_8080_8080;
+        let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let x = u64::from_le_bytes(word);
+            let quote = has_zero(x ^ (ONES * u64::from(b'"')));
+            let backslash = has_zero(x ^ (ONES * u64::from(b'\\')));
+            // A byte below 0x20 (its high bit clear, and below 0x20 after the subtraction).
+            let control = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+            if quote | backslash | control != 0 {
+                break;
+            }
+            self.i += 8;
+        }
+        while let Some(&c) = self.b.get(self.i) {
+            if c == b'"' || c == b'\\' || c < 0x20 {
+                return;
+            }
+            self.i += 1;
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    fn number(&mut self) -> Result<(), ScanError> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(syntax("invalid number")),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return Err(syntax("invalid number"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return Err(syntax("invalid number"));
+            }
+        }
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), ScanError> {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(syntax("invalid literal"))
+        }
+    }
+
+    /// Any value; objects in a `Params` or `Meta` role record their keys into `f`.
+    fn value(&mut self, role: Role, f: &mut Fields) -> Result<Range<usize>, ScanError> {
+        let start = self.i;
+        match self.peek() {
+            Some(b'{') => self.object(role, f)?,
+            Some(b'[') => self.array(f)?,
+            Some(b'"') => {
+                self.string()?;
+            }
+            Some(b't') => self.literal(b"true")?,
+            Some(b'f') => self.literal(b"false")?,
+            Some(b'n') => self.literal(b"null")?,
+            Some(b'-' | b'0'..=b'9') => self.number()?,
+            Some(_) => return Err(syntax("expected a JSON value")),
+            None => return Err(syntax("unexpected end of JSON")),
+        }
+        Ok(start..self.i)
+    }
+
+    fn enter(&mut self) -> Result<(), ScanError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(syntax("recursion limit exceeded"));
+        }
+        Ok(())
+    }
+
+    fn array(&mut self, f: &mut Fields) -> Result<(), ScanError> {
+        self.enter()?;
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            self.value(Role::Skip, f)?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                None => return Err(syntax("unexpected end of JSON")),
+                Some(_) => return Err(syntax("expected ',' or ']'")),
+            }
+        }
+    }
+
+    /// Members of an object; `on_key` says what to do with each key's value.
+    fn members(
+        &mut self,
+        mut on_key: impl FnMut(&[u8], &mut Self) -> Result<(), ScanError>,
+    ) -> Result<(), ScanError> {
+        self.enter()?;
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            self.expect(b':', "expected ':'")?;
+            self.ws();
+            let b = self.b;
+            on_key(&b[key], self)?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                None => return Err(syntax("unexpected end of JSON")),
+                Some(_) => return Err(syntax("expected ',' or '}'")),
+            }
+        }
+    }
+
+    fn object(&mut self, role: Role, f: &mut Fields) -> Result<(), ScanError> {
+        match role {
+            Role::Skip => self.members(|_, s| s.value(Role::Skip, &mut Fields::default()).map(drop)),
+            Role::Params => self.members(|key, s| {
+                let slot = match key_name(key).as_deref() {
+                    Some("name") => Some((&mut f.name, "name", Role::Skip)),
+                    Some("uri") => Some((&mut f.uri, "uri", Role::Skip)),
+                    Some("_meta") => Some((&mut f.meta, "_meta", Role::Meta)),
+                    Some("arguments") => Some((&mut f.arguments, "arguments", Role::Skip)),
+                    _ => None,
+                };
+                match slot {
+                    None => s.value(Role::Skip, &mut Fields::default()).map(drop),
+                    Some((field, label, role)) => {
+                        if field.is_some() {
+                            return Err(invalid(format!("params: duplicate field `{label}`")));
+                        }
+                        let mut inner = Fields::default();
+                        let r = s.value(role, &mut inner)?;
+                        *field = Some(r);
+                        if role == Role::Meta {
+                            f.protocol_version = inner.protocol_version;
+                        }
+                        Ok(())
+                    }
+                }
+            }),
+            Role::Meta => self.members(|key, s| {
+                if key_name(key).as_deref() == Some(crate::message::META_PROTOCOL_VERSION) {
+                    if f.protocol_version.is_some() {
+                        return Err(invalid(
+                            "params._meta: duplicate field `io.modelcontextprotocol/protocolVersion`",
+                        ));
+                    }
+                    let r = s.value(Role::Skip, &mut Fields::default())?;
+                    match s.b[r.start] {
+                        b'"' => f.protocol_version = Some(r),
+                        b'n' => {}
+                        _ => {
+                            return Err(invalid(
+                                "params._meta: the protocol version must be a string",
+                            ))
+                        }
+                    }
+                    Ok(())
+                } else {
+                    s.value(Role::Skip, &mut Fields::default()).map(drop)
+                }
+            }),
+        }
+    }
+
+    /// A JSON-RPC message object: the envelope's keys, and `params`' keys when it is an object.
+    fn message(&mut self) -> Result<Fields, ScanError> {
+        let mut f = Fields::default();
+        let start = self.i;
+        if self.peek() != Some(b'{') {
+            // Valid JSON of another type is not a message.
+            self.value(Role::Skip, &mut f)?;
+            return Err(invalid("a message must be a JSON object"));
+        }
+        let mut env = Fields::default();
+        self.members(|key, s| {
+            let (field, label) = match key_name(key).as_deref() {
+                Some("jsonrpc") => (&mut env.jsonrpc, "jsonrpc"),
+                Some("id") => (&mut env.id, "id"),
+                Some("method") => (&mut env.method, "method"),
+                Some("params") => (&mut env.params, "params"),
+                Some("result") => (&mut env.result, "result"),
+                Some("error") => (&mut env.error, "error"),
+                _ => return s.value(Role::Skip, &mut Fields::default()).map(drop),
+            };
+            if field.is_some() {
+                return Err(invalid(format!("duplicate field `{label}`")));
+            }
+            let is_params = label == "params";
+            let role = if is_params { Role::Params } else { Role::Skip };
+            let mut inner = Fields::default();
+            let r = s.value(role, &mut inner)?;
+            *field = Some(r);
+            if is_params {
+                f.name = inner.name;
+                f.uri = inner.uri;
+                f.meta = inner.meta;
+                f.arguments = inner.arguments;
+                f.protocol_version = inner.protocol_version;
+            }
+            Ok(())
+        })?;
+        f.span = start..self.i;
+        f.jsonrpc = env.jsonrpc;
+        f.id = env.id;
+        f.method = env.method;
+        f.params = env.params;
+        f.result = env.result;
+        f.error = env.error;
+        Ok(f)
+    }
+}
+
+fn key_name(token: &[u8]) -> Option<Cow<'_, str>> {
+    decode_string(token)
+}
+
+/// Scans a whole body: one message object, or an array of them (a batch). Returns the
+/// messages and whether it was a batch.
+pub(crate) fn scan(body: &[u8]) -> Result<(Vec<Fields>, bool), ScanError> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(syntax("body is not valid UTF-8"));
+    }
+    let mut s = Scanner {
+        b: body,
+        i: 0,
+        depth: 0,
+    };
+    s.ws();
+    let out = match s.peek() {
+        None => return Err(syntax("empty body")),
+        Some(b'[') => {
+            // A batch: validate the array, scanning each element as a message; report a
+            // syntax error anywhere before a message-level one.
+            s.enter()?;
+            s.i += 1;
+            s.ws();
+            let mut msgs = Vec::new();
+            let mut first_invalid = None;
+            if s.peek() == Some(b']') {
+                s.i += 1;
+            } else {
+                loop {
+                    s.ws();
+                    let at = s.i;
+                    match s.message() {
+                        Ok(f) => msgs.push(f),
+                        Err(e) if e.syntax => return Err(e),
+                        Err(e) => {
+                            // The message was refused part-way: skip it as plain JSON, so a
+                            // syntax error later in the body is still reported as one.
+                            s.i = at;
+                            s.depth = 1;
+                            s.value(Role::Skip, &mut Fields::default())?;
+                            first_invalid.get_or_insert(e);
+                        }
+                    }
+                    s.ws();
+                    match s.peek() {
+                        Some(b',') => s.i += 1,
+                        Some(b']') => {
+                            s.i += 1;
+                            break;
+                        }
+                        None => return Err(syntax("unexpected end of JSON")),
+                        Some(_) => return Err(syntax("expected ',' or ']'")),
+                    }
+                }
+            }
+            s.ws();
+            if s.i != body.len() {
+                return Err(syntax("trailing characters"));
+            }
+            if let Some(e) = first_invalid {
+                return Err(e);
+            }
+            if msgs.is_empty() {
+                return Err(invalid("empty batch"));
+            }
+            (msgs, true)
+        }
+        Some(_) => {
+            let at = s.i;
+            let m = s.message();
+            if let Err(e) = &m {
+                if e.syntax {
+                    return m.map(|f| (vec![f], false));
+                }
+                // Refused part-way: the rest must still be valid JSON for this to be an
+                // invalid message rather than a parse error.
+                s.i = at;
+                s.depth = 0;
+                s.value(Role::Skip, &mut Fields::default())?;
+            }
+            s.ws();
+            if s.i != body.len() {
+                return Err(syntax("trailing characters"));
+            }
+            (vec![m?], false)
+        }
+    };
+    Ok(out)
+}
