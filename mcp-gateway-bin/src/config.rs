@@ -265,6 +265,9 @@ pub struct UpstreamEntry {
     /// Response-start timeout. Default 60 s.
     #[serde(default)]
     pub response_timeout: Option<Dur>,
+    /// PEM file of CA certificates trusted for `https://` instances, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
 }
 
 /// A checked upstream.
@@ -278,6 +281,8 @@ pub struct UpstreamSpec {
     pub connect_timeout: Duration,
     /// Response-start timeout.
     pub response_timeout: Duration,
+    /// Extra CA certificates (PEM file) for `https://` instances.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A checked configuration, ready to run.
@@ -428,8 +433,23 @@ pub fn check(
                 Err(m) => errors.push(err_at(Some(u.span()), format!("upstream {name:?}: {m}"))),
             }
         }
+        let ca_file = entry.ca_file.as_ref().map(|p| {
+            let full = if p.get_ref().is_absolute() {
+                p.get_ref().clone()
+            } else {
+                base.join(p.get_ref())
+            };
+            if let Err(e) = crate::tls::load_certs(&full) {
+                errors.push(err_at(
+                    Some(p.span()),
+                    format!("upstream {name:?}: ca_file: {e}"),
+                ));
+            }
+            full
+        });
         upstreams.push(UpstreamSpec {
             name: name.clone(),
+            ca_file,
             urls,
             connect_timeout: entry
                 .connect_timeout
@@ -504,6 +524,7 @@ pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
         urls,
         connect_timeout: Duration::from_secs(5),
         response_timeout: Duration::from_secs(60),
+        ca_file: None,
     })
 }
 

@@ -14,7 +14,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
-use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig, UpstreamError};
+use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
 use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,12 +38,20 @@ pub struct Router {
 
 impl Router {
     /// Builds one stack per configured upstream.
-    pub fn new(settings: &Settings, ready: Arc<AtomicBool>) -> Result<Self, UpstreamError> {
+    pub fn new(
+        settings: &Settings,
+        ready: Arc<AtomicBool>,
+    ) -> Result<Self, crate::server::StartError> {
         let mut routes = HashMap::new();
         for spec in &settings.upstreams {
+            let roots = match &spec.ca_file {
+                Some(path) => crate::tls::load_certs(path)?,
+                None => Vec::new(),
+            };
             let config = UpstreamConfig::default()
                 .connect_timeout(spec.connect_timeout)
-                .response_timeout(spec.response_timeout);
+                .response_timeout(spec.response_timeout)
+                .trust(roots);
             let upstream = Upstream::new(&spec.name, spec.urls.iter().cloned(), config)?;
             let stack = OriginGuardLayer::new(settings.origins.clone()).layer(
                 ParseMcpLayer::new()

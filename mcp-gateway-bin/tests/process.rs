@@ -258,3 +258,99 @@ fn binary_serves_and_stops_on_sigterm() {
     assert_eq!(access["upstream"], "demo");
     assert!(logs.contains("draining"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_trusted_through_ca_file() {
+    // An internal CA signs the upstream's certificate; only a gateway told about the CA
+    // (ca_file) may talk to it.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_path, cert_path, key_path) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("up.pem"),
+        dir.path().join("up.key"),
+    );
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        mcp_gateway::tls::server_config(&cert_path, &key_path).unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{"tls":true}}"#))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+
+    let url = format!("https://localhost:{port}/mcp");
+    let dir_path = dir.path().to_path_buf();
+    let toml = format!(
+        "[upstreams.trusted]\nurl = \"{url}\"\nca_file = \"ca.pem\"\n[upstreams.untrusted]\nurl = \"{url}\"\n"
+    );
+    let mut s = mcp_gateway::config::parse(&toml, "gw.toml", &dir_path).unwrap();
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    let gw = gateway(s).await;
+    let c = client();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let ok = mcp_post(&c, &format!("http://{}/mcp/trusted", gw.local_addr()), body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.json_value().await["result"]["tls"], true);
+    let refused = mcp_post(
+        &c,
+        &format!("http://{}/mcp/untrusted", gw.local_addr()),
+        body,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_error(refused, 502, -32050, serde_json::json!(1)).await;
+    // A ca_file without certificates is a config error, with its location.
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    let err = mcp_gateway::config::parse(
+        &format!("[upstreams.a]\nurl = \"{url}\"\nca_file = \"empty.pem\"\n"),
+        "gw.toml",
+        &dir_path,
+    )
+    .unwrap_err();
+    assert!(
+        err[0]
+            .to_string()
+            .starts_with("gw.toml:3:11: upstream \"a\": ca_file"),
+        "{err:?}"
+    );
+    gw.shutdown().await;
+}

@@ -70,6 +70,9 @@ pub struct UpstreamConfig {
     pub max_pinned_sessions: usize,
     /// Most idle connections kept per instance. Default 256.
     pub max_idle_per_instance: usize,
+    /// Certificates trusted for `https://` instances besides the system's roots (an internal
+    /// CA, say). Default none.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Default for UpstreamConfig {
@@ -80,6 +83,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(90),
             max_pinned_sessions: 100_000,
             max_idle_per_instance: 256,
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -88,6 +92,11 @@ impl UpstreamConfig {
     /// Sets the connect timeout.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
+        self
+    }
+    /// Trusts these certificates (DER) for `https://` instances, besides the system's roots.
+    pub fn trust(mut self, roots: Vec<rustls::pki_types::CertificateDer<'static>>) -> Self {
+        self.extra_roots = roots;
         self
     }
     /// Sets the response-start timeout.
@@ -154,11 +163,11 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-fn tls_config() -> rustls::ClientConfig {
+fn tls_config(extra: &[rustls::pki_types::CertificateDer<'static>]) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
+    for cert in native.certs.into_iter().chain(extra.iter().cloned()) {
         let _ = roots.add(cert);
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -195,7 +204,7 @@ impl Upstream {
             let connector = if scheme == http::uri::Scheme::HTTPS {
                 Some(
                     tls.get_or_insert_with(|| {
-                        tokio_rustls::TlsConnector::from(Arc::new(tls_config()))
+                        tokio_rustls::TlsConnector::from(Arc::new(tls_config(&config.extra_roots)))
                     })
                     .clone(),
                 )
