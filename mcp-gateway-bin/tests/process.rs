@@ -83,17 +83,20 @@ async fn shutdown_drains_in_flight_requests() {
         .unwrap()
         .to_owned();
     drop(resp.bytes().await.unwrap());
-    // A call that takes a while (5 × 60 ms) is in flight when shutdown starts.
-    let call = mcp_post(&c, &url, r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow_count","arguments":{"n":5,"delay_ms":60}}}"#)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-11-25")
-        .send();
-    let in_flight = tokio::spawn(async move {
-        let resp = call.await.unwrap();
-        assert_eq!(resp.status(), 200);
-        sse_messages(&resp.bytes().await.unwrap())
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A call that takes a while (5 × 60 ms) is in flight when shutdown starts: its response
+    // head has arrived, its body (progress, then the result) has not.
+    let resp = mcp_post(
+        &c,
+        &url,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow_count","arguments":{"n":5,"delay_ms":60}}}"#,
+    )
+    .header("mcp-session-id", &sid)
+    .header("mcp-protocol-version", "2025-11-25")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let in_flight = tokio::spawn(async move { sse_messages(&resp.bytes().await.unwrap()) });
     gw.shutdown().await;
     let msgs = in_flight.await.unwrap();
     assert_eq!(
@@ -231,7 +234,7 @@ fn binary_serves_and_stops_on_sigterm() {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/mcp/demo");
     let ok = rt.block_on(async {
-        for _ in 0..100 {
+        for _ in 0..400 {
             if let Ok(r) = mcp_post(&client(), &url, INIT).send().await {
                 return r.status().as_u16();
             }
