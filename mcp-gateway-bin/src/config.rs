@@ -377,25 +377,33 @@ pub fn check(
             "server.body_limit must be greater than 0".into(),
         ));
     }
+    // TLS files are loaded here, as serving would load them: a key that does not match its
+    // certificate is a configuration error, not a start-up surprise.
     let tls = config.server.tls.as_ref().map(|t| {
-        let resolve = |p: &Spanned<PathBuf>, what: &str, errors: &mut Vec<ConfigError>| {
-            let full = if p.get_ref().is_absolute() {
-                p.get_ref().clone()
-            } else {
-                base.join(p.get_ref())
-            };
-            if let Err(e) = std::fs::metadata(&full) {
-                errors.push(err_at(
-                    Some(p.span()),
-                    format!("TLS {what} {}: {e}", full.display()),
-                ));
+        let (cert, key) = (resolve(base, &t.cert), resolve(base, &t.key));
+        let cert_ok = match crate::tls::load_certs(&cert) {
+            Ok(_) => true,
+            Err(e) => {
+                errors.push(err_at(Some(t.cert.span()), format!("server.tls: {e}")));
+                false
             }
-            full
         };
-        (
-            resolve(&t.cert, "certificate", &mut errors),
-            resolve(&t.key, "key", &mut errors),
-        )
+        let key_ok = match std::fs::metadata(&key) {
+            Ok(_) => true,
+            Err(e) => {
+                errors.push(err_at(
+                    Some(t.key.span()),
+                    format!("server.tls: private key {}: {e}", key.display()),
+                ));
+                false
+            }
+        };
+        if cert_ok && key_ok {
+            if let Err(e) = crate::tls::server_config(&cert, &key) {
+                errors.push(err_at(Some(t.key.span()), format!("server.tls: {e}")));
+            }
+        }
+        (cert, key)
     });
     let mut upstreams = Vec::new();
     if config.upstreams.is_empty() {
@@ -434,11 +442,7 @@ pub fn check(
             }
         }
         let ca_file = entry.ca_file.as_ref().map(|p| {
-            let full = if p.get_ref().is_absolute() {
-                p.get_ref().clone()
-            } else {
-                base.join(p.get_ref())
-            };
+            let full = resolve(base, p);
             if let Err(e) = crate::tls::load_certs(&full) {
                 errors.push(err_at(
                     Some(p.span()),
@@ -473,6 +477,15 @@ pub fn check(
         upstreams,
         worker_threads: config.server.worker_threads,
     })
+}
+
+/// A configured path, relative to the configuration file's folder unless absolute.
+fn resolve(base: &Path, p: &Spanned<PathBuf>) -> PathBuf {
+    if p.get_ref().is_absolute() {
+        p.get_ref().clone()
+    } else {
+        base.join(p.get_ref())
+    }
 }
 
 /// Checks one upstream instance URL: absolute `http://` or `https://` with a host.
@@ -611,6 +624,24 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         assert!(e[0].contains("no upstreams"), "{e:?}");
         let e = errs("[server]\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
         assert_eq!(e.len(), 2, "{e:?}");
+        // A key that is not the certificate's is caught by `check`, at the key.
+        let dir = std::env::temp_dir().join(format!("mcpgw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = rcgen::generate_simple_self_signed(vec!["a".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b".into()]).unwrap();
+        std::fs::write(dir.join("c.pem"), a.cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), b.signing_key.serialize_pem()).unwrap();
+        let text = "[server]\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n[upstreams.a]\nurl = \"http://x/mcp\"\n";
+        let e: Vec<String> = parse(text, "gw.toml", &dir)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(e[0].starts_with("gw.toml:2:"), "{e:?}");
+        assert!(e[0].contains("server.tls"), "{e:?}");
+        std::fs::write(dir.join("k.pem"), a.signing_key.serialize_pem()).unwrap();
+        assert!(parse(text, "gw.toml", &dir).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
         let e = errs("[upstreams.\"a b\"]\nurl = \"http://x/mcp\"\n");
         assert!(e[0].contains("must use only"), "{e:?}");
     }
