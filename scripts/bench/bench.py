@@ -4,7 +4,7 @@
 Targets (all in front of the same fast upstream, `bench-upstream`):
   direct       load generator -> upstream
   nginx        plain proxy_pass reverse proxy
-  mcp-proxy    the crates.io Rust MCP gateway, pass-through
+  mcp-proxy    the peer Rust MCP gateway from the Rust package registry, pass-through
   mcp-gateway  one row per config file in GATEWAY_CONFIGS
 
 Every scenario runs against every target REPS times, interleaved, and the report quotes
@@ -395,7 +395,7 @@ def write_report(args, scenarios, targets, results, rss):
     w(f"- **Runs:** {args.reps} per scenario and target, interleaved target by target; each {args.warmup:g} s warm-up + "
       f"{args.duration:g} s measured, {args.connections} keep-alive HTTP/1.1 connections. Tables quote the run with the median throughput.")
     w(f"- **Versions:** {version_of([shutil.which('nginx') or '/usr/sbin/nginx', '-v'])}; "
-      "mcp-proxy 0.6.0 (crates.io, built with --no-default-features --features protocol-2026-07-28); "
+      "mcp-proxy 0.6.0 (from the Rust package registry, built with --no-default-features --features protocol-2026-07-28); "
       f"{version_of([os.path.join(REL, 'mcp-gateway'), '--version'])}.")
     w("- **Upstream:** `bench-upstream`, a minimal MCP server (examples crate) answering `tools/call` with a result of the "
       "requested size, as JSON or one SSE event. **Load:** `bench-load` (examples crate): legacy calls carry a live "
