@@ -125,16 +125,19 @@ pub enum UpstreamError {
 
 struct Instance {
     pool: Arc<InstancePool>,
-    path: String,
-    query: Option<String>,
+    /// The instance URL's path and query, parsed once: most calls carry no query of their own
+    /// and reuse it as it is (a cheap, shared clone).
+    target: PathAndQuery,
 }
 
 impl Instance {
     fn path_and_query(&self, client_query: Option<&str>) -> Option<PathAndQuery> {
-        let pq = match (self.query.as_deref(), client_query) {
-            (Some(q), Some(c)) => format!("{}?{q}&{c}", self.path),
-            (Some(q), None) | (None, Some(q)) => format!("{}?{q}", self.path),
-            (None, None) => return PathAndQuery::try_from(self.path.as_str()).ok(),
+        let Some(c) = client_query else {
+            return Some(self.target.clone());
+        };
+        let pq = match self.target.query() {
+            Some(q) => format!("{}?{q}&{c}", self.target.path()),
+            None => format!("{}?{c}", self.target.path()),
         };
         PathAndQuery::try_from(pq).ok()
     }
@@ -220,8 +223,10 @@ impl Upstream {
                     config.pool_idle_timeout,
                     config.max_idle_per_instance,
                 )),
-                path: uri.path().to_owned(),
-                query: uri.query().map(str::to_owned),
+                target: uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
             });
         }
         if list.is_empty() {
