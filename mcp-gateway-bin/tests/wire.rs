@@ -8,7 +8,6 @@ use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
 use mcp_gateway_examples::demo_server::DemoOptions;
 use serde_json::json;
 use std::time::Duration;
@@ -461,42 +460,25 @@ async fn sse_events_arrive_one_by_one() {
     // gateway before sending the other 999: a buffering gateway would deadlock here.
     let (release_tx, release_rx) = mpsc::unbounded_channel::<()>();
     let release_rx = std::sync::Arc::new(tokio::sync::Mutex::new(release_rx));
-    let up = raw_upstream(move |_req| {
+    let up = sse_upstream(move |tx| {
         let release_rx = release_rx.clone();
         async move {
-            let (tx, rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(16);
-            tokio::spawn(async move {
-                let event = |i: usize| {
-                    Ok(http_body::Frame::data(Bytes::from(format!(
-                        "id: {i}\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progressToken\":1,\"progress\":{i}}}}}\n\n"
-                    ))))
-                };
-                let _ = tx.send(event(0)).await;
-                let _ = release_rx.lock().await.recv().await;
-                for i in 1..1000 {
-                    if tx.send(event(i)).await.is_err() {
-                        return;
-                    }
+            let event = |i: usize| {
+                Ok(http_body::Frame::data(Bytes::from(format!(
+                    "id: {i}\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progressToken\":1,\"progress\":{i}}}}}\n\n"
+                ))))
+            };
+            let _ = tx.send(event(0)).await;
+            let _ = release_rx.lock().await.recv().await;
+            for i in 1..1000 {
+                if tx.send(event(i)).await.is_err() {
+                    return;
                 }
-            });
-            let stream = tokio_stream_from(rx);
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(BodyExt::boxed(StreamBody::new(stream)))
-                .unwrap()
+            }
         }
     })
     .await;
-    let gw = gateway(settings(&[format!("sse=http://{up}/mcp")])).await;
-    let url = format!("http://{}/mcp/sse", gw.local_addr());
-    let resp = mcp_post(
-        &client(),
-        &url,
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
-    )
-    .send()
-    .await
-    .unwrap();
+    let (gw, resp) = call_through(up).await;
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
     let mut dec = mcp_gateway_core::sse::SseDecoder::new(1 << 16);
@@ -525,48 +507,24 @@ async fn sse_events_arrive_one_by_one() {
     gw.shutdown().await;
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_cancels_the_upstream_stream() {
     // Closing the response stream is cancellation in 2026-07-28: the upstream must see it.
     let (closed_tx, mut closed_rx) = mpsc::unbounded_channel::<()>();
-    let up = raw_upstream(move |_req| {
+    let up = sse_upstream(move |tx| {
         let closed_tx = closed_tx.clone();
         async move {
-            let (tx, rx) = mpsc::channel::<
-                Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
-            >(1);
-            tokio::spawn(async move {
-                let _ = tx
-                    .send(Ok(http_body::Frame::data(Bytes::from_static(
-                        b": open\n\n",
-                    ))))
-                    .await;
-                tx.closed().await;
-                let _ = closed_tx.send(());
-            });
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
-                .unwrap()
+            let _ = tx
+                .send(Ok(http_body::Frame::data(Bytes::from_static(
+                    b": open\n\n",
+                ))))
+                .await;
+            tx.closed().await;
+            let _ = closed_tx.send(());
         }
     })
     .await;
-    let gw = gateway(settings(&[format!("sse=http://{up}/mcp")])).await;
-    let url = format!("http://{}/mcp/sse", gw.local_addr());
-    let resp = mcp_post(
-        &client(),
-        &url,
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
-    )
-    .send()
-    .await
-    .unwrap();
+    let (gw, resp) = call_through(up).await;
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(&first[..], b": open\n\n");
@@ -579,35 +537,17 @@ async fn client_disconnect_cancels_the_upstream_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_breaking_mid_stream_is_not_reported_as_complete() {
-    let up = raw_upstream(|_req| async move {
-        let (tx, rx) = mpsc::channel::<
-            Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
-        >(2);
-        tokio::spawn(async move {
-            let _ = tx
-                .send(Ok(http_body::Frame::data(Bytes::from_static(
-                    b"data: {\"jsonrpc\":\"2.0\",\"method\":\"n\"}\n\n",
-                ))))
-                .await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let _ = tx.send(Err("upstream died".into())).await;
-        });
-        Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
-            .unwrap()
+    let up = sse_upstream(|tx| async move {
+        let _ = tx
+            .send(Ok(http_body::Frame::data(Bytes::from_static(
+                b"data: {\"jsonrpc\":\"2.0\",\"method\":\"n\"}\n\n",
+            ))))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = tx.send(Err("upstream died".into())).await;
     })
     .await;
-    let gw = gateway(settings(&[format!("sse=http://{up}/mcp")])).await;
-    let url = format!("http://{}/mcp/sse", gw.local_addr());
-    let resp = mcp_post(
-        &client(),
-        &url,
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
-    )
-    .send()
-    .await
-    .unwrap();
+    let (gw, resp) = call_through(up).await;
     assert_eq!(resp.status(), 200);
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();

@@ -141,3 +141,44 @@ pub fn sse_messages(body: &[u8]) -> Vec<serde_json::Value> {
     .unwrap();
     out
 }
+
+/// One frame (or failure) of a hand-fed upstream SSE body.
+pub type FrameResult = Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+
+/// An upstream answering every request with an SSE stream whose frames `feed` sends through
+/// the channel it is given (dropping the sender ends the stream; the sender's `closed()`
+/// resolves when the gateway lets go of the stream).
+pub async fn sse_upstream<F, Fut>(feed: F) -> SocketAddr
+where
+    F: Fn(tokio::sync::mpsc::Sender<FrameResult>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    raw_upstream(move |_req| {
+        let feed = feed.clone();
+        async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<FrameResult>(16);
+            tokio::spawn(feed(tx));
+            let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+/// A gateway in front of `up` (route `/mcp/sse`) and a `tools/call` sent through it.
+pub async fn call_through(up: SocketAddr) -> (Gateway, reqwest::Response) {
+    let gw = gateway(settings(&[format!("sse=http://{up}/mcp")])).await;
+    let url = format!("http://{}/mcp/sse", gw.local_addr());
+    let resp = mcp_post(
+        &client(),
+        &url,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    (gw, resp)
+}
