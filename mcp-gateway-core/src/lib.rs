@@ -10,6 +10,11 @@
 //! - [`request`]: [`McpRequest`], the parsed view that travels in request extensions so that no
 //!   layer parses a body twice.
 //! - [`principal`]: [`Principal`], the identity that authentication hands to later layers.
+//! - [`exchange`]: [`Exchange`], the per-request record every governing layer writes its
+//!   decisions to, so outer layers (tracing, audit) see what inner ones decided.
+//! - [`observe`]: the response observer — each JSON-RPC message of a JSON or SSE response,
+//!   decoded once as it streams, shown to every registered [`Observer`], with an end-of-stream
+//!   hook that fires exactly once.
 //!
 //! ```
 //! use mcp_gateway_core::message::{classify, MessageKind};
@@ -26,17 +31,21 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod era;
+pub mod exchange;
 pub mod headers;
 pub mod jsonrpc;
 pub mod message;
 pub mod meta;
+pub mod observe;
 pub mod principal;
 pub mod request;
 mod scan;
 pub mod sse;
 
 pub use era::{Era, ProtocolInfo};
+pub use exchange::{Denial, DenialKind, Exchange, ExchangeContext, Record};
 pub use jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 pub use message::{classify, McpMessage, MessageKind, ParsedBody};
+pub use observe::{EndReason, Ending, ObservedBody, ObservedMessage, Observer};
 pub use principal::{Principal, PrincipalKind};
 pub use request::McpRequest;

@@ -81,6 +81,10 @@ pub struct McpMessage {
     params: Option<Range<usize>>,
     meta: Option<Range<usize>>,
     arguments: Option<Range<usize>>,
+    result: Option<Range<usize>>,
+    result_meta: Option<Range<usize>>,
+    error_code: Option<i64>,
+    is_error: bool,
 }
 
 impl McpMessage {
@@ -137,6 +141,22 @@ impl McpMessage {
     /// The size of `params.arguments` in bytes (0 when absent).
     pub fn arguments_len(&self) -> usize {
         self.arguments.as_ref().map_or(0, |r| r.len())
+    }
+    /// Where `result` sits in the body (responses).
+    pub fn result_span(&self) -> Option<Range<usize>> {
+        self.result.clone()
+    }
+    /// Where `result._meta` sits in the body (responses that carry one).
+    pub fn result_meta_span(&self) -> Option<Range<usize>> {
+        self.result_meta.clone()
+    }
+    /// `error.code` of an error response, when it is an integer.
+    pub fn error_code(&self) -> Option<i64> {
+        self.error_code
+    }
+    /// True when `result.isError` is `true`: a tool call that ran and failed.
+    pub fn is_tool_error(&self) -> bool {
+        self.is_error
     }
 }
 
@@ -273,6 +293,14 @@ fn from_fields(body: &[u8], f: Fields) -> Result<McpMessage, ClassifyError> {
         params: f.params,
         meta: f.meta,
         arguments: f.arguments,
+        error_code: f
+            .error_code
+            .as_ref()
+            .and_then(|r| std::str::from_utf8(at(r)).ok())
+            .and_then(|t| t.parse().ok()),
+        is_error: f.is_error.as_ref().is_some_and(|r| at(r) == b"true"),
+        result: f.result,
+        result_meta: f.result_meta,
     })
 }
 
@@ -341,6 +369,28 @@ mod tests {
         );
         assert!(body[m.meta_span().unwrap()].starts_with("{\"progressToken\""));
         assert_eq!(&body[m.span()], body);
+    }
+
+    #[test]
+    fn response_fields() {
+        let body = r#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"type":"text","text":"{\"isError\":true}"}],"isError":true,"_meta":{"usage":{"output_tokens":5}}}}"#;
+        let m = one(body);
+        assert_eq!(m.kind(), MessageKind::Response);
+        assert!(m.is_tool_error());
+        assert_eq!(m.error_code(), None);
+        assert_eq!(
+            &body[m.result_meta_span().unwrap()],
+            r#"{"usage":{"output_tokens":5}}"#
+        );
+        // `isError` inside nested content does not count; only the result's own key does.
+        let m = one(r#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"isError":true}]}}"#);
+        assert!(!m.is_tool_error());
+        let m = one(
+            r#"{"jsonrpc":"2.0","id":"x","error":{"message":"nope","code":-32602,"data":{"code":1}}}"#,
+        );
+        assert_eq!(m.kind(), MessageKind::ErrorResponse);
+        assert_eq!(m.error_code(), Some(-32602));
+        assert!(!m.is_tool_error());
     }
 
     #[test]

@@ -49,6 +49,12 @@ pub(crate) struct Fields {
     pub(crate) meta: Option<Range<usize>>,
     pub(crate) arguments: Option<Range<usize>>,
     pub(crate) protocol_version: Option<Range<usize>>,
+    /// `result.isError` of a response.
+    pub(crate) is_error: Option<Range<usize>>,
+    /// `result._meta` of a response.
+    pub(crate) result_meta: Option<Range<usize>>,
+    /// `error.code` of an error response.
+    pub(crate) error_code: Option<Range<usize>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,6 +62,10 @@ enum Role {
     Skip,
     Params,
     Meta,
+    /// A response's `result`: `isError` and `_meta` are recorded.
+    Result,
+    /// A response's `error`: `code` is recorded.
+    Error,
 }
 
 struct Scanner<'a> {
@@ -318,6 +328,24 @@ impl<'a> Scanner<'a> {
                     }
                 }
             }),
+            Role::Result => self.members(|key, s| {
+                let slot = match key_name(key).as_deref() {
+                    Some("isError") => &mut f.is_error,
+                    Some("_meta") => &mut f.result_meta,
+                    _ => return s.value(Role::Skip, &mut Fields::default()).map(drop),
+                };
+                // A response is only observed, never refused: the first copy of a key counts.
+                let r = s.value(Role::Skip, &mut Fields::default())?;
+                slot.get_or_insert(r);
+                Ok(())
+            }),
+            Role::Error => self.members(|key, s| {
+                let r = s.value(Role::Skip, &mut Fields::default())?;
+                if key_name(key).as_deref() == Some("code") {
+                    f.error_code.get_or_insert(r);
+                }
+                Ok(())
+            }),
             Role::Meta => self.members(|key, s| {
                 if key_name(key).as_deref() == Some(crate::message::META_PROTOCOL_VERSION) {
                     if f.protocol_version.is_some() {
@@ -366,17 +394,29 @@ impl<'a> Scanner<'a> {
             if field.is_some() {
                 return Err(invalid(format!("duplicate field `{label}`")));
             }
-            let is_params = label == "params";
-            let role = if is_params { Role::Params } else { Role::Skip };
+            let role = match label {
+                "params" => Role::Params,
+                "result" => Role::Result,
+                "error" => Role::Error,
+                _ => Role::Skip,
+            };
             let mut inner = Fields::default();
             let r = s.value(role, &mut inner)?;
             *field = Some(r);
-            if is_params {
-                f.name = inner.name;
-                f.uri = inner.uri;
-                f.meta = inner.meta;
-                f.arguments = inner.arguments;
-                f.protocol_version = inner.protocol_version;
+            match role {
+                Role::Params => {
+                    f.name = inner.name;
+                    f.uri = inner.uri;
+                    f.meta = inner.meta;
+                    f.arguments = inner.arguments;
+                    f.protocol_version = inner.protocol_version;
+                }
+                Role::Result => {
+                    f.is_error = inner.is_error;
+                    f.result_meta = inner.result_meta;
+                }
+                Role::Error => f.error_code = inner.error_code,
+                Role::Skip | Role::Meta => {}
             }
             Ok(())
         })?;

@@ -5,6 +5,9 @@
 //! |---|---|---|
 //! | [`parse`] | buffers the request body up to a limit, classifies it once, checks the 2026-07-28 headers, and puts an [`McpRequest`](mcp_gateway_core::McpRequest) in request extensions | always |
 //! | [`origin`] | rejects browser requests from origins that are not allowed (DNS-rebinding defence) | always |
+//! | [`scope`] | joins the per-request record and attaches response observers: the plumbing every governing layer shares | always |
+//! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) | always |
+//! | [`toggle`] | a layer switched on or off when the stack is built | always |
 #![cfg_attr(
     feature = "upstream",
     doc = "| [`upstream`] | forwards to an MCP server: streamed bodies, SSE flushed per event, hop-by-hop and `Authorization` headers removed, timeouts | `upstream` |"
@@ -20,14 +23,20 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod body;
+pub mod observe;
 pub mod origin;
 pub mod parse;
+pub mod scope;
+pub mod toggle;
 #[cfg(feature = "upstream")]
 pub mod upstream;
 
 pub use body::ResponseBody;
+pub use observe::{Observe, ObserveLayer};
 pub use origin::{AllowedOrigins, OriginGuard, OriginGuardLayer};
 pub use parse::{ParseMcp, ParseMcpLayer};
+pub use scope::Scope;
+pub use toggle::{Toggle, Toggled};
 
 /// The boxed error type bodies and services report.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -49,6 +49,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use mcp_gateway_core::era::detect;
+use mcp_gateway_core::exchange::{Denial, DenialKind, Exchange};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 use mcp_gateway_core::message::classify;
 use mcp_gateway_core::McpRequest;
@@ -119,12 +120,181 @@ pub struct ParseMcp<S> {
     limit: usize,
 }
 
-fn refuse<B>(
+fn refuse(
     status: StatusCode,
     err: JsonRpcError,
     id: Option<&mcp_gateway_core::RequestId>,
-) -> Response<ResponseBody<B>> {
-    reject(err.into_response(status, id))
+) -> Response<Full<Bytes>> {
+    err.into_response(status, id)
+}
+
+/// Reads and classifies a request once: the body (bounded by `limit`) becomes a
+/// `Full<Bytes>` and an [`McpRequest`] goes into the extensions — or the rejection to send.
+///
+/// A request that already carries a view passes with the view's bytes (nothing is read
+/// twice). When a per-request [`Exchange`] is present, the view is written to it, and so is a
+/// refusal ([`DenialKind::BadRequest`]), so outer layers can trace and audit it.
+pub async fn read_request<B>(
+    req: Request<B>,
+    limit: usize,
+) -> Result<Request<Full<Bytes>>, Response<Full<Bytes>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = req.into_parts();
+    if let Some(view) = McpRequest::from_extensions(&parts.extensions) {
+        // An earlier layer already read and classified this request.
+        let bytes = view.body().cloned().unwrap_or_default();
+        return Ok(Request::from_parts(parts, Full::new(bytes)));
+    }
+    let exchange = Exchange::from_extensions(&parts.extensions).cloned();
+    let result = read_parts(parts, body, limit).await;
+    if let Some(x) = exchange {
+        match &result {
+            Ok(req) => {
+                let view = McpRequest::from_extensions(req.extensions()).cloned();
+                x.update(|r| r.request = view);
+            }
+            Err(resp) => x.deny(Denial::new(
+                "parse",
+                DenialKind::BadRequest,
+                resp.status(),
+                "request could not be read or understood",
+            )),
+        }
+    }
+    result
+}
+
+async fn read_parts<B>(
+    parts: http::request::Parts,
+    body: B,
+    limit: usize,
+) -> Result<Request<Full<Bytes>>, Response<Full<Bytes>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let has_body = match parts.method {
+        Method::POST => true,
+        Method::GET | Method::DELETE => false,
+        _ => {
+            let mut resp = refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                JsonRpcError::new(
+                    ErrorCode::INVALID_REQUEST,
+                    format!("method {} is not allowed on an MCP endpoint", parts.method),
+                ),
+                None,
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            return Err(resp);
+        }
+    };
+    if !has_body {
+        let view = match detect(&parts.headers, None) {
+            Ok(protocol) => McpRequest::from_parts(None, None, protocol),
+            Err(e) => {
+                let (status, err) = e.to_jsonrpc();
+                return Err(refuse(status, err, None));
+            }
+        };
+        let mut req = Request::from_parts(parts, Full::new(Bytes::new()));
+        req.extensions_mut().insert(view);
+        return Ok(req);
+    }
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        if !mcp_gateway_core::headers::is_json(ct) {
+            return Err(refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                JsonRpcError::new(
+                    ErrorCode::INVALID_REQUEST,
+                    "Content-Type must be application/json",
+                ),
+                None,
+            ));
+        }
+    }
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            JsonRpcError::new(
+                ErrorCode::INVALID_REQUEST,
+                format!("request body exceeds the limit of {limit} bytes"),
+            )
+            .with_data(serde_json::json!({ "limit": limit })),
+            None,
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(std::pin::pin!(body), drain_cap(limit)).await;
+        return Err(too_large());
+    }
+    let mut body = std::pin::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    let mut first: Option<Bytes> = None;
+    let mut total = 0usize;
+    let read: Result<(), BoxError> = loop {
+        let next = body.as_mut().frame().await.map(|r| r.map_err(Into::into));
+        match next {
+            None => break Ok(()),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                total = total.saturating_add(data.len());
+                if total > limit {
+                    drain(body.as_mut(), drain_cap(limit)).await;
+                    return Err(too_large());
+                }
+                // One chunk (the common case) is kept without copying.
+                match first.take() {
+                    None if buf.is_empty() => first = Some(data),
+                    None => buf.extend_from_slice(&data),
+                    Some(f) => {
+                        buf.extend_from_slice(&f);
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+            Some(Err(e)) => break Err(e),
+        }
+    };
+    let bytes = match read {
+        Ok(()) => first.unwrap_or_else(|| buf.freeze()),
+        Err(e) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                JsonRpcError::new(
+                    ErrorCode::INVALID_REQUEST,
+                    format!("could not read the request body: {e}"),
+                ),
+                None,
+            ))
+        }
+    };
+    let parsed = match classify(&bytes) {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e.to_jsonrpc(), None)),
+    };
+    let protocol = match detect(&parts.headers, Some(&parsed)) {
+        Ok(p) => p,
+        Err(e) => {
+            let (status, err) = e.to_jsonrpc();
+            return Err(refuse(status, err, parsed.reply_id()));
+        }
+    };
+    let view = McpRequest::from_parts(Some(bytes.clone()), Some(parsed), protocol);
+    let mut req = Request::from_parts(parts, Full::new(bytes));
+    req.extensions_mut().insert(view);
+    Ok(req)
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ParseMcp<S>
@@ -150,132 +320,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limit = self.limit;
         Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            if let Some(view) = McpRequest::from_extensions(&parts.extensions) {
-                // An earlier layer already read and classified this request.
-                let bytes = view.body().cloned().unwrap_or_default();
-                let req = Request::from_parts(parts, Full::new(bytes));
-                return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
+            match read_request(req, limit).await {
+                Ok(req) => inner.call(req).await.map(|r| r.map(ResponseBody::inner)),
+                Err(resp) => Ok(reject(resp)),
             }
-            let has_body = match parts.method {
-                Method::POST => true,
-                Method::GET | Method::DELETE => false,
-                _ => {
-                    let mut resp = refuse(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        JsonRpcError::new(
-                            ErrorCode::INVALID_REQUEST,
-                            format!("method {} is not allowed on an MCP endpoint", parts.method),
-                        ),
-                        None,
-                    );
-                    resp.headers_mut()
-                        .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
-                    return Ok(resp);
-                }
-            };
-            if !has_body {
-                let view = match detect(&parts.headers, None) {
-                    Ok(protocol) => McpRequest::from_parts(None, None, protocol),
-                    Err(e) => {
-                        let (status, err) = e.to_jsonrpc();
-                        return Ok(refuse(status, err, None));
-                    }
-                };
-                let mut req = Request::from_parts(parts, Full::new(Bytes::new()));
-                req.extensions_mut().insert(view);
-                return inner.call(req).await.map(|r| r.map(ResponseBody::inner));
-            }
-            if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-                if !mcp_gateway_core::headers::is_json(ct) {
-                    return Ok(refuse(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        JsonRpcError::new(
-                            ErrorCode::INVALID_REQUEST,
-                            "Content-Type must be application/json",
-                        ),
-                        None,
-                    ));
-                }
-            }
-            let too_large = || {
-                refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    JsonRpcError::new(
-                        ErrorCode::INVALID_REQUEST,
-                        format!("request body exceeds the limit of {limit} bytes"),
-                    )
-                    .with_data(serde_json::json!({ "limit": limit })),
-                    None,
-                )
-            };
-            let declared = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > limit as u64) {
-                drain(std::pin::pin!(body), drain_cap(limit)).await;
-                return Ok(too_large());
-            }
-            let mut body = std::pin::pin!(body);
-            let mut buf = bytes::BytesMut::new();
-            let mut first: Option<Bytes> = None;
-            let mut total = 0usize;
-            let read: Result<(), BoxError> = loop {
-                let next = body.as_mut().frame().await.map(|r| r.map_err(Into::into));
-                match next {
-                    None => break Ok(()),
-                    Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue;
-                        };
-                        total = total.saturating_add(data.len());
-                        if total > limit {
-                            drain(body.as_mut(), drain_cap(limit)).await;
-                            return Ok(too_large());
-                        }
-                        // One chunk (the common case) is kept without copying.
-                        match first.take() {
-                            None if buf.is_empty() => first = Some(data),
-                            None => buf.extend_from_slice(&data),
-                            Some(f) => {
-                                buf.extend_from_slice(&f);
-                                buf.extend_from_slice(&data);
-                            }
-                        }
-                    }
-                    Some(Err(e)) => break Err(e),
-                }
-            };
-            let bytes = match read {
-                Ok(()) => first.unwrap_or_else(|| buf.freeze()),
-                Err(e) => {
-                    return Ok(refuse(
-                        StatusCode::BAD_REQUEST,
-                        JsonRpcError::new(
-                            ErrorCode::INVALID_REQUEST,
-                            format!("could not read the request body: {e}"),
-                        ),
-                        None,
-                    ))
-                }
-            };
-            let parsed = match classify(&bytes) {
-                Ok(p) => p,
-                Err(e) => return Ok(refuse(StatusCode::BAD_REQUEST, e.to_jsonrpc(), None)),
-            };
-            let protocol = match detect(&parts.headers, Some(&parsed)) {
-                Ok(p) => p,
-                Err(e) => {
-                    let (status, err) = e.to_jsonrpc();
-                    return Ok(refuse(status, err, parsed.reply_id()));
-                }
-            };
-            let view = McpRequest::from_parts(Some(bytes.clone()), Some(parsed), protocol);
-            let mut req = Request::from_parts(parts, Full::new(bytes));
-            req.extensions_mut().insert(view);
-            inner.call(req).await.map(|r| r.map(ResponseBody::inner))
         })
     }
 }
