@@ -1,19 +1,40 @@
 //! Routing: `/mcp/NAME` to upstream `NAME`, plus `/healthz` and `/readyz`.
 //!
-//! Each upstream gets its own stack. The order, outermost first, and why:
+//! Each upstream gets its own stack, built in [`Router::new`]. This is the one place the order
+//! of the layers is decided. Outermost first, and why:
 //!
-//! 1. [`OriginGuard`]: a forbidden browser origin costs
-//!    nothing else — no body is read for it.
-//! 2. [`ParseMcp`]: reads the body once (bounded), classifies
-//!    it and checks the 2026-07-28 headers; every later layer reuses that view.
-//! 3. [`Upstream`]: forwards, streaming the response.
+//! 1. `OriginGuard`: a forbidden browser origin costs nothing else — no body is read for it.
+//! 2. `AuditLog` *(when `[audit]` is configured)*: outermost of the governing layers, so that
+//!    every refusal below it — bad input, authentication, permission, rate limit, unknown
+//!    session — is recorded, with the principal when one was established.
+//! 3. `TraceInject` *(`[telemetry]`)*: inside audit (the audit record carries its trace and
+//!    span ids, read from the per-request record) and outside every refusing layer, so
+//!    refusals are traced too; it writes trace context into the forwarded body.
+//! 4. [`ParseMcp`]: reads the body once (bounded), classifies it and checks the 2026-07-28
+//!    headers. When a governing layer above already read the request this is a no-op; every
+//!    later layer reuses the view.
+//! 5. `OAuthGuard` *(`[auth]`)*: first of the deciding layers — an unauthenticated call costs
+//!    nothing further, and its `Principal` is what limits and sessions are keyed by.
+//! 6. `TokenBucket2D` *(`[limits]`)*: after authentication (budgets are per agent), before
+//!    sessions, so a refused call never touches session state or picks an instance.
+//! 7. `SessionAffinity` *(`[sessions]`)*: picks the instance that owns the session.
+//! 8. [`Upstream`]: forwards, streaming the response.
+//!
+//! A governing layer that is not configured is not in the stack at all ([`Toggle`]). The
+//! outermost governing layer present creates the per-request record (`Exchange`) that the
+//! others write their decisions to, and attaches the response observers once.
+//!
+//! [`Toggle`]: mcp_gateway_layers::Toggle
 
 use crate::config::Settings;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
+use mcp_gateway_core::exchange::{Exchange, ExchangeContext};
+use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
+use mcp_gateway_core::observe::Cutoff;
+use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
 use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody};
 use std::collections::HashMap;
@@ -32,8 +53,13 @@ pub type GatewayBody = ResponseBody<ResponseBody<UpstreamBody>>;
 /// Routes requests to upstream stacks and answers health checks.
 #[derive(Clone)]
 pub struct Router {
-    routes: Arc<HashMap<String, Stack>>,
+    routes: Arc<HashMap<String, (Arc<str>, Stack)>>,
     ready: Arc<AtomicBool>,
+    /// Raised when the server cuts the streams still open at the end of its grace period.
+    cutoff: Cutoff,
+    /// Whether any governing layer is configured: only then does a request carry an
+    /// [`ExchangeContext`] (the client, the route, the cutoff) for the per-request record.
+    governed: bool,
 }
 
 impl Router {
@@ -41,6 +67,7 @@ impl Router {
     pub fn new(
         settings: &Settings,
         ready: Arc<AtomicBool>,
+        cutoff: Cutoff,
     ) -> Result<Self, crate::server::StartError> {
         let mut routes = HashMap::new();
         for spec in &settings.upstreams {
@@ -58,11 +85,13 @@ impl Router {
                     .body_limit(settings.body_limit)
                     .layer(upstream),
             );
-            routes.insert(spec.name.clone(), stack);
+            routes.insert(spec.name.clone(), (Arc::from(spec.name.as_str()), stack));
         }
         Ok(Self {
             routes: Arc::new(routes),
             ready,
+            cutoff,
+            governed: false,
         })
     }
 
@@ -83,8 +112,15 @@ impl Router {
         let (upstream, resp) = match (route, path) {
             (Some(name), _) if self.routes.contains_key(name) => {
                 add_forwarded(&mut req, conn);
-                let stack = self.routes[name].clone();
-                let resp = stack.oneshot(req).await?;
+                let (route, stack) = &self.routes[name];
+                if self.governed {
+                    req.extensions_mut().insert(ExchangeContext::new(
+                        Some(conn.peer),
+                        Some(route.clone()),
+                        Some(self.cutoff.clone()),
+                    ));
+                }
+                let resp = stack.clone().oneshot(req).await?;
                 (Some(name), resp)
             }
             (_, "/healthz") if method == Method::GET || method == Method::HEAD => {
@@ -105,17 +141,37 @@ impl Router {
                 (None, wrap(err.into_response(StatusCode::NOT_FOUND, None)))
             }
         };
+        // What the call was, from the view ParseMcp put on the response (no second parse),
+        // and who made it, from the per-request record when a governing layer kept one.
+        let view = McpRequest::from_extensions(resp.extensions());
+        let msg = view.and_then(McpRequest::single);
+        let agent = Exchange::from_extensions(resp.extensions())
+            .and_then(|x| x.update(|r| r.principal.as_ref().map(|p| p.agent_key().to_owned())));
         tracing::info!(
             target: "mcp_gateway::access",
             client = %conn.peer,
             %method,
             path = %path,
             upstream = upstream.unwrap_or("-"),
+            mcp_method = msg.and_then(McpMessage::method).unwrap_or("-"),
+            target_name = msg.and_then(McpMessage::target).unwrap_or("-"),
+            id = msg.and_then(McpMessage::id).map_or("-", RequestId::as_raw),
+            era = view.map_or("-", |v| era_name(v.protocol())),
+            agent = agent.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
             latency_us = started.elapsed().as_micros() as u64,
             "request"
         );
         Ok(resp)
+    }
+}
+
+/// The protocol era as the access log names it: the declared version, or `legacy`.
+fn era_name(p: &ProtocolInfo) -> &str {
+    match (p.era, p.version.as_deref()) {
+        (_, Some(v)) => v,
+        (Era::Legacy, None) => "legacy",
+        (Era::Modern, None) => "modern",
     }
 }
 

@@ -6,6 +6,7 @@ use crate::router::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
+use mcp_gateway_core::observe::Cutoff;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -52,7 +53,8 @@ impl Gateway {
             None => None,
         };
         let ready = Arc::new(AtomicBool::new(true));
-        let router = Router::new(&settings, ready.clone())?;
+        let cutoff = Cutoff::new();
+        let router = Router::new(&settings, ready.clone(), cutoff.clone())?;
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -66,7 +68,9 @@ impl Gateway {
         })?;
         let (stop, stopped) = watch::channel(false);
         let grace = settings.shutdown_grace;
-        let task = tokio::spawn(accept_loop(listener, router, tls, stopped, ready, grace));
+        let task = tokio::spawn(accept_loop(
+            listener, router, tls, stopped, ready, grace, cutoff,
+        ));
         tracing::info!(
             addr = %local_addr,
             tls = settings.tls.is_some(),
@@ -129,8 +133,12 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
     ready: Arc<AtomicBool>,
     grace: Duration,
+    cutoff: Cutoff,
 ) {
     let graceful = GracefulShutdown::new();
+    // Raised when the grace period is over: every connection still open is then cut, and the
+    // exchanges it carried end as "cut at shutdown".
+    let (cut, cut_rx) = watch::channel(false);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -162,8 +170,9 @@ async fn accept_loop(
             None => {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn.into_owned());
+                let cut = cut_rx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    if let Some(Err(e)) = until_cut(conn, cut).await {
                         tracing::debug!(client = %peer, error = %e, "connection ended with error");
                     }
                 });
@@ -172,6 +181,7 @@ async fn accept_loop(
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
+                let cut = cut_rx.clone();
                 tokio::spawn(async move {
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
@@ -188,7 +198,7 @@ async fn accept_loop(
                         }
                     };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    if let Some(Err(e)) = until_cut(watcher.watch(conn.into_owned()), cut).await {
                         tracing::debug!(client = %peer, error = %e, "connection ended with error");
                     }
                 });
@@ -202,5 +212,25 @@ async fn accept_loop(
         .is_err()
     {
         tracing::warn!(grace = ?grace, "shutdown grace period over: closing remaining connections");
+        cutoff.trigger();
+        let _ = cut.send(true);
+    }
+}
+
+/// Drives a connection until it ends, or until the server cuts it at the end of the shutdown
+/// grace period (`None`): the connection, and the exchanges on it, are then dropped.
+async fn until_cut<F: std::future::Future>(
+    conn: F,
+    mut cut: watch::Receiver<bool>,
+) -> Option<F::Output> {
+    let cut = async move {
+        if cut.wait_for(|c| *c).await.is_err() {
+            // The server is gone without cutting: nothing will cut this connection.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        out = conn => Some(out),
+        () = cut => None,
     }
 }

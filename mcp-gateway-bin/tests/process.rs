@@ -259,6 +259,11 @@ fn binary_serves_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("no JSON access log in {logs}"));
     assert_eq!(access["status"], 200);
     assert_eq!(access["upstream"], "demo");
+    // What the call was, named without a second parse.
+    assert_eq!(access["mcp_method"], "initialize", "{access}");
+    assert_eq!(access["id"], "1", "{access}");
+    assert_eq!(access["era"], "legacy", "{access}");
+    assert_eq!(access["agent"], "-", "{access}");
     assert!(logs.contains("draining"));
 }
 

@@ -1,14 +1,17 @@
 //! Criterion micro-benchmarks of the per-request hot paths in the core:
 //! classification (small and 64 KiB arguments), era detection, `_meta` injection, and SSE
-//! decoding. Run with `cargo bench -p mcp-gateway-core`.
+//! decoding, and the response observer (one message observed, JSON and SSE). Run with
+//! `cargo bench -p mcp-gateway-core`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::StatusCode;
 use http::{HeaderMap, HeaderValue};
 use mcp_gateway_core::era::detect;
 use mcp_gateway_core::message::classify;
 use mcp_gateway_core::meta::set_meta_entries;
+use mcp_gateway_core::observe::{Observation, ObservedMessage, Observer};
 use mcp_gateway_core::sse::SseDecoder;
 use std::hint::black_box;
 
@@ -81,8 +84,61 @@ fn sse_decoding(c: &mut Criterion) {
     g.finish();
 }
 
+/// An observer that looks at what every governing layer looks at.
+struct Outcome(u64);
+impl Observer for Outcome {
+    fn on_message(&mut self, msg: &ObservedMessage<'_>) {
+        self.0 += msg.len() as u64 + u64::from(msg.is_tool_error());
+        if let Some(c) = msg.error_code() {
+            self.0 += c.unsigned_abs();
+        }
+    }
+}
+
+fn observing(c: &mut Criterion) {
+    let result = r#"{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"text","text":"hello from the tool, a 200-byte answer of the kind the benchmarks proxy........................................"}],"isError":false}}"#;
+    let mut json = HeaderMap::new();
+    json.insert("content-type", HeaderValue::from_static("application/json"));
+    let mut sse = HeaderMap::new();
+    sse.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    let event = Bytes::from(format!("id: 1\ndata: {result}\n\n"));
+    let body = Bytes::from_static(result.as_bytes());
+    let mut g = c.benchmark_group("observe_one_message");
+    g.bench_function("json_1_observer", |b| {
+        b.iter(|| {
+            let mut o =
+                Observation::new(vec![Box::new(Outcome(0))], StatusCode::OK, black_box(&json));
+            o.on_data(black_box(body.clone())).unwrap();
+            o.complete();
+        })
+    });
+    g.bench_function("sse_1_observer", |b| {
+        b.iter(|| {
+            let mut o =
+                Observation::new(vec![Box::new(Outcome(0))], StatusCode::OK, black_box(&sse));
+            o.on_data(black_box(event.clone())).unwrap();
+            o.complete();
+        })
+    });
+    g.bench_function("sse_4_observers", |b| {
+        b.iter(|| {
+            let observers: Vec<Box<dyn Observer>> = (0..4)
+                .map(|_| Box::new(Outcome(0)) as Box<dyn Observer>)
+                .collect();
+            let mut o = Observation::new(observers, StatusCode::OK, black_box(&sse));
+            o.on_data(black_box(event.clone())).unwrap();
+            o.complete();
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    observing,
     classification,
     era_detection,
     meta_injection,

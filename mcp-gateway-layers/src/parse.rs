@@ -4,7 +4,8 @@
 //! responses that stream), classifies it with [`mcp_gateway_core::message::classify`], checks
 //! the 2026-07-28 header/body agreement, and inserts an [`McpRequest`] into the request
 //! extensions before calling the inner service with the same bytes. Later layers read the view
-//! instead of parsing again. Its answers:
+//! instead of parsing again; the view is also put on the response's extensions, for code
+//! outside the stack such as an access log. Its answers:
 //!
 //! | input | status | JSON-RPC code |
 //! |---|---|---|
@@ -321,7 +322,16 @@ where
         let limit = self.limit;
         Box::pin(async move {
             match read_request(req, limit).await {
-                Ok(req) => inner.call(req).await.map(|r| r.map(ResponseBody::inner)),
+                Ok(req) => {
+                    let view = McpRequest::from_extensions(req.extensions()).cloned();
+                    let mut resp = inner.call(req).await?.map(ResponseBody::inner);
+                    // The view travels back on the response, so code outside the stack (an
+                    // access log) can name the call without parsing again.
+                    if let Some(view) = view {
+                        resp.extensions_mut().insert(view);
+                    }
+                    Ok(resp)
+                }
                 Err(resp) => Ok(reject(resp)),
             }
         })

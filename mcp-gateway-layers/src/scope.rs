@@ -83,7 +83,8 @@ impl Scope {
         self.created
     }
 
-    /// Attaches the registered observers to the response, when this scope created the record.
+    /// Attaches the registered observers to the response, when this scope created the record,
+    /// and puts the record in the response's extensions.
     ///
     /// A JSON response that an observer may rewrite (list filtering) is read whole first —
     /// bounded — so the `Content-Length` sent is that of the rewritten body; when it cannot be
@@ -97,11 +98,13 @@ impl Scope {
         if !self.created {
             return resp;
         }
+        let (mut parts, body) = resp.into_parts();
+        // The record travels back on the response, for code outside the stack (access logs).
+        parts.extensions.insert(self.exchange.clone());
         let observers = self.exchange.take_observers();
         if observers.is_empty() {
-            return resp;
+            return Response::from_parts(parts, body);
         }
-        let (mut parts, body) = resp.into_parts();
         let mut obs =
             Observation::new(observers, parts.status, &parts.headers).with_cutoff(self.cutoff);
         if !obs.needs_whole_json() {
