@@ -118,6 +118,10 @@ impl ErrorCode {
     pub const NO_ROUTE: Self = Self(-32053);
     /// Gateway: the gateway is shutting down or not ready.
     pub const UNAVAILABLE: Self = Self(-32054);
+    /// Gateway: no valid credentials (HTTP 401, with `WWW-Authenticate`).
+    pub const UNAUTHORIZED: Self = Self(-32055);
+    /// Gateway: the credentials do not grant this call (HTTP 403, `insufficient_scope`).
+    pub const FORBIDDEN: Self = Self(-32056);
 }
 
 /// A JSON-RPC error object (`code`, `message`, optional `data`).

@@ -100,3 +100,9 @@ impl Principal {
         self.client_id.as_deref().unwrap_or(&self.subject)
     }
 }
+
+/// The `Authorization` value the gateway itself presents to the upstream for one request —
+/// never the caller's token. An authentication layer puts it in the request extensions; the
+/// forwarding service sends it after removing whatever the client sent.
+#[derive(Clone, Debug)]
+pub struct UpstreamAuthorization(pub http::HeaderValue);

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`parse`] | buffers the request body up to a limit, classifies it once, checks the 2026-07-28 headers, and puts an [`McpRequest`](mcp_gateway_core::McpRequest) in request extensions | always |
 //! | [`origin`] | rejects browser requests from origins that are not allowed (DNS-rebinding defence) | always |
+//! | `auth` | OAuthGuard: OAuth 2.1 resource server at the edge — JWT/JWKS, introspection, API keys, audience, tool-level permissions, list filtering, upstream credentials | `auth` |
 //! | [`scope`] | joins the per-request record and attaches response observers: the plumbing every governing layer shares | always |
 //! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) | always |
 //! | [`toggle`] | a layer switched on or off when the stack is built | always |
@@ -22,6 +23,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod body;
 pub mod observe;
 pub mod origin;

@@ -36,7 +36,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use mcp_gateway_core::headers::{is_event_stream, MCP_SESSION_ID, X_ACCEL_BUFFERING};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
-use mcp_gateway_core::McpRequest;
+use mcp_gateway_core::{McpRequest, UpstreamAuthorization};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -433,8 +433,12 @@ where
             parts.uri = Uri::from(pq);
             parts.version = Version::HTTP_11;
             strip_hop_by_hop(&mut parts.headers);
-            // No token passthrough: the client's credentials are for the gateway only.
+            // No token passthrough: the client's credentials are for the gateway only. What
+            // the upstream gets is the gateway's own credential, when a layer provided one.
             parts.headers.remove(header::AUTHORIZATION);
+            if let Some(own) = parts.extensions.get::<UpstreamAuthorization>() {
+                parts.headers.insert(header::AUTHORIZATION, own.0.clone());
+            }
             if let Ok(host) = HeaderValue::from_str(instance.pool.authority().as_str()) {
                 parts.headers.insert(header::HOST, host);
             }
