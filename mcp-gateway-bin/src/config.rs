@@ -146,6 +146,9 @@ pub struct Config {
     /// Upstream MCP servers by name; each is served at `/mcp/NAME`.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamEntry>,
+    /// OAuthGuard: absent, no authentication.
+    #[serde(default)]
+    pub auth: Option<crate::auth_config::AuthConfig>,
 }
 
 /// `[server]`.
@@ -174,6 +177,10 @@ pub struct ServerConfig {
     /// runtime, the cheapest per request when the gateway is given one core.
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// The URL clients reach the gateway at; route NAME's resource URI is this plus
+    /// `/mcp/NAME`. Default `http(s)://LISTEN`.
+    #[serde(default)]
+    pub public_url: Option<Spanned<String>>,
 }
 
 impl Default for ServerConfig {
@@ -186,6 +193,7 @@ impl Default for ServerConfig {
             allow_localhost_origins: true,
             tls: None,
             worker_threads: None,
+            public_url: None,
         }
     }
 }
@@ -268,6 +276,9 @@ pub struct UpstreamEntry {
     /// PEM file of CA certificates trusted for `https://` instances, besides the system's.
     #[serde(default)]
     pub ca_file: Option<Spanned<PathBuf>>,
+    /// What the gateway presents to this upstream (never the caller's token).
+    #[serde(default)]
+    pub credentials: Option<crate::auth_config::CredentialsConfig>,
 }
 
 /// A checked upstream.
@@ -283,6 +294,8 @@ pub struct UpstreamSpec {
     pub response_timeout: Duration,
     /// Extra CA certificates (PEM file) for `https://` instances.
     pub ca_file: Option<PathBuf>,
+    /// Credentials presented to the upstream.
+    pub credentials: Option<crate::auth_config::CredentialsSpec>,
 }
 
 /// A checked configuration, ready to run.
@@ -306,9 +319,13 @@ pub struct Settings {
     pub upstreams: Vec<UpstreamSpec>,
     /// Runtime worker threads (`None`: one per core).
     pub worker_threads: Option<usize>,
+    /// Public URL (`None`: derived from the listen address).
+    pub public_url: Option<String>,
+    /// OAuthGuard settings (`None`: no authentication).
+    pub auth: Option<crate::auth_config::AuthSettings>,
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before
@@ -451,9 +468,28 @@ pub fn check(
             }
             full
         });
+        let credentials = entry.credentials.as_ref().and_then(|c| {
+            let mut e = crate::auth_config::Errs {
+                text,
+                source,
+                list: Vec::new(),
+            };
+            let default_resource = urls.first().map(ToString::to_string);
+            let spec = crate::auth_config::check_credentials(
+                name,
+                c,
+                config.auth.as_ref(),
+                default_resource,
+                base,
+                &mut e,
+            );
+            errors.extend(e.list);
+            spec
+        });
         upstreams.push(UpstreamSpec {
             name: name.clone(),
             ca_file,
+            credentials,
             urls,
             connect_timeout: entry
                 .connect_timeout
@@ -463,10 +499,34 @@ pub fn check(
                 .map_or(Duration::from_secs(60), |d| d.0),
         });
     }
+    let public_url = config
+        .server
+        .public_url
+        .as_ref()
+        .and_then(|u| match check_url(u.get_ref()) {
+            Ok(_) => Some(u.get_ref().trim().trim_end_matches('/').to_owned()),
+            Err(m) => {
+                errors.push(err_at(Some(u.span()), format!("server.public_url: {m}")));
+                None
+            }
+        });
+    let auth = config.auth.as_ref().and_then(|a| {
+        let names: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+        let mut e = crate::auth_config::Errs {
+            text,
+            source,
+            list: Vec::new(),
+        };
+        let settings = crate::auth_config::check_auth(a, &names, base, &mut e);
+        errors.extend(e.list);
+        settings
+    });
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Settings {
+        public_url,
+        auth,
         listen: config.server.listen,
         body_limit: config.server.body_limit.0,
         shutdown_grace: config.server.shutdown_grace.0,
@@ -538,6 +598,7 @@ pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
         connect_timeout: Duration::from_secs(5),
         response_timeout: Duration::from_secs(60),
         ca_file: None,
+        credentials: None,
     })
 }
 
@@ -554,7 +615,17 @@ impl Settings {
             log_level: default_level(),
             upstreams,
             worker_threads: None,
+            public_url: None,
+            auth: None,
         }
+    }
+
+    /// The URL clients reach the gateway at: `server.public_url`, or the listen address.
+    pub fn public_base(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| {
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", self.listen)
+        })
     }
 }
 

@@ -19,6 +19,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod auth_config;
 pub mod config;
 pub mod logging;
 pub mod router;

@@ -35,8 +35,11 @@ use mcp_gateway_core::exchange::{Exchange, ExchangeContext};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
+use mcp_gateway_layers::auth::OAuthGuard;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
-use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody};
+use mcp_gateway_layers::{
+    OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody, Toggle, Toggled,
+};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -45,15 +48,23 @@ use std::sync::Arc;
 use std::time::Instant;
 use tower::{Layer, ServiceExt};
 
-/// The per-upstream stack.
-pub type Stack = OriginGuard<ParseMcp<Upstream>>;
+/// The per-upstream stack (see the module docs for the order).
+pub type Stack = OriginGuard<ParseMcp<Toggled<OAuthGuard<Upstream>, Upstream>>>;
 /// The body of every gateway response.
-pub type GatewayBody = ResponseBody<ResponseBody<UpstreamBody>>;
+pub type GatewayBody = ResponseBody<ResponseBody<ResponseBody<UpstreamBody>>>;
+
+/// One route: its name, its stack, and its protected resource metadata when guarded.
+#[derive(Clone)]
+struct Route {
+    name: Arc<str>,
+    stack: Stack,
+    metadata: Option<Bytes>,
+}
 
 /// Routes requests to upstream stacks and answers health checks.
 #[derive(Clone)]
 pub struct Router {
-    routes: Arc<HashMap<String, (Arc<str>, Stack)>>,
+    routes: Arc<HashMap<String, Route>>,
     ready: Arc<AtomicBool>,
     /// Raised when the server cuts the streams still open at the end of its grace period.
     cutoff: Cutoff,
@@ -64,11 +75,15 @@ pub struct Router {
 
 impl Router {
     /// Builds one stack per configured upstream.
-    pub fn new(
+    pub async fn new(
         settings: &Settings,
         ready: Arc<AtomicBool>,
         cutoff: Cutoff,
     ) -> Result<Self, crate::server::StartError> {
+        let auth = match &settings.auth {
+            Some(a) => Some(crate::auth::Auth::build(a, settings).await?),
+            None => None,
+        };
         let mut routes = HashMap::new();
         for spec in &settings.upstreams {
             let roots = match &spec.ca_file {
@@ -80,18 +95,33 @@ impl Router {
                 .response_timeout(spec.response_timeout)
                 .trust(roots);
             let upstream = Upstream::new(&spec.name, spec.urls.iter().cloned(), config)?;
+            let guard = match &auth {
+                Some(a) => Some(a.layer(spec, settings).await?),
+                None => None,
+            };
+            let metadata = guard
+                .as_ref()
+                .map(|g| Bytes::from(g.protected_resource_metadata().to_string()));
+            // The order, and why, is in the module docs.
             let stack = OriginGuardLayer::new(settings.origins.clone()).layer(
                 ParseMcpLayer::new()
                     .body_limit(settings.body_limit)
-                    .layer(upstream),
+                    .layer(Toggle::new(guard).layer(upstream)),
             );
-            routes.insert(spec.name.clone(), (Arc::from(spec.name.as_str()), stack));
+            routes.insert(
+                spec.name.clone(),
+                Route {
+                    name: Arc::from(spec.name.as_str()),
+                    stack,
+                    metadata,
+                },
+            );
         }
         Ok(Self {
             routes: Arc::new(routes),
             ready,
             cutoff,
-            governed: false,
+            governed: auth.is_some(),
         })
     }
 
@@ -112,16 +142,33 @@ impl Router {
         let (upstream, resp) = match (route, path) {
             (Some(name), _) if self.routes.contains_key(name) => {
                 add_forwarded(&mut req, conn);
-                let (route, stack) = &self.routes[name];
+                let route = &self.routes[name];
                 if self.governed {
                     req.extensions_mut().insert(ExchangeContext::new(
                         Some(conn.peer),
-                        Some(route.clone()),
+                        Some(route.name.clone()),
                         Some(self.cutoff.clone()),
                     ));
                 }
-                let resp = stack.clone().oneshot(req).await?;
+                let resp = route.stack.clone().oneshot(req).await?;
                 (Some(name), resp)
+            }
+            (_, p)
+                if p.starts_with(PRM_PREFIX)
+                    && (method == Method::GET || method == Method::HEAD) =>
+            {
+                // RFC 9728 metadata of a protected route, at its path-suffixed well-known URI.
+                let name = p[PRM_PREFIX.len()..].trim_end_matches('/');
+                match self.routes.get(name).and_then(|r| r.metadata.clone()) {
+                    Some(doc) => (Some(name), metadata_response(doc)),
+                    None => {
+                        let err = JsonRpcError::new(
+                            ErrorCode::NO_ROUTE,
+                            format!("no protected resource is routed at /mcp/{name}"),
+                        );
+                        (None, wrap(err.into_response(StatusCode::NOT_FOUND, None)))
+                    }
+                }
             }
             (_, "/healthz") if method == Method::GET || method == Method::HEAD => {
                 (None, plain(StatusCode::OK, "ok\n"))
@@ -173,6 +220,27 @@ fn era_name(p: &ProtocolInfo) -> &str {
         (Era::Legacy, None) => "legacy",
         (Era::Modern, None) => "modern",
     }
+}
+
+/// Where the protected resource metadata of route NAME is served: this prefix, then `NAME`.
+const PRM_PREFIX: &str = "/.well-known/oauth-protected-resource/mcp/";
+
+fn metadata_response(doc: Bytes) -> Response<GatewayBody> {
+    let mut resp = Response::new(Full::new(doc));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // Browser-based clients fetch it cross-origin; it is public by definition.
+    resp.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
+    wrap(resp)
 }
 
 fn wrap(resp: Response<Full<Bytes>>) -> Response<GatewayBody> {

@@ -33,6 +33,9 @@ pub enum StartError {
     /// An upstream is misconfigured.
     #[error(transparent)]
     Upstream(#[from] mcp_gateway_layers::upstream::UpstreamError),
+    /// Authentication is misconfigured.
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 /// A running gateway.
@@ -54,7 +57,6 @@ impl Gateway {
         };
         let ready = Arc::new(AtomicBool::new(true));
         let cutoff = Cutoff::new();
-        let router = Router::new(&settings, ready.clone(), cutoff.clone())?;
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -66,6 +68,17 @@ impl Gateway {
             addr: settings.listen,
             source,
         })?;
+        // Resource URIs need the real address when none is configured (port 0 in tests).
+        let mut settings = settings;
+        if settings.public_url.is_none() {
+            let scheme = if settings.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            settings.public_url = Some(format!("{scheme}://{local_addr}"));
+        }
+        let router = Router::new(&settings, ready.clone(), cutoff.clone()).await?;
         let (stop, stopped) = watch::channel(false);
         let grace = settings.shutdown_grace;
         let task = tokio::spawn(accept_loop(
