@@ -17,7 +17,7 @@
 //! Every rejection is a response (a JSON-RPC error with the right HTTP status), never a
 //! service error, so the layers work under axum, whose services are infallible.
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
 pub mod origin;
