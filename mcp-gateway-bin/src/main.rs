@@ -28,8 +28,8 @@ enum Command {
         /// Configuration file (TOML). Flags below override or add to it.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Address to listen on (default 127.0.0.1:8080).
-        #[arg(long)]
+        /// Address to listen on, IP:PORT (default 127.0.0.1:8080).
+        #[arg(long, value_parser = config::parse_listen)]
         listen: Option<SocketAddr>,
         /// An upstream MCP server: NAME=URL, or NAME=URL,URL,... for several instances.
         #[arg(long = "upstream", value_name = "NAME=URL[,URL...]")]
