@@ -592,6 +592,37 @@ pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
 }
 
 impl Settings {
+    /// Adds the upstreams given as `--upstream` flags. A flag replaces a configured upstream of
+    /// the same name (the names replaced are returned, to warn about); the same name in two
+    /// flags is an error, not a silent "last one wins".
+    pub fn add_flag_upstreams(
+        &mut self,
+        flags: Vec<UpstreamSpec>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut replaced = Vec::new();
+        for spec in flags {
+            if !seen.insert(spec.name.clone()) {
+                return Err(ConfigError {
+                    source: "--upstream".into(),
+                    location: None,
+                    message: format!(
+                        "upstream {:?} is given twice; give each name once (several instances: \
+                         NAME=URL,URL)",
+                        spec.name
+                    ),
+                });
+            }
+            let before = self.upstreams.len();
+            self.upstreams.retain(|u| u.name != spec.name);
+            if self.upstreams.len() != before {
+                replaced.push(spec.name.clone());
+            }
+            self.upstreams.push(spec);
+        }
+        Ok(replaced)
+    }
+
     /// Settings from flags alone: one listener, the given upstreams, defaults elsewhere.
     pub fn from_flags(listen: SocketAddr, upstreams: Vec<UpstreamSpec>) -> Self {
         Self {
@@ -790,6 +821,37 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         assert!(parse_upstream_flag("=http://x").is_err());
         assert!(parse_upstream_flag("d=ftp://x").is_err());
         assert!(parse_upstream_flag("d=").is_err());
+    }
+
+    #[test]
+    fn flag_upstreams_replace_configured_ones_and_must_not_repeat() {
+        let mut s = parse(
+            "[upstreams.demo]\nurl = \"http://config/mcp\"\n[upstreams.other]\nurl = \"http://o/mcp\"\n",
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let replaced = s
+            .add_flag_upstreams(vec![
+                parse_upstream_flag("demo=http://flag/mcp").unwrap(),
+                parse_upstream_flag("new=http://n/mcp").unwrap(),
+            ])
+            .unwrap();
+        assert_eq!(replaced, ["demo"]);
+        let demo: Vec<_> = s.upstreams.iter().filter(|u| u.name == "demo").collect();
+        assert_eq!(demo.len(), 1);
+        assert_eq!(demo[0].urls[0].host(), Some("flag"));
+        assert_eq!(s.upstreams.len(), 3);
+
+        let mut s = Settings::from_flags(default_listen(), Vec::new());
+        let e = s
+            .add_flag_upstreams(vec![
+                parse_upstream_flag("demo=http://a/mcp").unwrap(),
+                parse_upstream_flag("demo=http://b/mcp").unwrap(),
+            ])
+            .unwrap_err();
+        assert_eq!(e.source, "--upstream");
+        assert!(e.message.contains("\"demo\" is given twice"), "{e}");
     }
 
     #[test]
