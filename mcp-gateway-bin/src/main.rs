@@ -167,7 +167,8 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot start");
+                        // Once, and not as a log line: a log filter must not hide why the
+                        // gateway did not start.
                         eprintln!("error: {e}");
                         ExitCode::FAILURE
                     }

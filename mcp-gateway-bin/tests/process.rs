@@ -390,6 +390,26 @@ fn busy_port() -> (std::net::TcpListener, u16) {
 }
 
 #[test]
+fn busy_port_is_reported_once_with_its_cause() {
+    let (_held, port) = busy_port();
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            "demo=http://127.0.0.1:1/mcp",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let cause = format!("cannot listen on 127.0.0.1:{port}: Address already in use");
+    assert_eq!(err.matches(&cause).count(), 1, "{err}");
+    assert!(err.contains(&format!("error: {cause}")), "{err}");
+}
+
+#[test]
 fn serve_warns_when_a_flag_replaces_a_configured_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gw.toml");
