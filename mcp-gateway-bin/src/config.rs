@@ -143,9 +143,10 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
-    /// Upstream MCP servers by name; each is served at `/mcp/NAME`.
+    /// Upstream MCP servers by name; each is served at `/mcp/NAME`. The name keeps its place
+    /// in the file, for errors about the whole table.
     #[serde(default)]
-    pub upstreams: BTreeMap<String, UpstreamEntry>,
+    pub upstreams: BTreeMap<Spanned<String>, UpstreamEntry>,
     /// OAuthGuard: absent, no authentication.
     #[serde(default)]
     pub auth: Option<crate::auth_config::AuthConfig>,
@@ -156,11 +157,11 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on. Default `127.0.0.1:8080`.
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "de_listen")]
     pub listen: SocketAddr,
     /// Largest request body. Default 4 MiB.
     #[serde(default = "default_body_limit")]
-    pub body_limit: Size,
+    pub body_limit: Spanned<Size>,
     /// How long SIGTERM/Ctrl-C waits for in-flight requests and open streams. Default 30 s.
     #[serde(default = "default_grace")]
     pub shutdown_grace: Dur,
@@ -176,7 +177,7 @@ pub struct ServerConfig {
     /// Runtime worker threads; default: one per available core. `1` runs a single-threaded
     /// runtime, the cheapest per request when the gateway is given one core.
     #[serde(default)]
-    pub worker_threads: Option<usize>,
+    pub worker_threads: Option<Spanned<usize>>,
     /// The URL clients reach the gateway at; route NAME's resource URI is this plus
     /// `/mcp/NAME`. Default `http(s)://LISTEN`.
     #[serde(default)]
@@ -201,8 +202,48 @@ impl Default for ServerConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
-fn default_body_limit() -> Size {
-    Size(mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT)
+fn default_body_limit() -> Spanned<Size> {
+    // Not in the file, so no place in it; a default is never wrong, so never reported.
+    Spanned::new(0..0, Size(mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT))
+}
+
+/// Parses a listen address, `IP:PORT`, saying what is wrong when it is not one.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let what = match s.rsplit_once(':') {
+        _ if s.trim() != s => "it has spaces around it; ",
+        _ if s.parse::<std::net::Ipv4Addr>().is_ok() => "it has no port; ",
+        _ if s.parse::<std::net::Ipv6Addr>().is_ok() => {
+            "it has no port (an IPv6 address with a port goes in brackets); "
+        }
+        Some((_, port)) if port.parse::<u16>().is_err() => {
+            "the port is not a number from 0 to 65535; "
+        }
+        Some((host, _)) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
+            "an IPv6 address goes in brackets; "
+        }
+        Some(_) => "the host must be an IP address, not a name; ",
+        None => "",
+    };
+    Err(format!(
+        "invalid socket address {s:?}: {what}expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080"
+    ))
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    struct Listen;
+    impl de::Visitor<'_> for Listen {
+        type Value = SocketAddr;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a socket address string, IP:PORT such as \"127.0.0.1:8080\"")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<SocketAddr, E> {
+            parse_listen(s).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Listen)
 }
 fn default_grace() -> Dur {
     Dur(Duration::from_secs(30))
@@ -382,15 +423,20 @@ pub fn check(
             Err(e) => errors.push(err_at(Some(o.span()), e.to_string())),
         }
     }
-    if config.server.worker_threads == Some(0) {
+    if let Some(w) = config
+        .server
+        .worker_threads
+        .as_ref()
+        .filter(|w| *w.get_ref() == 0)
+    {
         errors.push(err_at(
-            None,
+            Some(w.span()),
             "server.worker_threads must be at least 1".into(),
         ));
     }
-    if config.server.body_limit.0 == 0 {
+    if config.server.body_limit.get_ref().0 == 0 {
         errors.push(err_at(
-            None,
+            Some(config.server.body_limit.span()),
             "server.body_limit must be greater than 0".into(),
         ));
     }
@@ -429,21 +475,21 @@ pub fn check(
             "no upstreams: add an [upstreams.NAME] table with a url".into(),
         ));
     }
-    for (name, entry) in &config.upstreams {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+    for (spanned_name, entry) in &config.upstreams {
+        let name = spanned_name.get_ref();
+        if !valid_name(name) {
             errors.push(err_at(
-                None,
+                Some(spanned_name.span()),
                 format!("upstream name {name:?} must use only letters, digits, '-', '_' and '.'"),
             ));
         }
         let mut raw: Vec<&Spanned<String>> = entry.url.iter().collect();
         raw.extend(entry.urls.iter());
         if raw.is_empty() {
-            errors.push(err_at(None, format!("upstream {name:?} needs url or urls")));
+            errors.push(err_at(
+                Some(spanned_name.span()),
+                format!("upstream {name:?} needs url or urls"),
+            ));
         }
         if entry.url.is_some() && !entry.urls.is_empty() {
             errors.push(err_at(
@@ -511,7 +557,7 @@ pub fn check(
             }
         });
     let auth = config.auth.as_ref().and_then(|a| {
-        let names: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+        let names: Vec<&str> = config.upstreams.keys().map(|k| k.get_ref().as_str()).collect();
         let mut e = crate::auth_config::Errs {
             text,
             source,
@@ -528,14 +574,14 @@ pub fn check(
         public_url,
         auth,
         listen: config.server.listen,
-        body_limit: config.server.body_limit.0,
+        body_limit: config.server.body_limit.get_ref().0,
         shutdown_grace: config.server.shutdown_grace.0,
         origins,
         tls,
         log_format: config.log.format,
         log_level: config.log.level,
         upstreams,
-        worker_threads: config.server.worker_threads,
+        worker_threads: config.server.worker_threads.map(Spanned::into_inner),
     })
 }
 
@@ -546,6 +592,14 @@ fn resolve(base: &Path, p: &Spanned<PathBuf>) -> PathBuf {
     } else {
         base.join(p.get_ref())
     }
+}
+
+/// Whether `name` can be an upstream name (and so a `/mcp/NAME` route).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Checks one upstream instance URL: absolute `http://` or `https://` with a host.
@@ -575,11 +629,7 @@ pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
         .split_once('=')
         .ok_or_else(|| bad(format!("{flag:?}: expected NAME=URL[,URL...]")))?;
     let name = name.trim();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+    if !valid_name(name) {
         return Err(bad(format!(
             "upstream name {name:?} must use only letters, digits, '-', '_' and '.'"
         )));
@@ -603,6 +653,37 @@ pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
 }
 
 impl Settings {
+    /// Adds the upstreams given as `--upstream` flags. A flag replaces a configured upstream of
+    /// the same name (the names replaced are returned, to warn about); the same name in two
+    /// flags is an error, not a silent "last one wins".
+    pub fn add_flag_upstreams(
+        &mut self,
+        flags: Vec<UpstreamSpec>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut replaced = Vec::new();
+        for spec in flags {
+            if !seen.insert(spec.name.clone()) {
+                return Err(ConfigError {
+                    source: "--upstream".into(),
+                    location: None,
+                    message: format!(
+                        "upstream {:?} is given twice; give each name once (several instances: \
+                         NAME=URL,URL)",
+                        spec.name
+                    ),
+                });
+            }
+            let before = self.upstreams.len();
+            self.upstreams.retain(|u| u.name != spec.name);
+            if self.upstreams.len() != before {
+                replaced.push(spec.name.clone());
+            }
+            self.upstreams.push(spec);
+        }
+        Ok(replaced)
+    }
+
     /// Settings from flags alone: one listener, the given upstreams, defaults elsewhere.
     pub fn from_flags(listen: SocketAddr, upstreams: Vec<UpstreamSpec>) -> Self {
         Self {
@@ -717,6 +798,91 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         assert!(e[0].contains("must use only"), "{e:?}");
     }
 
+    /// The 1-based line and column of the first occurrence of `needle` in `text`.
+    fn at(text: &str, needle: &str) -> String {
+        let (l, c) = line_col(text, text.find(needle).unwrap());
+        format!("gw.toml:{l}:{c}: ")
+    }
+
+    #[test]
+    fn whole_table_errors_point_at_the_upstream_name() {
+        let text = "[upstreams.good]\nurl = \"http://x/mcp\"\n\n[upstreams.\"bad name\"]\nurl = \"http://y/mcp\"\n";
+        let e = errs(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with(&at(text, "\"bad name\"")), "{e:?}");
+        assert!(e[0].starts_with("gw.toml:4:12: "), "{e:?}");
+        assert!(
+            e[0].contains("upstream name \"bad name\" must use only"),
+            "{e:?}"
+        );
+
+        let text =
+            "[upstreams.a]\nurl = \"http://x/mcp\"\n[upstreams.e]\nconnect_timeout = \"1s\"\n";
+        let e = errs(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("gw.toml:3:12: "), "{e:?}");
+        assert!(e[0].ends_with("upstream \"e\" needs url or urls"), "{e:?}");
+
+        // A dotted key names the upstream too.
+        let text = "upstreams.e.connect_timeout = \"1s\"\n";
+        let e = errs(text);
+        assert!(e[0].starts_with("gw.toml:1:11: "), "{e:?}");
+    }
+
+    #[test]
+    fn zero_limits_point_at_their_values() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\nworker_threads = 0\nbody_limit = \"0MiB\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n";
+        let e = errs(text);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(
+            e[0],
+            "gw.toml:3:18: server.worker_threads must be at least 1"
+        );
+        assert_eq!(
+            e[1],
+            "gw.toml:4:14: server.body_limit must be greater than 0"
+        );
+        // Non-zero values, and the defaults, pass.
+        let s = parse(
+            "[server]\nworker_threads = 1\n[upstreams.a]\nurl = \"http://x/mcp\"\n",
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.worker_threads, Some(1));
+        assert_eq!(s.body_limit, mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT);
+    }
+
+    #[test]
+    fn invalid_listen_addresses_say_what_is_wrong() {
+        let e = errs("[server]\nlisten = \"nope\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("gw.toml:2:10: invalid socket address \"nope\": expected IP:PORT such as 127.0.0.1:8080"),
+            "{e:?}"
+        );
+        let e = errs("[server]\nlisten = 8080\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
+        assert!(e[0].starts_with("gw.toml:2:10: "), "{e:?}");
+        assert!(e[0].contains("IP:PORT"), "{e:?}");
+        for (input, why) in [
+            ("127.0.0.1", "it has no port"),
+            ("localhost:8080", "the host must be an IP address"),
+            ("127.0.0.1:99999", "the port is not a number"),
+            (
+                "::1",
+                "it has no port (an IPv6 address with a port goes in brackets)",
+            ),
+            ("1:2:3:4:5:6:7:8:80", "an IPv6 address goes in brackets"),
+            (" 127.0.0.1:8080", "spaces"),
+        ] {
+            let m = parse_listen(input).unwrap_err();
+            assert!(m.contains(why), "{input:?}: {m}");
+            assert!(m.contains("expected IP:PORT"), "{input:?}: {m}");
+        }
+        assert_eq!(parse_listen("[::1]:8080").unwrap().port(), 8080);
+        assert_eq!(parse_listen("0.0.0.0:0").unwrap().port(), 0);
+    }
+
     #[test]
     fn flags() {
         let u = parse_upstream_flag("demo=http://127.0.0.1:3001/mcp,http://127.0.0.1:3002/mcp")
@@ -726,6 +892,37 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         assert!(parse_upstream_flag("=http://x").is_err());
         assert!(parse_upstream_flag("d=ftp://x").is_err());
         assert!(parse_upstream_flag("d=").is_err());
+    }
+
+    #[test]
+    fn flag_upstreams_replace_configured_ones_and_must_not_repeat() {
+        let mut s = parse(
+            "[upstreams.demo]\nurl = \"http://config/mcp\"\n[upstreams.other]\nurl = \"http://o/mcp\"\n",
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let replaced = s
+            .add_flag_upstreams(vec![
+                parse_upstream_flag("demo=http://flag/mcp").unwrap(),
+                parse_upstream_flag("new=http://n/mcp").unwrap(),
+            ])
+            .unwrap();
+        assert_eq!(replaced, ["demo"]);
+        let demo: Vec<_> = s.upstreams.iter().filter(|u| u.name == "demo").collect();
+        assert_eq!(demo.len(), 1);
+        assert_eq!(demo[0].urls[0].host(), Some("flag"));
+        assert_eq!(s.upstreams.len(), 3);
+
+        let mut s = Settings::from_flags(default_listen(), Vec::new());
+        let e = s
+            .add_flag_upstreams(vec![
+                parse_upstream_flag("demo=http://a/mcp").unwrap(),
+                parse_upstream_flag("demo=http://b/mcp").unwrap(),
+            ])
+            .unwrap_err();
+        assert_eq!(e.source, "--upstream");
+        assert!(e.message.contains("\"demo\" is given twice"), "{e}");
     }
 
     #[test]

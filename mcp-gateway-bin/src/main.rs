@@ -28,8 +28,8 @@ enum Command {
         /// Configuration file (TOML). Flags below override or add to it.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Address to listen on (default 127.0.0.1:8080).
-        #[arg(long)]
+        /// Address to listen on, IP:PORT (default 127.0.0.1:8080).
+        #[arg(long, value_parser = config::parse_listen)]
         listen: Option<SocketAddr>,
         /// An upstream MCP server: NAME=URL, or NAME=URL,URL,... for several instances.
         #[arg(long = "upstream", value_name = "NAME=URL[,URL...]")]
@@ -114,15 +114,18 @@ fn main() -> ExitCode {
             if let Some(l) = listen {
                 settings.listen = l;
             }
-            for flag in &upstreams {
-                match config::parse_upstream_flag(flag) {
-                    Ok(spec) => {
-                        settings.upstreams.retain(|u| u.name != spec.name);
-                        settings.upstreams.push(spec);
-                    }
-                    Err(e) => return report(&[e]),
-                }
-            }
+            let flags = match upstreams
+                .iter()
+                .map(|f| config::parse_upstream_flag(f))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(specs) => specs,
+                Err(e) => return report(&[e]),
+            };
+            let replaced = match settings.add_flag_upstreams(flags) {
+                Ok(replaced) => replaced,
+                Err(e) => return report(&[e]),
+            };
             if let (Some(c), Some(k)) = (tls_cert, tls_key) {
                 settings.tls = Some((c, k));
             }
@@ -130,6 +133,14 @@ fn main() -> ExitCode {
                 settings.log_format = LogFormat::Json;
             }
             mcp_gateway::logging::init(settings.log_format, &settings.log_level);
+            if let Some(path) = &config {
+                for name in replaced {
+                    tracing::warn!(
+                        "--upstream {name}=… replaces upstream {name:?} of {}",
+                        path.display()
+                    );
+                }
+            }
             // One worker: a single-threaded runtime (no work stealing, no cross-thread
             // wake-ups). More: the multi-threaded one with that many workers.
             let threads = settings.worker_threads.unwrap_or_else(|| {
@@ -156,7 +167,8 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot start");
+                        // Once, and not as a log line: a log filter must not hide why the
+                        // gateway did not start.
                         eprintln!("error: {e}");
                         ExitCode::FAILURE
                     }

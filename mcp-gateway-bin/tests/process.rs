@@ -362,3 +362,87 @@ async fn https_upstream_trusted_through_ca_file() {
     );
     gw.shutdown().await;
 }
+
+#[test]
+fn serve_refuses_a_repeated_upstream_name() {
+    // On a busy port, a gateway that wrongly accepted the flags stops instead of serving on.
+    let (_held, port) = busy_port();
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            "demo=http://127.0.0.1:1/mcp",
+            "--upstream",
+            "demo=http://127.0.0.1:2/mcp",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: --upstream: upstream \"demo\" is given twice"),
+        "{err}"
+    );
+}
+
+/// A port another socket listens on, held for as long as the listener lives.
+fn busy_port() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+#[test]
+fn busy_port_is_reported_once_with_its_cause() {
+    let (_held, port) = busy_port();
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            "demo=http://127.0.0.1:1/mcp",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let cause = format!("cannot listen on 127.0.0.1:{port}: Address already in use");
+    assert_eq!(err.matches(&cause).count(), 1, "{err}");
+    assert!(err.contains(&format!("error: {cause}")), "{err}");
+}
+
+#[test]
+fn serve_warns_when_a_flag_replaces_a_configured_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        "[upstreams.demo]\nurl = \"http://127.0.0.1:1/mcp\"\n[upstreams.other]\nurl = \"http://127.0.0.1:2/mcp\"\n",
+    )
+    .unwrap();
+    // A busy port makes serve stop right after start-up, once its warnings are out.
+    let (_held, port) = busy_port();
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            "demo=http://127.0.0.1:3/mcp",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("--upstream demo=… replaces upstream \"demo\" of"),
+        "{err}"
+    );
+    assert!(warnings[0].contains("gw.toml"), "{err}");
+}

@@ -28,7 +28,7 @@
 //! assert_eq!(msg.id().unwrap().as_raw(), "7");
 //! ```
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod era;
 pub mod exchange;

@@ -51,11 +51,33 @@ mod pool;
 
 pub use pool::PooledBody;
 use pool::{ConnectError, InstancePool};
+/// A DER-encoded X.509 certificate, as [`UpstreamConfig::trust`] takes it (re-exported from
+/// `rustls`, so that callers need not depend on it).
+pub use rustls::pki_types::CertificateDer;
 
 /// The body type [`Upstream`] answers with.
 pub type UpstreamBody = ResponseBody<PooledBody>;
 
-/// Timeouts and limits of an [`Upstream`].
+/// Timeouts and limits of an [`Upstream`]: start from [`UpstreamConfig::default`] and change
+/// what you need with the builder methods, one per field.
+///
+/// ```
+/// use mcp_gateway_layers::upstream::{CertificateDer, UpstreamConfig};
+/// use std::time::Duration;
+///
+/// # let internal_ca_der: Vec<u8> = Vec::new();
+/// let config = UpstreamConfig::default()
+///     .connect_timeout(Duration::from_secs(2))
+///     .response_timeout(Duration::from_secs(30))
+///     .pool_idle_timeout(Duration::from_secs(60))
+///     .max_pinned_sessions(10_000)
+///     .max_idle_per_instance(32)
+///     .trust(vec![CertificateDer::from(internal_ca_der)]);
+/// assert_eq!(config.pool_idle_timeout, Duration::from_secs(60));
+/// assert_eq!(config.max_pinned_sessions, 10_000);
+/// assert_eq!(config.max_idle_per_instance, 32);
+/// assert_eq!(config.extra_roots.len(), 1);
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct UpstreamConfig {
@@ -72,7 +94,7 @@ pub struct UpstreamConfig {
     pub max_idle_per_instance: usize,
     /// Certificates trusted for `https://` instances besides the system's roots (an internal
     /// CA, say). Default none.
-    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl Default for UpstreamConfig {
@@ -94,14 +116,30 @@ impl UpstreamConfig {
         self.connect_timeout = d;
         self
     }
-    /// Trusts these certificates (DER) for `https://` instances, besides the system's roots.
-    pub fn trust(mut self, roots: Vec<rustls::pki_types::CertificateDer<'static>>) -> Self {
+    /// Trusts these certificates (DER) for `https://` instances, besides the system's roots:
+    /// sets `extra_roots`.
+    pub fn trust(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
         self.extra_roots = roots;
         self
     }
     /// Sets the response-start timeout.
     pub fn response_timeout(mut self, d: Duration) -> Self {
         self.response_timeout = d;
+        self
+    }
+    /// Sets how long an idle pooled connection is kept.
+    pub fn pool_idle_timeout(mut self, d: Duration) -> Self {
+        self.pool_idle_timeout = d;
+        self
+    }
+    /// Sets how many legacy sessions are remembered for instance pinning.
+    pub fn max_pinned_sessions(mut self, n: usize) -> Self {
+        self.max_pinned_sessions = n;
+        self
+    }
+    /// Sets how many idle connections are kept per instance.
+    pub fn max_idle_per_instance(mut self, n: usize) -> Self {
+        self.max_idle_per_instance = n;
         self
     }
 }
