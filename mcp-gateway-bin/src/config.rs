@@ -557,7 +557,11 @@ pub fn check(
             }
         });
     let auth = config.auth.as_ref().and_then(|a| {
-        let names: Vec<&str> = config.upstreams.keys().map(|k| k.get_ref().as_str()).collect();
+        let names: Vec<&str> = config
+            .upstreams
+            .keys()
+            .map(|k| k.get_ref().as_str())
+            .collect();
         let mut e = crate::auth_config::Errs {
             text,
             source,

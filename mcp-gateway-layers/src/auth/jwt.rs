@@ -189,9 +189,11 @@ impl JwtVerifier {
         self.0.fetches.load(Ordering::Relaxed)
     }
 
-    /// Fetches the JWKS now, unless another fetch happened within the refetch interval
-    /// (`force` skips that check, for the first fetch).
+    /// Fetches the JWKS now: always for the first load (`force`), else unless another
+    /// unknown-kid re-fetch happened within the interval.
     async fn refresh(&self, force: bool) -> Result<(), VerifyError> {
+        // Only re-fetches caused by unknown key ids are rate-limited: the first one after
+        // any fetch goes out at once (a rotation), a flood of made-up ids costs one per interval.
         let mut last = self.0.last_fetch.lock().await;
         if !force {
             if let Some(t) = *last {
@@ -199,8 +201,8 @@ impl JwtVerifier {
                     return Ok(());
                 }
             }
+            *last = Some(Instant::now());
         }
-        *last = Some(Instant::now());
         let meta = self
             .0
             .issuer
