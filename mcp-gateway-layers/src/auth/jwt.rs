@@ -11,6 +11,7 @@
 
 use super::discovery::Issuer;
 use super::verify::{TokenVerifier, Verified, VerifyError};
+use base64::Engine;
 use futures_util::future::BoxFuture;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -268,8 +269,23 @@ impl JwtVerifier {
         if !looks_like_jwt(token) {
             return Err(VerifyError::NotMine);
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| VerifyError::Invalid(format!("malformed token: {e}")))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            // Name the algorithm when that is what failed (`none`, say), else say malformed.
+            let alg = token
+                .split('.')
+                .next()
+                .and_then(|h| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(h)
+                        .ok()
+                })
+                .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+                .and_then(|h| h["alg"].as_str().map(str::to_owned));
+            VerifyError::Invalid(match alg {
+                Some(a) => format!("token algorithm {a:?} is not accepted"),
+                None => "malformed token: its header is not valid JSON in base64url".into(),
+            })
+        })?;
         let alg = header.alg;
         let fam = match family(alg) {
             Some(f) if self.0.algorithms.contains(&alg) => f,
@@ -320,7 +336,13 @@ impl JwtVerifier {
             }
             jsonwebtoken::errors::ErrorKind::InvalidIssuer => "token issuer is not trusted".into(),
             jsonwebtoken::errors::ErrorKind::InvalidSignature => "token signature invalid".into(),
-            other => format!("token rejected: {other:?}"),
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) => {
+                format!("token has no {c:?} claim")
+            }
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                "token algorithm does not match its key".into()
+            }
+            _ => "token rejected: its claims or encoding are invalid".into(),
         });
         Err(VerifyError::Invalid(why))
     }
