@@ -520,3 +520,95 @@ pub(crate) fn check_credentials(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::config::parse;
+    use std::path::Path;
+
+    fn errs(text: &str) -> Vec<String> {
+        parse(text, "gw.toml", Path::new("."))
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    const UP: &str = "[upstreams.github]\nurl = \"http://127.0.0.1:9/mcp\"\n";
+
+    #[test]
+    fn auth_section_is_checked_with_locations() {
+        let ok = parse(
+            &format!(
+                "[server]\npublic_url = \"https://gw.example.com/\"\n[auth]\nissuer = \"https://as.example.com\"\nscopes = [\"mcp:tools\"]\n[[auth.permissions]]\nupstream = \"github\"\ntools = [\"search_*\"]\nscopes = [\"github:read\"]\n{UP}"
+            ),
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(ok.public_url.as_deref(), Some("https://gw.example.com"));
+        let a = ok.auth.unwrap();
+        assert_eq!(a.issuer.as_deref(), Some("https://as.example.com"));
+        assert_eq!(a.permissions[0].tools, ["search_*"]);
+
+        let e = errs(&format!("[auth]\nscopes = [\"x\"]\n{UP}"));
+        assert!(e[0].contains("needs an issuer"), "{e:?}");
+
+        let e = errs(&format!("[auth]\nissuer = \"ftp://as\"\n{UP}"));
+        assert!(e[0].starts_with("gw.toml:2:10: auth.issuer"), "{e:?}");
+
+        let e = errs(&format!(
+            "[auth]\nissuer = \"https://as\"\n[[auth.permissions]]\nupstream = \"gitlab\"\ntools = [\"a\"]\nscopes = [\"s\"]\n{UP}"
+        ));
+        assert!(e[0].starts_with("gw.toml:4:12:"), "{e:?}");
+        assert!(e[0].contains("no upstream is named \"gitlab\""), "{e:?}");
+
+        let e = errs(&format!(
+            "[auth]\nissuer = \"https://as\"\nintrospection = {{ client_id = \"g\", client_secret_env = \"MCPGW_TEST_SURELY_UNSET\" }}\n{UP}"
+        ));
+        assert!(e[0].starts_with("gw.toml:3:"), "{e:?}");
+        assert!(e[0].contains("MCPGW_TEST_SURELY_UNSET is not set"), "{e:?}");
+
+        let e = errs(&format!(
+            "[auth]\nissuer = \"https://as\"\nalgorithms = [\"HS256\", \"RS256\"]\n{UP}"
+        ));
+        assert!(e[0].starts_with("gw.toml:3:"), "{e:?}");
+        assert!(e[0].contains("\"HS256\" is not accepted"), "{e:?}");
+
+        let e = errs(&format!("[auth]\nissuer = \"https://as\"\nbogus = 1\n{UP}"));
+        assert!(
+            e[0].starts_with("gw.toml:3:1: unknown field `bogus`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn credentials_are_checked_with_locations() {
+        let e = errs(
+            "[upstreams.a]\nurl = \"http://127.0.0.1:9/mcp\"\ncredentials = { type = \"magic\" }\n",
+        );
+        assert!(e[0].starts_with("gw.toml:3:"), "{e:?}");
+        assert!(e[0].contains("unknown type \"magic\""), "{e:?}");
+        let e = errs(
+            "[upstreams.a]\nurl = \"http://127.0.0.1:9/mcp\"\ncredentials = { type = \"static\", secret_env = \"MCPGW_TEST_SURELY_UNSET\" }\n",
+        );
+        assert!(e[0].contains("MCPGW_TEST_SURELY_UNSET is not set"), "{e:?}");
+        let e = errs(
+            "[upstreams.a]\nurl = \"http://127.0.0.1:9/mcp\"\ncredentials = { type = \"token_exchange\", client_id = \"g\", client_secret_env = \"PATH\" }\n",
+        );
+        assert!(e.iter().any(|m| m.contains("token_url is needed")), "{e:?}");
+        std::env::set_var("MCPGW_TEST_STATIC_SECRET", "s3cret");
+        let s = parse(
+            "[upstreams.a]\nurl = \"http://127.0.0.1:9/mcp\"\ncredentials = { type = \"static\", secret_env = \"MCPGW_TEST_STATIC_SECRET\" }\n",
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        match &s.upstreams[0].credentials {
+            Some(super::CredentialsSpec::Static(v)) => assert_eq!(v.0, "Bearer s3cret"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -30,6 +30,7 @@ REL = os.path.join(ROOT, "target", "release")
 # Adding a gateway configuration to the run: add its file name here (one line).
 GATEWAY_CONFIGS = [
     "passthrough.toml",
+    "auth.toml",
 ]
 
 # (name, era, format, size, mode)  mode: "closed" or an open-loop rate in requests/s.
@@ -111,6 +112,7 @@ class Target:
         self.name, self.kind, self.port, self.proc = name, kind, port, proc
         self.tool, self.note, self.workdir = tool, note, workdir
         self.unsupported = {}  # era -> reason
+        self.token = None  # bearer token the load generator sends, if the target wants one
 
     @property
     def url(self):
@@ -142,7 +144,11 @@ def start_gateway(config, upstream_port, log, tmp):
     port = free_port()
     with open(os.path.join(HERE, "configs", config)) as f:
         text = f.read()
-    text = text.replace("{listen}", f"127.0.0.1:{port}").replace("{upstream}", f"http://127.0.0.1:{upstream_port}/mcp")
+    text = (text.replace("{listen}", f"127.0.0.1:{port}")
+            .replace("{upstream}", f"http://127.0.0.1:{upstream_port}/mcp")
+            .replace("{dir}", os.path.join(HERE, "configs")))
+    # A config may name the bearer token the load generator sends: `# bench-token: T`.
+    token = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("# bench-token:")), None)
     path = os.path.join(tmp, config)
     with open(path, "w") as f:
         f.write(text)
@@ -150,7 +156,9 @@ def start_gateway(config, upstream_port, log, tmp):
                          stdout=log, stderr=log)
     wait_port(port, p)
     name = "mcp-gateway " + config.rsplit(".", 1)[0]
-    return Target(name, "gateway", port, p)
+    t = Target(name, "gateway", port, p)
+    t.token = token
+    return t
 
 
 def start_nginx(upstream_port, log, tmp):
@@ -200,6 +208,8 @@ def run_load(target, scenario, args):
             "--label", target.name]
     if mode != "closed":
         argv += ["--rate", str(mode)]
+    if target.token:
+        argv += ["--token", target.token]
     pids = target.pids()
     cpu0 = cpu_seconds(pids)
     out = subprocess.run(pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=args.duration * 4 + 60)
