@@ -71,6 +71,8 @@ pub struct Router {
     /// Whether any governing layer is configured: only then does a request carry an
     /// [`ExchangeContext`] (the client, the route, the cutoff) for the per-request record.
     governed: bool,
+    /// Whether access log lines are written (decided once: the log filter is fixed at start).
+    access_log: bool,
 }
 
 impl Router {
@@ -84,6 +86,8 @@ impl Router {
             Some(a) => Some(crate::auth::Auth::build(a, settings).await?),
             None => None,
         };
+        // The access log needs the parsed view on the response; without it nobody does.
+        let access_log = tracing::enabled!(target: "mcp_gateway::access", tracing::Level::INFO);
         let mut routes = HashMap::new();
         for spec in &settings.upstreams {
             let roots = match &spec.ca_file {
@@ -106,6 +110,7 @@ impl Router {
             let stack = OriginGuardLayer::new(settings.origins.clone()).layer(
                 ParseMcpLayer::new()
                     .body_limit(settings.body_limit)
+                    .view_on_response(access_log)
                     .layer(Toggle::new(guard).layer(upstream)),
             );
             routes.insert(
@@ -122,6 +127,7 @@ impl Router {
             ready,
             cutoff,
             governed: auth.is_some(),
+            access_log,
         })
     }
 
@@ -188,29 +194,42 @@ impl Router {
                 (None, wrap(err.into_response(StatusCode::NOT_FOUND, None)))
             }
         };
-        // What the call was, from the view ParseMcp put on the response (no second parse),
-        // and who made it, from the per-request record when a governing layer kept one.
-        let view = McpRequest::from_extensions(resp.extensions());
-        let msg = view.and_then(McpRequest::single);
-        let agent = Exchange::from_extensions(resp.extensions())
-            .and_then(|x| x.update(|r| r.principal.as_ref().map(|p| p.agent_key().to_owned())));
-        tracing::info!(
-            target: "mcp_gateway::access",
-            client = %conn.peer,
-            %method,
-            path = %path,
-            upstream = upstream.unwrap_or("-"),
-            mcp_method = msg.and_then(McpMessage::method).unwrap_or("-"),
-            target_name = msg.and_then(McpMessage::target).unwrap_or("-"),
-            id = msg.and_then(McpMessage::id).map_or("-", RequestId::as_raw),
-            era = view.map_or("-", |v| era_name(v.protocol())),
-            agent = agent.as_deref().unwrap_or("-"),
-            status = resp.status().as_u16(),
-            latency_us = started.elapsed().as_micros() as u64,
-            "request"
-        );
+        if self.access_log {
+            access_log(conn, &method, path, upstream, &resp, started);
+        }
         Ok(resp)
     }
+}
+
+/// One access log line: what the call was, from the view ParseMcp put on the response (no
+/// second parse), and who made it, from the per-request record when a governing layer kept one.
+fn access_log(
+    conn: &ConnInfo,
+    method: &Method,
+    path: &str,
+    upstream: Option<&str>,
+    resp: &Response<GatewayBody>,
+    started: Instant,
+) {
+    let view = McpRequest::from_extensions(resp.extensions());
+    let msg = view.and_then(McpRequest::single);
+    let agent = Exchange::from_extensions(resp.extensions())
+        .and_then(|x| x.update(|r| r.principal.as_ref().map(|p| p.agent_key().to_owned())));
+    tracing::info!(
+        target: "mcp_gateway::access",
+        client = %conn.peer,
+        %method,
+        path = %path,
+        upstream = upstream.unwrap_or("-"),
+        mcp_method = msg.and_then(McpMessage::method).unwrap_or("-"),
+        target_name = msg.and_then(McpMessage::target).unwrap_or("-"),
+        id = msg.and_then(McpMessage::id).map_or("-", RequestId::as_raw),
+        era = view.map_or("-", |v| era_name(v.protocol())),
+        agent = agent.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
 }
 
 /// The protocol era as the access log names it: the declared version, or `legacy`.

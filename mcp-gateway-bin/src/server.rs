@@ -149,9 +149,10 @@ async fn accept_loop(
     cutoff: Cutoff,
 ) {
     let graceful = GracefulShutdown::new();
-    // Raised when the grace period is over: every connection still open is then cut, and the
-    // exchanges it carried end as "cut at shutdown".
-    let (cut, cut_rx) = watch::channel(false);
+    // Every connection task, so that those still open when the grace period is over can be
+    // cut (aborted: nothing is polled per request for this), and the exchanges they carried
+    // end as "cut at shutdown".
+    let mut conns = tokio::task::JoinSet::new();
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -171,6 +172,8 @@ async fn accept_loop(
             },
             _ = stopped.changed() => break,
         };
+        // Forget finished connections (the set only tracks the open ones).
+        while conns.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let info = Arc::new(crate::router::ConnInfo::new(peer, tls.is_some()));
@@ -183,9 +186,8 @@ async fn accept_loop(
             None => {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn.into_owned());
-                let cut = cut_rx.clone();
-                tokio::spawn(async move {
-                    if let Some(Err(e)) = until_cut(conn, cut).await {
+                conns.spawn(async move {
+                    if let Err(e) = conn.await {
                         tracing::debug!(client = %peer, error = %e, "connection ended with error");
                     }
                 });
@@ -194,8 +196,7 @@ async fn accept_loop(
                 let acceptor = acceptor.clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
-                let cut = cut_rx.clone();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await;
@@ -211,7 +212,7 @@ async fn accept_loop(
                         }
                     };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Some(Err(e)) = until_cut(watcher.watch(conn.into_owned()), cut).await {
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(client = %peer, error = %e, "connection ended with error");
                     }
                 });
@@ -226,24 +227,8 @@ async fn accept_loop(
     {
         tracing::warn!(grace = ?grace, "shutdown grace period over: closing remaining connections");
         cutoff.trigger();
-        let _ = cut.send(true);
+        conns.abort_all();
     }
-}
-
-/// Drives a connection until it ends, or until the server cuts it at the end of the shutdown
-/// grace period (`None`): the connection, and the exchanges on it, are then dropped.
-async fn until_cut<F: std::future::Future>(
-    conn: F,
-    mut cut: watch::Receiver<bool>,
-) -> Option<F::Output> {
-    let cut = async move {
-        if cut.wait_for(|c| *c).await.is_err() {
-            // The server is gone without cutting: nothing will cut this connection.
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        out = conn => Some(out),
-        () = cut => None,
-    }
+    // Wait for the aborted tasks to be dropped, so their streams' ends are reported.
+    while conns.join_next().await.is_some() {}
 }

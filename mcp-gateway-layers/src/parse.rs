@@ -4,8 +4,8 @@
 //! responses that stream), classifies it with [`mcp_gateway_core::message::classify`], checks
 //! the 2026-07-28 header/body agreement, and inserts an [`McpRequest`] into the request
 //! extensions before calling the inner service with the same bytes. Later layers read the view
-//! instead of parsing again; the view is also put on the response's extensions, for code
-//! outside the stack such as an access log. Its answers:
+//! instead of parsing again; with [`ParseMcpLayer::view_on_response`] the view is also put on
+//! the response's extensions, for code outside the stack such as an access log. Its answers:
 //!
 //! | input | status | JSON-RPC code |
 //! |---|---|---|
@@ -81,6 +81,7 @@ async fn drain<B: Body>(mut body: std::pin::Pin<&mut B>, cap: usize) {
 #[derive(Clone, Copy, Debug)]
 pub struct ParseMcpLayer {
     limit: usize,
+    view_on_response: bool,
 }
 
 impl Default for ParseMcpLayer {
@@ -94,7 +95,16 @@ impl ParseMcpLayer {
     pub const fn new() -> Self {
         Self {
             limit: DEFAULT_BODY_LIMIT,
+            view_on_response: false,
         }
+    }
+
+    /// Also puts the view on the response's extensions, for code outside the stack (an
+    /// access log) that wants to name the call without parsing again. Off by default: it
+    /// costs an allocation per response.
+    pub const fn view_on_response(mut self, on: bool) -> Self {
+        self.view_on_response = on;
+        self
     }
 
     /// Sets the largest request body accepted, in bytes.
@@ -110,6 +120,7 @@ impl<S> Layer<S> for ParseMcpLayer {
         ParseMcp {
             inner,
             limit: self.limit,
+            view_on_response: self.view_on_response,
         }
     }
 }
@@ -119,6 +130,7 @@ impl<S> Layer<S> for ParseMcpLayer {
 pub struct ParseMcp<S> {
     inner: S,
     limit: usize,
+    view_on_response: bool,
 }
 
 fn refuse(
@@ -320,10 +332,13 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limit = self.limit;
+        let view_on_response = self.view_on_response;
         Box::pin(async move {
             match read_request(req, limit).await {
                 Ok(req) => {
-                    let view = McpRequest::from_extensions(req.extensions()).cloned();
+                    let view = view_on_response
+                        .then(|| McpRequest::from_extensions(req.extensions()).cloned())
+                        .flatten();
                     let mut resp = inner.call(req).await?.map(ResponseBody::inner);
                     // The view travels back on the response, so code outside the stack (an
                     // access log) can name the call without parsing again.
