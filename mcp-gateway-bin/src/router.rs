@@ -35,8 +35,12 @@ use mcp_gateway_core::exchange::{Exchange, ExchangeContext};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
+use mcp_gateway_layers::limit::TokenBucket2DLayer;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
-use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody};
+use mcp_gateway_layers::{
+    OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody, Toggle, Toggled,
+    TokenBucket2D,
+};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,9 +50,9 @@ use std::time::Instant;
 use tower::{Layer, ServiceExt};
 
 /// The per-upstream stack.
-pub type Stack = OriginGuard<ParseMcp<Upstream>>;
+pub type Stack = OriginGuard<ParseMcp<Toggled<TokenBucket2D<Upstream>, Upstream>>>;
 /// The body of every gateway response.
-pub type GatewayBody = ResponseBody<ResponseBody<UpstreamBody>>;
+pub type GatewayBody = ResponseBody<ResponseBody<ResponseBody<UpstreamBody>>>;
 
 /// Routes requests to upstream stacks and answers health checks.
 #[derive(Clone)]
@@ -60,6 +64,9 @@ pub struct Router {
     /// Whether any governing layer is configured: only then does a request carry an
     /// [`ExchangeContext`] (the client, the route, the cutoff) for the per-request record.
     governed: bool,
+    /// The limits layer, when `[limits]` is configured: one for all routes, so a key's
+    /// budget is the same whichever upstream it calls.
+    limits: Option<TokenBucket2DLayer>,
 }
 
 impl Router {
@@ -70,6 +77,7 @@ impl Router {
         cutoff: Cutoff,
     ) -> Result<Self, crate::server::StartError> {
         let mut routes = HashMap::new();
+        let limits = settings.limits.as_ref().map(limits_layer);
         for spec in &settings.upstreams {
             let roots = match &spec.ca_file {
                 Some(path) => crate::tls::load_certs(path)?,
@@ -83,7 +91,7 @@ impl Router {
             let stack = OriginGuardLayer::new(settings.origins.clone()).layer(
                 ParseMcpLayer::new()
                     .body_limit(settings.body_limit)
-                    .layer(upstream),
+                    .layer(Toggle::new(limits.clone()).layer(upstream)),
             );
             routes.insert(spec.name.clone(), (Arc::from(spec.name.as_str()), stack));
         }
@@ -91,8 +99,14 @@ impl Router {
             routes: Arc::new(routes),
             ready,
             cutoff,
-            governed: false,
+            governed: limits.is_some(),
+            limits,
         })
+    }
+
+    /// The limits layer (its cost ledger and store error count), when configured.
+    pub fn limits(&self) -> Option<&TokenBucket2DLayer> {
+        self.limits.as_ref()
     }
 
     /// Serves one request.
@@ -163,6 +177,27 @@ impl Router {
             "request"
         );
         Ok(resp)
+    }
+}
+
+/// The limits layer for checked `[limits]`: budgets in memory or in Redis (with this
+/// process's memory as the fallback).
+fn limits_layer(spec: &crate::config::LimitsSpec) -> TokenBucket2DLayer {
+    let layer = TokenBucket2DLayer::new(spec.limits.clone());
+    match &spec.store {
+        crate::config::LimitStoreSpec::Memory => layer,
+        crate::config::LimitStoreSpec::Redis {
+            url,
+            timeout,
+            prefix,
+        } => match mcp_gateway_layers::limit::redis::RedisStore::open(url) {
+            Ok(store) => layer.store(store.timeout(*timeout).prefix(prefix.clone())),
+            // `check` validated the URL; should it fail now, this replica limits alone.
+            Err(e) => {
+                tracing::error!(error = %e, "limits: Redis store unusable; budgets are per replica");
+                layer
+            }
+        },
     }
 }
 
