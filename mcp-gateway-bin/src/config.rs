@@ -874,6 +874,67 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
     }
 
     #[test]
+    fn limits() {
+        let base = "[upstreams.a]\nurl = \"http://x/mcp\"\n";
+        let s = parse(
+            &format!("{base}[limits]\nkey = \"header:x-agent-id\"\nrequests_per_minute = 600\ntokens_per_minute = 200000\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\non_store_error = \"deny\"\n[[limits.rules]]\ntools = [\"analyze_*\"]\ntokens_per_minute = 50000\n"),
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let l = s.limits.unwrap();
+        assert!(matches!(l.store, LimitStoreSpec::Redis { .. }));
+        assert_eq!(l.limits.requests_limit().unwrap().get(), 600);
+        assert!(parse(base, "gw.toml", Path::new("."))
+            .unwrap()
+            .limits
+            .is_none());
+        // Each mistake is reported at its key.
+        let e = errs(&format!(
+            "{base}[limits]\nkey = \"user\"\nrequests_per_minute = 1\n"
+        ));
+        assert!(e[0].starts_with("gw.toml:4:7: limits.key"), "{e:?}");
+        let e = errs(&format!("{base}[limits]\nrequests_per_minute = 0\n"));
+        assert!(
+            e[0].starts_with("gw.toml:4:23: limits.requests_per_minute"),
+            "{e:?}"
+        );
+        let e = errs(&format!(
+            "{base}[limits]\nrequests_per_minute = 1\nstore = \"disk\"\n"
+        ));
+        assert!(e[0].starts_with("gw.toml:5:9: limits.store"), "{e:?}");
+        let e = errs(&format!(
+            "{base}[limits]\nrequests_per_minute = 1\nstore = \"redis\"\n"
+        ));
+        assert!(e[0].contains("needs redis_url"), "{e:?}");
+        let e = errs(&format!("{base}[limits]\nrequests_per_minute = 1\nstore = \"redis\"\nredis_url = \"http://x\"\n"));
+        assert!(e[0].starts_with("gw.toml:6:13: limits.redis_url"), "{e:?}");
+        let e = errs(&format!(
+            "{base}[limits]\nrequests_per_minute = 1\non_store_error = \"retry\"\n"
+        ));
+        assert!(
+            e[0].starts_with("gw.toml:5:18: limits.on_store_error"),
+            "{e:?}"
+        );
+        let e = errs(&format!("{base}[limits]\n[[limits.rules]]\ntools = []\ntokens_per_minute = 5\nupstreams = [\"b\"]\n"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("gw.toml:5:9: limits.rules[0].tools"),
+            "{e:?}"
+        );
+        assert!(e[1].contains("no upstream named \"b\""), "{e:?}");
+        let e = errs(&format!("{base}[limits]\nkey = \"ip\"\n"));
+        assert!(e[0].contains("set requests_per_minute"), "{e:?}");
+        let e = errs(&format!(
+            "{base}[limits]\nrequests_per_minute = 1\nbogus = 1\n"
+        ));
+        assert!(
+            e[0].starts_with("gw.toml:5:1: unknown field `bogus`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn flags() {
         let u = parse_upstream_flag("demo=http://127.0.0.1:3001/mcp,http://127.0.0.1:3002/mcp")
             .unwrap();

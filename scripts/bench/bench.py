@@ -30,6 +30,7 @@ REL = os.path.join(ROOT, "target", "release")
 # Adding a gateway configuration to the run: add its file name here (one line).
 GATEWAY_CONFIGS = [
     "passthrough.toml",
+    "limits.toml",
 ]
 
 # (name, era, format, size, mode)  mode: "closed" or an open-loop rate in requests/s.
