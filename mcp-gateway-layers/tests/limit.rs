@@ -18,9 +18,12 @@ use tower::{service_fn, Layer, Service, ServiceExt};
 type Chunk = Result<http_body::Frame<Bytes>, Infallible>;
 type Body = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Chunk>>>;
 
-/// The server's answers, in turn: (content type, chunks).
+/// One answer: content type and body chunks.
+type Answer = (&'static str, Vec<String>);
+
+/// The server's answers, in turn.
 #[derive(Clone, Default)]
-struct Script(Arc<Mutex<Vec<(&'static str, Vec<String>)>>>);
+struct Script(Arc<Mutex<Vec<Answer>>>);
 
 impl Script {
     fn push(&self, ct: &'static str, chunks: &[&str]) {

@@ -237,13 +237,16 @@ pub struct Cost {
     pub tokens_out: u64,
 }
 
+/// (key, tool).
+type CostKey = (Arc<str>, Arc<str>);
+
 /// Cost attribution: requests and tokens per key and tool, for metrics and audit.
 ///
 /// Bounded: past `max_entries` pairs, new pairs are added up under the key `(other)`.
 #[derive(Debug)]
 pub struct Costs {
     max_entries: usize,
-    map: Mutex<HashMap<(Arc<str>, Arc<str>), Cost>>,
+    map: Mutex<HashMap<CostKey, Cost>>,
 }
 
 impl Default for Costs {
@@ -289,6 +292,7 @@ impl Costs {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

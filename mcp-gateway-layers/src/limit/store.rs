@@ -160,6 +160,9 @@ pub(crate) fn gcra_charge(per_minute: u64, tat: u64, now: u64, n: i64) -> u64 {
     }
 }
 
+/// Token buckets of some keys: (key hash, bucket) → theoretical arrival time (ns).
+type Shard = HashMap<(u64, u8), u64>;
+
 const SHARDS: usize = 64;
 /// How often (in clock time) idle keys are swept out of memory.
 const SWEEP_EVERY_NS: u64 = 10_000_000_000;
@@ -178,7 +181,7 @@ pub struct MemoryStore<C: Clock = DefaultClock> {
     origin: C::Instant,
     hasher: RandomState,
     requests: Option<(NonZeroU32, Governor<C>)>,
-    tokens: Box<[Mutex<HashMap<(u64, u8), u64>>]>,
+    tokens: Box<[Mutex<Shard>]>,
     last_sweep: AtomicU64,
 }
 
@@ -228,7 +231,7 @@ impl<C: Clock> MemoryStore<C> {
         self.clock.now().duration_since(self.origin).as_u64()
     }
 
-    fn shard(&self, h: u64) -> std::sync::MutexGuard<'_, HashMap<(u64, u8), u64>> {
+    fn shard(&self, h: u64) -> std::sync::MutexGuard<'_, Shard> {
         // The low bits pick the shard; the map hashes the whole key again.
         self.tokens[(h as usize) % SHARDS]
             .lock()
