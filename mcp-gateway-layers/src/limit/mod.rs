@@ -77,6 +77,8 @@ pub mod redis;
 mod service;
 mod store;
 
+#[cfg(feature = "limit-tiktoken")]
+pub use counter::Tiktoken;
 pub use counter::{ByteEstimate, TokenCounter};
 pub use layer::TokenBucket2DLayer;
 pub use policy::{Cost, Costs, KeySource, Limits, OnStoreError, Rule};
