@@ -78,7 +78,7 @@ fn redis(c: &mut Criterion) {
     });
     let hot = demand("agent:hot".into());
     c.bench_function("limit/redis/one key (round trip)", |b| {
-        b.iter(|| rt.block_on(store.decide(hot.clone())).unwrap())
+        b.iter(|| rt.block_on(store.decide(&hot)).unwrap())
     });
     let _ = child.kill();
     let _ = child.wait();

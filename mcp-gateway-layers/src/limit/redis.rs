@@ -216,18 +216,20 @@ impl RedisStore {
         format!("{}{{{key}}}:{suffix}", self.inner.prefix)
     }
 
-    async fn decide_remote(self, demand: Demand) -> Result<Verdict, StoreError> {
+    async fn decide_remote(
+        self,
+        keys: Vec<String>,
+        args: Vec<u64>,
+        limited_requests: bool,
+        limited_tokens: bool,
+    ) -> Result<Verdict, StoreError> {
         let mut conn = self.conn()?;
         let mut inv = self.inner.decide.prepare_invoke();
-        inv.key(self.key(&demand.key, "r"));
-        inv.arg(demand.requests).arg(
-            demand
-                .requests_per_minute
-                .map_or(0, std::num::NonZeroU32::get),
-        );
-        for t in &demand.tokens {
-            inv.key(self.key(&demand.key, &format!("t{}", t.bucket)));
-            inv.arg(t.bucket).arg(t.per_minute).arg(t.cost);
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a);
         }
         let reply = tokio::time::timeout(self.inner.timeout, inv.invoke_async(&mut conn)).await;
         let v: Vec<i64> = match reply {
@@ -255,25 +257,41 @@ impl RedisStore {
                 d => Some(Dimension::Tokens(u8::try_from(d - 1000).unwrap_or(u8::MAX))),
             },
             retry_after: us(wait),
-            requests: (req_rem >= 0 || demand.requests_per_minute.is_some()).then(|| Remaining {
+            requests: (req_rem >= 0 || limited_requests).then(|| Remaining {
                 remaining: req_rem.max(0),
                 reset: us(req_reset),
             }),
-            tokens: demand
-                .tokens
-                .iter()
-                .any(|t| t.bucket == 0)
-                .then_some(Remaining {
-                    remaining: tok_rem,
-                    reset: us(tok_reset),
-                }),
+            tokens: limited_tokens.then_some(Remaining {
+                remaining: tok_rem,
+                reset: us(tok_reset),
+            }),
         })
     }
 }
 
 impl LimitStore for RedisStore {
-    fn decide(&self, demand: Demand) -> StoreFuture {
-        Either::Right(self.clone().decide_remote(demand).boxed())
+    fn decide(&self, demand: &Demand) -> StoreFuture {
+        // Keys and arguments are laid out now, so the future owns what it sends.
+        let mut keys = Vec::with_capacity(1 + demand.tokens.len());
+        let mut args = Vec::with_capacity(2 + 3 * demand.tokens.len());
+        keys.push(self.key(&demand.key, "r"));
+        args.push(u64::from(demand.requests));
+        args.push(u64::from(
+            demand
+                .requests_per_minute
+                .map_or(0, std::num::NonZeroU32::get),
+        ));
+        for t in &demand.tokens {
+            keys.push(self.key(&demand.key, &format!("t{}", t.bucket)));
+            args.extend([u64::from(t.bucket), t.per_minute, t.cost]);
+        }
+        let limited_requests = demand.requests_per_minute.is_some() && demand.requests > 0;
+        let limited_tokens = demand.tokens.iter().any(|t| t.bucket == 0);
+        Either::Right(
+            self.clone()
+                .decide_remote(keys, args, limited_requests, limited_tokens)
+                .boxed(),
+        )
     }
 
     fn charge(&self, key: Arc<str>, charges: Vec<(TokenCheck, i64)>) {

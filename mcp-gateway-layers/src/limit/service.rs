@@ -79,19 +79,32 @@ struct Plan {
 }
 
 impl Shared {
-    /// The key this request's budgets are kept under.
-    fn key(&self, headers: &HeaderMap, exchange: &Exchange) -> Arc<str> {
-        let (agent, client) = exchange.update(|r| {
+    /// The key this request's budgets are kept under, and its route.
+    fn key(&self, headers: &HeaderMap, exchange: &Exchange) -> (Arc<str>, Option<Arc<str>>) {
+        let (agent, client, route) = exchange.update(|r| {
             (
                 r.principal.as_ref().map(|p| p.agent_key().to_owned()),
                 r.client,
+                r.route.clone(),
             )
         });
-        let ip = || match client {
-            Some(c) => Arc::from(format!("ip:{}", c.ip())),
+        let ip = || match client.map(|c| c.ip()) {
+            // Written by hand for IPv4: `Display` of an address is slow for the hot path.
+            Some(std::net::IpAddr::V4(v4)) => {
+                let mut s = Vec::with_capacity(18);
+                s.extend_from_slice(b"ip:");
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        s.push(b'.');
+                    }
+                    super::policy::push_u64(&mut s, u64::from(o));
+                }
+                Arc::from(String::from_utf8_lossy(&s))
+            }
+            Some(v6) => Arc::from(format!("ip:{v6}")),
             None => Arc::from("ip:unknown"),
         };
-        match &self.limits.key {
+        let key = match &self.limits.key {
             KeySource::Agent => agent.map_or_else(ip, |a| Arc::from(format!("agent:{a}"))),
             KeySource::Ip => ip(),
             KeySource::Header(name) => headers
@@ -99,7 +112,8 @@ impl Shared {
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty())
                 .map_or_else(ip, |v| Arc::from(format!("header:{v}"))),
-        }
+        };
+        (key, route)
     }
 
     /// None: nothing here is charged (notifications, responses, `initialize`, GET, DELETE).
@@ -172,7 +186,7 @@ impl Shared {
     /// Asks the store; on a store failure, does what `on_store_error` says. `Err` carries the
     /// 503 to send when refusing for want of a store.
     async fn decide(&self, demand: &Demand) -> Result<(Verdict, bool), ()> {
-        match self.store.decide(demand.clone()).await {
+        match self.store.decide(demand).await {
             Ok(v) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!(target: "mcp_gateway::limits", "rate-limit store reachable again; shared budgets resume");
@@ -276,7 +290,9 @@ impl Observer for Meter {
             r.tokens_in = Some(tokens_in);
             r.tokens_out = Some(tokens_out);
         });
+        // One ledger update per call: the admission is counted with its tokens.
         self.shared.costs.add(&self.key, &self.tool, |c| {
+            c.admitted += 1;
             c.tokens_in += tokens_in;
             c.tokens_out += tokens_out;
         });
@@ -352,8 +368,7 @@ where
             };
             let exchange = scope.exchange().clone();
             let view = McpRequest::from_extensions(req.extensions()).cloned();
-            let route = exchange.update(|r| r.route.clone());
-            let key = shared.key(req.headers(), &exchange);
+            let (key, route) = shared.key(req.headers(), &exchange);
             let Some(plan) = shared.plan(view.as_ref(), key, route.as_deref()) else {
                 let resp = inner.call(req).await?.map(ResponseBody::inner);
                 return Ok(scope.finish(resp).await);
@@ -395,11 +410,12 @@ where
                     .add(&plan.demand.key, &plan.tool, |c| c.refused += 1);
                 return Ok(scope.finish(reject(resp)).await);
             }
-            shared
-                .costs
-                .add(&plan.demand.key, &plan.tool, |c| c.admitted += 1);
             exchange.update(|r| r.tokens_in = Some(plan.tokens_in));
-            if plan.tool_calls {
+            if !plan.tool_calls {
+                shared
+                    .costs
+                    .add(&plan.demand.key, &plan.tool, |c| c.admitted += 1);
+            } else {
                 exchange.observe(Meter {
                     shared: shared.clone(),
                     exchange: exchange.clone(),

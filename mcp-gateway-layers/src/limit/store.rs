@@ -18,7 +18,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -104,7 +104,7 @@ pub type StoreFuture =
 /// Where budgets are kept. Implement it to keep them elsewhere.
 pub trait LimitStore: Send + Sync + 'static {
     /// Checks every budget of `demand` at once and, only when all admit, charges them all.
-    fn decide(&self, demand: Demand) -> StoreFuture;
+    fn decide(&self, demand: &Demand) -> StoreFuture;
     /// Charges (or, negative, refunds) token buckets after the fact, without checking: the
     /// output tokens of a response that has ended. May push a bucket into debt. Must not
     /// block; a shared store sends it in the background.
@@ -112,7 +112,7 @@ pub trait LimitStore: Send + Sync + 'static {
 }
 
 impl<T: LimitStore + ?Sized> LimitStore for Arc<T> {
-    fn decide(&self, demand: Demand) -> StoreFuture {
+    fn decide(&self, demand: &Demand) -> StoreFuture {
         (**self).decide(demand)
     }
     fn charge(&self, key: Arc<str>, charges: Vec<(TokenCheck, i64)>) {
@@ -160,14 +160,37 @@ pub(crate) fn gcra_charge(per_minute: u64, tat: u64, now: u64, n: i64) -> u64 {
     }
 }
 
+/// Hashes keys that are already keyed hashes (SipHash of the key) without hashing again.
+#[derive(Clone, Copy, Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u8(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.0 = self.0.rotate_left(7) ^ u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Fast = BuildHasherDefault<PreHashed>;
+
 /// Token buckets of some keys: (key hash, bucket) → theoretical arrival time (ns).
-type Shard = HashMap<(u64, u8), u64>;
+type Shard = HashMap<(u64, u8), u64, Fast>;
 
 const SHARDS: usize = 64;
 /// How often (in clock time) idle keys are swept out of memory.
 const SWEEP_EVERY_NS: u64 = 10_000_000_000;
 
-type Governor<C> = RateLimiter<u64, DashMapStateStore<u64>, C, StateInformationMiddleware>;
+type Governor<C> = RateLimiter<u64, DashMapStateStore<u64, Fast>, C, StateInformationMiddleware>;
 
 /// The in-memory store: budgets of this process only.
 ///
@@ -209,7 +232,7 @@ impl<C: Clock + Clone> MemoryStore<C> {
             let limiter =
                 RateLimiter::<u64, _, C, governor::middleware::NoOpMiddleware<C::Instant>>::new(
                     Quota::per_minute(n),
-                    DashMapStateStore::default(),
+                    DashMapStateStore::<u64, Fast>::with_hasher(Fast::default()),
                     clock.clone(),
                 )
                 .with_middleware::<StateInformationMiddleware>();
@@ -393,8 +416,8 @@ where
     C: Clock + Send + Sync + 'static,
     C::Instant: Send + Sync,
 {
-    fn decide(&self, demand: Demand) -> StoreFuture {
-        Either::Left(futures_util::future::ready(Ok(self.decide_now(&demand))))
+    fn decide(&self, demand: &Demand) -> StoreFuture {
+        Either::Left(futures_util::future::ready(Ok(self.decide_now(demand))))
     }
     fn charge(&self, key: Arc<str>, charges: Vec<(TokenCheck, i64)>) {
         self.charge_now(&key, &charges);
