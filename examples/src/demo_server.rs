@@ -33,11 +33,21 @@ pub struct SlowCountArgs {
     pub delay_ms: Option<u64>,
 }
 
+/// Arguments of `blob`.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct BlobArgs {
+    /// How many bytes of text to return (at most 8 MiB).
+    pub bytes: usize,
+}
+
 /// The demo server. One instance lives per legacy session (so `increment` counts per session);
 /// 2026-07-28 requests each get a fresh one.
 #[derive(Clone)]
 pub struct Demo {
     counter: Arc<AtomicU64>,
+    /// Tool calls served, shared by every instance of one service (tests compare it with
+    /// what a gateway admitted).
+    calls: Arc<AtomicU64>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -50,8 +60,14 @@ impl Default for Demo {
 impl Demo {
     /// A server with a zeroed counter.
     pub fn new() -> Self {
+        Self::counting(Arc::default())
+    }
+
+    /// A server that adds each tool call it serves to `calls`.
+    pub fn counting(calls: Arc<AtomicU64>) -> Self {
         Self {
             counter: Arc::new(AtomicU64::new(0)),
+            calls,
             tool_router: Self::tool_router(),
         }
     }
@@ -61,11 +77,19 @@ impl Demo {
 impl Demo {
     #[tool(description = "Echo the given text back")]
     async fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         text
+    }
+
+    #[tool(description = "Return the given number of bytes of text (a large result)")]
+    async fn blob(&self, Parameters(BlobArgs { bytes }): Parameters<BlobArgs>) -> String {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        "x".repeat(bytes.min(8 << 20))
     }
 
     #[tool(description = "Increment a per-session counter and return its new value")]
     async fn increment(&self) -> Result<CallToolResult, ErrorData> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let v = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
         Ok(CallToolResult::success(vec![ContentBlock::text(
             v.to_string(),
@@ -78,6 +102,7 @@ impl Demo {
         Parameters(SlowCountArgs { n, delay_ms }): Parameters<SlowCountArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let delay = Duration::from_millis(delay_ms.unwrap_or(100));
         let token = ctx.meta.get_progress_token();
         for i in 1..=n {
@@ -110,7 +135,7 @@ impl ServerHandler for Demo {
                 "mcp-gateway-demo",
                 env!("CARGO_PKG_VERSION"),
             ))
-            .with_instructions("Demo server for mcp-gateway: echo, increment, slow_count.")
+            .with_instructions("Demo server for mcp-gateway: echo, increment, slow_count, blob.")
     }
 }
 
@@ -125,11 +150,19 @@ pub struct DemoOptions {
 
 /// The demo as a tower service (serve it at any path).
 pub fn service(opts: DemoOptions) -> StreamableHttpService<Demo, LocalSessionManager> {
+    service_counting(opts, Arc::default())
+}
+
+/// The demo as a tower service that adds every tool call it serves to `calls`.
+pub fn service_counting(
+    opts: DemoOptions,
+    calls: Arc<AtomicU64>,
+) -> StreamableHttpService<Demo, LocalSessionManager> {
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(!opts.stateless)
         .with_json_response(opts.json_response);
     StreamableHttpService::new(
-        || Ok(Demo::new()),
+        move || Ok(Demo::counting(calls.clone())),
         Arc::new(LocalSessionManager::default()),
         config,
     )
@@ -138,18 +171,36 @@ pub fn service(opts: DemoOptions) -> StreamableHttpService<Demo, LocalSessionMan
 /// Binds `addr` and serves the demo on every path in a background task; returns the bound
 /// address (useful with port 0).
 pub async fn spawn(addr: SocketAddr, opts: DemoOptions) -> std::io::Result<SocketAddr> {
+    Ok(spawn_counting(addr, opts).await?.0)
+}
+
+/// Like [`spawn`], and returns the count of tool calls the server has served.
+pub async fn spawn_counting(
+    addr: SocketAddr,
+    opts: DemoOptions,
+) -> std::io::Result<(SocketAddr, Arc<AtomicU64>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(serve(listener, opts));
-    Ok(local)
+    let calls = Arc::new(AtomicU64::new(0));
+    tokio::spawn(serve_service(
+        listener,
+        service_counting(opts, calls.clone()),
+    ));
+    Ok((local, calls))
 }
 
 /// Serves the demo on an already-bound listener until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, opts: DemoOptions) {
+    serve_service(listener, service(opts)).await;
+}
+
+async fn serve_service(
+    listener: tokio::net::TcpListener,
+    svc: StreamableHttpService<Demo, LocalSessionManager>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
-    let svc = service(opts);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

@@ -17,6 +17,18 @@
 //! url = "http://127.0.0.1:3001/mcp"   # or urls = ["http://a/mcp", "http://b/mcp"]
 //! connect_timeout = "5s"
 //! response_timeout = "60s"
+//!
+//! [limits]                          # absent: no limits
+//! key = "agent"                     # or "ip", or "header:x-agent-id"
+//! requests_per_minute = 600
+//! tokens_per_minute = 200000
+//! store = "memory"                  # or "redis"
+//! # redis_url = "redis://127.0.0.1:6379/0"
+//! # on_store_error = "local"        # or "deny"
+//!
+//! [[limits.rules]]
+//! tools = ["analyze_*"]
+//! tokens_per_minute = 50000
 //! ```
 //!
 //! Unknown keys are errors, and every error names the file, line and column it comes from.
@@ -150,6 +162,80 @@ pub struct Config {
     /// OAuthGuard: absent, no authentication.
     #[serde(default)]
     pub auth: Option<crate::auth_config::AuthConfig>,
+    /// Per-agent request and token budgets (TokenBucket2D). Absent: no limits.
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `agent` (default), `ip`, or `header:NAME`.
+    #[serde(default)]
+    pub key: Option<Spanned<String>>,
+    /// Requests per minute per key.
+    #[serde(default)]
+    pub requests_per_minute: Option<Spanned<u64>>,
+    /// Tokens (input + output of tool calls) per minute per key.
+    #[serde(default)]
+    pub tokens_per_minute: Option<Spanned<u64>>,
+    /// `memory` (default) or `redis`.
+    #[serde(default)]
+    pub store: Option<Spanned<String>>,
+    /// The Redis server, for `store = "redis"`.
+    #[serde(default)]
+    pub redis_url: Option<Spanned<String>>,
+    /// How long a Redis decision may take before `on_store_error` applies. Default 100 ms.
+    #[serde(default)]
+    pub redis_timeout: Option<Dur>,
+    /// Prefix of the Redis keys. Default `mcpgw:`.
+    #[serde(default)]
+    pub redis_prefix: Option<String>,
+    /// `local` (default: this replica's own budgets) or `deny` (503) when Redis cannot answer.
+    #[serde(default)]
+    pub on_store_error: Option<Spanned<String>>,
+    /// Finer token budgets per tool pattern.
+    #[serde(default)]
+    pub rules: Vec<LimitRuleConfig>,
+}
+
+/// `[[limits.rules]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRuleConfig {
+    /// Tool name patterns (`*` matches any run of characters).
+    pub tools: Spanned<Vec<String>>,
+    /// Only on these upstreams (all when absent).
+    #[serde(default)]
+    pub upstreams: Option<Spanned<Vec<String>>>,
+    /// Tokens per minute per key for the matching tools.
+    pub tokens_per_minute: Spanned<u64>,
+}
+
+/// Where checked limits keep their budgets.
+#[derive(Debug, Clone)]
+pub enum LimitStoreSpec {
+    /// This process's memory.
+    Memory,
+    /// A shared Redis.
+    Redis {
+        /// The server URL.
+        url: String,
+        /// Decision timeout.
+        timeout: Duration,
+        /// Key prefix.
+        prefix: String,
+    },
+}
+
+/// Checked `[limits]`.
+#[derive(Debug, Clone)]
+pub struct LimitsSpec {
+    /// The budgets.
+    pub limits: mcp_gateway_layers::limit::Limits,
+    /// Where they are kept.
+    pub store: LimitStoreSpec,
 }
 
 /// `[server]`.
@@ -364,6 +450,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// OAuthGuard settings (`None`: no authentication).
     pub auth: Option<crate::auth_config::AuthSettings>,
+    /// Per-agent budgets, when `[limits]` is present.
+    pub limits: Option<LimitsSpec>,
 }
 
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -571,12 +659,18 @@ pub fn check(
         errors.extend(e.list);
         settings
     });
+    let limits = config.limits.as_ref().and_then(|l| {
+        check_limits(l, &config.upstreams, &mut |span, m| {
+            errors.push(err_at(span, m))
+        })
+    });
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Settings {
         public_url,
         auth,
+        limits,
         listen: config.server.listen,
         body_limit: config.server.body_limit.get_ref().0,
         shutdown_grace: config.server.shutdown_grace.0,
@@ -587,6 +681,138 @@ pub fn check(
         upstreams,
         worker_threads: config.server.worker_threads.map(Spanned::into_inner),
     })
+}
+
+/// Checks `[limits]`; reports each problem at its key.
+fn check_limits(
+    l: &LimitsConfig,
+    upstreams: &BTreeMap<Spanned<String>, UpstreamEntry>,
+    err: &mut dyn FnMut(Option<std::ops::Range<usize>>, String),
+) -> Option<LimitsSpec> {
+    use mcp_gateway_layers::limit::{KeySource, Limits, OnStoreError, Rule};
+    let mut ok = true;
+    let mut bad = |span: Option<std::ops::Range<usize>>, m: String| {
+        ok = false;
+        err(span, m);
+    };
+    let mut limits = Limits::new();
+    if let Some(k) = &l.key {
+        match k.get_ref().parse::<KeySource>() {
+            Ok(key) => limits = limits.key(key),
+            Err(m) => bad(Some(k.span()), format!("limits.key: {m}")),
+        }
+    }
+    if let Some(n) = &l.requests_per_minute {
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if v > 0 => limits = limits.requests_per_minute(v),
+            _ => bad(
+                Some(n.span()),
+                format!(
+                    "limits.requests_per_minute must be between 1 and {}",
+                    u32::MAX
+                ),
+            ),
+        }
+    }
+    if let Some(n) = &l.tokens_per_minute {
+        if *n.get_ref() == 0 {
+            bad(
+                Some(n.span()),
+                "limits.tokens_per_minute must be greater than 0".into(),
+            );
+        } else {
+            limits = limits.tokens_per_minute(*n.get_ref());
+        }
+    }
+    if l.requests_per_minute.is_none() && l.tokens_per_minute.is_none() && l.rules.is_empty() {
+        bad(
+            l.key.as_ref().map(Spanned::span),
+            "limits: set requests_per_minute, tokens_per_minute or a [[limits.rules]] entry".into(),
+        );
+    }
+    for (i, r) in l.rules.iter().enumerate() {
+        if r.tools.get_ref().is_empty() || r.tools.get_ref().iter().any(String::is_empty) {
+            bad(
+                Some(r.tools.span()),
+                format!("limits.rules[{i}].tools: give one or more non-empty tool name patterns"),
+            );
+        }
+        if *r.tokens_per_minute.get_ref() == 0 {
+            bad(
+                Some(r.tokens_per_minute.span()),
+                format!("limits.rules[{i}].tokens_per_minute must be greater than 0"),
+            );
+        }
+        let mut rule = Rule::new(
+            r.tools.get_ref().iter().cloned(),
+            *r.tokens_per_minute.get_ref(),
+        );
+        if let Some(u) = &r.upstreams {
+            for name in u.get_ref() {
+                if !upstreams.contains_key(name.as_str()) {
+                    bad(
+                        Some(u.span()),
+                        format!("limits.rules[{i}].upstreams: no upstream named {name:?}"),
+                    );
+                }
+            }
+            rule = rule.upstreams(u.get_ref().iter().cloned());
+        }
+        limits = limits.rule(rule);
+    }
+    if l.rules.len() > 254 {
+        bad(None, "limits.rules: at most 254 rules".into());
+    }
+    if let Some(o) = &l.on_store_error {
+        match o.get_ref().as_str() {
+            "local" => limits = limits.on_store_error(OnStoreError::Local),
+            "deny" => limits = limits.on_store_error(OnStoreError::Deny),
+            other => bad(
+                Some(o.span()),
+                format!("limits.on_store_error: {other:?} is not \"local\" or \"deny\""),
+            ),
+        }
+    }
+    let store = match l.store.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        None | Some(("memory", _)) => {
+            if let Some(u) = &l.redis_url {
+                bad(
+                    Some(u.span()),
+                    "limits.redis_url is set but store is not \"redis\"".into(),
+                );
+            }
+            LimitStoreSpec::Memory
+        }
+        Some(("redis", span)) => match &l.redis_url {
+            None => {
+                bad(
+                    Some(span),
+                    "limits: store = \"redis\" needs redis_url".into(),
+                );
+                LimitStoreSpec::Memory
+            }
+            Some(u) => {
+                if let Err(e) = mcp_gateway_layers::limit::redis::RedisStore::open(u.get_ref()) {
+                    bad(Some(u.span()), format!("limits.redis_url: {e}"));
+                }
+                LimitStoreSpec::Redis {
+                    url: u.get_ref().clone(),
+                    timeout: l
+                        .redis_timeout
+                        .map_or(mcp_gateway_layers::limit::redis::DEFAULT_TIMEOUT, |d| d.0),
+                    prefix: l.redis_prefix.clone().unwrap_or_else(|| "mcpgw:".into()),
+                }
+            }
+        },
+        Some((other, span)) => {
+            bad(
+                Some(span),
+                format!("limits.store: {other:?} is not \"memory\" or \"redis\""),
+            );
+            LimitStoreSpec::Memory
+        }
+    };
+    ok.then_some(LimitsSpec { limits, store })
 }
 
 /// A configured path, relative to the configuration file's folder unless absolute.
@@ -702,6 +928,7 @@ impl Settings {
             worker_threads: None,
             public_url: None,
             auth: None,
+            limits: None,
         }
     }
 
@@ -885,6 +1112,67 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         }
         assert_eq!(parse_listen("[::1]:8080").unwrap().port(), 8080);
         assert_eq!(parse_listen("0.0.0.0:0").unwrap().port(), 0);
+    }
+
+    #[test]
+    fn limits() {
+        let base = "[upstreams.a]\nurl = \"http://x/mcp\"\n";
+        let s = parse(
+            &format!("{base}[limits]\nkey = \"header:x-agent-id\"\nrequests_per_minute = 600\ntokens_per_minute = 200000\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\non_store_error = \"deny\"\n[[limits.rules]]\ntools = [\"analyze_*\"]\ntokens_per_minute = 50000\n"),
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let l = s.limits.unwrap();
+        assert!(matches!(l.store, LimitStoreSpec::Redis { .. }));
+        assert_eq!(l.limits.requests_limit().unwrap().get(), 600);
+        assert!(parse(base, "gw.toml", Path::new("."))
+            .unwrap()
+            .limits
+            .is_none());
+        // Each mistake is reported at its key.
+        let e = errs(&format!(
+            "{base}[limits]\nkey = \"user\"\nrequests_per_minute = 1\n"
+        ));
+        assert!(e[0].starts_with("gw.toml:4:7: limits.key"), "{e:?}");
+        let e = errs(&format!("{base}[limits]\nrequests_per_minute = 0\n"));
+        assert!(
+            e[0].starts_with("gw.toml:4:23: limits.requests_per_minute"),
+            "{e:?}"
+        );
+        let e = errs(&format!(
+            "{base}[limits]\nrequests_per_minute = 1\nstore = \"disk\"\n"
+        ));
+        assert!(e[0].starts_with("gw.toml:5:9: limits.store"), "{e:?}");
+        let e = errs(&format!(
+            "{base}[limits]\nrequests_per_minute = 1\nstore = \"redis\"\n"
+        ));
+        assert!(e[0].contains("needs redis_url"), "{e:?}");
+        let e = errs(&format!("{base}[limits]\nrequests_per_minute = 1\nstore = \"redis\"\nredis_url = \"http://x\"\n"));
+        assert!(e[0].starts_with("gw.toml:6:13: limits.redis_url"), "{e:?}");
+        let e = errs(&format!(
+            "{base}[limits]\nrequests_per_minute = 1\non_store_error = \"retry\"\n"
+        ));
+        assert!(
+            e[0].starts_with("gw.toml:5:18: limits.on_store_error"),
+            "{e:?}"
+        );
+        let e = errs(&format!("{base}[limits]\n[[limits.rules]]\ntools = []\ntokens_per_minute = 5\nupstreams = [\"b\"]\n"));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("gw.toml:5:9: limits.rules[0].tools"),
+            "{e:?}"
+        );
+        assert!(e[1].contains("no upstream named \"b\""), "{e:?}");
+        let e = errs(&format!("{base}[limits]\nkey = \"ip\"\n"));
+        assert!(e[0].contains("set requests_per_minute"), "{e:?}");
+        let e = errs(&format!(
+            "{base}[limits]\nrequests_per_minute = 1\nbogus = 1\n"
+        ));
+        assert!(
+            e[0].starts_with("gw.toml:5:1: unknown field `bogus`"),
+            "{e:?}"
+        );
     }
 
     #[test]

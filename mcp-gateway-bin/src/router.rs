@@ -36,9 +36,11 @@ use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::auth::OAuthGuard;
+use mcp_gateway_layers::limit::TokenBucket2DLayer;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
 use mcp_gateway_layers::{
     OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody, Toggle, Toggled,
+    TokenBucket2D,
 };
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -48,10 +50,13 @@ use std::sync::Arc;
 use std::time::Instant;
 use tower::{Layer, ServiceExt};
 
+/// The governing layers that decide, innermost first: limits, then authentication.
+type Limited = Toggled<TokenBucket2D<Upstream>, Upstream>;
+type Guarded = Toggled<OAuthGuard<Limited>, Limited>;
 /// The per-upstream stack (see the module docs for the order).
-pub type Stack = OriginGuard<ParseMcp<Toggled<OAuthGuard<Upstream>, Upstream>>>;
+pub type Stack = OriginGuard<ParseMcp<Guarded>>;
 /// The body of every gateway response.
-pub type GatewayBody = ResponseBody<ResponseBody<ResponseBody<UpstreamBody>>>;
+pub type GatewayBody = ResponseBody<ResponseBody<ResponseBody<ResponseBody<UpstreamBody>>>>;
 
 /// One route: its name, its stack, and its protected resource metadata when guarded.
 #[derive(Clone)]
@@ -73,6 +78,9 @@ pub struct Router {
     governed: bool,
     /// Whether access log lines are written (decided once: the log filter is fixed at start).
     access_log: bool,
+    /// The limits layer, when `[limits]` is configured: one for all routes, so a key's
+    /// budget is the same whichever upstream it calls.
+    limits: Option<TokenBucket2DLayer>,
 }
 
 impl Router {
@@ -89,6 +97,7 @@ impl Router {
         // The access log needs the parsed view on the response; without it nobody does.
         let access_log = tracing::enabled!(target: "mcp_gateway::access", tracing::Level::INFO);
         let mut routes = HashMap::new();
+        let limits = settings.limits.as_ref().map(limits_layer);
         for spec in &settings.upstreams {
             let roots = match &spec.ca_file {
                 Some(path) => crate::tls::load_certs(path)?,
@@ -111,7 +120,7 @@ impl Router {
                 ParseMcpLayer::new()
                     .body_limit(settings.body_limit)
                     .view_on_response(access_log)
-                    .layer(Toggle::new(guard).layer(upstream)),
+                    .layer(Toggle::new(guard).layer(Toggle::new(limits.clone()).layer(upstream))),
             );
             routes.insert(
                 spec.name.clone(),
@@ -126,9 +135,15 @@ impl Router {
             routes: Arc::new(routes),
             ready,
             cutoff,
-            governed: auth.is_some(),
+            governed: auth.is_some() || limits.is_some(),
             access_log,
+            limits,
         })
+    }
+
+    /// The limits layer (its cost ledger and store error count), when configured.
+    pub fn limits(&self) -> Option<&TokenBucket2DLayer> {
+        self.limits.as_ref()
     }
 
     /// Serves one request.
@@ -230,6 +245,27 @@ fn access_log(
         latency_us = started.elapsed().as_micros() as u64,
         "request"
     );
+}
+
+/// The limits layer for checked `[limits]`: budgets in memory or in Redis (with this
+/// process's memory as the fallback).
+fn limits_layer(spec: &crate::config::LimitsSpec) -> TokenBucket2DLayer {
+    let layer = TokenBucket2DLayer::new(spec.limits.clone());
+    match &spec.store {
+        crate::config::LimitStoreSpec::Memory => layer,
+        crate::config::LimitStoreSpec::Redis {
+            url,
+            timeout,
+            prefix,
+        } => match mcp_gateway_layers::limit::redis::RedisStore::open(url) {
+            Ok(store) => layer.store(store.timeout(*timeout).prefix(prefix.clone())),
+            // `check` validated the URL; should it fail now, this replica limits alone.
+            Err(e) => {
+                tracing::error!(error = %e, "limits: Redis store unusable; budgets are per replica");
+                layer
+            }
+        },
+    }
 }
 
 /// The protocol era as the access log names it: the declared version, or `legacy`.

@@ -124,7 +124,7 @@ async fn legacy_session_through_gateway() {
             .iter()
             .map(|t| t.name.to_string())
             .collect();
-        assert_eq!(tools, ["echo", "increment", "slow_count"]);
+        assert_eq!(tools, ["blob", "echo", "increment", "slow_count"]);
         assert_eq!(
             call(&c, "echo", serde_json::json!({"text": "héllo"})).await,
             "héllo"
@@ -162,7 +162,7 @@ async fn sessionless_2026_through_gateway() {
             c.peer_info().unwrap().protocol_version,
             ProtocolVersion::V_2026_07_28
         );
-        assert_eq!(c.list_all_tools().await.unwrap().len(), 3);
+        assert_eq!(c.list_all_tools().await.unwrap().len(), 4);
         assert_eq!(
             call(&c, "echo", serde_json::json!({"text": "x"})).await,
             "x"

@@ -3,7 +3,7 @@
 //! The outermost layer that governs a request creates the record and puts it in the request
 //! extensions ([`Exchange::get_or_insert`]); every layer under it writes what it decided — the
 //! [`Principal`], the session, the chosen instance, tokens in and out, a refusal and its reason
-//! — and may register an [`Observer`](crate::observe::Observer) of the response. Layers above
+//! — and may register an [`Observer`] of the response. Layers above
 //! read the record when the exchange ends, so tracing and audit see the decisions of the layers
 //! inside them, refusals included.
 //!

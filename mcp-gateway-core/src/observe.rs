@@ -316,6 +316,9 @@ pub struct Observation {
     messages: u64,
     undecoded: bool,
     cutoff: Option<Cutoff>,
+    /// The declared `Content-Length`: a server may stop polling a body once it has sent that
+    /// many bytes, so a JSON body is decoded as soon as it is all there, not at its end.
+    expected_len: Option<u64>,
 }
 
 impl std::fmt::Debug for Observation {
@@ -380,6 +383,10 @@ impl Observation {
             messages: 0,
             undecoded: false,
             cutoff: None,
+            expected_len: headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
         }
     }
 
@@ -409,6 +416,7 @@ impl Observation {
     /// result to every observer. Returns the body to send. Later chunks are not decoded again.
     pub fn replace_json(&mut self, body: Bytes) -> Bytes {
         self.mode = Mode::Opaque;
+        self.expected_len = None;
         let Ok(parsed) = classify(&body) else {
             self.undecoded = !body.is_empty();
             return body;
@@ -586,6 +594,9 @@ impl Observation {
         if let Ok(Some(b)) = &out {
             self.bytes += b.len() as u64;
         }
+        if self.expected_len == Some(self.bytes) {
+            self.decode_whole_json();
+        }
         out
     }
 
@@ -597,21 +608,32 @@ impl Observation {
     /// The body ended normally: decodes what is pending and fires the end hook.
     pub fn complete(&mut self) {
         self.polled = true;
-        let (chunks, dec) = match std::mem::replace(&mut self.mode, Mode::Opaque) {
-            Mode::Json { chunks, size } if size <= self.max => (chunks, None),
-            Mode::SsePass { dec, .. } | Mode::SseReframe { dec } => (Vec::new(), Some(dec)),
-            _ => (Vec::new(), None),
+        self.decode_whole_json();
+        let dec = match std::mem::replace(&mut self.mode, Mode::Opaque) {
+            Mode::SsePass { dec, .. } | Mode::SseReframe { dec } => Some(dec),
+            _ => None,
         };
-        match chunks.len() {
-            0 => {}
-            1 => self.decode_json(&chunks[0]),
-            _ => self.decode_json(&chunks.concat()),
-        }
         // An unterminated last event is discarded, as SSE requires.
         if dec.is_some_and(|mut d| d.finish()) {
             self.undecoded = true;
         }
         self.end(EndReason::Completed, None);
+    }
+
+    /// Decodes a JSON body kept so far (once: the chunks are let go).
+    fn decode_whole_json(&mut self) {
+        if !matches!(self.mode, Mode::Json { .. }) {
+            return;
+        }
+        if let Mode::Json { chunks, size } = std::mem::replace(&mut self.mode, Mode::Opaque) {
+            if size <= self.max {
+                match chunks.len() {
+                    0 => {}
+                    1 => self.decode_json(&chunks[0]),
+                    _ => self.decode_json(&chunks.concat()),
+                }
+            }
+        }
     }
 
     /// Fires the end hook with `reason` (once; later calls do nothing).
@@ -646,6 +668,9 @@ impl Drop for Observation {
         }
         let reason = if !self.polled {
             EndReason::DroppedUnpolled
+        } else if self.expected_len.is_some_and(|n| n > 0 && n == self.bytes) {
+            // Every declared byte went out; the server just did not poll for the end.
+            EndReason::Completed
         } else if self.cutoff.as_ref().is_some_and(Cutoff::is_triggered) {
             EndReason::Shutdown
         } else {

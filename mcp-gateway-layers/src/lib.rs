@@ -17,6 +17,14 @@
     not(feature = "upstream"),
     doc = "| `upstream` | forwards to an MCP server: streamed bodies, SSE flushed per event, hop-by-hop and `Authorization` headers removed, timeouts | `upstream` |"
 )]
+#![cfg_attr(
+    feature = "limit",
+    doc = "| [`limit`] | per-agent request and token budgets (TokenBucket2D): 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas | `limit`, `limit-redis` |"
+)]
+#![cfg_attr(
+    not(feature = "limit"),
+    doc = "| `limit` | per-agent request and token budgets (TokenBucket2D): 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas | `limit`, `limit-redis` |"
+)]
 //!
 //! Every rejection is a response (a JSON-RPC error with the right HTTP status), never a
 //! service error, so the layers work under axum, whose services are infallible.
@@ -173,6 +181,8 @@
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod body;
+#[cfg(feature = "limit")]
+pub mod limit;
 pub mod observe;
 pub mod origin;
 pub mod parse;
@@ -190,6 +200,8 @@ pub use mcp_gateway_core::{
 };
 
 pub use body::ResponseBody;
+#[cfg(feature = "limit")]
+pub use limit::{TokenBucket2D, TokenBucket2DLayer};
 pub use observe::{Observe, ObserveLayer};
 pub use origin::{AllowedOrigins, OriginGuard, OriginGuardLayer};
 pub use parse::{ParseMcp, ParseMcpLayer};

@@ -423,3 +423,33 @@ async fn empty_202_completes_and_refusals_are_observed_with_the_record() {
         "the -32700 answer was observed"
     );
 }
+
+/// A server may stop polling a body once it has sent the `Content-Length` it declared (hyper
+/// does): the JSON message is still seen, and the exchange still counts as completed.
+#[tokio::test]
+async fn json_body_dropped_after_its_declared_length_is_observed_and_completed() {
+    let rec = Recorder::default();
+    let json = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#;
+    let svc = ServiceBuilder::new()
+        .layer(recorder_layer(&rec))
+        .service(service_fn(move |_req: Request<Full<Bytes>>| async move {
+            let mut resp = with_type(
+                Response::new(Full::new(Bytes::from_static(json.as_bytes()))),
+                "application/json",
+            );
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(json.len()));
+            Ok::<_, Infallible>(resp)
+        }));
+    let req = Request::post("/mcp").body(Full::new(Bytes::new())).unwrap();
+    let mut body = svc.oneshot(req).await.unwrap().into_body();
+    // Take the one data frame, then drop the body without polling for its end.
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap().len(), json.len());
+    drop(body);
+    let seen = rec.0.lock().unwrap();
+    assert_eq!(seen.messages.len(), 1);
+    assert_eq!(seen.messages[0].1.as_deref(), Some("7"));
+    drop(seen);
+    assert_eq!(ends(&rec), [EndReason::Completed]);
+}

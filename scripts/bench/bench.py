@@ -31,6 +31,7 @@ REL = os.path.join(ROOT, "target", "release")
 GATEWAY_CONFIGS = [
     "passthrough.toml",
     "auth.toml",
+    "limits.toml",
 ]
 
 # (name, era, format, size, mode)  mode: "closed" or an open-loop rate in requests/s.
@@ -487,7 +488,10 @@ def write_report(args, scenarios, targets, results, rss):
     w("## Micro-benchmarks")
     w("")
     w("`cargo bench -p mcp-gateway-core` runs the Criterion benchmarks of the per-request hot paths "
-      "(classification, era checks, `_meta` injection, SSE decoding); see `mcp-gateway-core/benches/`.")
+      "(classification, era checks, `_meta` injection, SSE decoding); see `mcp-gateway-core/benches/`. "
+      "`cargo bench -p mcp-gateway-layers --features limit-redis --bench limit` times a limits decision "
+      "in memory and through Redis and prints the memory per tracked key; see [limits.md](limits.md) "
+      "and [performance.md](performance.md).")
     w("")
     open_scenarios = [sc[0] for sc in scenarios if sc[4] != "closed"]
     chart = os.path.join(os.path.dirname(args.out), "benchmarks-latency.svg")
