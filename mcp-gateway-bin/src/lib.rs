@@ -25,6 +25,7 @@ pub mod config;
 pub mod logging;
 pub mod router;
 pub mod server;
+pub mod stack;
 pub mod tls;
 
 pub use server::Gateway;

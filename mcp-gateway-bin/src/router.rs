@@ -20,43 +20,42 @@
 //! 7. `SessionAffinity` *(`[sessions]`)*: picks the instance that owns the session.
 //! 8. [`Upstream`]: forwards, streaming the response.
 //!
-//! A governing layer that is not configured is not in the stack at all ([`Toggle`]). The
-//! outermost governing layer present creates the per-request record (`Exchange`) that the
+//! A governing layer that is not configured is not in the stack at all ([`Toggle`]). With no
+//! governing layer configured, a route's stack is exactly `OriginGuard → ParseMcp → Upstream`
+//! (see [`crate::stack`]): a pass-through gateway pays nothing for the layers it does not use.
+//! The outermost governing layer present creates the per-request record (`Exchange`) that the
 //! others write their decisions to, and attaches the response observers once.
 //!
 //! [`Toggle`]: mcp_gateway_layers::Toggle
 
 use crate::config::Settings;
+use crate::stack::{Switch, SwitchBody};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use mcp_gateway_core::exchange::{Exchange, ExchangeContext};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
-use mcp_gateway_layers::auth::OAuthGuard;
 use mcp_gateway_layers::limit::TokenBucket2DLayer;
-use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
-use mcp_gateway_layers::{
-    OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody, Toggle, Toggled,
-    TokenBucket2D,
-};
+use mcp_gateway_layers::upstream::{Upstream, UpstreamConfig};
+use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcpLayer, ResponseBody, Toggle};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
-/// The governing layers that decide, innermost first: limits, then authentication.
-type Limited = Toggled<TokenBucket2D<Upstream>, Upstream>;
-type Guarded = Toggled<OAuthGuard<Limited>, Limited>;
-/// The per-upstream stack (see the module docs for the order).
-pub type Stack = OriginGuard<ParseMcp<Guarded>>;
+/// The per-upstream stack (see the module docs for the order): plain or governed below the
+/// origin check.
+pub type Stack = OriginGuard<Switch>;
 /// The body of every gateway response.
-pub type GatewayBody = ResponseBody<ResponseBody<ResponseBody<ResponseBody<UpstreamBody>>>>;
+pub type GatewayBody = ResponseBody<SwitchBody>;
 
 /// One route: its name, its stack, and its protected resource metadata when guarded.
 #[derive(Clone)]
@@ -116,12 +115,21 @@ impl Router {
                 .as_ref()
                 .map(|g| Bytes::from(g.protected_resource_metadata().to_string()));
             // The order, and why, is in the module docs.
-            let stack = OriginGuardLayer::new(settings.origins.clone()).layer(
-                ParseMcpLayer::new()
-                    .body_limit(settings.body_limit)
-                    .view_on_response(access_log)
-                    .layer(Toggle::new(guard).layer(Toggle::new(limits.clone()).layer(upstream))),
-            );
+            let parse = ParseMcpLayer::new()
+                .body_limit(settings.body_limit)
+                .view_on_response(access_log);
+            let below_origin = if guard.is_none() && limits.is_none() {
+                Switch::Plain(parse.layer(upstream))
+            } else {
+                let governed = parse
+                    .layer(Toggle::new(guard).layer(Toggle::new(limits.clone()).layer(upstream)));
+                Switch::Governed(BoxCloneSyncService::new(
+                    ServiceExt::<Request<Incoming>>::map_response(governed, |r| {
+                        r.map(BodyExt::boxed_unsync)
+                    }),
+                ))
+            };
+            let stack = OriginGuardLayer::new(settings.origins.clone()).layer(below_origin);
             routes.insert(
                 spec.name.clone(),
                 Route {
