@@ -10,7 +10,7 @@
 //! 3. `TraceInject` *(`[telemetry]`)*: inside audit (the audit record carries its trace and
 //!    span ids, read from the per-request record) and outside every refusing layer, so
 //!    refusals are traced too; it writes trace context into the forwarded body.
-//! 4. [`ParseMcp`]: reads the body once (bounded), classifies it and checks the 2026-07-28
+//! 4. [`ParseMcp`](mcp_gateway_layers::ParseMcp): reads the body once (bounded), classifies it and checks the 2026-07-28
 //!    headers. When a governing layer above already read the request this is a no-op; every
 //!    later layer reuses the view.
 //! 5. `OAuthGuard` *(`[auth]`)*: first of the deciding layers — an unauthenticated call costs
