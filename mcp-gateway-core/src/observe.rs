@@ -409,6 +409,16 @@ impl Observation {
         }
     }
 
+    /// The body's exact length when the head does not declare one (a body the gateway made
+    /// itself, such as a refusal): a JSON body is then decoded as soon as it is all there,
+    /// even when the server does not poll for its end.
+    pub fn with_exact_len(mut self, len: Option<u64>) -> Self {
+        if self.expected_len.is_none() {
+            self.expected_len = len;
+        }
+        self
+    }
+
     /// Reports streams dropped after `cutoff` is raised as [`EndReason::Shutdown`].
     pub fn with_cutoff(mut self, cutoff: Option<Cutoff>) -> Self {
         self.cutoff = cutoff;
@@ -713,7 +723,7 @@ impl Drop for Observation {
         }
         let reason = if !self.polled {
             EndReason::DroppedUnpolled
-        } else if self.expected_len.is_some_and(|n| n > 0 && n == self.bytes) {
+        } else if self.expected_len.is_some_and(|n| n == self.bytes) {
             // Every declared byte went out; the server just did not poll for the end.
             EndReason::Completed
         } else if self.cutoff.as_ref().is_some_and(Cutoff::is_triggered) {
