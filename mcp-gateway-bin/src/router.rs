@@ -35,6 +35,7 @@ use mcp_gateway_core::exchange::{Exchange, ExchangeContext};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
+use mcp_gateway_layers::audit::{AuditLog, AuditLogLayer, AuditWriter};
 use mcp_gateway_layers::auth::OAuthGuard;
 use mcp_gateway_layers::limit::TokenBucket2DLayer;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
@@ -53,10 +54,13 @@ use tower::{Layer, ServiceExt};
 /// The governing layers that decide, innermost first: limits, then authentication.
 type Limited = Toggled<TokenBucket2D<Upstream>, Upstream>;
 type Guarded = Toggled<OAuthGuard<Limited>, Limited>;
+/// Parsing and the deciding layers.
+type Parsed = ParseMcp<Guarded>;
 /// The per-upstream stack (see the module docs for the order).
-pub type Stack = OriginGuard<ParseMcp<Guarded>>;
+pub type Stack = OriginGuard<Toggled<AuditLog<Parsed>, Parsed>>;
 /// The body of every gateway response.
-pub type GatewayBody = ResponseBody<ResponseBody<ResponseBody<ResponseBody<UpstreamBody>>>>;
+pub type GatewayBody =
+    ResponseBody<ResponseBody<ResponseBody<ResponseBody<ResponseBody<UpstreamBody>>>>>;
 
 /// One route: its name, its stack, and its protected resource metadata when guarded.
 #[derive(Clone)]
@@ -81,6 +85,8 @@ pub struct Router {
     /// The limits layer, when `[limits]` is configured: one for all routes, so a key's
     /// budget is the same whichever upstream it calls.
     limits: Option<TokenBucket2DLayer>,
+    /// The audit writer, when `[audit]` is configured (flushed at shutdown).
+    audit: Option<AuditWriter>,
 }
 
 impl Router {
@@ -98,6 +104,16 @@ impl Router {
         let access_log = tracing::enabled!(target: "mcp_gateway::access", tracing::Level::INFO);
         let mut routes = HashMap::new();
         let limits = settings.limits.as_ref().map(limits_layer);
+        let audit = match &settings.audit {
+            Some(spec) => Some(
+                spec.start()
+                    .map_err(|e| crate::server::StartError::Audit(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let audit_layer = audit
+            .as_ref()
+            .map(|w| AuditLogLayer::new(w.clone()).body_limit(settings.body_limit));
         for spec in &settings.upstreams {
             let roots = match &spec.ca_file {
                 Some(path) => crate::tls::load_certs(path)?,
@@ -117,10 +133,14 @@ impl Router {
                 .map(|g| Bytes::from(g.protected_resource_metadata().to_string()));
             // The order, and why, is in the module docs.
             let stack = OriginGuardLayer::new(settings.origins.clone()).layer(
-                ParseMcpLayer::new()
-                    .body_limit(settings.body_limit)
-                    .view_on_response(access_log)
-                    .layer(Toggle::new(guard).layer(Toggle::new(limits.clone()).layer(upstream))),
+                Toggle::new(audit_layer.clone()).layer(
+                    ParseMcpLayer::new()
+                        .body_limit(settings.body_limit)
+                        .view_on_response(access_log)
+                        .layer(
+                            Toggle::new(guard).layer(Toggle::new(limits.clone()).layer(upstream)),
+                        ),
+                ),
             );
             routes.insert(
                 spec.name.clone(),
@@ -135,10 +155,16 @@ impl Router {
             routes: Arc::new(routes),
             ready,
             cutoff,
-            governed: auth.is_some() || limits.is_some(),
+            governed: auth.is_some() || limits.is_some() || audit.is_some(),
             access_log,
             limits,
+            audit,
         })
+    }
+
+    /// The audit writer (its counters, and `flush`), when `[audit]` is configured.
+    pub fn audit(&self) -> Option<&AuditWriter> {
+        self.audit.as_ref()
     }
 
     /// The limits layer (its cost ledger and store error count), when configured.

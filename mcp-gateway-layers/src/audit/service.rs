@@ -153,6 +153,13 @@ impl Auditor {
             return Outcome::ToolError;
         }
         match reason {
+            // The answer was delivered (a client may close an SSE stream once it has it), or
+            // there was none to deliver.
+            EndReason::ClientGone | EndReason::DroppedUnpolled
+                if self.answered || self.status == StatusCode::ACCEPTED =>
+            {
+                Outcome::Ok
+            }
             EndReason::UpstreamFailed => Outcome::UpstreamError,
             EndReason::ClientGone | EndReason::DroppedUnpolled => Outcome::ClientGone,
             EndReason::Shutdown => Outcome::Shutdown,
