@@ -71,7 +71,7 @@ pub(crate) fn in_chain_order(files: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyEr
         // Empty files (a log just rotated) go last: they hold nothing yet.
         keyed.push((if first.is_empty() { u64::MAX } else { seq }, f.clone()));
     }
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.sort_by_key(|k| k.0);
     Ok(keyed.into_iter().map(|(_, f)| f).collect())
 }
 
