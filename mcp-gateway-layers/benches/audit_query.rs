@@ -40,7 +40,7 @@ fn record(i: u64, start: SystemTime) -> AuditRecord {
     r.latency_us = 1000 + i % 5000;
     r.tokens_in = Some(40);
     r.tokens_out = Some(300);
-    r.client = Some("10.0.0.7:51234".into());
+    r.client = Some(([10, 0, 0, 7], 51234).into());
     r.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
     r.span_id = Some("00f067aa0ba902b7".into());
     r.arguments = Some(bytes::Bytes::from(format!(r#"{{"query":"issue {i}"}}"#)));

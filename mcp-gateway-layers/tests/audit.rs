@@ -382,3 +382,45 @@ async fn with_fsync_always_the_answer_ends_only_once_its_record_is_written() {
     assert_eq!(count_lines(&lines), 1);
     assert!(bytes.starts_with(b"{\"jsonrpc\""));
 }
+
+#[test]
+fn garbage_files_are_reported_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [&[u8]; 7] = [
+        b"",
+        b"\n",
+        b"not json\n",
+        b"{\"seq\":1,\"prev\":\"x\"}\n",
+        b"{\"seq\":18446744073709551615,\"prev\":\"\"}\n{\"seq\":0,\"prev\":\"\"}\n",
+        b"\xff\xfe\x00{\"seq\":1}\n",
+        b"{\"seq\":1,\"time\":\"\",\"prev\":\"0000000000000000000000000000000000000000000000000000000000000000\"}",
+    ];
+    for (i, bytes) in cases.iter().enumerate() {
+        let f = dir.path().join(format!("g{i}.jsonl"));
+        std::fs::write(&f, bytes).unwrap();
+        let files = vec![f];
+        let r = verify(&files);
+        if i == 0 {
+            assert_eq!(r.unwrap().records, 0);
+        } else {
+            assert!(matches!(r, Err(VerifyError::Broken { .. })), "case {i}: {r:?}");
+        }
+        let mut q = mcp_gateway_layers::audit::Query::default();
+        q.since = Some(SystemTime::UNIX_EPOCH);
+        q.outcome = Some("-1".into());
+        let mut out = Vec::new();
+        let n = mcp_gateway_layers::audit::query(
+            &files,
+            &q,
+            mcp_gateway_layers::audit::Output::Table,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(n, 0, "case {i}");
+    }
+    // A head that is not one is an error, not a panic.
+    let f = dir.path().join("h.jsonl");
+    std::fs::write(&f, b"").unwrap();
+    std::fs::write(FileSink::head_path(&f), b"garbage").unwrap();
+    assert!(verify(&[f]).is_err());
+}

@@ -134,8 +134,8 @@ pub struct AuditRecord {
     pub trace_id: Option<String>,
     /// Span id of the gateway's span.
     pub span_id: Option<String>,
-    /// The client's address.
-    pub client: Option<String>,
+    /// The client's address (formatted by the writer, off the request path).
+    pub client: Option<std::net::SocketAddr>,
     /// The raw `params.arguments` of a `tools/call` (hashed, and recorded redacted when
     /// asked, by the writer — off the request path).
     pub arguments: Option<Bytes>,
@@ -237,6 +237,7 @@ impl AuditRecord {
     /// before it by `prev` (the hex SHA-256 of that line, without its `\n`).
     pub fn to_line(&self, seq: u64, prev: &str, args: &ArgumentPolicy) -> Vec<u8> {
         let time = format_time(self.time);
+        let client = self.client.map(|c| c.to_string());
         let digest = self.arguments.as_deref().map(sha256_hex);
         let recorded = match (&self.arguments, args.record) {
             (Some(raw), true) => Some(match serde_json::from_slice(raw) {
@@ -276,7 +277,7 @@ impl AuditRecord {
             tokens_out: self.tokens_out,
             trace_id: self.trace_id.as_deref(),
             span_id: self.span_id.as_deref(),
-            client: self.client.as_deref(),
+            client: client.as_deref(),
             args_sha256: digest.as_deref(),
             args: recorded,
             prev,

@@ -90,7 +90,7 @@ impl Auditor {
         r.tokens_out = snap.tokens_out;
         r.trace_id.clone_from(&snap.trace_id);
         r.span_id.clone_from(&snap.span_id);
-        r.client = snap.client.map(|c| c.to_string());
+        r.client = snap.client;
         r.session = snap.session.as_deref().map(str::to_owned);
         if let Some(view) = &snap.request {
             if r.session.is_none() {

@@ -156,7 +156,7 @@ pub fn verify(files: &[PathBuf]) -> Result<VerifyReport, VerifyError> {
                 )),
                 None => {}
                 Some((pf, pl, ph, ps)) => {
-                    let expected = ps + 1;
+                    let expected = ps.saturating_add(1);
                     if link.seq > expected {
                         return Err(broken(
                             n,

@@ -259,7 +259,7 @@ impl<K: AuditSink> Thread<K> {
                         ack,
                     } => {
                         for r in &records {
-                            self.seq += 1;
+                            self.seq = self.seq.saturating_add(1);
                             let line = r.to_line(self.seq, &self.prev, &self.options.arguments);
                             self.prev = line_hash(&line);
                             buf.extend_from_slice(&line);
