@@ -325,30 +325,14 @@ async fn kill_9_under_load_loses_no_record_of_an_answered_call() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[upstreams.up]\nurl = \"http://{up}/mcp\"\n[audit]\npath = \"{}\"\nfsync = \"always\"\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[upstreams.up]\nurl = \"http://{up}/mcp\"\n[audit]\npath = \"{}\"\nfsync = \"always\"\nrotate_size = \"64KiB\"\n",
             log.display()
         ),
     )
     .unwrap();
-    let mut child = bin()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start(&config, port).await;
     let url = format!("http://127.0.0.1:{port}/mcp/up");
     let c = client();
-    for _ in 0..200 {
-        if c.get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
     // Eight clients call in a loop; every answer received in full is noted.
     let answered = Arc::new(Mutex::new(HashSet::new()));
     let mut tasks = Vec::new();
@@ -388,18 +372,87 @@ async fn kill_9_under_load_loses_no_record_of_an_answered_call() {
         t.await.unwrap();
     }
     let answered = answered.lock().unwrap().clone();
-    let recorded: HashSet<u64> = records(&log)
+    let files = || {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with("audit.jsonl") && !name.ends_with(".head")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(files().len() > 1, "rotated: {:?}", files());
+    let recorded: HashSet<u64> = files()
         .iter()
+        .flat_map(|f| records(f))
         .filter_map(|r| r["id"].as_u64())
         .collect();
     let missing: Vec<&u64> = answered.difference(&recorded).collect();
     assert!(missing.is_empty(), "answered but not recorded: {missing:?}");
-    // The chain verifies up to the cut.
-    let out = bin().args(["audit", "verify"]).arg(&log).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The chain verifies up to the cut, across the rotations.
+    let verify = || {
+        let out = bin()
+            .args(["audit", "verify"])
+            .args(files())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let before = verify();
+    // A restart continues the chain; a graceful stop flushes.
+    let child = start(&config, port).await;
+    for i in 0..20 {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"echo"}}}}"#,
+            900_000_000 + i
+        );
+        let resp = mcp_post(&c, &url, &body)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    let after = verify();
+    let count = |s: &str| -> u64 { s.split_whitespace().nth(1).unwrap().parse().unwrap() };
+    assert_eq!(count(&after), count(&before) + 20, "{before} / {after}");
+}
+
+/// Starts the real binary on `port` and waits until it answers.
+async fn start(config: &Path, port: u16) -> std::process::Child {
+    let child = bin()
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = client();
+    for _ in 0..200 {
+        if c.get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the gateway did not start");
 }

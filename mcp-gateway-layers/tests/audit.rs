@@ -403,7 +403,10 @@ fn garbage_files_are_reported_not_panicked_on() {
         if i == 0 {
             assert_eq!(r.unwrap().records, 0);
         } else {
-            assert!(matches!(r, Err(VerifyError::Broken { .. })), "case {i}: {r:?}");
+            assert!(
+                matches!(r, Err(VerifyError::Broken { .. })),
+                "case {i}: {r:?}"
+            );
         }
         let mut q = mcp_gateway_layers::audit::Query::default();
         q.since = Some(SystemTime::UNIX_EPOCH);

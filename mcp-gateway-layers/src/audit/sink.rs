@@ -100,6 +100,10 @@ impl FileSink {
             file.set_len(good)?;
         }
         let rotated = rotated_files(&path)?.last().map_or(0, |(n, _)| *n);
+        // A head being replaced when the process died: the `.head` itself is whole.
+        let mut tmp = Self::head_path(&path).into_os_string();
+        tmp.push(".tmp");
+        let _ = std::fs::remove_file(tmp);
         Ok(Self {
             path,
             file,

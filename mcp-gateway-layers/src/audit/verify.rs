@@ -53,10 +53,19 @@ struct Link<'a> {
     prev: &'a str,
 }
 
-/// The first record's `seq` of each file (`None`: empty), the files in chain order.
+/// True for the `.head` seal (and its temporary copy): a glob such as `audit.jsonl*` names
+/// them along with the logs.
+fn is_sidecar(f: &Path) -> bool {
+    f.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".head") || n.ends_with(".head.tmp"))
+}
+
+/// The log files of `files` (sidecars left out), in chain order: by their first record's
+/// `seq`, empty files last.
 pub(crate) fn in_chain_order(files: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyError> {
     let mut keyed = Vec::with_capacity(files.len());
-    for f in files {
+    for f in files.iter().filter(|f| !is_sidecar(f)) {
         let io = |source| VerifyError::Io {
             file: f.clone(),
             source,
@@ -98,7 +107,7 @@ fn head_of(files: &[PathBuf]) -> Result<Option<Head>, VerifyError> {
 }
 
 /// Verifies the chain through `files` (any order: they are put in chain order by their first
-/// record). A `FILE.head` next to a file given is checked too: the record it names must be
+/// record; `.head` files among them are skipped). A `FILE.head` next to a file given is checked too: the record it names must be
 /// there, unaltered, so a log cut short (its last records deleted) is caught.
 pub fn verify(files: &[PathBuf]) -> Result<VerifyReport, VerifyError> {
     let ordered = in_chain_order(files)?;
