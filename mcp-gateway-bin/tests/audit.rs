@@ -436,7 +436,7 @@ async fn kill_9_under_load_loses_no_record_of_an_answered_call() {
 
 /// Starts the real binary on `port` and waits until it answers.
 async fn start(config: &Path, port: u16) -> std::process::Child {
-    let child = bin()
+    let mut child = bin()
         .args(["serve", "--config"])
         .arg(config)
         .stdout(std::process::Stdio::null())
@@ -454,5 +454,7 @@ async fn start(config: &Path, port: u16) -> std::process::Child {
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the gateway did not start");
 }
