@@ -85,6 +85,6 @@ pub use layer::AuditLogLayer;
 pub use query::{query, Output, Query};
 pub use record::{ArgumentPolicy, AuditRecord, Event, Outcome};
 pub use service::AuditLog;
-pub use sink::{AuditSink, FileSink, Head, StdoutSink};
+pub use sink::{sink_fn, AuditSink, FileSink, Head, SinkFn, StdoutSink};
 pub use verify::{verify, VerifyError, VerifyReport};
 pub use writer::{AuditStats, AuditWriter, FsyncPolicy, OnFull, Slot, WriterOptions};

@@ -47,6 +47,49 @@ pub trait AuditSink: Send + 'static {
     }
 }
 
+/// A sink from a closure that takes each batch of lines: nothing to sync, no chain to continue
+/// across restarts. See [`sink_fn`].
+pub struct SinkFn<F>(F);
+
+impl<F> std::fmt::Debug for SinkFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkFn").finish_non_exhaustive()
+    }
+}
+
+/// A sink from a closure — to ship lines somewhere of your own (a socket, a queue, a test).
+///
+/// ```
+/// use mcp_gateway_layers::audit::{sink_fn, AuditWriter, WriterOptions};
+/// let writer = AuditWriter::spawn(
+///     sink_fn(|lines: &[u8]| {
+///         eprint!("{}", String::from_utf8_lossy(lines));
+///         Ok(())
+///     }),
+///     WriterOptions::default(),
+/// )
+/// .unwrap();
+/// # drop(writer);
+/// ```
+pub fn sink_fn<F>(f: F) -> SinkFn<F>
+where
+    F: FnMut(&[u8]) -> io::Result<()> + Send + 'static,
+{
+    SinkFn(f)
+}
+
+impl<F> AuditSink for SinkFn<F>
+where
+    F: FnMut(&[u8]) -> io::Result<()> + Send + 'static,
+{
+    fn write(&mut self, lines: &[u8]) -> io::Result<()> {
+        (self.0)(lines)
+    }
+    fn sync(&mut self, _head: &Head) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Lines to standard output (one `write` per batch). Nothing is kept to continue the chain
 /// across restarts: each process starts a new chain.
 #[derive(Debug, Default)]
