@@ -153,10 +153,13 @@ impl Auditor {
             return Outcome::ToolError;
         }
         match reason {
-            // The answer was delivered (a client may close an SSE stream once it has it), or
-            // there was none to deliver.
+            // The answer was delivered (a client may close an SSE stream once it has it),
+            // there was none to deliver, or the stream was a GET listening stream, which
+            // ends when the client closes it.
             EndReason::ClientGone | EndReason::DroppedUnpolled
-                if self.answered || self.status == StatusCode::ACCEPTED =>
+                if self.answered
+                    || self.status == StatusCode::ACCEPTED
+                    || (self.http_method == Method::GET && self.status.is_success()) =>
             {
                 Outcome::Ok
             }
