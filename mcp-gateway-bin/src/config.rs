@@ -29,6 +29,9 @@
 //! [[limits.rules]]
 //! tools = ["analyze_*"]
 //! tokens_per_minute = 50000
+//!
+//! [audit]                           # absent: no audit (see audit_config)
+//! path = "/var/log/mcp-gateway/audit.jsonl"
 //! ```
 //!
 //! Unknown keys are errors, and every error names the file, line and column it comes from.
@@ -165,6 +168,9 @@ pub struct Config {
     /// Per-agent request and token budgets (TokenBucket2D). Absent: no limits.
     #[serde(default)]
     pub limits: Option<LimitsConfig>,
+    /// The audit log (AuditLog). Absent: no audit.
+    #[serde(default)]
+    pub audit: Option<crate::audit_config::AuditConfig>,
 }
 
 /// `[limits]`.
@@ -452,6 +458,8 @@ pub struct Settings {
     pub auth: Option<crate::auth_config::AuthSettings>,
     /// Per-agent budgets, when `[limits]` is present.
     pub limits: Option<LimitsSpec>,
+    /// The audit log, when `[audit]` is present.
+    pub audit: Option<crate::audit_config::AuditSpec>,
 }
 
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -664,6 +672,16 @@ pub fn check(
             errors.push(err_at(span, m))
         })
     });
+    let audit = config.audit.as_ref().and_then(|a| {
+        let mut e = crate::auth_config::Errs {
+            text,
+            source,
+            list: Vec::new(),
+        };
+        let spec = crate::audit_config::check_audit(a, base, &mut e);
+        errors.extend(e.list);
+        spec
+    });
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -671,6 +689,7 @@ pub fn check(
         public_url,
         auth,
         limits,
+        audit,
         listen: config.server.listen,
         body_limit: config.server.body_limit.get_ref().0,
         shutdown_grace: config.server.shutdown_grace.0,
@@ -929,6 +948,7 @@ impl Settings {
             public_url: None,
             auth: None,
             limits: None,
+            audit: None,
         }
     }
 

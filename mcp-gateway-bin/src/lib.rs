@@ -19,6 +19,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod audit_config;
 pub mod auth;
 pub mod auth_config;
 pub mod config;

@@ -50,6 +50,106 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Read the audit log: verify its hash chain, or query it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of audit files (rotated ones included, any order): exit 0 when
+    /// intact, 1 naming the first altered, missing, reordered or inserted record.
+    Verify {
+        /// Audit files: the log and its rotated files (`audit.jsonl*`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the records that match every filter given: a table, or JSON lines.
+    Query {
+        /// Audit files: the log and its rotated files (`audit.jsonl*`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Only this agent (principal subject).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only calls to this tool.
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only records since: a duration back from now (90s, 15m, 1h, 7d) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this outcome (ok, error, tool_error, denied_auth, denied_permission,
+        /// rate_limited, bad_session, bad_input, unavailable, upstream_error, client_gone,
+        /// shutdown, http_error) or JSON-RPC error code (-32602).
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Print JSON lines (the records unchanged) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn audit(command: AuditCommand) -> ExitCode {
+    use mcp_gateway_layers::audit::{self, Output, Query, VerifyError};
+    match command {
+        AuditCommand::Verify { files } => match audit::verify(&files) {
+            Ok(report) => {
+                for note in &report.notes {
+                    eprintln!("note: {note}");
+                }
+                let seqs = report
+                    .seqs
+                    .map_or_else(String::new, |(a, b)| format!(", seq {a}..{b}"));
+                let head = if report.head.is_some() {
+                    ", head checked"
+                } else {
+                    ", no .head file found: a cut-off tail cannot be detected"
+                };
+                println!("ok: {} records{seqs}{head}", report.records);
+                ExitCode::SUCCESS
+            }
+            Err(e @ VerifyError::Broken { .. }) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        AuditCommand::Query {
+            files,
+            agent,
+            tool,
+            since,
+            outcome,
+            json,
+        } => {
+            let mut q = Query::default();
+            q.agent = agent;
+            q.tool = tool;
+            q.outcome = outcome;
+            if let Some(s) = since {
+                match audit::query::parse_since(&s, std::time::SystemTime::now()) {
+                    Ok(t) => q.since = Some(t),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let output = if json { Output::Json } else { Output::Table };
+            match audit::query(&files, &q, output, &mut std::io::stdout().lock()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
 }
 
 fn report(errors: &[config::ConfigError]) -> ExitCode {
@@ -62,6 +162,7 @@ fn report(errors: &[config::ConfigError]) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Audit { command } => audit(command),
         Command::Check { config } => match config::load(&config) {
             Ok(s) => {
                 println!(

@@ -39,6 +39,7 @@ use mcp_gateway_core::exchange::{Exchange, ExchangeContext};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
+use mcp_gateway_layers::audit::{AuditLogLayer, AuditWriter};
 use mcp_gateway_layers::limit::TokenBucket2DLayer;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamConfig};
 use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcpLayer, ResponseBody, Toggle};
@@ -80,6 +81,8 @@ pub struct Router {
     /// The limits layer, when `[limits]` is configured: one for all routes, so a key's
     /// budget is the same whichever upstream it calls.
     limits: Option<TokenBucket2DLayer>,
+    /// The audit writer, when `[audit]` is configured (flushed at shutdown).
+    audit: Option<AuditWriter>,
 }
 
 impl Router {
@@ -97,6 +100,16 @@ impl Router {
         let access_log = tracing::enabled!(target: "mcp_gateway::access", tracing::Level::INFO);
         let mut routes = HashMap::new();
         let limits = settings.limits.as_ref().map(limits_layer);
+        let audit = match &settings.audit {
+            Some(spec) => Some(
+                spec.start()
+                    .map_err(|e| crate::server::StartError::Audit(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let audit_layer = audit
+            .as_ref()
+            .map(|w| AuditLogLayer::new(w.clone()).body_limit(settings.body_limit));
         for spec in &settings.upstreams {
             let roots = match &spec.ca_file {
                 Some(path) => crate::tls::load_certs(path)?,
@@ -118,11 +131,13 @@ impl Router {
             let parse = ParseMcpLayer::new()
                 .body_limit(settings.body_limit)
                 .view_on_response(access_log);
-            let below_origin = if guard.is_none() && limits.is_none() {
+            let below_origin = if guard.is_none() && limits.is_none() && audit_layer.is_none() {
                 Switch::Plain(parse.layer(upstream))
             } else {
-                let governed = parse
-                    .layer(Toggle::new(guard).layer(Toggle::new(limits.clone()).layer(upstream)));
+                let governed =
+                    Toggle::new(audit_layer.clone()).layer(parse.layer(
+                        Toggle::new(guard).layer(Toggle::new(limits.clone()).layer(upstream)),
+                    ));
                 Switch::Governed(BoxCloneSyncService::new(
                     ServiceExt::<Request<Incoming>>::map_response(governed, |r| {
                         r.map(BodyExt::boxed_unsync)
@@ -143,10 +158,16 @@ impl Router {
             routes: Arc::new(routes),
             ready,
             cutoff,
-            governed: auth.is_some() || limits.is_some(),
+            governed: auth.is_some() || limits.is_some() || audit.is_some(),
             access_log,
             limits,
+            audit,
         })
+    }
+
+    /// The audit writer (its counters, and `flush`), when `[audit]` is configured.
+    pub fn audit(&self) -> Option<&AuditWriter> {
+        self.audit.as_ref()
     }
 
     /// The limits layer (its cost ledger and store error count), when configured.

@@ -36,6 +36,9 @@ pub enum StartError {
     /// Authentication is misconfigured.
     #[error("auth: {0}")]
     Auth(String),
+    /// The audit log cannot be opened.
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
 /// A running gateway.
@@ -44,6 +47,7 @@ pub struct Gateway {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    audit: Option<mcp_gateway_layers::audit::AuditWriter>,
 }
 
 impl Gateway {
@@ -79,6 +83,7 @@ impl Gateway {
             settings.public_url = Some(format!("{scheme}://{local_addr}"));
         }
         let router = Router::new(&settings, ready.clone(), cutoff.clone()).await?;
+        let audit = router.audit().cloned();
         let (stop, stopped) = watch::channel(false);
         let grace = settings.shutdown_grace;
         let task = tokio::spawn(accept_loop(
@@ -94,6 +99,7 @@ impl Gateway {
             local_addr,
             stop,
             task,
+            audit,
         })
     }
 
@@ -104,9 +110,29 @@ impl Gateway {
 
     /// Stops accepting, lets in-flight requests and open streams finish within the grace
     /// period, then returns.
+    /// With `[audit]`, the records of every exchange are then written and synced (waiting
+    /// at most 10 s for a failing sink; what could not be written is counted and logged).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Some(audit) = &self.audit {
+            if tokio::time::timeout(Duration::from_secs(10), audit.flush())
+                .await
+                .is_err()
+            {
+                let n = audit.stats().in_flight;
+                audit.dropped(n, "the audit sink did not take them before shutdown");
+            }
+            let s = audit.stats();
+            tracing::info!(target: "mcp_gateway::audit", written = s.written, dropped = s.dropped, sink_errors = s.sink_errors, "audit log flushed");
+        }
+    }
+
+    /// The audit writer's counters, when `[audit]` is configured.
+    pub fn audit_stats(&self) -> Option<mcp_gateway_layers::audit::AuditStats> {
+        self.audit
+            .as_ref()
+            .map(mcp_gateway_layers::audit::AuditWriter::stats)
     }
 
     /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.

@@ -255,7 +255,22 @@ pub trait Observer: Send + 'static {
     fn on_message(&mut self, _msg: &ObservedMessage<'_>) {}
     /// The end of the exchange. Called exactly once.
     fn on_end(&mut self, _end: &Ending) {}
+    /// True when this observer may hold the end of the response back
+    /// ([`gate`](Self::gate)); asked once, after [`on_head`](Self::on_head).
+    fn gates(&self) -> bool {
+        false
+    }
+    /// Called right after [`on_end`](Self::on_end) when the body ended normally: a future the
+    /// body waits for before it releases its last data frame (when it is known to be the
+    /// last: the declared `Content-Length` is reached) and its end. An audit log uses it to
+    /// make a record durable before the client has the whole answer.
+    fn gate(&mut self) -> Option<EndGate> {
+        None
+    }
 }
+
+/// What [`Observer::gate`] returns: the end of the body waits for it.
+pub type EndGate = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// A flag the server raises when it cuts the remaining streams at shutdown, so that their end
 /// is reported as [`EndReason::Shutdown`] rather than [`EndReason::ClientGone`]. Put one in the
@@ -319,6 +334,8 @@ pub struct Observation {
     /// The declared `Content-Length`: a server may stop polling a body once it has sent that
     /// many bytes, so a JSON body is decoded as soon as it is all there, not at its end.
     expected_len: Option<u64>,
+    /// Some observer may hold the end back ([`Observer::gates`]).
+    gating: bool,
 }
 
 impl std::fmt::Debug for Observation {
@@ -355,6 +372,7 @@ impl Observation {
             o.on_head(&head);
         }
         let transforms = observers.iter().any(|o| o.transforms());
+        let gating = observers.iter().any(|o| o.gates());
         let max = DEFAULT_MAX_MESSAGE_BYTES;
         let mode = match format {
             Format::Json => Mode::Json {
@@ -387,7 +405,18 @@ impl Observation {
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
+            gating,
         }
+    }
+
+    /// The body's exact length when the head does not declare one (a body the gateway made
+    /// itself, such as a refusal): a JSON body is then decoded as soon as it is all there,
+    /// even when the server does not poll for its end.
+    pub fn with_exact_len(mut self, len: Option<u64>) -> Self {
+        if self.expected_len.is_none() {
+            self.expected_len = len;
+        }
+        self
     }
 
     /// Reports streams dropped after `cutoff` is raised as [`EndReason::Shutdown`].
@@ -659,6 +688,32 @@ impl Observation {
     pub fn is_finished(&self) -> bool {
         self.finished
     }
+
+    /// Whether some observer may hold the end of the body back ([`Observer::gates`]).
+    pub fn is_gating(&self) -> bool {
+        self.gating
+    }
+
+    /// True once every byte of a declared `Content-Length` went out.
+    fn all_declared_sent(&self) -> bool {
+        self.expected_len.is_some_and(|n| n == self.bytes)
+    }
+
+    /// The futures the end of the body waits for ([`Observer::gate`]), as one.
+    fn take_gates(&mut self) -> Option<EndGate> {
+        if !self.gating {
+            return None;
+        }
+        let gates: Vec<EndGate> = self.observers.iter_mut().filter_map(|o| o.gate()).collect();
+        match gates.len() {
+            0 => None,
+            _ => Some(Box::pin(async move {
+                for g in gates {
+                    g.await;
+                }
+            })),
+        }
+    }
 }
 
 impl Drop for Observation {
@@ -668,7 +723,7 @@ impl Drop for Observation {
         }
         let reason = if !self.polled {
             EndReason::DroppedUnpolled
-        } else if self.expected_len.is_some_and(|n| n > 0 && n == self.bytes) {
+        } else if self.expected_len.is_some_and(|n| n == self.bytes) {
             // Every declared byte went out; the server just did not poll for the end.
             EndReason::Completed
         } else if self.cutoff.as_ref().is_some_and(Cutoff::is_triggered) {
@@ -687,6 +742,12 @@ pin_project! {
         #[pin]
         inner: B,
         observation: Option<Box<Observation>>,
+        // With a gating observer: the last data frame, held until the gate opens.
+        held: Option<Bytes>,
+        // The end-of-body gate, once the inner body ended.
+        gate: Option<EndGate>,
+        // The inner body ended (and the gate, if any, opened): only the end remains.
+        ended: bool,
     }
 }
 
@@ -705,6 +766,9 @@ impl<B> ObservedBody<B> {
         Self {
             inner,
             observation: None,
+            held: None,
+            gate: None,
+            ended: false,
         }
     }
     /// Attaches an observation.
@@ -736,10 +800,19 @@ where
         };
         obs.mark_polled();
         loop {
+            if let Some(gate) = this.gate.as_mut() {
+                ready!(gate.as_mut().poll(cx));
+                *this.gate = None;
+            }
+            if *this.ended {
+                return Poll::Ready(this.held.take().map(|d| Ok(Frame::data(d))));
+            }
             match ready!(this.inner.as_mut().poll_frame(cx)) {
                 None => {
                     obs.complete();
-                    return Poll::Ready(None);
+                    *this.ended = true;
+                    *this.gate = obs.take_gates();
+                    continue;
                 }
                 Some(Err(e)) => {
                     let e: BoxError = e.into();
@@ -748,6 +821,14 @@ where
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => match obs.on_data(data) {
+                        // The last frame, known as such, waits for the gate.
+                        Ok(Some(out))
+                            if obs.gating
+                                && (obs.all_declared_sent() || this.inner.is_end_stream()) =>
+                        {
+                            *this.held = Some(out);
+                            continue;
+                        }
                         Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
                         Ok(None) => continue,
                         Err(e) => {
@@ -766,6 +847,8 @@ where
         // end hook fires on completion (an empty body included).
         match &self.observation {
             Some(o) if !o.is_finished() => false,
+            _ if self.held.is_some() || self.gate.is_some() => false,
+            _ if self.ended => true,
             _ => self.inner.is_end_stream(),
         }
     }

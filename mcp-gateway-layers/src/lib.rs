@@ -25,6 +25,14 @@
     not(feature = "limit"),
     doc = "| `limit` | per-agent request and token budgets (TokenBucket2D): 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas | `limit`, `limit-redis` |"
 )]
+#![cfg_attr(
+    feature = "audit",
+    doc = "| [`audit`] | AuditLog: one hash-chained JSON-lines record per exchange (refusals included), written off the request path; `verify` and `query` | `audit` |"
+)]
+#![cfg_attr(
+    not(feature = "audit"),
+    doc = "| `audit` | AuditLog: one hash-chained JSON-lines record per exchange (refusals included), written off the request path; `verify` and `query` | `audit` |"
+)]
 //!
 //! Every rejection is a response (a JSON-RPC error with the right HTTP status), never a
 //! service error, so the layers work under axum, whose services are infallible.
@@ -178,6 +186,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "audit")]
+pub mod audit;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod body;
@@ -199,6 +209,8 @@ pub use mcp_gateway_core::{
     ErrorCode, JsonRpcError, McpRequest, Principal, PrincipalKind, RequestId,
 };
 
+#[cfg(feature = "audit")]
+pub use audit::{AuditLog, AuditLogLayer};
 pub use body::ResponseBody;
 #[cfg(feature = "limit")]
 pub use limit::{TokenBucket2D, TokenBucket2DLayer};

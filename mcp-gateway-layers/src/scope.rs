@@ -108,6 +108,7 @@ impl Scope {
         let mut obs =
             Observation::new(observers, parts.status, &parts.headers).with_cutoff(self.cutoff);
         if !obs.needs_whole_json() {
+            let obs = obs.with_exact_len(body.size_hint().exact());
             return Response::from_parts(parts, body.observed(obs));
         }
         obs.mark_polled();

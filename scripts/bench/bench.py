@@ -32,6 +32,7 @@ GATEWAY_CONFIGS = [
     "passthrough.toml",
     "auth.toml",
     "limits.toml",
+    "audit.toml",
 ]
 
 # (name, era, format, size, mode)  mode: "closed" or an open-loop rate in requests/s.
@@ -147,7 +148,8 @@ def start_gateway(config, upstream_port, log, tmp):
         text = f.read()
     text = (text.replace("{listen}", f"127.0.0.1:{port}")
             .replace("{upstream}", f"http://127.0.0.1:{upstream_port}/mcp")
-            .replace("{dir}", os.path.join(HERE, "configs")))
+            .replace("{dir}", os.path.join(HERE, "configs"))
+            .replace("{tmp}", tmp))
     # A config may name the bearer token the load generator sends: `# bench-token: T`.
     token = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("# bench-token:")), None)
     path = os.path.join(tmp, config)

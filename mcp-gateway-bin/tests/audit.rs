@@ -1,0 +1,460 @@
+//! `[audit]` through the real gateway: real `rmcp` clients and server, OAuthGuard (API keys)
+//! and TokenBucket2D deciding, every exchange recorded once; the `audit` CLI; and `kill -9` of
+//! the real binary under load with `fsync = "always"`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use mcp_gateway_examples::demo_server::{self, DemoOptions};
+use rmcp::model::ProtocolVersion;
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient};
+use serde_json::Value;
+use sha2::Digest;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
+}
+
+fn sha256_hex(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An API-keys file: alice and bob, both with `mcp:tools`.
+fn keys(dir: &Path) -> PathBuf {
+    let path = dir.join("keys.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[keys]]\nsha256 = \"{}\"\nagent = \"alice\"\nscopes = [\"mcp:tools\"]\n[[keys]]\nsha256 = \"{}\"\nagent = \"bob\"\nscopes = [\"mcp:tools\"]\n",
+            sha256_hex("alice-key-0123456789"),
+            sha256_hex("bob-key-0123456789")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn rmcp_client(
+    url: &str,
+    key: &str,
+    modern: bool,
+) -> RunningService<RoleClient, ClientConfig> {
+    let mut info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("audit-test", "0"),
+    );
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+    config.custom_headers.insert(
+        "authorization".parse().unwrap(),
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    let transport = StreamableHttpClientTransport::from_config(config);
+    if modern {
+        info.protocol_version = ProtocolVersion::V_2026_07_28;
+        info.serve_with_lifecycle(
+            transport,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap()
+    } else {
+        rmcp::ServiceExt::serve(info, transport).await.unwrap()
+    }
+}
+
+async fn echo(c: &RunningService<RoleClient, ClientConfig>, text: &str) -> Result<(), String> {
+    let mut args = serde_json::Map::new();
+    args.insert("text".into(), Value::String(text.into()));
+    c.call_tool(CallToolRequestParams::new("echo").with_arguments(args))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_refusal_and_session_event_is_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let log = dir.path().join("audit").join("audit.jsonl");
+    let up = demo_server::spawn("127.0.0.1:0".parse().unwrap(), DemoOptions::default())
+        .await
+        .unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[upstreams.demo]
+url = "http://{up}/mcp"
+[auth]
+scopes = ["mcp:tools"]
+api_keys_file = "{keys}"
+[[auth.permissions]]
+tools = ["incr*"]
+scopes = ["admin"]
+[limits]
+key = "agent"
+requests_per_minute = 3
+[audit]
+path = "{log}"
+record_arguments = true
+redact = ["secret"]
+"#,
+        keys = keys.display(),
+        log = log.display()
+    );
+    let s = mcp_gateway::config::parse(&text, "test.toml", Path::new(".")).unwrap();
+    let gw = gateway(s).await;
+    let url = format!("http://{}/mcp/demo", gw.local_addr());
+
+    // alice, legacy with a session: two calls, one forbidden tool, then the session ends.
+    let alice = rmcp_client(&url, "alice-key-0123456789", false).await;
+    echo(&alice, "one").await.unwrap();
+    let mut args = serde_json::Map::new();
+    args.insert("text".into(), Value::String("two".into()));
+    args.insert("secret".into(), Value::String("hunter2".into()));
+    let _ = alice
+        .call_tool(CallToolRequestParams::new("echo").with_arguments(args))
+        .await;
+    let denied = alice
+        .call_tool(CallToolRequestParams::new("increment"))
+        .await;
+    assert!(denied.is_err());
+    alice.cancel().await.unwrap();
+
+    // bob, 2026-07-28: discover and two calls fit in 3 requests a minute; the third is 429.
+    let bob = rmcp_client(&url, "bob-key-0123456789", true).await;
+    echo(&bob, "a").await.unwrap();
+    echo(&bob, "b").await.unwrap();
+    let limited = echo(&bob, "c").await;
+    assert!(limited.unwrap_err().contains("429"));
+
+    // No token, and a body that is not JSON.
+    let c = client();
+    let resp = mcp_post(
+        &c,
+        &url,
+        r#"{"jsonrpc":"2.0","id":"anon","method":"tools/call","params":{"name":"echo"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = mcp_post(&c, &url, "{not json")
+        .header("authorization", "Bearer alice-key-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    gw.shutdown().await;
+    let all = records(&log);
+    // GET streams the SDK may open are exchanges too; the checks below are about the rest.
+    let rs: Vec<&Value> = all.iter().filter(|r| r["http_method"] != "GET").collect();
+    let find = |pred: &dyn Fn(&Value) -> bool| -> Vec<&Value> {
+        rs.iter().copied().filter(|r| pred(r)).collect()
+    };
+    let one = |what: &str, pred: &dyn Fn(&Value) -> bool| -> Value {
+        let found = find(pred);
+        assert_eq!(found.len(), 1, "{what}: {found:#?}\nall: {all:#?}");
+        found[0].clone()
+    };
+
+    // Session start and end, once each, with the same session id.
+    let start = one("session start", &|r| r["event"] == "session_start");
+    let session = start["session"].as_str().unwrap().to_owned();
+    assert_eq!(start["agent"], "alice");
+    let init = one("initialize", &|r| {
+        r["method"] == "initialize" && r["event"] == "request"
+    });
+    assert_eq!(init["session"], session.as_str());
+    assert_eq!(init["outcome"], "ok");
+    let end = one("session end", &|r| r["event"] == "session_end");
+    assert_eq!(end["session"], session.as_str());
+    assert_eq!(end["agent"], "alice");
+    assert_eq!(end["http_method"], "DELETE");
+    one("the DELETE", &|r| {
+        r["http_method"] == "DELETE" && r["event"] == "request"
+    });
+
+    // alice's calls.
+    let ok = find(&|r| r["agent"] == "alice" && r["tool"] == "echo" && r["outcome"] == "ok");
+    assert_eq!(ok.len(), 2, "{all:#?}");
+    for r in &ok {
+        assert_eq!(r["session"], session.as_str());
+        assert_eq!(r["route"], "demo");
+        assert_eq!(r["status"], 200);
+        assert!(r["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(r["tokens_in"].as_u64().unwrap() > 0);
+        assert!(r["tokens_out"].as_u64().unwrap() > 0);
+        assert_eq!(r["args_sha256"].as_str().unwrap().len(), 64);
+        assert!(r["id"].is_number() || r["id"].is_string());
+        assert!(r["latency_us"].as_u64().is_some());
+        assert!(r["time"].as_str().unwrap().ends_with('Z'));
+    }
+    let redacted = one("redacted call", &|r| r["args"]["text"] == "two");
+    assert_eq!(redacted["args"]["secret"], "[redacted]");
+    let forbidden = one("forbidden", &|r| r["tool"] == "increment");
+    assert_eq!(forbidden["outcome"], "denied_permission");
+    assert_eq!(forbidden["status"], 403);
+    assert_eq!(forbidden["error_code"], -32056, "{all:#?}");
+    assert_eq!(forbidden["agent"], "alice");
+    assert_eq!(forbidden["denied_by"], "auth");
+
+    // bob's.
+    one("discover", &|r| {
+        r["agent"] == "bob" && r["method"] == "server/discover"
+    });
+    let bob_ok = find(&|r| r["agent"] == "bob" && r["tool"] == "echo" && r["outcome"] == "ok");
+    assert_eq!(bob_ok.len(), 2, "{all:#?}");
+    assert!(bob_ok.iter().all(|r| r.get("session").is_none()));
+    let limited = one("rate limited", &|r| r["outcome"] == "rate_limited");
+    assert_eq!(limited["agent"], "bob");
+    assert_eq!(limited["status"], 429);
+    assert_eq!(limited["tool"], "echo");
+    assert_eq!(limited["denied_by"], "limits");
+
+    // The refusals before anyone is known.
+    let anon = one("no token", &|r| r["outcome"] == "denied_auth");
+    assert_eq!(anon["id"], "anon");
+    assert_eq!(anon["status"], 401);
+    assert!(anon.get("agent").is_none());
+    let bad = one("bad input", &|r| r["outcome"] == "bad_input");
+    assert_eq!(bad["status"], 400);
+
+    // Nothing recorded twice: (seq) unique and contiguous.
+    let seqs: Vec<u64> = all.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
+
+    // The CLI: the chain verifies, and a query finds bob's refusal.
+    let out = bin().args(["audit", "verify"]).arg(&log).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bin()
+        .args([
+            "audit",
+            "query",
+            "--agent",
+            "bob",
+            "--outcome",
+            "rate_limited",
+            "--json",
+        ])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let out = bin()
+        .args(["audit", "query", "--tool", "echo", "--since", "1h"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("TIME"), "{table}");
+    assert_eq!(table.lines().count(), 1 + 2 + 2 + 1 + 1, "{table}");
+
+    // An edited byte makes verify fail, naming the line.
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(
+        &log,
+        text.replacen("\"agent\":\"bob\"", "\"agent\":\"eve\"", 1),
+    )
+    .unwrap();
+    let out = bin().args(["audit", "verify"]).arg(&log).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("audit.jsonl:") && err.contains("altered"),
+        "{err}"
+    );
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_record_of_an_answered_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    // An upstream answering every call at once, echoing its id.
+    let up = raw_upstream(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let answer = serde_json::json!({"jsonrpc":"2.0","id":v["id"],"result":{"content":[]}});
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(full(answer.to_string()))
+            .unwrap()
+    })
+    .await;
+    let port = free_port();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n[upstreams.up]\nurl = \"http://{up}/mcp\"\n[audit]\npath = \"{}\"\nfsync = \"always\"\nrotate_size = \"64KiB\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut child = start(&config, port).await;
+    let url = format!("http://127.0.0.1:{port}/mcp/up");
+    let c = client();
+    // Eight clients call in a loop; every answer received in full is noted.
+    let answered = Arc::new(Mutex::new(HashSet::new()));
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let (c, url, answered) = (client(), url.clone(), answered.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = t * 1_000_000 + i;
+                let body = format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"i":{i}}}}}}}"#
+                );
+                let Ok(resp) = mcp_post(&c, &url, &body)
+                    .header("mcp-protocol-version", "2025-11-25")
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                let Ok(bytes) = resp.bytes().await else {
+                    return;
+                };
+                let v: Value = match serde_json::from_slice(&bytes) {
+                    Ok(v) => v,
+                    Err(_) => return,
+                };
+                assert_eq!(v["id"], id);
+                answered.lock().unwrap().insert(id);
+            }
+        }));
+    }
+    while answered.lock().unwrap().len() < 400 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    let files = || {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with("audit.jsonl") && !name.ends_with(".head")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(files().len() > 1, "rotated: {:?}", files());
+    let recorded: HashSet<u64> = files()
+        .iter()
+        .flat_map(|f| records(f))
+        .filter_map(|r| r["id"].as_u64())
+        .collect();
+    let missing: Vec<&u64> = answered.difference(&recorded).collect();
+    assert!(missing.is_empty(), "answered but not recorded: {missing:?}");
+    // The chain verifies up to the cut, across the rotations.
+    let verify = || {
+        let out = bin()
+            .args(["audit", "verify"])
+            .args(files())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let before = verify();
+    // A restart continues the chain; a graceful stop flushes.
+    let child = start(&config, port).await;
+    for i in 0..20 {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"echo"}}}}"#,
+            900_000_000 + i
+        );
+        let resp = mcp_post(&c, &url, &body)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    let after = verify();
+    let count = |s: &str| -> u64 { s.split_whitespace().nth(1).unwrap().parse().unwrap() };
+    assert_eq!(count(&after), count(&before) + 20, "{before} / {after}");
+}
+
+/// Starts the real binary on `port` and waits until it answers.
+async fn start(config: &Path, port: u16) -> std::process::Child {
+    let mut child = bin()
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = client();
+    for _ in 0..200 {
+        if c.get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the gateway did not start");
+}

@@ -1,0 +1,450 @@
+//! The audit record, its JSON-lines form, and the hash chain that links the lines.
+
+use bytes::Bytes;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The `prev` of the very first record: 64 zeros.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a record is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Event {
+    /// One HTTP exchange on an MCP endpoint (a JSON-RPC request, notification, batch, GET or
+    /// DELETE), refused or not.
+    Request,
+    /// A legacy session began: `initialize` was answered with an `Mcp-Session-Id`.
+    SessionStart,
+    /// A legacy session ended: a DELETE with its id succeeded.
+    SessionEnd,
+}
+
+impl Event {
+    /// The name written in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::SessionStart => "session_start",
+            Self::SessionEnd => "session_end",
+        }
+    }
+}
+
+/// How an exchange turned out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Answered, no error.
+    Ok,
+    /// A JSON-RPC error answer (the code is in `error_code`).
+    Error,
+    /// A tool result with `isError: true`.
+    ToolError,
+    /// Refused: no or bad credentials (401).
+    DeniedAuth,
+    /// Refused: not allowed (403).
+    DeniedPermission,
+    /// Refused: over budget (429).
+    RateLimited,
+    /// Refused: unknown or ended session (404).
+    BadSession,
+    /// Refused: the request could not be read or understood (400, 405, 413, 415).
+    BadInput,
+    /// Refused: the gateway could not take it (503), the audit queue included.
+    Unavailable,
+    /// The upstream failed (502, 504, or broke the stream).
+    UpstreamError,
+    /// The client went away before the end of the answer.
+    ClientGone,
+    /// The stream was cut at gateway shutdown.
+    Shutdown,
+    /// Another HTTP error status, with no JSON-RPC error.
+    HttpError,
+}
+
+impl Outcome {
+    /// The name written in records (and matched by `audit query --outcome`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::ToolError => "tool_error",
+            Self::DeniedAuth => "denied_auth",
+            Self::DeniedPermission => "denied_permission",
+            Self::RateLimited => "rate_limited",
+            Self::BadSession => "bad_session",
+            Self::BadInput => "bad_input",
+            Self::Unavailable => "unavailable",
+            Self::UpstreamError => "upstream_error",
+            Self::ClientGone => "client_gone",
+            Self::Shutdown => "shutdown",
+            Self::HttpError => "http_error",
+        }
+    }
+}
+
+/// One audit record, before the writer numbers and chains it. Every field but `time`,
+/// `event`, `outcome` and `status` is optional and left out of the line when unknown.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AuditRecord {
+    /// When the exchange started.
+    pub time: SystemTime,
+    /// What the record is about.
+    pub event: Event,
+    /// The agent: the principal's subject.
+    pub agent: Option<String>,
+    /// The OAuth client id, when the token named one.
+    pub client_id: Option<String>,
+    /// The legacy session id.
+    pub session: Option<String>,
+    /// The route (upstream name).
+    pub route: Option<String>,
+    /// The upstream instance chosen.
+    pub instance: Option<String>,
+    /// The HTTP method.
+    pub http_method: String,
+    /// The JSON-RPC method (`batch` for a 2025-03-26 batch).
+    pub method: Option<String>,
+    /// The tool of `tools/call`.
+    pub tool: Option<String>,
+    /// The resource URI of `resources/*`.
+    pub resource: Option<String>,
+    /// The prompt of `prompts/get`.
+    pub prompt: Option<String>,
+    /// The JSON-RPC id, as its JSON text (`7`, `"a"`).
+    pub id: Option<String>,
+    /// How it turned out.
+    pub outcome: Outcome,
+    /// The JSON-RPC error code, for [`Outcome::Error`] and the gateway's refusals.
+    pub error_code: Option<i64>,
+    /// Which layer refused, for refusals.
+    pub denied_by: Option<&'static str>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// From the start of the exchange to its end, in microseconds.
+    pub latency_us: u64,
+    /// Input tokens counted.
+    pub tokens_in: Option<u64>,
+    /// Output tokens counted.
+    pub tokens_out: Option<u64>,
+    /// Trace id of the gateway's span.
+    pub trace_id: Option<String>,
+    /// Span id of the gateway's span.
+    pub span_id: Option<String>,
+    /// The client's address (formatted by the writer, off the request path).
+    pub client: Option<std::net::SocketAddr>,
+    /// The raw `params.arguments` of a `tools/call` (hashed, and recorded redacted when
+    /// asked, by the writer — off the request path).
+    pub arguments: Option<Bytes>,
+}
+
+impl AuditRecord {
+    /// A record of `event` with everything else unknown.
+    pub fn new(time: SystemTime, event: Event, http_method: impl Into<String>) -> Self {
+        Self {
+            time,
+            event,
+            agent: None,
+            client_id: None,
+            session: None,
+            route: None,
+            instance: None,
+            http_method: http_method.into(),
+            method: None,
+            tool: None,
+            resource: None,
+            prompt: None,
+            id: None,
+            outcome: Outcome::Ok,
+            error_code: None,
+            denied_by: None,
+            status: 200,
+            latency_us: 0,
+            tokens_in: None,
+            tokens_out: None,
+            trace_id: None,
+            span_id: None,
+            client: None,
+            arguments: None,
+        }
+    }
+}
+
+/// What the writer does with tool arguments.
+#[derive(Clone, Debug, Default)]
+pub struct ArgumentPolicy {
+    /// Record the arguments themselves (their SHA-256 is always recorded).
+    pub record: bool,
+    /// Keys whose values are replaced by `"[redacted]"` at any depth (compared without case).
+    pub redact: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    seq: u64,
+    time: &'a str,
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<&'a str>,
+    http_method: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a serde_json::value::RawValue>,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    denied_by: Option<&'a str>,
+    status: u16,
+    latency_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_out: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    span_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args_sha256: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args: Option<serde_json::Value>,
+    prev: &'a str,
+}
+
+impl AuditRecord {
+    /// The record as one JSON line (with its `\n`), numbered `seq` and linked to the line
+    /// before it by `prev` (the hex SHA-256 of that line, without its `\n`).
+    pub fn to_line(&self, seq: u64, prev: &str, args: &ArgumentPolicy) -> Vec<u8> {
+        let time = format_time(self.time);
+        let client = self.client.map(|c| c.to_string());
+        let digest = self.arguments.as_deref().map(sha256_hex);
+        let recorded = match (&self.arguments, args.record) {
+            (Some(raw), true) => Some(match serde_json::from_slice(raw) {
+                Ok(mut v) => {
+                    redact(&mut v, &args.redact);
+                    v
+                }
+                Err(_) => serde_json::Value::String("[not JSON]".into()),
+            }),
+            _ => None,
+        };
+        let id = self
+            .id
+            .as_deref()
+            .and_then(|raw| serde_json::from_str::<&serde_json::value::RawValue>(raw).ok());
+        let line = Line {
+            seq,
+            time: &time,
+            event: self.event.as_str(),
+            agent: self.agent.as_deref(),
+            client_id: self.client_id.as_deref(),
+            session: self.session.as_deref(),
+            route: self.route.as_deref(),
+            instance: self.instance.as_deref(),
+            http_method: &self.http_method,
+            method: self.method.as_deref(),
+            tool: self.tool.as_deref(),
+            resource: self.resource.as_deref(),
+            prompt: self.prompt.as_deref(),
+            id,
+            outcome: self.outcome.as_str(),
+            error_code: self.error_code,
+            denied_by: self.denied_by,
+            status: self.status,
+            latency_us: self.latency_us,
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            trace_id: self.trace_id.as_deref(),
+            span_id: self.span_id.as_deref(),
+            client: client.as_deref(),
+            args_sha256: digest.as_deref(),
+            args: recorded,
+            prev,
+        };
+        // Serializing plain strings and numbers cannot fail.
+        let mut out = serde_json::to_vec(&line).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+/// Replaces the value of every key in `keys` (any depth, any case) by `"[redacted]"`.
+pub fn redact(v: &mut serde_json::Value, keys: &[String]) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, val) in m.iter_mut() {
+                if keys.iter().any(|r| r.eq_ignore_ascii_case(k)) {
+                    *val = serde_json::Value::String("[redacted]".into());
+                } else {
+                    redact(val, keys);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| redact(x, keys)),
+        _ => {}
+    }
+}
+
+/// The hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// The hash that links a line to the next one: the hex SHA-256 of the line without its `\n`.
+pub fn line_hash(line: &[u8]) -> String {
+    sha256_hex(line.strip_suffix(b"\n").unwrap_or(line))
+}
+
+/// `2026-11-29T19:25:40.123456Z`: RFC 3339, UTC, microseconds — a fixed width, so records'
+/// times compare as text.
+pub fn format_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, m, day) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+/// Parses an RFC 3339 time (`2026-11-29T19:25:40Z`, fractions and offsets allowed).
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut nanos = 0u32;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        let digits = &frac[..n.min(9)];
+        nanos = digits.parse::<u32>().ok()? * 10u32.pow(9 - u32::try_from(digits.len()).ok()?);
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') => {
+            let oh: i64 = rest.get(1..3)?.parse().ok()?;
+            let om: i64 = rest.get(4..6)?.parse().ok()?;
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+// Howard Hinnant's algorithms (days since 1970-01-01 <-> proleptic Gregorian date).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_and_sort_as_text() {
+        let t = UNIX_EPOCH + Duration::new(1_795_980_340, 123_456_000);
+        let s = format_time(t);
+        assert_eq!(s, "2026-11-29T19:25:40.123456Z");
+        assert_eq!(parse_time(&s), Some(t));
+        assert_eq!(parse_time("2026-11-29T20:25:40.123456+01:00"), Some(t));
+        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        assert!(parse_time("yesterday").is_none());
+        assert!(parse_time("2026-13-01T00:00:00Z").is_none());
+        assert!(format_time(t) < format_time(t + Duration::from_micros(1)));
+    }
+
+    #[test]
+    fn lines_chain_and_redact() {
+        let mut r = AuditRecord::new(UNIX_EPOCH, Event::Request, "POST");
+        r.id = Some("\"a\"".into());
+        r.tool = Some("login".into());
+        r.arguments = Some(Bytes::from_static(
+            br#"{"user":"u","Password":"p","n":{"token":1}}"#,
+        ));
+        let quiet = r.to_line(1, GENESIS, &ArgumentPolicy::default());
+        let v: serde_json::Value = serde_json::from_slice(&quiet).unwrap();
+        assert_eq!(v["id"], "a");
+        assert_eq!(v["prev"], GENESIS);
+        assert!(v.get("args").is_none());
+        assert_eq!(
+            v["args_sha256"],
+            sha256_hex(br#"{"user":"u","Password":"p","n":{"token":1}}"#)
+        );
+        let policy = ArgumentPolicy {
+            record: true,
+            redact: vec!["password".into(), "token".into()],
+        };
+        let loud = r.to_line(2, &line_hash(&quiet), &policy);
+        let v: serde_json::Value = serde_json::from_slice(&loud).unwrap();
+        assert_eq!(v["args"]["user"], "u");
+        assert_eq!(v["args"]["Password"], "[redacted]");
+        assert_eq!(v["args"]["n"]["token"], "[redacted]");
+        assert_eq!(v["prev"], line_hash(&quiet));
+        assert!(loud.ends_with(b"}\n"));
+    }
+}

@@ -1,0 +1,329 @@
+//! [`AuditWriter`]: the queue between the request path and the sink, and the thread that
+//! numbers, chains, writes and syncs the records.
+
+use super::record::{line_hash, ArgumentPolicy, AuditRecord, GENESIS};
+use super::sink::{AuditSink, Head};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// When the sink makes records durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// After every batch, before the client gets the end of the answer.
+    Always,
+    /// At most this long after a record is written.
+    Interval(Duration),
+}
+
+/// What happens when the queue is full (the sink is slower than the traffic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFull {
+    /// New requests wait for room: back-pressure.
+    Block,
+    /// New requests are refused with 503 (JSON-RPC -32054).
+    Refuse,
+}
+
+/// How the writer works.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WriterOptions {
+    /// When to sync. Default: every second.
+    pub fsync: FsyncPolicy,
+    /// What to do when full. Default: block.
+    pub on_full: OnFull,
+    /// How many exchanges may hold a place in the queue (from their start until their record
+    /// is written). Default 65 536.
+    pub queue: usize,
+    /// Tool arguments: recorded or not, and which keys are redacted.
+    pub arguments: ArgumentPolicy,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncPolicy::Interval(Duration::from_secs(1)),
+            on_full: OnFull::Block,
+            queue: 65_536,
+            arguments: ArgumentPolicy::default(),
+        }
+    }
+}
+
+/// Counters of the writer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditStats {
+    /// Records written to the sink.
+    pub written: u64,
+    /// Records that could not be kept (refused for want of room: their request was refused
+    /// too, and each is logged). Never records of calls that were served.
+    pub dropped: u64,
+    /// Sink failures (each retried until it succeeds).
+    pub sink_errors: u64,
+    /// Records waiting to be written, or whose exchange is still running.
+    pub in_flight: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    written: AtomicU64,
+    dropped: AtomicU64,
+    sink_errors: AtomicU64,
+}
+
+enum Msg {
+    Records {
+        records: Vec<AuditRecord>,
+        _slot: OwnedSemaphorePermit,
+        ack: Option<oneshot::Sender<()>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// A reserved place in the queue, held by one exchange until its record is written.
+#[derive(Debug)]
+pub struct Slot(OwnedSemaphorePermit);
+
+/// The handle to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditWriter {
+    tx: mpsc::Sender<Msg>,
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    counters: Arc<Counters>,
+    options: Arc<WriterOptions>,
+}
+
+impl std::fmt::Debug for AuditWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriter")
+            .field("options", &self.options)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditWriter {
+    /// Starts the writer thread over `sink`. The chain continues from the sink's last line.
+    pub fn spawn(mut sink: impl AuditSink, options: WriterOptions) -> io::Result<Self> {
+        let (seq, prev) = match sink.last_line()? {
+            Some(line) => {
+                let seq = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("seq")?.as_u64())
+                    .unwrap_or(0);
+                (seq, line_hash(&line))
+            }
+            None => (0, GENESIS.to_owned()),
+        };
+        let (tx, rx) = mpsc::channel();
+        let capacity = options.queue.clamp(1, Semaphore::MAX_PERMITS);
+        let counters = Arc::new(Counters::default());
+        let options = Arc::new(options);
+        let thread = Thread {
+            sink,
+            rx,
+            options: options.clone(),
+            counters: counters.clone(),
+            seq,
+            prev,
+        };
+        std::thread::Builder::new()
+            .name("mcp-gateway-audit".into())
+            .spawn(move || thread.run())?;
+        Ok(Self {
+            tx,
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            counters,
+            options,
+        })
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &WriterOptions {
+        &self.options
+    }
+
+    /// A place in the queue: waits for one ([`OnFull::Block`]) or returns `None` when there
+    /// is none ([`OnFull::Refuse`]).
+    pub async fn reserve(&self) -> Option<Slot> {
+        match self.options.on_full {
+            OnFull::Block => self.slots.clone().acquire_owned().await.ok().map(Slot),
+            OnFull::Refuse => self.slots.clone().try_acquire_owned().ok().map(Slot),
+        }
+    }
+
+    /// Queues the records of one exchange. With [`FsyncPolicy::Always`] the receiver
+    /// resolves once they are durable.
+    pub fn submit(&self, slot: Slot, records: Vec<AuditRecord>) -> Option<oneshot::Receiver<()>> {
+        let (ack, rx) = match self.options.fsync {
+            FsyncPolicy::Always => {
+                let (a, r) = oneshot::channel();
+                (Some(a), Some(r))
+            }
+            FsyncPolicy::Interval(_) => (None, None),
+        };
+        let n = records.len() as u64;
+        let msg = Msg::Records {
+            records,
+            _slot: slot.0,
+            ack,
+        };
+        if self.tx.send(msg).is_err() {
+            // Only when the writer thread died (a panic in a sink): count and say so.
+            self.dropped(n, "the audit writer has stopped");
+            return None;
+        }
+        rx
+    }
+
+    /// Counts `n` records that could not be kept, and logs why.
+    pub fn dropped(&self, n: u64, why: &str) {
+        let total = self.counters.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        tracing::error!(target: "mcp_gateway::audit", dropped = n, total, "audit records dropped: {why}");
+    }
+
+    /// Waits until every record queued before this call is written and synced.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> AuditStats {
+        AuditStats {
+            written: self.counters.written.load(Ordering::Relaxed),
+            dropped: self.counters.dropped.load(Ordering::Relaxed),
+            sink_errors: self.counters.sink_errors.load(Ordering::Relaxed),
+            in_flight: (self.capacity - self.slots.available_permits()) as u64,
+        }
+    }
+}
+
+struct Thread<K> {
+    sink: K,
+    rx: mpsc::Receiver<Msg>,
+    options: Arc<WriterOptions>,
+    counters: Arc<Counters>,
+    seq: u64,
+    prev: String,
+}
+
+impl<K: AuditSink> Thread<K> {
+    fn run(mut self) {
+        let interval = match self.options.fsync {
+            FsyncPolicy::Always => Duration::ZERO,
+            FsyncPolicy::Interval(d) => d,
+        };
+        let mut dirty = false;
+        let mut last_sync = Instant::now();
+        let mut msgs = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            let wait = if dirty {
+                interval.saturating_sub(last_sync.elapsed())
+            } else {
+                Duration::from_secs(3600)
+            };
+            match self.rx.recv_timeout(wait) {
+                Ok(m) => msgs.push(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if dirty {
+                        self.retry("sync", |s, h| s.sync(h));
+                    }
+                    return;
+                }
+            }
+            while msgs.len() < 4096 {
+                match self.rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut done = Vec::new();
+            let mut force = false;
+            let mut n = 0u64;
+            for m in msgs.drain(..) {
+                match m {
+                    Msg::Records {
+                        records,
+                        _slot,
+                        ack,
+                    } => {
+                        for r in &records {
+                            self.seq = self.seq.saturating_add(1);
+                            let line = r.to_line(self.seq, &self.prev, &self.options.arguments);
+                            self.prev = line_hash(&line);
+                            buf.extend_from_slice(&line);
+                            n += 1;
+                        }
+                        done.push((Some(_slot), ack));
+                    }
+                    Msg::Flush(ack) => {
+                        force = true;
+                        done.push((None, Some(ack)));
+                    }
+                }
+            }
+            if !buf.is_empty() {
+                let lines = std::mem::take(&mut buf);
+                self.retry("write", |s, _| s.write(&lines));
+                buf = lines;
+                buf.clear();
+                self.counters.written.fetch_add(n, Ordering::Relaxed);
+                dirty = true;
+            }
+            if dirty && (force || last_sync.elapsed() >= interval) {
+                self.retry("sync", |s, h| s.sync(h));
+                dirty = false;
+                last_sync = Instant::now();
+            }
+            // Room in the queue, and the answers' ends, only once the records are kept.
+            for (slot, ack) in done {
+                drop(slot);
+                if let Some(a) = ack {
+                    let _ = a.send(());
+                }
+            }
+        }
+    }
+
+    /// Runs `op` until it succeeds: a record is never given up. Failures are counted and
+    /// logged (the first of a run, then every 10 s); the queue fills meanwhile, and
+    /// `on_full` decides what new requests see.
+    fn retry(&mut self, what: &str, mut op: impl FnMut(&mut K, &Head) -> io::Result<()>) {
+        let head = Head {
+            seq: self.seq,
+            hash: self.prev.clone(),
+        };
+        let mut backoff = Duration::from_millis(1);
+        let mut logged: Option<Instant> = None;
+        loop {
+            match op(&mut self.sink, &head) {
+                Ok(()) => {
+                    if logged.is_some() {
+                        tracing::info!(target: "mcp_gateway::audit", "audit sink recovered");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::error!(target: "mcp_gateway::audit", error = %e, "audit sink {what} failed; retrying (records are kept)");
+                        logged = Some(Instant::now());
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
