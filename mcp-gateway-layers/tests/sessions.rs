@@ -1,1 +1,324 @@
-//! placeholder
+//! SessionAffinity over in-process instances: routing, refusals, instance set changes,
+//! ejection and key rotation, with an injected clock (no sleeps).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use mcp_gateway_layers::core::exchange::{DenialKind, Exchange};
+use mcp_gateway_layers::core::{InstanceUnreachable, Principal};
+use mcp_gateway_layers::session::{
+    ManualClock, MemoryStore, SessionAffinity, SessionAffinityLayer, SessionKey,
+};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::{service_fn, BoxError, ServiceExt};
+
+type Svc =
+    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
+
+/// An instance named `name`: issues `name-N` ids, answers 404 for ids it did not issue or
+/// ended, echoes who served what; `down` makes it unreachable.
+fn instance(name: &'static str, down: Arc<AtomicBool>) -> Svc {
+    let ended = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    tower::util::BoxCloneSyncService::new(service_fn(move |req: Request<Full<Bytes>>| {
+        let (down, ended) = (down.clone(), ended.clone());
+        async move {
+            if down.load(Ordering::Relaxed) {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
+                *r.status_mut() = StatusCode::BAD_GATEWAY;
+                r.extensions_mut().insert(InstanceUnreachable);
+                return Ok(r);
+            }
+            let sid = req
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let mut resp = match sid {
+                None => {
+                    let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
+                    r.headers_mut()
+                        .insert("mcp-session-id", format!("{name}-1").parse().unwrap());
+                    r
+                }
+                Some(s) if !s.starts_with(name) || ended.lock().unwrap().contains(&s) => {
+                    let mut r = Response::new(Full::new(Bytes::from_static(b"gone")));
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    r
+                }
+                Some(s) => {
+                    if req.method() == Method::DELETE {
+                        ended.lock().unwrap().push(s.clone());
+                    }
+                    Response::new(Full::new(Bytes::from(format!("{name}:{s}"))))
+                }
+            };
+            resp.headers_mut()
+                .insert("x-served-by", name.parse().unwrap());
+            Ok::<_, Infallible>(resp)
+        }
+    }))
+}
+
+struct Fixture {
+    svc: SessionAffinity<Svc>,
+    clock: ManualClock,
+    down: [Arc<AtomicBool>; 3],
+}
+
+fn fixture(layer: SessionAffinityLayer) -> Fixture {
+    let down = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
+    let svc = layer.service([
+        ("a", instance("a", down[0].clone())),
+        ("b", instance("b", down[1].clone())),
+        ("c", instance("c", down[2].clone())),
+    ]);
+    Fixture {
+        svc,
+        clock: ManualClock::default(),
+        down,
+    }
+}
+
+fn layer(key: u8, clock: &ManualClock) -> SessionAffinityLayer {
+    SessionAffinityLayer::new(SessionKey::from_bytes([key; 32]))
+        .clock(clock.clone())
+        .idle_timeout(Some(Duration::from_secs(60)))
+        .max_lifetime(Duration::from_secs(3600))
+        .scope("demo")
+}
+
+async fn send(
+    svc: &SessionAffinity<Svc>,
+    method: Method,
+    sid: Option<&str>,
+    principal: Option<Principal>,
+) -> (StatusCode, Option<String>, String, Option<Exchange>) {
+    let mut req = Request::builder().method(method).uri("/mcp");
+    if let Some(s) = sid {
+        req = req.header("mcp-session-id", s);
+    }
+    let mut req = req.body(Full::new(Bytes::new())).unwrap();
+    let exchange = principal.map(|p| {
+        let (x, _) = Exchange::get_or_insert(req.extensions_mut());
+        x.update(|r| r.principal = Some(p));
+        x
+    });
+    let resp = svc.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let sid = resp
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(BoxError::from)
+        .unwrap();
+    (
+        status,
+        sid,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        exchange,
+    )
+}
+
+async fn init(f: &Fixture, p: Option<Principal>) -> String {
+    let (status, sid, _, _) = send(&f.svc, Method::POST, None, p).await;
+    assert_eq!(status, 200);
+    let sid = sid.unwrap();
+    assert!(
+        sid.len() > 40 && !["a-1", "b-1", "c-1", "d-1"].contains(&sid.as_str()),
+        "upstream id leaked: {sid}"
+    );
+    sid
+}
+
+async fn owner(f: &Fixture, sid: &str, p: Option<Principal>) -> (StatusCode, String) {
+    let (status, _, body, _) = send(&f.svc, Method::POST, Some(sid), p).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn sessions_stick_and_refusals_are_404() {
+    let clock = ManualClock::new(1_000_000);
+    let mut f = fixture(layer(1, &clock));
+    f.clock = clock.clone();
+    let mut sids = Vec::new();
+    for _ in 0..12 {
+        sids.push(init(&f, None).await);
+    }
+    let mut owners = std::collections::HashSet::new();
+    for sid in &sids {
+        let (s, first) = owner(&f, sid, None).await;
+        assert_eq!(s, 200);
+        owners.insert(first[..1].to_owned());
+        for _ in 0..3 {
+            assert_eq!(owner(&f, sid, None).await, (StatusCode::OK, first.clone()));
+        }
+    }
+    assert!(owners.len() >= 2, "initialize was not spread: {owners:?}");
+
+    // Forged, tampered (one character), from another key, from another scope: 404.
+    let sid = &sids[0];
+    let mut tampered = sid.clone().into_bytes();
+    let last = tampered.len() - 1;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let other_key = fixture(layer(2, &clock));
+    let other_scope = fixture(layer(1, &clock).scope("elsewhere"));
+    for (svc, id) in [
+        (&f.svc, "forged"),
+        (&f.svc, tampered.as_str()),
+        (&other_key.svc, sid.as_str()),
+        (&other_scope.svc, sid.as_str()),
+    ] {
+        let (status, _, body, _) = send(svc, Method::POST, Some(id), None).await;
+        assert_eq!(status, 404, "{id}");
+        assert!(body.contains("-32001"), "{body}");
+    }
+    // The same key on another "replica" (another layer, another store): routes.
+    let replica = fixture(layer(1, &clock));
+    assert_eq!(owner(&replica, sid, None).await.0, 200);
+
+    // Idle: 61 s without use.
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(owner(&f, &sids[1], None).await.0, 404);
+    // Used within the idle timeout, for longer than max_lifetime in all: expires.
+    let fresh = init(&f, None).await;
+    for _ in 0..61 {
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(owner(&f, &fresh, None).await.0, 200);
+    }
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(owner(&f, &fresh, None).await.0, 404);
+}
+
+#[tokio::test]
+async fn principal_delete_and_record() {
+    let clock = ManualClock::new(1_000_000);
+    let store = Arc::new(MemoryStore::new());
+    let l = layer(1, &clock).store(store.clone());
+    let f = fixture(l.clone());
+    let alice = || {
+        Some(Principal::new(
+            "alice",
+            mcp_gateway_layers::core::PrincipalKind::User,
+        ))
+    };
+    let bob = || {
+        Some(Principal::new(
+            "bob",
+            mcp_gateway_layers::core::PrincipalKind::User,
+        ))
+    };
+    let sid = init(&f, alice()).await;
+    assert_eq!(owner(&f, &sid, alice()).await.0, 200);
+    let (status, _, _, x) = send(&f.svc, Method::POST, Some(&sid), bob()).await;
+    assert_eq!(status, 404);
+    let rec = x.unwrap().snapshot();
+    assert_eq!(rec.denial.unwrap().kind, DenialKind::UnknownSession);
+    assert_eq!(
+        owner(&f, &sid, None).await.0,
+        404,
+        "anonymous is another principal"
+    );
+    // The record holds the client's id and the instance.
+    let (_, _, _, x) = send(&f.svc, Method::POST, Some(&sid), alice()).await;
+    let rec = x.unwrap().snapshot();
+    assert_eq!(rec.session.as_deref(), Some(sid.as_str()));
+    assert!(rec.instance.is_some());
+    // DELETE reaches the owner; afterwards the id is dead here and on a replica sharing the store.
+    let (status, _, body, _) = send(&f.svc, Method::DELETE, Some(&sid), alice()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(owner(&f, &sid, alice()).await.0, 404);
+    let replica = fixture(l);
+    assert_eq!(owner(&replica, &sid, alice()).await.0, 404);
+}
+
+#[tokio::test]
+async fn instance_set_changes_and_ejection() {
+    let clock = ManualClock::new(1_000_000);
+    let mut f = fixture(layer(1, &clock));
+    f.clock = clock.clone();
+    let mut by_owner: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for _ in 0..30 {
+        let sid = init(&f, None).await;
+        let o = owner(&f, &sid, None).await.1[..1].to_owned();
+        by_owner.entry(o).or_default().push(sid);
+    }
+    assert_eq!(by_owner.len(), 3, "{:?}", by_owner.keys());
+    // Remove b: its sessions get 404, the others are untouched.
+    assert!(f.svc.remove("b"));
+    for sid in &by_owner["b"] {
+        assert_eq!(owner(&f, sid, None).await.0, 404);
+    }
+    for o in ["a", "c"] {
+        for sid in &by_owner[o] {
+            assert_eq!(owner(&f, sid, None).await.1[..1], *o);
+        }
+    }
+    // New work avoids the removed instance; add d: it takes new sessions, the others stay.
+    for _ in 0..10 {
+        let sid = init(&f, None).await;
+        assert_ne!(&owner(&f, &sid, None).await.1[..1], "b");
+    }
+    f.svc
+        .insert("d", instance("d", Arc::new(AtomicBool::new(false))));
+    let mut seen_d = false;
+    for _ in 0..30 {
+        let sid = init(&f, None).await;
+        seen_d |= owner(&f, &sid, None).await.1.starts_with('d');
+    }
+    assert!(seen_d);
+    for sid in &by_owner["a"] {
+        assert_eq!(owner(&f, sid, None).await.0, 200);
+    }
+
+    // c goes down: its sessions get 404 at once (not 502), c is ejected, new work avoids it.
+    f.down[2].store(true, Ordering::Relaxed);
+    for sid in &by_owner["c"] {
+        assert_eq!(owner(&f, sid, None).await.0, 404);
+    }
+    for _ in 0..20 {
+        let sid = init(&f, None).await;
+        let served = owner(&f, &sid, None).await.1;
+        assert!(!served.starts_with('c'), "{served}");
+    }
+    for sid in &by_owner["a"] {
+        assert_eq!(owner(&f, sid, None).await.0, 200);
+    }
+    // After the back-off c is tried again, and serves once it is back.
+    f.down[2].store(false, Ordering::Relaxed);
+    clock.advance(Duration::from_secs(2));
+    let mut back = false;
+    for _ in 0..30 {
+        let sid = init(&f, None).await;
+        back |= owner(&f, &sid, None).await.1.starts_with('c');
+    }
+    assert!(back);
+}
+
+#[tokio::test]
+async fn key_rotation() {
+    let clock = ManualClock::new(1_000_000);
+    let old = fixture(layer(1, &clock));
+    let sid = init(&old, None).await;
+    let rotated = fixture(
+        SessionAffinityLayer::new(SessionKey::from_bytes([2; 32]))
+            .previous_keys(vec![SessionKey::from_bytes([1; 32])])
+            .clock(clock.clone())
+            .scope("demo"),
+    );
+    assert_eq!(owner(&rotated, &sid, None).await.0, 200);
+    let new_sid = init(&rotated, None).await;
+    assert_eq!(owner(&rotated, &new_sid, None).await.0, 200);
+    assert_eq!(owner(&old, &new_sid, None).await.0, 404);
+}
