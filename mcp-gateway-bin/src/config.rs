@@ -29,6 +29,9 @@
 //! [[limits.rules]]
 //! tools = ["analyze_*"]
 //! tokens_per_minute = 50000
+//!
+//! [sessions]                        # see sessions_config
+//! key_file = "session.key"
 //! ```
 //!
 //! Unknown keys are errors, and every error names the file, line and column it comes from.
@@ -165,6 +168,9 @@ pub struct Config {
     /// Per-agent request and token budgets (TokenBucket2D). Absent: no limits.
     #[serde(default)]
     pub limits: Option<LimitsConfig>,
+    /// Sealed, routed legacy sessions (SessionAffinity); see `sessions_config`.
+    #[serde(default)]
+    pub sessions: Option<crate::sessions_config::SessionsConfig>,
 }
 
 /// `[limits]`.
@@ -452,6 +458,8 @@ pub struct Settings {
     pub auth: Option<crate::auth_config::AuthSettings>,
     /// Per-agent budgets, when `[limits]` is present.
     pub limits: Option<LimitsSpec>,
+    /// Session settings, when `[sessions]` is present.
+    pub sessions: Option<crate::sessions_config::SessionsSpec>,
 }
 
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -664,10 +672,20 @@ pub fn check(
             errors.push(err_at(span, m))
         })
     });
+    let sessions = config.sessions.as_ref().and_then(|c| {
+        match crate::sessions_config::check_sessions(c, base, text, source) {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                errors.extend(e);
+                None
+            }
+        }
+    });
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Settings {
+        sessions,
         public_url,
         auth,
         limits,
@@ -929,6 +947,7 @@ impl Settings {
             public_url: None,
             auth: None,
             limits: None,
+            sessions: None,
         }
     }
 

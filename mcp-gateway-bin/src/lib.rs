@@ -25,6 +25,7 @@ pub mod config;
 pub mod logging;
 pub mod router;
 pub mod server;
+pub mod sessions_config;
 pub mod tls;
 
 pub use server::Gateway;

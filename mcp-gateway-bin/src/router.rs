@@ -17,7 +17,12 @@
 //!    nothing further, and its `Principal` is what limits and sessions are keyed by.
 //! 6. `TokenBucket2D` *(`[limits]`)*: after authentication (budgets are per agent), before
 //!    sessions, so a refused call never touches session state or picks an instance.
-//! 7. `SessionAffinity` *(`[sessions]`)*: picks the instance that owns the session.
+//! 7. [`SessionAffinity`] *(`[sessions]`, or an upstream with several instances)*: innermost
+//!    of the deciders — a refused call never picks an instance — and the one layer that sits
+//!    over a *set* of services, one [`Upstream`] per instance: it routes a session to its
+//!    owner and balances new work. Without `[sessions]`, a single-instance upstream does
+//!    without it (session ids pass through, no cost), and a several-instance one gets it with
+//!    a random per-process key.
 //! 8. [`Upstream`]: forwards, streaming the response.
 //!
 //! A governing layer that is not configured is not in the stack at all ([`Toggle`]). The
@@ -37,6 +42,7 @@ use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::auth::OAuthGuard;
 use mcp_gateway_layers::limit::TokenBucket2DLayer;
+use mcp_gateway_layers::session::{SessionAffinity, SessionAffinityLayer, SessionKey};
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
 use mcp_gateway_layers::{
     OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody, Toggle, Toggled,
@@ -50,13 +56,15 @@ use std::sync::Arc;
 use std::time::Instant;
 use tower::{Layer, ServiceExt};
 
-/// The governing layers that decide, innermost first: limits, then authentication.
-type Limited = Toggled<TokenBucket2D<Upstream>, Upstream>;
+/// The governing layers that decide, innermost first: sessions, limits, then authentication.
+type Routed = Toggled<SessionAffinity<Upstream>, Upstream>;
+type Limited = Toggled<TokenBucket2D<Routed>, Routed>;
 type Guarded = Toggled<OAuthGuard<Limited>, Limited>;
 /// The per-upstream stack (see the module docs for the order).
 pub type Stack = OriginGuard<ParseMcp<Guarded>>;
 /// The body of every gateway response.
-pub type GatewayBody = ResponseBody<ResponseBody<ResponseBody<ResponseBody<UpstreamBody>>>>;
+pub type GatewayBody =
+    ResponseBody<ResponseBody<ResponseBody<ResponseBody<ResponseBody<UpstreamBody>>>>>;
 
 /// One route: its name, its stack, and its protected resource metadata when guarded.
 #[derive(Clone)]
@@ -81,6 +89,8 @@ pub struct Router {
     /// The limits layer, when `[limits]` is configured: one for all routes, so a key's
     /// budget is the same whichever upstream it calls.
     limits: Option<TokenBucket2DLayer>,
+    /// The sessions layer, when any route uses it.
+    sessions: Option<SessionAffinityLayer>,
 }
 
 impl Router {
@@ -98,6 +108,7 @@ impl Router {
         let access_log = tracing::enabled!(target: "mcp_gateway::access", tracing::Level::INFO);
         let mut routes = HashMap::new();
         let limits = settings.limits.as_ref().map(limits_layer);
+        let sessions = sessions_layer(settings);
         for spec in &settings.upstreams {
             let roots = match &spec.ca_file {
                 Some(path) => crate::tls::load_certs(path)?,
@@ -108,6 +119,17 @@ impl Router {
                 .response_timeout(spec.response_timeout)
                 .trust(roots);
             let upstream = Upstream::new(&spec.name, spec.urls.iter().cloned(), config)?;
+            let routed = match &sessions {
+                Some(layer) if settings.sessions.is_some() || upstream.instance_count() > 1 => {
+                    Toggled::On(
+                        layer
+                            .clone()
+                            .scope(&spec.name)
+                            .service(upstream.instances()),
+                    )
+                }
+                _ => Toggled::Off(upstream),
+            };
             let guard = match &auth {
                 Some(a) => Some(a.layer(spec, settings).await?),
                 None => None,
@@ -120,7 +142,7 @@ impl Router {
                 ParseMcpLayer::new()
                     .body_limit(settings.body_limit)
                     .view_on_response(access_log)
-                    .layer(Toggle::new(guard).layer(Toggle::new(limits.clone()).layer(upstream))),
+                    .layer(Toggle::new(guard).layer(Toggle::new(limits.clone()).layer(routed))),
             );
             routes.insert(
                 spec.name.clone(),
@@ -138,7 +160,13 @@ impl Router {
             governed: auth.is_some() || limits.is_some(),
             access_log,
             limits,
+            sessions,
         })
+    }
+
+    /// The sessions layer (its store error count), when any route uses it.
+    pub fn sessions(&self) -> Option<&SessionAffinityLayer> {
+        self.sessions.as_ref()
     }
 
     /// The limits layer (its cost ledger and store error count), when configured.
@@ -266,6 +294,56 @@ fn limits_layer(spec: &crate::config::LimitsSpec) -> TokenBucket2DLayer {
             }
         },
     }
+}
+
+/// The sessions layer: from `[sessions]`, or — with no `[sessions]` — with a random
+/// per-process key when some upstream has several instances (their sessions must be routed);
+/// `None` when nothing needs it.
+fn sessions_layer(settings: &Settings) -> Option<SessionAffinityLayer> {
+    let spec = settings.sessions.as_ref();
+    let several = settings.upstreams.iter().any(|u| u.urls.len() > 1);
+    if spec.is_none() && !several {
+        return None;
+    }
+    let key = match spec.and_then(|s| s.key.clone()) {
+        Some(k) => {
+            tracing::info!(target: "mcp_gateway::sessions", key = %k.fingerprint(), "sessions sealed with the key file's key");
+            k
+        }
+        None => {
+            tracing::warn!(target: "mcp_gateway::sessions", "no [sessions] key_file: session ids are sealed with a random per-process key; they end when this process restarts and do not span replicas (`mcp-gateway keygen` writes a key file)");
+            match SessionKey::generate() {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(target: "mcp_gateway::sessions", error = %e, "no session key: sessions are not routed");
+                    return None;
+                }
+            }
+        }
+    };
+    let mut layer = SessionAffinityLayer::new(key);
+    let Some(spec) = spec else {
+        return Some(layer);
+    };
+    layer = layer
+        .previous_keys(spec.previous.clone())
+        .idle_timeout(spec.idle_timeout)
+        .max_lifetime(spec.max_lifetime);
+    if let crate::sessions_config::SessionStoreSpec::Redis {
+        url,
+        timeout,
+        prefix,
+    } = &spec.store
+    {
+        match mcp_gateway_layers::session::redis::RedisStore::open(url) {
+            Ok(store) => layer = layer.store(store.timeout(*timeout).prefix(prefix.clone())),
+            // `check` validated the URL; should it fail now, ends are seen by this replica only.
+            Err(e) => {
+                tracing::error!(target: "mcp_gateway::sessions", error = %e, "sessions: Redis store unusable; session ends are per replica");
+            }
+        }
+    }
+    Some(layer)
 }
 
 /// The protocol era as the access log names it: the declared version, or `legacy`.
