@@ -95,7 +95,7 @@ mod service;
 mod store;
 
 pub use layer::{SessionAffinityLayer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME};
-pub use seal::{Claims, KeyError, OpenError, SessionKey};
+pub use seal::{Claims, KeyError, Keyring, OpenError, SessionKey};
 pub use service::SessionAffinity;
 pub use store::{
     Clock, ManualClock, MemoryStore, SessionHandle, SessionState, SessionStore, StoreError,

@@ -144,16 +144,25 @@ impl Sealer {
     }
 }
 
-/// The current key and the previous ones still accepted. Keys are expanded once, here: no key
-/// derivation happens per request.
-pub(crate) struct Keyring {
+/// The current key and the previous ones still accepted: seals and opens session ids. Keys
+/// are expanded once, here: no key derivation happens per request.
+pub struct Keyring {
     current: Sealer,
     previous: Vec<Sealer>,
     rng: SystemRandom,
 }
 
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("previous", &self.previous.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Keyring {
-    pub(crate) fn new(current: &SessionKey, previous: &[SessionKey]) -> Self {
+    /// Seals with `current`; opens ids sealed with `current` or any of `previous`.
+    pub fn new(current: &SessionKey, previous: &[SessionKey]) -> Self {
         Self {
             current: Sealer::new(current),
             previous: previous.iter().map(Sealer::new).collect(),
@@ -162,7 +171,7 @@ impl Keyring {
     }
 
     /// Seals `claims` for `scope`; returns the id text and its handle (nonce).
-    pub(crate) fn seal(
+    pub fn seal(
         &self,
         claims: &Claims,
         scope: &[u8],
@@ -192,11 +201,7 @@ impl Keyring {
     }
 
     /// Opens an id sealed for `scope`; returns its claims and handle.
-    pub(crate) fn open(
-        &self,
-        id: &[u8],
-        scope: &[u8],
-    ) -> Result<(Claims, [u8; NONCE_LEN]), OpenError> {
+    pub fn open(&self, id: &[u8], scope: &[u8]) -> Result<(Claims, [u8; NONCE_LEN]), OpenError> {
         if id.len() > MAX_ID_LEN {
             return Err(OpenError::Malformed);
         }
