@@ -32,6 +32,7 @@ GATEWAY_CONFIGS = [
     "passthrough.toml",
     "auth.toml",
     "limits.toml",
+    "sessions.toml",
 ]
 
 # (name, era, format, size, mode)  mode: "closed" or an open-loop rate in requests/s.
