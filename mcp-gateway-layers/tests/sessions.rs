@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tower::{service_fn, BoxError, ServiceExt};
+use tower::{service_fn, ServiceExt};
 
 type Svc =
     tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
@@ -116,12 +116,7 @@ async fn send(
         .headers()
         .get("mcp-session-id")
         .map(|v| v.to_str().unwrap().to_owned());
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(BoxError::from)
-        .unwrap();
+    let body = resp.into_body().collect().await.unwrap();
     (
         status,
         sid,
