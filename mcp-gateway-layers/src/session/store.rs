@@ -70,7 +70,13 @@ pub struct StoreError(pub String);
 pub type StoreFuture<T> =
     Either<Ready<Result<T, StoreError>>, BoxFuture<'static, Result<T, StoreError>>>;
 
-/// Shared session state: last use and ends. See the [module docs](self).
+/// Shared session state: what replicas must share beyond the sealed id itself — the last use
+/// (for `idle_timeout`) and the ends (DELETE). [`MemoryStore`] is the default; `RedisStore`
+/// (feature `sessions-redis`) shares it across replicas.
+///
+/// The sealed id alone routes a session; the store only answers "has this session ended or
+/// gone idle?". A session the store has never seen is alive: it was issued by another replica
+/// with a memory store, before a restart, or while a shared store was unreachable.
 pub trait SessionStore: Send + Sync + 'static {
     /// Records a use of `session` at `u.now_ms` and says whether it is still alive. An idle or
     /// ended session stays so; a session never seen is alive (and remembered from now on).
