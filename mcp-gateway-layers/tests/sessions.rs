@@ -228,7 +228,10 @@ async fn principal_delete_and_record() {
     // The record holds the client's id and the instance.
     let (_, _, _, x) = send(&f.svc, Method::POST, Some(&sid), alice()).await;
     let rec = x.unwrap().snapshot();
-    assert_eq!(rec.session.as_deref(), Some(sid.as_str()));
+    // The record names the session by its handle (the id's nonce), never by the id itself.
+    let handle = rec.session.unwrap();
+    assert_eq!(handle.len(), 24);
+    assert!(!sid.contains(&*handle));
     assert!(rec.instance.is_some());
     // DELETE reaches the owner; afterwards the id is dead here and on a replica sharing the store.
     let (status, _, body, _) = send(&f.svc, Method::DELETE, Some(&sid), alice()).await;

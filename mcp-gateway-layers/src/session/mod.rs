@@ -9,7 +9,15 @@
 //!   instance with fewer outstanding requests of two picked at random (power of two choices),
 //!   skipping instances that could not be reached recently (passive ejection: 1 s after a
 //!   failure, doubling to 30 s while failures continue). 2026-07-28 requests have no
-//!   sessions: they are balanced one by one and any `Mcp-Session-Id` they carry is dropped.
+//!   sessions: they are balanced one by one and any `Mcp-Session-Id` they carry is dropped
+//!   (the era is read from the [`McpRequest`](crate::McpRequest) a layer above such as
+//!   [`ParseMcp`](crate::ParseMcp) put in the extensions; without one, every request is taken
+//!   as legacy).
+//! - The request that finds an instance unreachable (the [`InstanceUnreachable`] response
+//!   extension, or 502) ejects it: a session request gets 404, new work gets the inner
+//!   service's answer (502), and the next requests avoid the instance until its back-off ends.
+//!
+//! [`InstanceUnreachable`]: mcp_gateway_core::InstanceUnreachable
 //! - **Sealed ids.** When an instance issues a session (`Mcp-Session-Id` on its answer), the
 //!   client gets instead an id sealed with ChaCha20-Poly1305: the instance (a digest of its
 //!   name), the upstream's own id, the issue time and a digest of the caller's
@@ -30,7 +38,8 @@
 //!   without disturbing the sessions of the other instances.
 //! - **Key rotation**: [`SessionAffinityLayer::previous_keys`] still open ids sealed with
 //!   older keys; new ids use the current key.
-//! - The layer writes the session id, the chosen instance and its refusals (with
+//! - The layer writes the session's handle (the nonce of its id, in hex — it names the session
+//!   in logs without being usable as an id), the chosen instance and its refusals (with
 //!   [`DenialKind::UnknownSession`](mcp_gateway_core::DenialKind::UnknownSession)) to the
 //!   per-request [`Exchange`](mcp_gateway_core::Exchange) when a layer above created one; it
 //!   needs no response observer (the session header is on the response head).

@@ -286,10 +286,11 @@ fn principal_digest(p: Option<&Principal>) -> u64 {
     })
 }
 
+/// Whether the instance failed: it could not be reached ([`InstanceUnreachable`]) or the
+/// exchange broke (502). A 503 or 504 is an answer (busy, slow), not an ejection.
 fn failed<B>(resp: &Response<B>) -> bool {
     resp.extensions().get::<InstanceUnreachable>().is_some()
         || resp.status() == StatusCode::BAD_GATEWAY
-        || resp.status() == StatusCode::SERVICE_UNAVAILABLE
 }
 
 impl<S> Shared<S> {
@@ -413,9 +414,10 @@ where
                         upstream,
                     };
                     match shared.config.keys.seal(&claims, shared.scope.as_bytes()) {
-                        Ok((sealed, _)) => {
+                        Ok((sealed, handle)) => {
                             if let Some(x) = &exchange {
-                                x.update(|r| r.session = Some(sealed.as_str().into()));
+                                let h = SessionHandle(handle).to_hex();
+                                x.update(|r| r.session = Some(h.into()));
                             }
                             match HeaderValue::from_str(&sealed) {
                                 Ok(v) => {
@@ -449,7 +451,9 @@ where
                 }
             };
             if let Some(x) = &exchange {
-                x.update(|r| r.session = client_id.to_str().ok().map(Into::into));
+                // The handle, not the id: logs and audit records never hold a usable id.
+                let h = SessionHandle(handle).to_hex();
+                x.update(|r| r.session = Some(h.into()));
             }
             let refuse =
                 |why| Ok::<_, S::Error>(not_found(why, reply_id.as_ref(), exchange.as_ref()));
