@@ -60,8 +60,6 @@ impl<S> Instance<S> {
     }
 }
 
-type Set<S> = Arc<Vec<Arc<Instance<S>>>>;
-
 struct Shared<S> {
     config: Arc<Config>,
     scope: Arc<str>,
@@ -367,7 +365,6 @@ where
             let reply_id = view.and_then(|v| v.reply_id().cloned());
             let exchange = Exchange::from_extensions(req.extensions()).cloned();
             let now = shared.now();
-            let set: Set<S> = shared.set.load_full();
             let presented = if modern {
                 // 2026-07-28 has no sessions: any instance serves any request, and a stray
                 // id is not the upstream's business.
@@ -379,7 +376,7 @@ where
 
             let Some(client_id) = presented else {
                 // New work: `initialize`, a sessionless request, or any 2026-07-28 request.
-                let Some(inst) = pick(&set, now) else {
+                let Some(inst) = pick(&shared.set.load(), now) else {
                     let err = JsonRpcError::new(
                         ErrorCode::UPSTREAM_UNAVAILABLE,
                         "no upstream instance is configured",
@@ -467,7 +464,13 @@ where
             if principal != claims.principal {
                 return refuse(Refusal::OtherPrincipal);
             }
-            let Some(inst) = set.iter().find(|i| i.key == claims.instance).cloned() else {
+            let found = shared
+                .set
+                .load()
+                .iter()
+                .find(|i| i.key == claims.instance)
+                .cloned();
+            let Some(inst) = found else {
                 return refuse(Refusal::InstanceGone);
             };
             if inst.ejected(now) {
