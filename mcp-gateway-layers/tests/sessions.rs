@@ -320,3 +320,33 @@ async fn key_rotation() {
     assert_eq!(owner(&rotated, &new_sid, None).await.0, 200);
     assert_eq!(owner(&old, &new_sid, None).await.0, 404);
 }
+
+#[tokio::test]
+async fn modern_requests_are_balanced_one_by_one_and_carry_no_session() {
+    use mcp_gateway_layers::ParseMcpLayer;
+    use tower::Layer;
+    let clock = ManualClock::new(1_000_000);
+    let f = fixture(layer(1, &clock));
+    let svc = ParseMcpLayer::new().layer(f.svc.clone());
+    let mut served = std::collections::HashSet::new();
+    for i in 0..30 {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/list","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+        );
+        let req = Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/list")
+            // A stray id: the 2026-07-28 server must not see it, and no 404 for it.
+            .header("mcp-session-id", "stray")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        served.insert(resp.headers()["x-served-by"].to_str().unwrap().to_owned());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{}", "the instance saw a session id");
+    }
+    assert_eq!(served.len(), 3, "{served:?}");
+}
