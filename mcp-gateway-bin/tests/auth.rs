@@ -326,7 +326,8 @@ url = "http://{json_up}/mcp"
     let body = resp.bytes().await.unwrap();
     assert_eq!(declared, body.len());
     let listed = names(&serde_json::from_slice(&body).unwrap());
-    assert_eq!(listed.len(), 2, "{listed:?}");
+    // echo, slow_count, blob: everything but `increment`.
+    assert_eq!(listed.len(), 3, "{listed:?}");
     assert!(!listed.contains(&"increment".to_owned()));
 
     // With admin, the whole list and the call.
@@ -337,7 +338,7 @@ url = "http://{json_up}/mcp"
         .send()
         .await
         .unwrap();
-    assert_eq!(names(&resp.json_value().await).len(), 3);
+    assert_eq!(names(&resp.json_value().await).len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
