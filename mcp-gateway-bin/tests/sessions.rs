@@ -275,6 +275,26 @@ async fn sessions_continue_across_two_gateways_and_survive_a_dead_instance() {
     let used: std::collections::HashSet<_> = owners.iter().collect();
     assert!(used.len() >= 2, "initialize was not balanced: {owners:?}");
 
+    // A GET stream of each session, opened on either gateway, reaches its owner (any other
+    // instance would answer 404 for a session it does not know).
+    for (s, sid) in sessions.iter().enumerate() {
+        let get = c
+            .get(gws[s % 2])
+            .header("accept", "text/event-stream")
+            .header("authorization", format!("Bearer {ALICE}"))
+            .header("mcp-session-id", sid)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(get.status(), 200, "session {s}");
+        assert!(get.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        drop(get);
+    }
+
     // Kill the instance that owns session 0: its sessions get 404 (fast), re-initialize and
     // count again from 1 on a live instance; the others continue untouched.
     let dead = owners[0];
