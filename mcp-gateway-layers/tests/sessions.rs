@@ -350,3 +350,39 @@ async fn modern_requests_are_balanced_one_by_one_and_carry_no_session() {
     }
     assert_eq!(served.len(), 3, "{served:?}");
 }
+
+#[tokio::test]
+async fn ejection_backs_off_doubling_while_failures_continue() {
+    let clock = ManualClock::new(1_000_000);
+    let f = fixture(layer(1, &clock).ejection(Duration::from_secs(1), Duration::from_secs(4)));
+    f.down[2].store(true, Ordering::Relaxed);
+    // New work until c is tried (and fails with the inner 502): 1 s of ejection.
+    let probe = |n: usize| {
+        let svc = f.svc.clone();
+        async move {
+            let mut failures = 0;
+            for _ in 0..n {
+                if send(&svc, Method::POST, None, None).await.0 == StatusCode::BAD_GATEWAY {
+                    failures += 1;
+                }
+            }
+            failures
+        }
+    };
+    assert!(probe(60).await >= 1, "c was never tried");
+    assert_eq!(probe(30).await, 0, "an ejected instance got new work");
+    // After 1 s it is tried again, fails again: now 2 s.
+    clock.advance(Duration::from_millis(1_100));
+    assert!(probe(60).await >= 1);
+    clock.advance(Duration::from_millis(1_500));
+    assert_eq!(probe(30).await, 0, "the back-off did not double");
+    clock.advance(Duration::from_millis(600));
+    assert!(probe(60).await >= 1);
+    // Then 4 s (the maximum), and 4 s again.
+    for _ in 0..2 {
+        clock.advance(Duration::from_millis(3_900));
+        assert_eq!(probe(30).await, 0);
+        clock.advance(Duration::from_millis(200));
+        assert!(probe(60).await >= 1);
+    }
+}

@@ -298,6 +298,11 @@ impl<S> Shared<S> {
 
     fn outcome(&self, inst: &Instance<S>, failed: bool) {
         if failed {
+            let now = self.now();
+            if inst.ejected(now) {
+                // The same outage, seen by a request already in flight: not a new failure.
+                return;
+            }
             let n = inst
                 .failures
                 .fetch_add(1, Ordering::Relaxed)
@@ -307,7 +312,7 @@ impl<S> Shared<S> {
                 .eject_base
                 .saturating_mul(1u32 << (n - 1).min(16))
                 .min(self.config.eject_max);
-            let until = self.now().saturating_add(backoff.as_millis() as u64);
+            let until = now.saturating_add(backoff.as_millis() as u64);
             inst.ejected_until.store(until, Ordering::Relaxed);
             tracing::warn!(target: "mcp_gateway::sessions", instance = %inst.name, failures = n, ?backoff, "instance ejected");
         } else if inst.failures.load(Ordering::Relaxed) != 0 {
@@ -389,9 +394,6 @@ where
                 if let Some(x) = &exchange {
                     x.update(|r| r.instance = Some(inst.name.clone()));
                 }
-                let principal = exchange
-                    .as_ref()
-                    .map_or(0, |x| x.update(|r| principal_digest(r.principal.as_ref())));
                 let mut svc = inst.svc.clone();
                 let flight = InFlight::new(inst.clone());
                 ready(&mut svc).await?;
@@ -404,6 +406,10 @@ where
                     .and_then(|v| v.to_str().ok())
                     .map(Box::<str>::from);
                 if let Some(upstream) = issued {
+                    // Only now, for the rare answer that issues a session: the digest is a hash.
+                    let principal = exchange
+                        .as_ref()
+                        .map_or(0, |x| x.update(|r| principal_digest(r.principal.as_ref())));
                     let claims = Claims {
                         instance: inst.key,
                         issued_ms: now,
