@@ -386,3 +386,60 @@ async fn ejection_backs_off_doubling_while_failures_continue() {
         assert!(probe(60).await >= 1);
     }
 }
+
+#[tokio::test]
+async fn a_streaming_answer_counts_until_it_is_over() {
+    use http_body_util::combinators::BoxBody;
+    use http_body_util::StreamBody;
+    type B = BoxBody<Bytes, Infallible>;
+    // Each instance answers a request carrying `x-hold` with a body that never ends (an SSE
+    // answer still streaming), anything else at once; it names itself in `x-served-by`.
+    let instance = |name: &'static str| {
+        service_fn(move |req: Request<Full<Bytes>>| async move {
+            let body: B = if req.headers().contains_key("x-hold") {
+                BoxBody::new(StreamBody::new(futures_util::stream::pending::<
+                    Result<http_body::Frame<Bytes>, Infallible>,
+                >()))
+            } else {
+                BoxBody::new(Full::new(Bytes::from_static(b"{}")))
+            };
+            let mut r = Response::new(body);
+            r.headers_mut().insert("x-served-by", name.parse().unwrap());
+            Ok::<_, Infallible>(r)
+        })
+    };
+    let svc = SessionAffinityLayer::new(SessionKey::from_bytes([1; 32])).service([
+        ("a", instance("a")),
+        ("b", instance("b")),
+        ("c", instance("c")),
+    ]);
+    let held_req = Request::post("/mcp")
+        .header("x-hold", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let held = svc.clone().oneshot(held_req).await.unwrap();
+    let busy = held.headers()["x-served-by"].to_str().unwrap().to_owned();
+    // While its answer streams, the busy instance loses every choice it takes part in.
+    for _ in 0..40 {
+        let resp = svc
+            .clone()
+            .oneshot(Request::post("/mcp").body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        assert_ne!(resp.headers()["x-served-by"], busy.as_str());
+        resp.into_body().collect().await.unwrap();
+    }
+    // Once the stream is over (here: dropped), it takes work again.
+    drop(held);
+    let mut seen = false;
+    for _ in 0..40 {
+        let resp = svc
+            .clone()
+            .oneshot(Request::post("/mcp").body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        seen |= resp.headers()["x-served-by"] == busy.as_str();
+        resp.into_body().collect().await.unwrap();
+    }
+    assert!(seen);
+}

@@ -6,8 +6,9 @@
 //! [`Upstream::instances`](crate::upstream::Upstream::instances) gives one per configured URL.
 //!
 //! - **New work** — `initialize`, a sessionless request, every 2026-07-28 request — goes to the
-//!   instance with fewer outstanding requests (sent, response head not yet back) of two
-//!   picked at random (power of two choices),
+//!   instance with fewer outstanding requests (sent, and their response — a streamed SSE
+//!   answer included — not yet over; GET listeners do not count) of two picked at random
+//!   (power of two choices),
 //!   skipping instances that could not be reached recently (passive ejection: 1 s after a
 //!   failure, doubling to 30 s while failures continue). 2026-07-28 requests have no
 //!   sessions: they are balanced one by one and any `Mcp-Session-Id` they carry is dropped

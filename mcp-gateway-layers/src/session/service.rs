@@ -210,7 +210,7 @@ fn pick<S>(set: &[Arc<Instance<S>>], now_ms: u64) -> Option<Arc<Instance<S>>> {
     Some(chosen.clone())
 }
 
-/// Counts a request as outstanding until dropped.
+/// Counts a request as outstanding until dropped (with the response body, when it ends).
 struct InFlight<S>(Arc<Instance<S>>);
 
 impl<S> InFlight<S> {
@@ -223,6 +223,20 @@ impl<S> InFlight<S> {
 impl<S> Drop for InFlight<S> {
     fn drop(&mut self) {
         self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The response, counted as outstanding on its instance until its body is over — except a
+/// GET stream, which is a listener that may stay open for hours, not work in progress.
+fn in_flight<S, B>(resp: Response<B>, flight: InFlight<S>, get: bool) -> Response<ResponseBody<B>>
+where
+    S: Send + Sync + 'static,
+{
+    if get {
+        drop(flight);
+        resp.map(ResponseBody::inner)
+    } else {
+        resp.map(|b| ResponseBody::guarded(b, flight))
     }
 }
 
@@ -394,11 +408,11 @@ where
                 if let Some(x) = &exchange {
                     x.update(|r| r.instance = Some(inst.name.clone()));
                 }
+                let get = req.method() == Method::GET;
                 let mut svc = inst.svc.clone();
                 let flight = InFlight::new(inst.clone());
                 ready(&mut svc).await?;
                 let mut resp = svc.call(req).await?;
-                drop(flight);
                 shared.outcome(&inst, failed(&resp));
                 let issued = resp
                     .headers()
@@ -438,7 +452,7 @@ where
                         }
                     }
                 }
-                return Ok(resp.map(ResponseBody::inner));
+                return Ok(in_flight(resp, flight, get));
             };
 
             // A legacy session: open, check, route to its owner.
@@ -497,11 +511,11 @@ where
             };
             req.headers_mut().insert(MCP_SESSION_ID, upstream_id);
             let delete = req.method() == Method::DELETE;
+            let get = req.method() == Method::GET;
             let mut svc = inst.svc.clone();
             let flight = InFlight::new(inst.clone());
             ready(&mut svc).await?;
             let mut resp = svc.call(req).await?;
-            drop(flight);
             let failure = failed(&resp);
             shared.outcome(&inst, failure);
             if failure {
@@ -518,7 +532,7 @@ where
             if resp.headers().contains_key(MCP_SESSION_ID) {
                 resp.headers_mut().insert(MCP_SESSION_ID, client_id);
             }
-            Ok(resp.map(ResponseBody::inner))
+            Ok(in_flight(resp, flight, get))
         })
     }
 }
