@@ -42,7 +42,7 @@ use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::auth::OAuthGuard;
 use mcp_gateway_layers::limit::TokenBucket2DLayer;
-use mcp_gateway_layers::session::{SessionAffinity, SessionAffinityLayer, SessionKey};
+use mcp_gateway_layers::session::{CountedBody, SessionAffinity, SessionAffinityLayer, SessionKey};
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
 use mcp_gateway_layers::{
     OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, ResponseBody, Toggle, Toggled,
@@ -57,14 +57,19 @@ use std::time::Instant;
 use tower::{Layer, ServiceExt};
 
 /// The governing layers that decide, innermost first: sessions, limits, then authentication.
-type Routed = Toggled<SessionAffinity<Upstream>, Upstream>;
+type Routed = Toggled<SessionAffinity<Upstream>, Direct>;
+/// A route without sessions: the upstream, its body typed like the sessions layer's (never
+/// counted, no cost but the wrapper).
+type Direct = tower::util::MapResponse<Upstream, fn(Response<UpstreamBody>) -> Response<RouteBody>>;
+/// The body every route's forwarding part answers with.
+type RouteBody = CountedBody<UpstreamBody>;
 type Limited = Toggled<TokenBucket2D<Routed>, Routed>;
 type Guarded = Toggled<OAuthGuard<Limited>, Limited>;
 /// The per-upstream stack (see the module docs for the order).
 pub type Stack = OriginGuard<ParseMcp<Guarded>>;
 /// The body of every gateway response.
 pub type GatewayBody =
-    ResponseBody<ResponseBody<ResponseBody<ResponseBody<ResponseBody<UpstreamBody>>>>>;
+    ResponseBody<ResponseBody<ResponseBody<ResponseBody<ResponseBody<RouteBody>>>>>;
 
 /// One route: its name, its stack, and its protected resource metadata when guarded.
 #[derive(Clone)]
@@ -128,7 +133,10 @@ impl Router {
                             .service(upstream.instances()),
                     )
                 }
-                _ => Toggled::Off(upstream),
+                _ => Toggled::Off(tower::util::MapResponse::new(
+                    upstream,
+                    uncounted as fn(Response<UpstreamBody>) -> Response<RouteBody>,
+                )),
             };
             let guard = match &auth {
                 Some(a) => Some(a.layer(spec, settings).await?),
@@ -294,6 +302,10 @@ fn limits_layer(spec: &crate::config::LimitsSpec) -> TokenBucket2DLayer {
             }
         },
     }
+}
+
+fn uncounted(resp: Response<UpstreamBody>) -> Response<RouteBody> {
+    resp.map(CountedBody::new)
 }
 
 /// The sessions layer: from `[sessions]`, or — with no `[sessions]` — with a random

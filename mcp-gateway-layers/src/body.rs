@@ -22,13 +22,6 @@ pin_project! {
             #[pin]
             body: Full<Bytes>,
         },
-        // The inner body, with something to drop when it ends or is dropped (a count of
-        // requests in flight, say).
-        Guarded {
-            #[pin]
-            body: B,
-            guard: Option<Box<dyn std::any::Any + Send + Sync>>,
-        },
     }
 }
 
@@ -49,26 +42,19 @@ where
             KindProj::Full { body } => body
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|never| match never {}))),
-            KindProj::Guarded { body, guard } => {
-                let res = body.poll_frame(cx).map_err(Into::into);
-                if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    guard.take();
-                }
-                res
-            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Inner { body } | Self::Guarded { body, .. } => body.is_end_stream(),
+            Self::Inner { body } => body.is_end_stream(),
             Self::Full { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Inner { body } | Self::Guarded { body, .. } => body.size_hint(),
+            Self::Inner { body } => body.size_hint(),
             Self::Full { body } => body.size_hint(),
         }
     }
@@ -89,17 +75,6 @@ impl<B> ResponseBody<B> {
     pub fn inner(body: B) -> Self {
         Self {
             body: ObservedBody::new(Kind::Inner { body }),
-        }
-    }
-    /// Wraps the inner service's body and holds `guard` until the body ends, fails or is
-    /// dropped — how a balancing layer counts a streamed response as outstanding until it is
-    /// over.
-    pub fn guarded(body: B, guard: impl Send + Sync + 'static) -> Self {
-        Self {
-            body: ObservedBody::new(Kind::Guarded {
-                body,
-                guard: Some(Box::new(guard)),
-            }),
         }
     }
     /// A complete body.

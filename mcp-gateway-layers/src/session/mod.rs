@@ -98,6 +98,7 @@
 //! # }
 //! ```
 
+mod body;
 mod layer;
 #[cfg(feature = "sessions-redis")]
 pub mod redis;
@@ -105,6 +106,7 @@ mod seal;
 mod service;
 mod store;
 
+pub use body::CountedBody;
 pub use layer::{SessionAffinityLayer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME};
 pub use seal::{Claims, KeyError, Keyring, OpenError, SessionKey};
 pub use service::SessionAffinity;

@@ -1,3 +1,4 @@
+use super::body::{CountedBody, InFlight};
 use super::seal::{digest64, Claims, Keyring, SessionKey};
 use super::store::{Clock, SessionHandle, SessionState, SessionStore, Use};
 use crate::body::{reject, ResponseBody};
@@ -36,8 +37,8 @@ struct Instance<S> {
     /// Digest of the name: what sealed ids carry.
     key: u64,
     svc: S,
-    /// Requests sent and not yet answered (response head).
-    outstanding: AtomicUsize,
+    /// Requests sent whose answer is not over yet.
+    outstanding: Arc<AtomicUsize>,
     /// Failures in a row.
     failures: AtomicU32,
     /// Skipped for new work until then (ms since the epoch).
@@ -50,7 +51,7 @@ impl<S> Instance<S> {
             key: digest64(&[name.as_bytes()]),
             name,
             svc,
-            outstanding: AtomicUsize::new(0),
+            outstanding: Arc::new(AtomicUsize::new(0)),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
         }
@@ -210,33 +211,18 @@ fn pick<S>(set: &[Arc<Instance<S>>], now_ms: u64) -> Option<Arc<Instance<S>>> {
     Some(chosen.clone())
 }
 
-/// Counts a request as outstanding until dropped (with the response body, when it ends).
-struct InFlight<S>(Arc<Instance<S>>);
-
-impl<S> InFlight<S> {
-    fn new(i: Arc<Instance<S>>) -> Self {
-        i.outstanding.fetch_add(1, Ordering::Relaxed);
-        Self(i)
-    }
-}
-
-impl<S> Drop for InFlight<S> {
-    fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// The response, counted as outstanding on its instance until its body is over — except a
 /// GET stream, which is a listener that may stay open for hours, not work in progress.
-fn in_flight<S, B>(resp: Response<B>, flight: InFlight<S>, get: bool) -> Response<ResponseBody<B>>
-where
-    S: Send + Sync + 'static,
-{
+fn in_flight<B>(
+    resp: Response<B>,
+    flight: InFlight,
+    get: bool,
+) -> Response<ResponseBody<CountedBody<B>>> {
     if get {
         drop(flight);
-        resp.map(ResponseBody::inner)
+        resp.map(|b| ResponseBody::inner(CountedBody::new(b)))
     } else {
-        resp.map(|b| ResponseBody::guarded(b, flight))
+        resp.map(|b| ResponseBody::inner(CountedBody::counted(b, flight)))
     }
 }
 
@@ -367,7 +353,7 @@ where
     ReqBody: Send + 'static,
     ResBody: Send + 'static,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResponseBody<CountedBody<ResBody>>>;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
 
@@ -410,7 +396,7 @@ where
                 }
                 let get = req.method() == Method::GET;
                 let mut svc = inst.svc.clone();
-                let flight = InFlight::new(inst.clone());
+                let flight = InFlight::new(&inst.outstanding);
                 ready(&mut svc).await?;
                 let mut resp = svc.call(req).await?;
                 shared.outcome(&inst, failed(&resp));
@@ -513,7 +499,7 @@ where
             let delete = req.method() == Method::DELETE;
             let get = req.method() == Method::GET;
             let mut svc = inst.svc.clone();
-            let flight = InFlight::new(inst.clone());
+            let flight = InFlight::new(&inst.outstanding);
             ready(&mut svc).await?;
             let mut resp = svc.call(req).await?;
             let failure = failed(&resp);
