@@ -32,6 +32,8 @@
 //!
 //! [audit]                           # absent: no audit (see audit_config)
 //! path = "/var/log/mcp-gateway/audit.jsonl"
+//! [sessions]                        # see sessions_config
+//! key_file = "session.key"
 //! ```
 //!
 //! Unknown keys are errors, and every error names the file, line and column it comes from.
@@ -171,6 +173,9 @@ pub struct Config {
     /// The audit log (AuditLog). Absent: no audit.
     #[serde(default)]
     pub audit: Option<crate::audit_config::AuditConfig>,
+    /// Sealed, routed legacy sessions (SessionAffinity); see `sessions_config`.
+    #[serde(default)]
+    pub sessions: Option<crate::sessions_config::SessionsConfig>,
 }
 
 /// `[limits]`.
@@ -460,6 +465,8 @@ pub struct Settings {
     pub limits: Option<LimitsSpec>,
     /// The audit log, when `[audit]` is present.
     pub audit: Option<crate::audit_config::AuditSpec>,
+    /// Session settings, when `[sessions]` is present.
+    pub sessions: Option<crate::sessions_config::SessionsSpec>,
 }
 
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -682,10 +689,20 @@ pub fn check(
         errors.extend(e.list);
         spec
     });
+    let sessions = config.sessions.as_ref().and_then(|c| {
+        match crate::sessions_config::check_sessions(c, base, text, source) {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                errors.extend(e);
+                None
+            }
+        }
+    });
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Settings {
+        sessions,
         public_url,
         auth,
         limits,
@@ -949,6 +966,7 @@ impl Settings {
             auth: None,
             limits: None,
             audit: None,
+            sessions: None,
         }
     }
 

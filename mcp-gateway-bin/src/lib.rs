@@ -26,6 +26,7 @@ pub mod config;
 pub mod logging;
 pub mod router;
 pub mod server;
+pub mod sessions_config;
 pub mod stack;
 pub mod tls;
 

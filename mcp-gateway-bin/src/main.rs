@@ -44,6 +44,15 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Write a new session key (base64 of 32 random bytes) for `[sessions] key_file`.
+    Keygen {
+        /// The file to write (created with mode 0600).
+        #[arg(long, short, default_value = "session.key")]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Check a configuration file and report every error with its location.
     Check {
         /// Configuration file (TOML).
@@ -163,6 +172,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Audit { command } => audit(command),
+        Command::Keygen { out, force } => match mcp_gateway::sessions_config::keygen(&out, force) {
+            Ok(fingerprint) => {
+                println!("{}: new session key {fingerprint}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match config::load(&config) {
             Ok(s) => {
                 println!(

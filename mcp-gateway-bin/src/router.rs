@@ -17,11 +17,17 @@
 //!    nothing further, and its `Principal` is what limits and sessions are keyed by.
 //! 6. `TokenBucket2D` *(`[limits]`)*: after authentication (budgets are per agent), before
 //!    sessions, so a refused call never touches session state or picks an instance.
-//! 7. `SessionAffinity` *(`[sessions]`)*: picks the instance that owns the session.
+//! 7. [`SessionAffinity`](mcp_gateway_layers::SessionAffinity) *(`[sessions]`, or an upstream with several instances)*: innermost
+//!    of the deciders — a refused call never picks an instance — and the one layer that sits
+//!    over a *set* of services, one [`Upstream`] per instance: it routes a session to its
+//!    owner and balances new work. Without `[sessions]`, a single-instance upstream does
+//!    without it (session ids pass through, no cost), and a several-instance one gets it with
+//!    a random per-process key.
 //! 8. [`Upstream`]: forwards, streaming the response.
 //!
 //! A governing layer that is not configured is not in the stack at all ([`Toggle`]). With no
-//! governing layer configured, a route's stack is exactly `OriginGuard → ParseMcp → Upstream`
+//! governing layer configured (and no session routing for the route), a route's stack is
+//! exactly `OriginGuard → ParseMcp → Upstream`
 //! (see [`crate::stack`]): a pass-through gateway pays nothing for the layers it does not use.
 //! The outermost governing layer present creates the per-request record (`Exchange`) that the
 //! others write their decisions to, and attaches the response observers once.
@@ -41,6 +47,7 @@ use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::audit::{AuditLogLayer, AuditWriter};
 use mcp_gateway_layers::limit::TokenBucket2DLayer;
+use mcp_gateway_layers::session::{SessionAffinityLayer, SessionKey};
 use mcp_gateway_layers::upstream::{Upstream, UpstreamConfig};
 use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcpLayer, ResponseBody, Toggle};
 use std::collections::HashMap;
@@ -83,6 +90,8 @@ pub struct Router {
     limits: Option<TokenBucket2DLayer>,
     /// The audit writer, when `[audit]` is configured (flushed at shutdown).
     audit: Option<AuditWriter>,
+    /// The sessions layer, when any route uses it.
+    sessions: Option<SessionAffinityLayer>,
 }
 
 impl Router {
@@ -110,6 +119,7 @@ impl Router {
         let audit_layer = audit
             .as_ref()
             .map(|w| AuditLogLayer::new(w.clone()).body_limit(settings.body_limit));
+        let sessions = sessions_layer(settings);
         for spec in &settings.upstreams {
             let roots = match &spec.ca_file {
                 Some(path) => crate::tls::load_certs(path)?,
@@ -131,18 +141,31 @@ impl Router {
             let parse = ParseMcpLayer::new()
                 .body_limit(settings.body_limit)
                 .view_on_response(access_log);
-            let below_origin = if guard.is_none() && limits.is_none() && audit_layer.is_none() {
-                Switch::Plain(parse.layer(upstream))
-            } else {
-                let governed =
-                    Toggle::new(audit_layer.clone()).layer(parse.layer(
-                        Toggle::new(guard).layer(Toggle::new(limits.clone()).layer(upstream)),
+            // The governed chain, whatever serves below it, boxed once.
+            macro_rules! governed {
+                ($inner:expr) => {{
+                    let svc = Toggle::new(audit_layer.clone()).layer(parse.layer(
+                        Toggle::new(guard).layer(Toggle::new(limits.clone()).layer($inner)),
                     ));
-                Switch::Governed(BoxCloneSyncService::new(
-                    ServiceExt::<Request<Incoming>>::map_response(governed, |r| {
-                        r.map(BodyExt::boxed_unsync)
-                    }),
-                ))
+                    Switch::Governed(BoxCloneSyncService::new(
+                        ServiceExt::<Request<Incoming>>::map_response(svc, |r| {
+                            r.map(BodyExt::boxed_unsync)
+                        }),
+                    ))
+                }};
+            }
+            let routed = sessions
+                .as_ref()
+                .filter(|_| settings.sessions.is_some() || upstream.instance_count() > 1);
+            let below_origin = match routed {
+                Some(layer) => governed!(layer
+                    .clone()
+                    .scope(&spec.name)
+                    .service(upstream.instances())),
+                None if guard.is_none() && limits.is_none() && audit_layer.is_none() => {
+                    Switch::Plain(parse.layer(upstream))
+                }
+                None => governed!(upstream),
             };
             let stack = OriginGuardLayer::new(settings.origins.clone()).layer(below_origin);
             routes.insert(
@@ -158,16 +181,22 @@ impl Router {
             routes: Arc::new(routes),
             ready,
             cutoff,
-            governed: auth.is_some() || limits.is_some() || audit.is_some(),
+            governed: auth.is_some() || limits.is_some() || audit.is_some() || sessions.is_some(),
             access_log,
             limits,
             audit,
+            sessions,
         })
     }
 
     /// The audit writer (its counters, and `flush`), when `[audit]` is configured.
     pub fn audit(&self) -> Option<&AuditWriter> {
         self.audit.as_ref()
+    }
+
+    /// The sessions layer (its store error count), when any route uses it.
+    pub fn sessions(&self) -> Option<&SessionAffinityLayer> {
+        self.sessions.as_ref()
     }
 
     /// The limits layer (its cost ledger and store error count), when configured.
@@ -295,6 +324,56 @@ fn limits_layer(spec: &crate::config::LimitsSpec) -> TokenBucket2DLayer {
             }
         },
     }
+}
+
+/// The sessions layer: from `[sessions]`, or — with no `[sessions]` — with a random
+/// per-process key when some upstream has several instances (their sessions must be routed);
+/// `None` when nothing needs it.
+fn sessions_layer(settings: &Settings) -> Option<SessionAffinityLayer> {
+    let spec = settings.sessions.as_ref();
+    let several = settings.upstreams.iter().any(|u| u.urls.len() > 1);
+    if spec.is_none() && !several {
+        return None;
+    }
+    let key = match spec.and_then(|s| s.key.clone()) {
+        Some(k) => {
+            tracing::info!(target: "mcp_gateway::sessions", key = %k.fingerprint(), "sessions sealed with the key file's key");
+            k
+        }
+        None => {
+            tracing::warn!(target: "mcp_gateway::sessions", "no [sessions] key_file: session ids are sealed with a random per-process key; they end when this process restarts and do not span replicas (`mcp-gateway keygen` writes a key file)");
+            match SessionKey::generate() {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(target: "mcp_gateway::sessions", error = %e, "no session key: sessions are not routed");
+                    return None;
+                }
+            }
+        }
+    };
+    let mut layer = SessionAffinityLayer::new(key);
+    let Some(spec) = spec else {
+        return Some(layer);
+    };
+    layer = layer
+        .previous_keys(spec.previous.clone())
+        .idle_timeout(spec.idle_timeout)
+        .max_lifetime(spec.max_lifetime);
+    if let crate::sessions_config::SessionStoreSpec::Redis {
+        url,
+        timeout,
+        prefix,
+    } = &spec.store
+    {
+        match mcp_gateway_layers::session::redis::RedisStore::open(url) {
+            Ok(store) => layer = layer.store(store.timeout(*timeout).prefix(prefix.clone())),
+            // `check` validated the URL; should it fail now, ends are seen by this replica only.
+            Err(e) => {
+                tracing::error!(target: "mcp_gateway::sessions", error = %e, "sessions: Redis store unusable; session ends are per replica");
+            }
+        }
+    }
+    Some(layer)
 }
 
 /// The protocol era as the access log names it: the declared version, or `legacy`.

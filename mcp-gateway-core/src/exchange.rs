@@ -113,7 +113,9 @@ pub struct Record {
     pub principal: Option<Principal>,
     /// The route (upstream name) the request was sent to.
     pub route: Option<Arc<str>>,
-    /// The session id the client knows (legacy sessions).
+    /// The session id the client knows (legacy sessions). With SessionAffinity, the session's
+    /// handle instead (24 hex digits): it names the session in logs and audit records without
+    /// being usable as an id.
     pub session: Option<Arc<str>>,
     /// The upstream instance chosen for the request.
     pub instance: Option<Arc<str>>,

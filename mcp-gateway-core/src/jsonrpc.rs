@@ -122,6 +122,9 @@ impl ErrorCode {
     pub const UNAUTHORIZED: Self = Self(-32055);
     /// Gateway: the credentials do not grant this call (HTTP 403, `insufficient_scope`).
     pub const FORBIDDEN: Self = Self(-32056);
+    /// The session id is unknown, forged, expired or ended (HTTP 404): the client must
+    /// re-initialize without a session id. The code the reference TypeScript SDK answers with.
+    pub const SESSION_NOT_FOUND: Self = Self(-32001);
 }
 
 /// A JSON-RPC error object (`code`, `message`, optional `data`).

@@ -47,5 +47,5 @@ pub use exchange::{Denial, DenialKind, Exchange, ExchangeContext, Record};
 pub use jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 pub use message::{classify, McpMessage, MessageKind, ParsedBody};
 pub use observe::{EndReason, Ending, ObservedBody, ObservedMessage, Observer};
-pub use principal::{Principal, PrincipalKind, UpstreamAuthorization};
+pub use principal::{InstanceUnreachable, Principal, PrincipalKind, UpstreamAuthorization};
 pub use request::McpRequest;

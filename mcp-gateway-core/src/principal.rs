@@ -106,3 +106,9 @@ impl Principal {
 /// forwarding service sends it after removing whatever the client sent.
 #[derive(Clone, Debug)]
 pub struct UpstreamAuthorization(pub http::HeaderValue);
+
+/// A response extension an instance's service sets when the instance could not be reached
+/// (connection refused or timed out, nothing sent): balancing layers eject the instance for a
+/// while, and a session layer answers 404 for the sessions it owned instead of a 5xx.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InstanceUnreachable;

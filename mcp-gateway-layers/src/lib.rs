@@ -33,6 +33,14 @@
     not(feature = "audit"),
     doc = "| `audit` | AuditLog: one hash-chained JSON-lines record per exchange (refusals included), written off the request path; `verify` and `query` | `audit` |"
 )]
+#![cfg_attr(
+    feature = "sessions",
+    doc = "| [`session`] | SessionAffinity over a set of instances: sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store for replicas | `sessions`, `sessions-redis` |"
+)]
+#![cfg_attr(
+    not(feature = "sessions"),
+    doc = "| `session` | SessionAffinity over a set of instances: sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store for replicas | `sessions`, `sessions-redis` |"
+)]
 //!
 //! Every rejection is a response (a JSON-RPC error with the right HTTP status), never a
 //! service error, so the layers work under axum, whose services are infallible.
@@ -197,6 +205,8 @@ pub mod observe;
 pub mod origin;
 pub mod parse;
 pub mod scope;
+#[cfg(feature = "sessions")]
+pub mod session;
 pub mod toggle;
 #[cfg(feature = "upstream")]
 pub mod upstream;
@@ -218,6 +228,8 @@ pub use observe::{Observe, ObserveLayer};
 pub use origin::{AllowedOrigins, OriginGuard, OriginGuardLayer};
 pub use parse::{ParseMcp, ParseMcpLayer};
 pub use scope::Scope;
+#[cfg(feature = "sessions")]
+pub use session::{SessionAffinity, SessionAffinityLayer};
 pub use toggle::{Toggle, Toggled};
 
 /// The boxed error type bodies and services report.

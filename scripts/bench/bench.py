@@ -33,6 +33,7 @@ GATEWAY_CONFIGS = [
     "auth.toml",
     "limits.toml",
     "audit.toml",
+    "sessions.toml",
 ]
 
 # (name, era, format, size, mode)  mode: "closed" or an open-loop rate in requests/s.

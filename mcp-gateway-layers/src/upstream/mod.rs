@@ -8,7 +8,11 @@
 //!   forwarded: the gateway does not pass tokens through to servers.
 //! - A connect timeout and a response-start timeout apply; streams have no total timeout.
 //! - An upstream with several instances spreads new work round-robin and keeps each legacy
-//!   session (`Mcp-Session-Id`) on the instance that issued it, within this process.
+//!   session (`Mcp-Session-Id`) on the instance that issued it, within this process only. For
+//!   sessions that survive restarts and span gateway replicas, put
+//!   [`SessionAffinity`](crate::session::SessionAffinity) over [`Upstream::instances`].
+//! - A connection that cannot be made is answered with the [`InstanceUnreachable`] response
+//!   extension, so that a balancing layer above can eject the instance.
 //! - Failures are answered, not raised: 502 with JSON-RPC -32050 when the server cannot be
 //!   reached, 504 with -32051 when it does not answer in time, both keeping the request id.
 //!
@@ -36,7 +40,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use mcp_gateway_core::headers::{is_event_stream, MCP_SESSION_ID, X_ACCEL_BUFFERING};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
-use mcp_gateway_core::{McpRequest, UpstreamAuthorization};
+use mcp_gateway_core::{InstanceUnreachable, McpRequest, UpstreamAuthorization};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -161,7 +165,10 @@ pub enum UpstreamError {
     },
 }
 
+#[derive(Clone)]
 struct Instance {
+    /// The instance URL as configured: its name for balancing layers and logs.
+    url: Arc<str>,
     pool: Arc<InstancePool>,
     /// The instance URL's path and query, parsed once: most calls carry no query of their own
     /// and reuse it as it is (a cheap, shared clone).
@@ -253,6 +260,7 @@ impl Upstream {
                 None
             };
             list.push(Instance {
+                url: uri.to_string().into(),
                 pool: Arc::new(InstancePool::new(
                     scheme,
                     authority,
@@ -284,6 +292,47 @@ impl Upstream {
     /// The upstream's name.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// One single-instance `Upstream` per instance, each named by its instance URL, sharing
+    /// this upstream's connection pools and settings: the instance set for a balancing layer
+    /// such as [`SessionAffinity`](crate::session::SessionAffinity), which then decides where
+    /// each request goes (this upstream's own round-robin and in-process pinning are not used).
+    ///
+    /// ```
+    /// use mcp_gateway_layers::upstream::{Upstream, UpstreamConfig};
+    ///
+    /// let up = Upstream::new(
+    ///     "demo",
+    ///     ["http://10.0.0.1:3001/mcp".parse().unwrap(), "http://10.0.0.2:3001/mcp".parse().unwrap()],
+    ///     UpstreamConfig::default(),
+    /// )
+    /// .unwrap();
+    /// let names: Vec<String> = up.instances().into_iter().map(|(name, _)| name).collect();
+    /// assert_eq!(names, ["http://10.0.0.1:3001/mcp", "http://10.0.0.2:3001/mcp"]);
+    /// ```
+    pub fn instances(&self) -> Vec<(String, Upstream)> {
+        self.shared
+            .instances
+            .iter()
+            .map(|i| {
+                let one = Upstream {
+                    shared: Arc::new(Shared {
+                        name: self.shared.name.clone(),
+                        instances: vec![i.clone()],
+                        next: AtomicUsize::new(0),
+                        pins: Mutex::new(HashMap::new()),
+                        config: self.shared.config.clone(),
+                    }),
+                };
+                (i.url.to_string(), one)
+            })
+            .collect()
+    }
+
+    /// How many instances serve this upstream.
+    pub fn instance_count(&self) -> usize {
+        self.shared.instances.len()
     }
 }
 
@@ -392,6 +441,7 @@ impl Failure {
         id: Option<&RequestId>,
     ) -> Response<UpstreamBody> {
         let name = &shared.name;
+        let unreachable = matches!(self, Failure::Connect(_));
         let (status, code, message) = match self {
             Failure::Connect(ConnectError::Timeout) => {
                 tracing::warn!(upstream = %name, instance = idx, timeout = ?shared.config.connect_timeout, "upstream connect timed out");
@@ -429,7 +479,12 @@ impl Failure {
                 )
             }
         };
-        failure(status, code, message, id)
+        let mut resp = failure(status, code, message, id);
+        if unreachable {
+            // Nothing was sent: a balancing layer above may eject this instance.
+            resp.extensions_mut().insert(InstanceUnreachable);
+        }
+        resp
     }
 }
 

@@ -1,0 +1,137 @@
+use super::seal::{Keyring, SessionKey};
+use super::service::{Config, SessionAffinity};
+use super::store::{Clock, MemoryStore, SessionStore, SystemClock};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_layer::Layer;
+
+/// Default `idle_timeout`: 30 minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default `max_lifetime`: 24 hours.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Builds [`SessionAffinity`] services over a set of instances: the key, the store, the
+/// timeouts. See the [module docs](super). Cheap to clone; the services it builds share the
+/// store and the store error count.
+///
+/// As a [`Layer`] it takes the instance set — anything that iterates `(name, service)` pairs
+/// — rather than one inner service.
+#[derive(Clone)]
+pub struct SessionAffinityLayer {
+    config: Arc<Config>,
+    scope: Arc<str>,
+}
+
+impl std::fmt::Debug for SessionAffinityLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionAffinityLayer")
+            .field("scope", &self.scope)
+            .field("idle_timeout", &self.config.idle_timeout)
+            .field("max_lifetime", &self.config.max_lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionAffinityLayer {
+    /// Sessions sealed with `key`, kept in memory, with the default timeouts.
+    pub fn new(key: SessionKey) -> Self {
+        Self {
+            config: Arc::new(Config {
+                keys: Arc::new(Keyring::new(&key, &[])),
+                key,
+                previous: Vec::new(),
+                store: Arc::new(MemoryStore::new()),
+                clock: Arc::new(SystemClock),
+                idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+                max_lifetime: DEFAULT_MAX_LIFETIME,
+                eject_base: Duration::from_secs(1),
+                eject_max: Duration::from_secs(30),
+                store_errors: Arc::new(AtomicU64::new(0)),
+            }),
+            scope: Arc::from(""),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        let mut c = Config::clone(&self.config);
+        f(&mut c);
+        self.config = Arc::new(c);
+        self
+    }
+
+    /// Older keys whose ids still open (key rotation); new ids use the key given to
+    /// [`new`](Self::new).
+    pub fn previous_keys(self, keys: Vec<SessionKey>) -> Self {
+        self.edit(|c| {
+            c.keys = Arc::new(Keyring::new(&c.key, &keys));
+            c.previous = keys;
+        })
+    }
+
+    /// Sessions unused for longer than this end (`None`: never). Default 30 minutes.
+    pub fn idle_timeout(self, d: Option<Duration>) -> Self {
+        self.edit(|c| c.idle_timeout = d)
+    }
+
+    /// Sessions end this long after they were issued, however busy. Default 24 hours.
+    pub fn max_lifetime(self, d: Duration) -> Self {
+        self.edit(|c| c.max_lifetime = d)
+    }
+
+    /// Keeps last use and ends in `store` (shared across replicas, say) instead of memory.
+    pub fn store(self, store: impl SessionStore) -> Self {
+        let store: Arc<dyn SessionStore> = Arc::new(store);
+        self.edit(|c| c.store = store)
+    }
+
+    /// Reads time from `clock` (tests move a [`ManualClock`](super::ManualClock)).
+    pub fn clock(self, clock: impl Clock) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(clock);
+        self.edit(|c| c.clock = clock)
+    }
+
+    /// How long an instance that could not be reached is skipped: `base` after one failure,
+    /// doubling with each further one, at most `max`. Default 1 s and 30 s.
+    pub fn ejection(self, base: Duration, max: Duration) -> Self {
+        self.edit(|c| {
+            c.eject_base = base;
+            c.eject_max = max.max(base);
+        })
+    }
+
+    /// The scope ids are sealed for — the route name, say: an id issued under one scope does
+    /// not open under another. Default empty.
+    pub fn scope(mut self, scope: &str) -> Self {
+        self.scope = Arc::from(scope);
+        self
+    }
+
+    /// How many times the store could not answer (each logged; routing failed open).
+    pub fn store_errors(&self) -> u64 {
+        self.config
+            .store_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A service over `instances`, each a `(name, service)` pair. Names must be the same on
+    /// every replica (the instance URL, say): sealed ids carry a digest of the name.
+    pub fn service<I, K, S>(&self, instances: I) -> SessionAffinity<S>
+    where
+        I: IntoIterator<Item = (K, S)>,
+        K: Into<Arc<str>>,
+    {
+        SessionAffinity::new(self.config.clone(), self.scope.clone(), instances)
+    }
+}
+
+impl<I, K, S> Layer<I> for SessionAffinityLayer
+where
+    I: IntoIterator<Item = (K, S)>,
+    K: Into<Arc<str>>,
+{
+    type Service = SessionAffinity<S>;
+    fn layer(&self, instances: I) -> Self::Service {
+        self.service(instances)
+    }
+}

@@ -1,0 +1,209 @@
+//! [`RedisStore`]: session ends and last use in Redis, shared by every gateway replica
+//! (feature `sessions-redis`).
+//!
+//! One key per session that has been used or ended, `PREFIX` + hex handle, holding the last
+//! use (ms) or `e` when ended, and expiring with the session's `max_lifetime`. One round trip
+//! (a Lua script) per session request. When Redis does not answer within the timeout the layer
+//! routes by the sealed id alone (fail open), logs and counts it; after a failure the store is
+//! not asked again for a second, so an outage costs no timeout per request.
+//!
+//! ```no_run
+//! use mcp_gateway_layers::session::{redis::RedisStore, SessionAffinityLayer, SessionKey};
+//!
+//! let store = RedisStore::open("redis://127.0.0.1:6379/0").unwrap();
+//! let layer = SessionAffinityLayer::new(SessionKey::generate().unwrap()).store(store);
+//! # let _ = layer;
+//! ```
+
+use super::store::{SessionHandle, SessionState, SessionStore, StoreError, StoreFuture, Use};
+use futures_util::future::Either;
+use futures_util::FutureExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The default wait for an answer: 100 ms.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+const BACKOFF: Duration = Duration::from_secs(1);
+
+/// KEYS[1] the session; ARGV: now ms, idle ms (0: none), ttl ms.
+const TOUCH: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == 'e' then return 2 end
+local now, idle, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if v and idle > 0 and now - tonumber(v) > idle then return 1 end
+if (not v) or tonumber(v) < now then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+end
+return 0
+";
+
+struct Inner {
+    client: redis::Client,
+    conn: OnceLock<ConnectionManager>,
+    timeout: Duration,
+    prefix: String,
+    touch: redis::Script,
+    born: Instant,
+    down_until: AtomicU64,
+}
+
+/// Session state in Redis. See the [module docs](self). Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A store at `url` (`redis://host:port/db`). Connects lazily, on first use.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                conn: OnceLock::new(),
+                timeout: DEFAULT_TIMEOUT,
+                prefix: "mcpgw:s:".into(),
+                touch: redis::Script::new(TOUCH),
+                born: Instant::now(),
+                down_until: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            f(inner);
+        }
+        self
+    }
+
+    /// The longest wait for an answer. Default 100 ms.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.edit(|i| i.timeout = timeout)
+    }
+
+    /// The prefix of every key. Default `mcpgw:s:`.
+    pub fn prefix(self, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        self.edit(|i| i.prefix = prefix)
+    }
+
+    fn since_born(&self) -> u64 {
+        self.inner.born.elapsed().as_millis() as u64
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        if self.inner.down_until.load(Ordering::Relaxed) > self.since_born() {
+            return Err(StoreError(
+                "unavailable (backing off after a failure)".into(),
+            ));
+        }
+        if let Some(c) = self.inner.conn.get() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.inner.timeout))
+            .set_response_timeout(Some(self.inner.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(BACKOFF);
+        let c = self
+            .inner
+            .client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(self.inner.conn.get_or_init(|| c).clone())
+    }
+
+    fn failed(&self) {
+        let until = self.since_born().saturating_add(BACKOFF.as_millis() as u64);
+        self.inner.down_until.store(until, Ordering::Relaxed);
+    }
+
+    fn key(&self, h: SessionHandle) -> String {
+        format!("{}{}", self.inner.prefix, h.to_hex())
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.failed();
+                Err(StoreError(e.to_string()))
+            }
+            Err(_) => {
+                self.failed();
+                Err(StoreError(format!(
+                    "no answer within {:?}",
+                    self.inner.timeout
+                )))
+            }
+        }
+    }
+}
+
+fn ttl(u: &Use) -> u64 {
+    u.expires_ms.saturating_sub(u.now_ms).max(1)
+}
+
+impl SessionStore for RedisStore {
+    fn touch(&self, session: SessionHandle, u: Use) -> StoreFuture<SessionState> {
+        let mut conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return Either::Left(futures_util::future::ready(Err(e))),
+        };
+        let store = self.clone();
+        let key = self.key(session);
+        Either::Right(
+            async move {
+                let mut inv = store.inner.touch.prepare_invoke();
+                inv.key(key);
+                inv.arg(u.now_ms);
+                inv.arg(u.idle_timeout.map_or(0, |d| d.as_millis() as u64));
+                inv.arg(ttl(&u));
+                let code: i64 = store.clone().run(inv.invoke_async(&mut conn)).await?;
+                Ok(match code {
+                    0 => SessionState::Alive,
+                    1 => SessionState::Idle,
+                    _ => SessionState::Ended,
+                })
+            }
+            .boxed(),
+        )
+    }
+
+    fn end(&self, session: SessionHandle, u: Use) -> StoreFuture<()> {
+        let mut conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return Either::Left(futures_util::future::ready(Err(e))),
+        };
+        let store = self.clone();
+        let key = self.key(session);
+        Either::Right(
+            async move {
+                let cmd = redis::cmd("SET")
+                    .arg(key)
+                    .arg("e")
+                    .arg("PX")
+                    .arg(ttl(&u))
+                    .to_owned();
+                let _: () = store.clone().run(cmd.query_async(&mut conn)).await?;
+                Ok(())
+            }
+            .boxed(),
+        )
+    }
+}
