@@ -248,12 +248,26 @@ struct Meter {
     usage_in: Option<u64>,
     usage_out: Option<u64>,
     local: bool,
+    /// Responses still expected (one per request message of the body). When the last one has
+    /// been seen the call is settled at once, not when the stream ends: a client has what it
+    /// needs at that point and may already be sending its next call.
+    responses_left: usize,
+    settled: bool,
 }
 
 impl Observer for Meter {
     fn on_message(&mut self, msg: &ObservedMessage<'_>) {
-        if msg.kind() != MessageKind::Response {
-            return;
+        match msg.kind() {
+            MessageKind::Response => {}
+            MessageKind::ErrorResponse => {
+                self.responses_left = self.responses_left.saturating_sub(1);
+                if self.responses_left == 0 {
+                    self.settle();
+                }
+                return;
+            }
+            // Progress and other server-to-client messages carry no result.
+            _ => return,
         }
         if let Some(u) = msg.usage() {
             self.usage_in = u.input_tokens.or(self.usage_in);
@@ -264,9 +278,23 @@ impl Observer for Meter {
                 .counted_out
                 .saturating_add(self.shared.counter.count(result));
         }
+        self.responses_left = self.responses_left.saturating_sub(1);
+        if self.responses_left == 0 {
+            self.settle();
+        }
     }
 
     fn on_end(&mut self, _end: &Ending) {
+        self.settle();
+    }
+}
+
+impl Meter {
+    /// Charges the call's tokens and records them (once).
+    fn settle(&mut self) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
         // Usage the server reported wins over the estimates.
         let tokens_out = self.usage_out.unwrap_or(self.counted_out);
         let tokens_in = self.usage_in.unwrap_or(self.tokens_in);
@@ -427,6 +455,18 @@ where
                     usage_in: None,
                     usage_out: None,
                     local,
+                    responses_left: exchange
+                        .update(|r| {
+                            r.request.as_ref().and_then(|v| v.parsed()).map(|p| {
+                                p.messages()
+                                    .iter()
+                                    .filter(|m| m.kind().expects_response())
+                                    .count()
+                            })
+                        })
+                        .unwrap_or(1)
+                        .max(1),
+                    settled: false,
                 });
             }
             let mut resp = inner.call(req).await?.map(ResponseBody::inner);
