@@ -719,6 +719,50 @@ pub fn check(
     })
 }
 
+/// `store = "memory" | "redis"` and `redis_url`, checked alike for every section that has a
+/// store: the Redis URL when the store is Redis (and usable), `None` for memory.
+pub(crate) fn check_store(
+    section: &str,
+    store: Option<&Spanned<String>>,
+    redis_url: Option<&Spanned<String>>,
+    open: impl Fn(&str) -> Result<(), String>,
+    bad: &mut dyn FnMut(Option<std::ops::Range<usize>>, String),
+) -> Option<String> {
+    match store.map(|s| (s.get_ref().as_str(), s.span())) {
+        None | Some(("memory", _)) => {
+            if let Some(u) = redis_url {
+                bad(
+                    Some(u.span()),
+                    format!("{section}.redis_url is set but store is not \"redis\""),
+                );
+            }
+            None
+        }
+        Some(("redis", span)) => match redis_url {
+            None => {
+                bad(
+                    Some(span),
+                    format!("{section}: store = \"redis\" needs redis_url"),
+                );
+                None
+            }
+            Some(u) => {
+                if let Err(e) = open(u.get_ref()) {
+                    bad(Some(u.span()), format!("{section}.redis_url: {e}"));
+                }
+                Some(u.get_ref().clone())
+            }
+        },
+        Some((other, span)) => {
+            bad(
+                Some(span),
+                format!("{section}.store: {other:?} is not \"memory\" or \"redis\""),
+            );
+            None
+        }
+    }
+}
+
 /// Checks `[limits]`; reports each problem at its key.
 fn check_limits(
     l: &LimitsConfig,
@@ -809,44 +853,26 @@ fn check_limits(
             ),
         }
     }
-    let store = match l.store.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
-        None | Some(("memory", _)) => {
-            if let Some(u) = &l.redis_url {
-                bad(
-                    Some(u.span()),
-                    "limits.redis_url is set but store is not \"redis\"".into(),
-                );
-            }
-            LimitStoreSpec::Memory
-        }
-        Some(("redis", span)) => match &l.redis_url {
-            None => {
-                bad(
-                    Some(span),
-                    "limits: store = \"redis\" needs redis_url".into(),
-                );
-                LimitStoreSpec::Memory
-            }
-            Some(u) => {
-                if let Err(e) = mcp_gateway_layers::limit::redis::RedisStore::open(u.get_ref()) {
-                    bad(Some(u.span()), format!("limits.redis_url: {e}"));
-                }
-                LimitStoreSpec::Redis {
-                    url: u.get_ref().clone(),
-                    timeout: l
-                        .redis_timeout
-                        .map_or(mcp_gateway_layers::limit::redis::DEFAULT_TIMEOUT, |d| d.0),
-                    prefix: l.redis_prefix.clone().unwrap_or_else(|| "mcpgw:".into()),
-                }
-            }
+    let open = |u: &str| {
+        mcp_gateway_layers::limit::redis::RedisStore::open(u)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let store = match check_store(
+        "limits",
+        l.store.as_ref(),
+        l.redis_url.as_ref(),
+        open,
+        &mut bad,
+    ) {
+        None => LimitStoreSpec::Memory,
+        Some(url) => LimitStoreSpec::Redis {
+            url,
+            timeout: l
+                .redis_timeout
+                .map_or(mcp_gateway_layers::limit::redis::DEFAULT_TIMEOUT, |d| d.0),
+            prefix: l.redis_prefix.clone().unwrap_or_else(|| "mcpgw:".into()),
         },
-        Some((other, span)) => {
-            bad(
-                Some(span),
-                format!("limits.store: {other:?} is not \"memory\" or \"redis\""),
-            );
-            LimitStoreSpec::Memory
-        }
     };
     ok.then_some(LimitsSpec { limits, store })
 }

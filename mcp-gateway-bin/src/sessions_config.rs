@@ -154,44 +154,26 @@ pub(crate) fn check_sessions(
         }
         Some(d) => d.get_ref().0,
     };
-    let store = match c.store.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
-        None | Some(("memory", _)) => {
-            if let Some(u) = &c.redis_url {
-                bad(
-                    Some(u.span()),
-                    "sessions.redis_url is set but store is not \"redis\"".into(),
-                );
-            }
-            SessionStoreSpec::Memory
-        }
-        Some(("redis", span)) => match &c.redis_url {
-            None => {
-                bad(
-                    Some(span),
-                    "sessions: store = \"redis\" needs redis_url".into(),
-                );
-                SessionStoreSpec::Memory
-            }
-            Some(u) => {
-                if let Err(e) = mcp_gateway_layers::session::redis::RedisStore::open(u.get_ref()) {
-                    bad(Some(u.span()), format!("sessions.redis_url: {e}"));
-                }
-                SessionStoreSpec::Redis {
-                    url: u.get_ref().clone(),
-                    timeout: c
-                        .redis_timeout
-                        .map_or(mcp_gateway_layers::session::redis::DEFAULT_TIMEOUT, |d| d.0),
-                    prefix: c.redis_prefix.clone().unwrap_or_else(|| "mcpgw:s:".into()),
-                }
-            }
+    let open = |u: &str| {
+        mcp_gateway_layers::session::redis::RedisStore::open(u)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let store = match crate::config::check_store(
+        "sessions",
+        c.store.as_ref(),
+        c.redis_url.as_ref(),
+        open,
+        &mut bad,
+    ) {
+        None => SessionStoreSpec::Memory,
+        Some(url) => SessionStoreSpec::Redis {
+            url,
+            timeout: c
+                .redis_timeout
+                .map_or(mcp_gateway_layers::session::redis::DEFAULT_TIMEOUT, |d| d.0),
+            prefix: c.redis_prefix.clone().unwrap_or_else(|| "mcpgw:s:".into()),
         },
-        Some((other, span)) => {
-            bad(
-                Some(span),
-                format!("sessions.store: {other:?} is not \"memory\" or \"redis\""),
-            );
-            SessionStoreSpec::Memory
-        }
     };
     if !errors.is_empty() {
         return Err(errors);

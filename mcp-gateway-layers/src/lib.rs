@@ -204,6 +204,8 @@ pub mod limit;
 pub mod observe;
 pub mod origin;
 pub mod parse;
+#[cfg(any(feature = "limit-redis", feature = "sessions-redis"))]
+mod redis_link;
 pub mod scope;
 #[cfg(feature = "sessions")]
 pub mod session;

@@ -26,18 +26,15 @@
 use super::store::{
     Demand, Dimension, LimitStore, Remaining, StoreError, StoreFuture, TokenCheck, Verdict,
 };
+use crate::redis_link::RedisLink;
 use futures_util::future::Either;
 use futures_util::FutureExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The default time a decision may take before the fallback decides: 100 ms.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// How long Redis is left alone after a failure.
-const BACKOFF: Duration = Duration::from_secs(1);
 
 const DECIDE: &str = r"
 local t = redis.call('TIME')
@@ -118,15 +115,10 @@ return 1
 ";
 
 struct Inner {
-    client: redis::Client,
-    conn: OnceLock<ConnectionManager>,
-    timeout: Duration,
+    link: RedisLink,
     prefix: String,
     decide: redis::Script,
     charge: redis::Script,
-    born: Instant,
-    /// Milliseconds since `born` before which Redis is not tried again.
-    down_until: AtomicU64,
 }
 
 /// Budgets in Redis, shared by every replica. See the [module docs](self).
@@ -139,7 +131,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.timeout)
+            .field("timeout", &self.inner.link.timeout())
             .finish_non_exhaustive()
     }
 }
@@ -148,17 +140,13 @@ impl RedisStore {
     /// A store at `url` (`redis://host:port/db`, `rediss://…`). Nothing is connected until the
     /// first decision, so a gateway starts while Redis is down (and falls back meanwhile).
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
+        let link = RedisLink::open(url, DEFAULT_TIMEOUT).map_err(StoreError)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                conn: OnceLock::new(),
-                timeout: DEFAULT_TIMEOUT,
+                link,
                 prefix: "mcpgw:".into(),
                 decide: redis::Script::new(DECIDE),
                 charge: redis::Script::new(CHARGE),
-                born: Instant::now(),
-                down_until: AtomicU64::new(0),
             }),
         })
     }
@@ -172,7 +160,7 @@ impl RedisStore {
 
     /// How long a decision may take before it fails over. Default [`DEFAULT_TIMEOUT`].
     pub fn timeout(self, timeout: Duration) -> Self {
-        self.edit(|i| i.timeout = timeout)
+        self.edit(|i| i.link.set_timeout(timeout))
     }
 
     /// The prefix of every key (default `mcpgw:`): separate gateways sharing one Redis.
@@ -181,35 +169,12 @@ impl RedisStore {
         self.edit(|i| i.prefix = prefix)
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.inner.born.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// The connection, or why Redis is not tried now.
     fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        if self.now_ms() < self.inner.down_until.load(Ordering::Relaxed) {
-            return Err(StoreError("backing off after a failure".into()));
-        }
-        if let Some(c) = self.inner.conn.get() {
-            return Ok(c.clone());
-        }
-        let t = self.inner.timeout;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(t))
-            .set_response_timeout(Some(t))
-            .set_number_of_retries(1)
-            .set_max_delay(BACKOFF);
-        let c = self
-            .inner
-            .client
-            .get_connection_manager_lazy(config)
-            .map_err(|e| StoreError(e.to_string()))?;
-        Ok(self.inner.conn.get_or_init(|| c).clone())
+        self.inner.link.conn().map_err(StoreError)
     }
 
     fn failed(&self) {
-        let until = self.now_ms().saturating_add(BACKOFF.as_millis() as u64);
-        self.inner.down_until.store(until, Ordering::Relaxed);
+        self.inner.link.failed();
     }
 
     fn key(&self, key: &str, suffix: &str) -> String {
@@ -231,7 +196,8 @@ impl RedisStore {
         for a in args {
             inv.arg(a);
         }
-        let reply = tokio::time::timeout(self.inner.timeout, inv.invoke_async(&mut conn)).await;
+        let reply =
+            tokio::time::timeout(self.inner.link.timeout(), inv.invoke_async(&mut conn)).await;
         let v: Vec<i64> = match reply {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
@@ -242,7 +208,7 @@ impl RedisStore {
                 self.failed();
                 return Err(StoreError(format!(
                     "no answer within {:?}",
-                    self.inner.timeout
+                    self.inner.link.timeout()
                 )));
             }
         };
@@ -301,7 +267,7 @@ impl LimitStore for RedisStore {
         let Ok(mut conn) = self.conn() else {
             return;
         };
-        let timeout = self.inner.timeout;
+        let timeout = self.inner.link.timeout();
         let store = self.clone();
         let (keys, args) = (inv_keys(&charges, &key, &store), inv_args(&charges));
         let Ok(rt) = tokio::runtime::Handle::try_current() else {

@@ -16,16 +16,15 @@
 //! ```
 
 use super::store::{SessionHandle, SessionState, SessionStore, StoreError, StoreFuture, Use};
+use crate::redis_link::RedisLink;
 use futures_util::future::Either;
 use futures_util::FutureExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The default wait for an answer: 100 ms.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
-const BACKOFF: Duration = Duration::from_secs(1);
 
 /// KEYS[1] the session; ARGV: now ms, idle ms (0: none), ttl ms.
 const TOUCH: &str = r"
@@ -40,13 +39,9 @@ return 0
 ";
 
 struct Inner {
-    client: redis::Client,
-    conn: OnceLock<ConnectionManager>,
-    timeout: Duration,
+    link: RedisLink,
     prefix: String,
     touch: redis::Script,
-    born: Instant,
-    down_until: AtomicU64,
 }
 
 /// Session state in Redis. See the [module docs](self). Cheap to clone.
@@ -59,7 +54,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.timeout)
+            .field("timeout", &self.inner.link.timeout())
             .finish_non_exhaustive()
     }
 }
@@ -67,16 +62,12 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// A store at `url` (`redis://host:port/db`). Connects lazily, on first use.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
+        let link = RedisLink::open(url, DEFAULT_TIMEOUT).map_err(StoreError)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                conn: OnceLock::new(),
-                timeout: DEFAULT_TIMEOUT,
+                link,
                 prefix: "mcpgw:s:".into(),
                 touch: redis::Script::new(TOUCH),
-                born: Instant::now(),
-                down_until: AtomicU64::new(0),
             }),
         })
     }
@@ -90,7 +81,7 @@ impl RedisStore {
 
     /// The longest wait for an answer. Default 100 ms.
     pub fn timeout(self, timeout: Duration) -> Self {
-        self.edit(|i| i.timeout = timeout)
+        self.edit(|i| i.link.set_timeout(timeout))
     }
 
     /// The prefix of every key. Default `mcpgw:s:`.
@@ -99,35 +90,12 @@ impl RedisStore {
         self.edit(|i| i.prefix = prefix)
     }
 
-    fn since_born(&self) -> u64 {
-        self.inner.born.elapsed().as_millis() as u64
-    }
-
     fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        if self.inner.down_until.load(Ordering::Relaxed) > self.since_born() {
-            return Err(StoreError(
-                "unavailable (backing off after a failure)".into(),
-            ));
-        }
-        if let Some(c) = self.inner.conn.get() {
-            return Ok(c.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.inner.timeout))
-            .set_response_timeout(Some(self.inner.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(BACKOFF);
-        let c = self
-            .inner
-            .client
-            .get_connection_manager_lazy(config)
-            .map_err(|e| StoreError(e.to_string()))?;
-        Ok(self.inner.conn.get_or_init(|| c).clone())
+        self.inner.link.conn().map_err(StoreError)
     }
 
     fn failed(&self) {
-        let until = self.since_born().saturating_add(BACKOFF.as_millis() as u64);
-        self.inner.down_until.store(until, Ordering::Relaxed);
+        self.inner.link.failed();
     }
 
     fn key(&self, h: SessionHandle) -> String {
@@ -138,7 +106,7 @@ impl RedisStore {
         self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.inner.timeout, fut).await {
+        match tokio::time::timeout(self.inner.link.timeout(), fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.failed();
@@ -148,7 +116,7 @@ impl RedisStore {
                 self.failed();
                 Err(StoreError(format!(
                     "no answer within {:?}",
-                    self.inner.timeout
+                    self.inner.link.timeout()
                 )))
             }
         }
