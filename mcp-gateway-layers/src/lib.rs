@@ -41,6 +41,14 @@
     not(feature = "sessions"),
     doc = "| `session` | SessionAffinity over a set of instances: sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store for replicas | `sessions`, `sessions-redis` |"
 )]
+#![cfg_attr(
+    feature = "trace",
+    doc = "| [`trace`] | TraceInject: W3C trace context into `params._meta` and the HTTP headers, OpenTelemetry MCP spans (SERVER and CLIENT), RED metrics per tool and agent with a Prometheus rendering | `trace` |"
+)]
+#![cfg_attr(
+    not(feature = "trace"),
+    doc = "| `trace` | TraceInject: W3C trace context into `params._meta` and the HTTP headers, OpenTelemetry MCP spans (SERVER and CLIENT), RED metrics per tool and agent with a Prometheus rendering | `trace` |"
+)]
 //!
 //! Every rejection is a response (a JSON-RPC error with the right HTTP status), never a
 //! service error, so the layers work under axum, whose services are infallible.
@@ -210,6 +218,8 @@ pub mod scope;
 #[cfg(feature = "sessions")]
 pub mod session;
 pub mod toggle;
+#[cfg(feature = "trace")]
+pub mod trace;
 #[cfg(feature = "upstream")]
 pub mod upstream;
 
@@ -233,6 +243,8 @@ pub use scope::Scope;
 #[cfg(feature = "sessions")]
 pub use session::{SessionAffinity, SessionAffinityLayer};
 pub use toggle::{Toggle, Toggled};
+#[cfg(feature = "trace")]
+pub use trace::{TraceInject, TraceInjectLayer};
 
 /// The boxed error type bodies and services report.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
