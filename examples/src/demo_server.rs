@@ -96,6 +96,20 @@ impl Demo {
         )]))
     }
 
+    #[tool(
+        description = "Return the W3C trace context (traceparent, tracestate, baggage) this call's _meta carried, as JSON"
+    )]
+    async fn trace_context(&self, ctx: RequestContext<RoleServer>) -> String {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut seen = serde_json::Map::new();
+        for key in ["traceparent", "tracestate", "baggage"] {
+            if let Some(v) = ctx.meta.get(key) {
+                seen.insert(key.to_owned(), v.clone());
+            }
+        }
+        serde_json::Value::Object(seen).to_string()
+    }
+
     #[tool(description = "Send n progress notifications, then return")]
     async fn slow_count(
         &self,

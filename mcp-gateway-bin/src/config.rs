@@ -34,6 +34,14 @@
 //! path = "/var/log/mcp-gateway/audit.jsonl"
 //! [sessions]                        # see sessions_config
 //! key_file = "session.key"
+//!
+//! [telemetry]                       # absent: no trace context, spans or metrics (telemetry_config)
+//! otlp_endpoint = "http://127.0.0.1:4318"
+//! service_name = "mcp-gateway"
+//! sample_ratio = 1.0
+//!
+//! [admin]                           # absent: no admin listener
+//! listen = "127.0.0.1:9464"         # /metrics, /healthz, /readyz
 //! ```
 //!
 //! Unknown keys are errors, and every error names the file, line and column it comes from.
@@ -176,6 +184,12 @@ pub struct Config {
     /// Sealed, routed legacy sessions (SessionAffinity); see `sessions_config`.
     #[serde(default)]
     pub sessions: Option<crate::sessions_config::SessionsConfig>,
+    /// Trace context, spans and metrics (TraceInject). Absent: none.
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry_config::TelemetryConfig>,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`). Absent: none.
+    #[serde(default)]
+    pub admin: Option<crate::telemetry_config::AdminConfig>,
 }
 
 /// `[limits]`.
@@ -467,6 +481,10 @@ pub struct Settings {
     pub audit: Option<crate::audit_config::AuditSpec>,
     /// Session settings, when `[sessions]` is present.
     pub sessions: Option<crate::sessions_config::SessionsSpec>,
+    /// Telemetry, when `[telemetry]` is present.
+    pub telemetry: Option<crate::telemetry_config::TelemetrySpec>,
+    /// The admin listener, when `[admin]` is present.
+    pub admin: Option<crate::telemetry_config::AdminSpec>,
 }
 
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -698,10 +716,41 @@ pub fn check(
             }
         }
     });
+    let telemetry = config.telemetry.as_ref().and_then(|t| {
+        let mut e = crate::auth_config::Errs {
+            text,
+            source,
+            list: Vec::new(),
+        };
+        let spec = crate::telemetry_config::check_telemetry(t, &mut e);
+        errors.extend(e.list);
+        spec
+    });
+    let admin = config.admin.as_ref().map(|a| {
+        let spec = crate::telemetry_config::check_admin(a);
+        let public = config.server.listen;
+        if spec.listen.port() != 0
+            && spec.listen.port() == public.port()
+            && (spec.listen.ip() == public.ip()
+                || spec.listen.ip().is_unspecified()
+                || public.ip().is_unspecified())
+        {
+            errors.push(err_at(
+                Some(a.listen.span()),
+                format!(
+                    "admin.listen {} is the public listener's address; give the admin listener its own",
+                    spec.listen
+                ),
+            ));
+        }
+        spec
+    });
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Settings {
+        telemetry,
+        admin,
         sessions,
         public_url,
         auth,
@@ -993,6 +1042,8 @@ impl Settings {
             limits: None,
             audit: None,
             sessions: None,
+            telemetry: None,
+            admin: None,
         }
     }
 

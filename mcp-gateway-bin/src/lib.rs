@@ -19,6 +19,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit_config;
 pub mod auth;
 pub mod auth_config;
@@ -28,6 +29,8 @@ pub mod router;
 pub mod server;
 pub mod sessions_config;
 pub mod stack;
+pub mod telemetry;
+pub mod telemetry_config;
 pub mod tls;
 
 pub use server::Gateway;

@@ -7,7 +7,7 @@
 //! 2. `AuditLog` *(when `[audit]` is configured)*: outermost of the governing layers, so that
 //!    every refusal below it — bad input, authentication, permission, rate limit, unknown
 //!    session — is recorded, with the principal when one was established.
-//! 3. `TraceInject` *(`[telemetry]`)*: inside audit (the audit record carries its trace and
+//! 3. [`TraceInject`](mcp_gateway_layers::TraceInject) *(`[telemetry]`)*: inside audit (the audit record carries its trace and
 //!    span ids, read from the per-request record) and outside every refusing layer, so
 //!    refusals are traced too; it writes trace context into the forwarded body.
 //! 4. [`ParseMcp`](mcp_gateway_layers::ParseMcp): reads the body once (bounded), classifies it and checks the 2026-07-28
@@ -48,6 +48,7 @@ use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::audit::{AuditLogLayer, AuditWriter};
 use mcp_gateway_layers::limit::TokenBucket2DLayer;
 use mcp_gateway_layers::session::{SessionAffinityLayer, SessionKey};
+use mcp_gateway_layers::trace::TraceInjectLayer;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamConfig};
 use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcpLayer, ResponseBody, Toggle};
 use std::collections::HashMap;
@@ -92,6 +93,9 @@ pub struct Router {
     audit: Option<AuditWriter>,
     /// The sessions layer, when any route uses it.
     sessions: Option<SessionAffinityLayer>,
+    /// TraceInject, when `[telemetry]` is configured: one for all routes (one metrics
+    /// registry, one span exporter).
+    telemetry: Option<TraceInjectLayer>,
 }
 
 impl Router {
@@ -120,6 +124,13 @@ impl Router {
             .as_ref()
             .map(|w| AuditLogLayer::new(w.clone()).body_limit(settings.body_limit));
         let sessions = sessions_layer(settings);
+        let telemetry = match &settings.telemetry {
+            Some(spec) => Some(
+                crate::telemetry::layer(spec, settings.body_limit)
+                    .map_err(|e| crate::server::StartError::Telemetry(e.to_string()))?,
+            ),
+            None => None,
+        };
         for spec in &settings.upstreams {
             let roots = match &spec.ca_file {
                 Some(path) => crate::tls::load_certs(path)?,
@@ -144,9 +155,11 @@ impl Router {
             // The governed chain, whatever serves below it, boxed once.
             macro_rules! governed {
                 ($inner:expr) => {{
-                    let svc = Toggle::new(audit_layer.clone()).layer(parse.layer(
-                        Toggle::new(guard).layer(Toggle::new(limits.clone()).layer($inner)),
-                    ));
+                    let svc = Toggle::new(audit_layer.clone()).layer(
+                        Toggle::new(telemetry.clone()).layer(parse.layer(
+                            Toggle::new(guard).layer(Toggle::new(limits.clone()).layer($inner)),
+                        )),
+                    );
                     Switch::Governed(BoxCloneSyncService::new(
                         ServiceExt::<Request<Incoming>>::map_response(svc, |r| {
                             r.map(BodyExt::boxed_unsync)
@@ -162,7 +175,11 @@ impl Router {
                     .clone()
                     .scope(&spec.name)
                     .service(upstream.instances())),
-                None if guard.is_none() && limits.is_none() && audit_layer.is_none() => {
+                None if guard.is_none()
+                    && limits.is_none()
+                    && audit_layer.is_none()
+                    && telemetry.is_none() =>
+                {
                     Switch::Plain(parse.layer(upstream))
                 }
                 None => governed!(upstream),
@@ -181,12 +198,23 @@ impl Router {
             routes: Arc::new(routes),
             ready,
             cutoff,
-            governed: auth.is_some() || limits.is_some() || audit.is_some() || sessions.is_some(),
+            governed: auth.is_some()
+                || limits.is_some()
+                || audit.is_some()
+                || sessions.is_some()
+                || telemetry.is_some(),
             access_log,
             limits,
             audit,
             sessions,
+            telemetry,
         })
+    }
+
+    /// The telemetry layer (its metrics, and the span exporter's flush), when `[telemetry]`
+    /// is configured.
+    pub fn telemetry(&self) -> Option<&TraceInjectLayer> {
+        self.telemetry.as_ref()
     }
 
     /// The audit writer (its counters, and `flush`), when `[audit]` is configured.

@@ -39,6 +39,17 @@ pub enum StartError {
     /// The audit log cannot be opened.
     #[error("audit: {0}")]
     Audit(String),
+    /// Telemetry cannot start.
+    #[error("{0}")]
+    Telemetry(String),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr} (admin): {source}")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway.
@@ -48,6 +59,8 @@ pub struct Gateway {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     audit: Option<mcp_gateway_layers::audit::AuditWriter>,
+    telemetry: Option<mcp_gateway_layers::trace::TraceInjectLayer>,
+    admin: Option<crate::admin::Admin>,
 }
 
 impl Gateway {
@@ -84,6 +97,13 @@ impl Gateway {
         }
         let router = Router::new(&settings, ready.clone(), cutoff.clone()).await?;
         let audit = router.audit().cloned();
+        let telemetry = router.telemetry().cloned();
+        let admin = match &settings.admin {
+            Some(spec) => {
+                Some(crate::admin::Admin::bind(spec.listen, &router, ready.clone()).await?)
+            }
+            None => None,
+        };
         let (stop, stopped) = watch::channel(false);
         let grace = settings.shutdown_grace;
         let task = tokio::spawn(accept_loop(
@@ -100,6 +120,8 @@ impl Gateway {
             stop,
             task,
             audit,
+            telemetry,
+            admin,
         })
     }
 
@@ -108,13 +130,26 @@ impl Gateway {
         self.local_addr
     }
 
+    /// The admin listener's bound address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(crate::admin::Admin::local_addr)
+    }
+
     /// Stops accepting, lets in-flight requests and open streams finish within the grace
     /// period, then returns.
     /// With `[audit]`, the records of every exchange are then written and synced (waiting
     /// at most 10 s for a failing sink; what could not be written is counted and logged).
+    /// With span export, the spans still queued are exported (at most 5 s). The admin
+    /// listener answers `/readyz` 503 while draining and closes last.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Some(t) = &self.telemetry {
+            crate::telemetry::shutdown(t, Duration::from_secs(5)).await;
+        }
+        if let Some(admin) = self.admin {
+            admin.stop().await;
+        }
         if let Some(audit) = &self.audit {
             if tokio::time::timeout(Duration::from_secs(10), audit.flush())
                 .await

@@ -124,7 +124,10 @@ async fn legacy_session_through_gateway() {
             .iter()
             .map(|t| t.name.to_string())
             .collect();
-        assert_eq!(tools, ["blob", "echo", "increment", "slow_count"]);
+        assert_eq!(
+            tools,
+            ["blob", "echo", "increment", "slow_count", "trace_context"]
+        );
         assert_eq!(
             call(&c, "echo", serde_json::json!({"text": "héllo"})).await,
             "héllo"

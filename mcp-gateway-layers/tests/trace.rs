@@ -52,7 +52,11 @@ fn server(
             seen.lock().unwrap().push((parts.headers, body.clone()));
             let v: serde_json::Value = serde_json::from_slice(&body)?;
             if v.is_array() || v.get("id").is_none() {
-                let mut r = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync());
+                let mut r = Response::new(
+                    Full::new(Bytes::new())
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                );
                 *r.status_mut() = StatusCode::ACCEPTED;
                 return Ok(r);
             }
@@ -196,7 +200,10 @@ async fn tools_call_continues_the_callers_trace_and_hands_the_client_span_to_the
     );
     assert_eq!(server.parent_span_id.to_string(), "00f067aa0ba902b7");
     assert!(server.parent_span_is_remote);
-    assert_eq!(client.span_context.trace_id(), server.span_context.trace_id());
+    assert_eq!(
+        client.span_context.trace_id(),
+        server.span_context.trace_id()
+    );
     assert_eq!(client.parent_span_id, server.span_context.span_id());
     assert!(server.links.is_empty());
     assert!(client.start_time >= server.start_time && client.end_time <= server.end_time);
@@ -252,7 +259,8 @@ async fn every_byte_outside_the_trace_keys_keeps_its_place() {
     let raw = rig.seen.lock().unwrap().last().unwrap().1.clone();
     let raw = std::str::from_utf8(&raw).unwrap();
     let (_, body) = rig.last_seen();
-    let sent = TraceParent::parse(body["params"]["_meta"]["traceparent"].as_str().unwrap()).unwrap();
+    let sent =
+        TraceParent::parse(body["params"]["_meta"]["traceparent"].as_str().unwrap()).unwrap();
     let tp = format!("00-11111111111111111111111111111111-{}-00", sent.span_id);
     // Unsampled caller: the trace continues unsampled, but the context still goes on.
     let expected = call.replace(
@@ -285,7 +293,8 @@ async fn http_context_is_the_parent_without_meta_and_a_link_when_it_differs() {
     let rig = Rig::new();
     let other = "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01";
     // HTTP only: the HTTP context is the parent.
-    let call = r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a.txt"}}"#;
+    let call =
+        r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a.txt"}}"#;
     rig.call(call, &[("traceparent", other)]).await;
     let (server, client) = rig.pair();
     assert_eq!(server.name, "resources/read");
@@ -370,13 +379,23 @@ async fn a_refusal_below_is_a_server_span_with_error_type_and_no_hop() {
     assert_eq!(status, 200);
     let (status, _) = send(svc, call, &[]).await;
     assert_eq!(status, 429);
-    assert_eq!(rig.seen.lock().unwrap().len(), 1, "the refused call never reached the server");
+    assert_eq!(
+        rig.seen.lock().unwrap().len(),
+        1,
+        "the refused call never reached the server"
+    );
     let (server, client) = rig.pair();
-    assert!(client.is_none(), "no CLIENT span for a call that never left");
+    assert!(
+        client.is_none(),
+        "no CLIENT span for a call that never left"
+    );
     assert_eq!(attr(&server, "error.type"), s("-32052"));
     assert_eq!(attr(&server, "mcp_gateway.outcome"), s("rate_limited"));
     assert_eq!(attr(&server, "mcp_gateway.denied_by"), s("limits"));
-    assert_eq!(attr(&server, "http.response.status_code"), Some(Value::I64(429)));
+    assert_eq!(
+        attr(&server, "http.response.status_code"),
+        Some(Value::I64(429))
+    );
     assert!(matches!(server.status, Status::Error { .. }));
     assert_eq!(rig.finished().len(), 3, "SERVER+CLIENT, then SERVER alone");
 }
@@ -404,7 +423,10 @@ async fn an_sse_response_span_ends_when_the_stream_ends() {
     .unwrap();
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.data_ref().is_some());
-    assert!(rig.finished().is_empty(), "the span is still open mid-stream");
+    assert!(
+        rig.finished().is_empty(),
+        "the span is still open mid-stream"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     tx.send(Bytes::from_static(
         b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":4,\"result\":{\"content\":[]}}\n\n",
@@ -473,7 +495,12 @@ async fn sample_ratio_zero_records_no_new_trace_but_follows_a_sampled_parent() {
         .sample_ratio(0.0);
     let seen = Seen::default();
     let svc = layer.layer(server(seen.clone(), Stream::default()));
-    send(svc.clone(), r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, &[]).await;
+    send(
+        svc.clone(),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        &[],
+    )
+    .await;
     assert!(spans.get_finished_spans().unwrap().is_empty());
     let body: serde_json::Value =
         serde_json::from_slice(&seen.lock().unwrap().last().unwrap().1).unwrap();

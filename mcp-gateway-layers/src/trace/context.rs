@@ -223,11 +223,15 @@ mod tests {
         assert_eq!(c.tracestate.as_deref(), Some("a=1"));
         assert_eq!(c.baggage.as_deref(), Some("k=v"));
         // tracestate without a valid parent is dropped; baggage stands alone.
-        let c = Carried::from_meta(br#"{"traceparent":"bogus","tracestate":"a=1","baggage":"k=v"}"#);
+        let c =
+            Carried::from_meta(br#"{"traceparent":"bogus","tracestate":"a=1","baggage":"k=v"}"#);
         assert_eq!(c.parent, None);
         assert_eq!(c.tracestate, None);
         assert_eq!(c.baggage.as_deref(), Some("k=v"));
-        assert_eq!(Carried::from_meta(br#"{"traceparent":7}"#), Carried::default());
+        assert_eq!(
+            Carried::from_meta(br#"{"traceparent":7}"#),
+            Carried::default()
+        );
 
         let mut h = http::HeaderMap::new();
         h.insert(

@@ -160,7 +160,11 @@ impl TraceInjectLayer {
 
     /// Sends finished spans to `processor` (a `BatchSpanProcessor` over an OTLP exporter, say),
     /// describing the gateway with `resource` (its `service.name`, …).
-    pub fn span_processor(self, mut processor: impl SpanProcessor + 'static, resource: &Resource) -> Self {
+    pub fn span_processor(
+        self,
+        mut processor: impl SpanProcessor + 'static,
+        resource: &Resource,
+    ) -> Self {
         processor.set_resource(resource);
         let processor: Arc<dyn SpanProcessor> = Arc::new(processor);
         self.edit(|s| s.processor = Some(processor))
@@ -169,7 +173,11 @@ impl TraceInjectLayer {
     /// The share of new traces whose spans are recorded, 0.0 to 1.0 (default 1.0). A caller's
     /// sampled flag decides for the traces it continues.
     pub fn sample_ratio(self, ratio: f64) -> Self {
-        let ratio = if ratio.is_nan() { 1.0 } else { ratio.clamp(0.0, 1.0) };
+        let ratio = if ratio.is_nan() {
+            1.0
+        } else {
+            ratio.clamp(0.0, 1.0)
+        };
         self.edit(|s| s.ratio = ratio)
     }
 

@@ -122,6 +122,10 @@ struct Spans {
     usage_in: Option<u64>,
     usage_out: Option<u64>,
     status: u16,
+    /// Answers expected (requests with an id) and answers seen: a client that leaves once it
+    /// has every answer (an SDK closing an SSE stream) has not cut the exchange short.
+    expected: usize,
+    answered: usize,
 }
 
 fn id_text(id: &mcp_gateway_core::RequestId) -> String {
@@ -136,11 +140,13 @@ impl Observer for Spans {
     fn on_message(&mut self, msg: &ObservedMessage<'_>) {
         match msg.kind() {
             MessageKind::ErrorResponse => {
+                self.answered += 1;
                 if self.error_code.is_none() {
                     self.error_code = msg.error_code();
                 }
             }
             MessageKind::Response => {
+                self.answered += 1;
                 if msg.is_tool_error() {
                     self.tool_error = true;
                 }
@@ -157,6 +163,12 @@ impl Observer for Spans {
 
     fn on_end(&mut self, end: &Ending) {
         self.status = end.status.as_u16();
+        let reason = match end.reason {
+            EndReason::ClientGone if self.expected > 0 && self.answered >= self.expected => {
+                EndReason::Completed
+            }
+            other => other,
+        };
         let end_time = SystemTime::now();
         let duration = self.started.elapsed();
         let (principal, route, session, tokens_in, tokens_out, denial, instance) =
@@ -178,7 +190,7 @@ impl Observer for Spans {
             (Some(code), _) => Some(code.to_string()),
             (None, true) => Some("tool_error".to_owned()),
             (None, false) if self.status >= 400 => Some(self.status.to_string()),
-            _ => match end.reason {
+            _ => match reason {
                 EndReason::Completed | EndReason::DroppedUnpolled => None,
                 other => Some(other.as_str().to_owned()),
             },
@@ -186,7 +198,7 @@ impl Observer for Spans {
         let outcome: &str = if let Some(d) = &denial {
             d.kind.as_str()
         } else {
-            match end.reason {
+            match reason {
                 EndReason::UpstreamFailed => "upstream_failed",
                 EndReason::ClientGone => "client_gone",
                 EndReason::Shutdown => "shutdown",
@@ -231,7 +243,10 @@ impl Observer for Spans {
         }
         // With SessionAffinity the record names the session by its handle, never by the
         // sealed id itself (which is a credential of sorts).
-        if let Some(s) = session.map(|s| s.to_string()).or(self.legacy_session.take().map(String::from)) {
+        if let Some(s) = session
+            .map(|s| s.to_string())
+            .or(self.legacy_session.take().map(String::from))
+        {
             attrs.push(KeyValue::new("mcp.session.id", s));
         }
         if let Some(n) = tokens_in {
@@ -617,10 +632,16 @@ where
                 usage_in: None,
                 usage_out: None,
                 status: 0,
+                expected: view.parsed().map_or(0, |p| {
+                    p.messages()
+                        .iter()
+                        .filter(|m| m.kind().expects_response())
+                        .count()
+                }),
+                answered: 0,
             });
             let resp = inner.call(req).await?.map(ResponseBody::inner);
             Ok(scope.finish(resp).await)
         })
     }
 }
-

@@ -1,0 +1,200 @@
+//! The admin listener (`[admin] listen`): `/metrics` (Prometheus text format), `/healthz` and
+//! `/readyz`, on an address of its own so that operators' endpoints never share the public
+//! listener with agents.
+//!
+//! - `GET /metrics`: the RED metrics of `[telemetry]` (see `mcp_gateway_layers::trace::metrics`)
+//!   and the gateway's own counters (`mcp_gateway_up`, `mcp_gateway_build_info`, audit
+//!   records written and dropped, store errors of limits and sessions).
+//! - `GET /healthz`: 200 while the process serves.
+//! - `GET /readyz`: 200 while the gateway takes traffic, 503 once it drains at shutdown.
+
+use crate::router::Router;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A running admin listener.
+#[derive(Debug)]
+pub struct Admin {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Admin {
+    /// Binds `addr` and serves the admin endpoints for `router`'s layers.
+    pub async fn bind(
+        addr: SocketAddr,
+        router: &Router,
+        ready: Arc<AtomicBool>,
+    ) -> Result<Self, crate::server::StartError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| crate::server::StartError::AdminBind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| crate::server::StartError::AdminBind { addr, source })?;
+        let (stop, mut stopped) = watch::channel(false);
+        let router = router.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let (stream, _) = tokio::select! {
+                    a = listener.accept() => match a {
+                        Ok(s) => s,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = stopped.changed() => break,
+                };
+                while conns.try_join_next().is_some() {}
+                let router = router.clone();
+                let ready = ready.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let resp = answer(&req, &router, &ready);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                conns.spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            conns.abort_all();
+        });
+        tracing::info!(addr = %local, "admin listener: /metrics /healthz /readyz");
+        Ok(Self {
+            addr: local,
+            stop,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the listener.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, ct: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp
+}
+
+fn answer(req: &Request<Incoming>, router: &Router, ready: &AtomicBool) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n", PLAIN);
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut out = String::with_capacity(16 * 1024);
+            render(router, &mut out);
+            text(
+                StatusCode::OK,
+                out,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n", PLAIN),
+        "/readyz" => {
+            if ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ready\n", PLAIN)
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", PLAIN)
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: the admin listener serves /metrics, /healthz and /readyz\n",
+            PLAIN,
+        ),
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Everything `/metrics` shows.
+fn render(router: &Router, out: &mut String) {
+    let _ = writeln!(out, "# HELP mcp_gateway_up 1 while the gateway serves.");
+    let _ = writeln!(out, "# TYPE mcp_gateway_up gauge");
+    let _ = writeln!(out, "mcp_gateway_up 1");
+    let _ = writeln!(out, "# HELP mcp_gateway_build_info The gateway's version.");
+    let _ = writeln!(out, "# TYPE mcp_gateway_build_info gauge");
+    let _ = writeln!(
+        out,
+        "mcp_gateway_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(t) = router.telemetry() {
+        t.metrics().render_prometheus(out);
+    }
+    if let Some(a) = router.audit() {
+        let s = a.stats();
+        counter(
+            out,
+            "mcp_gateway_audit_records_written_total",
+            "Audit records written to the sink.",
+            s.written,
+        );
+        counter(
+            out,
+            "mcp_gateway_audit_records_dropped_total",
+            "Audit records that could not be kept (their requests were refused).",
+            s.dropped,
+        );
+        counter(
+            out,
+            "mcp_gateway_audit_sink_errors_total",
+            "Audit sink failures (each retried).",
+            s.sink_errors,
+        );
+    }
+    if let Some(l) = router.limits() {
+        counter(
+            out,
+            "mcp_gateway_limits_store_errors_total",
+            "Rate-limit decisions the shared store could not make.",
+            l.store_errors(),
+        );
+    }
+    if let Some(s) = router.sessions() {
+        counter(
+            out,
+            "mcp_gateway_sessions_store_errors_total",
+            "Session store operations that failed (sessions still route).",
+            s.store_errors(),
+        );
+    }
+}
