@@ -34,6 +34,7 @@ GATEWAY_CONFIGS = [
     "limits.toml",
     "audit.toml",
     "sessions.toml",
+    "telemetry.toml",
 ]
 
 # (name, era, format, size, mode)  mode: "closed" or an open-loop rate in requests/s.

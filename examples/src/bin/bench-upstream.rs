@@ -5,6 +5,9 @@
 //! `tools/call` of the tool `payload` with a result of `arguments.size` bytes of text, as
 //! `application/json` or — with `arguments.format = "sse"` — as one SSE event. Any other
 //! request gets an empty result. Sessions are not checked: every id is accepted.
+//!
+//! It is also the benchmarks' local OpenTelemetry sink: a POST to a path ending in
+//! `/v1/traces` (OTLP/HTTP) is read whole and answered 200 with an empty export response.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -66,9 +69,18 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
             Bytes::new(),
         ));
     }
+    let otlp = req.uri().path().ends_with("/v1/traces");
     let Ok(body) = req.into_body().collect().await.map(|c| c.to_bytes()) else {
         return Ok(respond(StatusCode::BAD_REQUEST, "text/plain", Bytes::new()));
     };
+    if otlp {
+        // An empty ExportTraceServiceResponse: full success.
+        return Ok(respond(
+            StatusCode::OK,
+            "application/x-protobuf",
+            Bytes::new(),
+        ));
+    }
     let Ok(view) = ClassifiedBody::new(body) else {
         return Ok(respond(StatusCode::BAD_REQUEST, "text/plain", Bytes::new()));
     };

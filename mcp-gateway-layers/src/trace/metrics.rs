@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -158,9 +158,7 @@ impl Metrics {
     fn series(&self, op: &Operation<'_>) -> Arc<Series> {
         let r = &self.0;
         let k = key(op, op.tool, op.agent);
-        let mut h = r.hasher.build_hasher();
-        k.hash(&mut h);
-        let shard = &r.shards[(h.finish() as usize) % SHARDS];
+        let shard = &r.shards[(r.hasher.hash_one(&k) as usize) % SHARDS];
         if let Some(s) = lock(shard).get(k.as_str()) {
             return s.clone();
         }
@@ -171,9 +169,7 @@ impl Metrics {
         } else {
             k
         };
-        let mut h = r.hasher.build_hasher();
-        k.hash(&mut h);
-        let shard = &r.shards[(h.finish() as usize) % SHARDS];
+        let shard = &r.shards[(r.hasher.hash_one(&k) as usize) % SHARDS];
         let mut map = lock(shard);
         if let Some(s) = map.get(k.as_str()) {
             return s.clone();
