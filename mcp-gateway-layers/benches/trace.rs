@@ -77,10 +77,8 @@ fn through_layer(c: &mut Criterion) {
         ("metrics only", TraceInjectLayer::new()),
         (
             "spans + metrics",
-            TraceInjectLayer::new().span_processor(
-                SimpleSpanProcessor::new(Drop),
-                &Resource::builder().build(),
-            ),
+            TraceInjectLayer::new()
+                .span_processor(SimpleSpanProcessor::new(Drop), &Resource::builder().build()),
         ),
     ] {
         let mut svc = layer.layer(server);
