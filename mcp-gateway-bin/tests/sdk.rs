@@ -165,7 +165,7 @@ async fn sessionless_2026_through_gateway() {
             c.peer_info().unwrap().protocol_version,
             ProtocolVersion::V_2026_07_28
         );
-        assert_eq!(c.list_all_tools().await.unwrap().len(), 4);
+        assert_eq!(c.list_all_tools().await.unwrap().len(), 5);
         assert_eq!(
             call(&c, "echo", serde_json::json!({"text": "x"})).await,
             "x"
