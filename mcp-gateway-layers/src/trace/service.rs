@@ -561,6 +561,8 @@ where
                     let len = new_body.len();
                     *req.body_mut() = Full::new(new_body);
                     req.extensions_mut().insert(new_view);
+                    // The body is whole now: its length is known, and it is no longer chunked.
+                    req.headers_mut().remove(header::TRANSFER_ENCODING);
                     req.headers_mut()
                         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
                 }
