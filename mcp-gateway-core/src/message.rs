@@ -160,6 +160,63 @@ impl McpMessage {
     }
 }
 
+/// One change to a body's bytes: `removed` bytes at `at` replaced by `inserted` bytes
+/// (positions in the body before any of the edits it is listed with).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edit {
+    /// Where the change starts.
+    pub at: usize,
+    /// Bytes taken out.
+    pub removed: usize,
+    /// Bytes put in.
+    pub inserted: usize,
+    /// A `params` object the inserted text creates: its place within the inserted text.
+    pub new_params: Option<Range<usize>>,
+    /// A `_meta` object the inserted text creates: its place within the inserted text.
+    pub new_meta: Option<Range<usize>>,
+}
+
+impl Edit {
+    /// Moves `r` as the edit moves the bytes it covers: a range after the edit shifts, a
+    /// range around it grows or shrinks, a range before it stays.
+    fn apply(&self, r: &mut Range<usize>) {
+        let end_of_removed = self.at + self.removed;
+        if r.start >= end_of_removed && !(self.removed > 0 && r.start == self.at) {
+            r.start = r.start + self.inserted - self.removed;
+            r.end = r.end + self.inserted - self.removed;
+        } else if r.start < self.at && r.end >= end_of_removed && r.end > self.at {
+            r.end = r.end + self.inserted - self.removed;
+        }
+    }
+}
+
+impl McpMessage {
+    fn apply(&mut self, e: &Edit) {
+        let owns = self.span.start < e.at && e.at < self.span.end;
+        e.apply(&mut self.span);
+        for r in [
+            &mut self.params,
+            &mut self.meta,
+            &mut self.arguments,
+            &mut self.result,
+            &mut self.result_meta,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            e.apply(r);
+        }
+        if owns {
+            if let Some(p) = &e.new_params {
+                self.params = Some(e.at + p.start..e.at + p.end);
+            }
+            if let Some(m) = &e.new_meta {
+                self.meta = Some(e.at + m.start..e.at + m.end);
+            }
+        }
+    }
+}
+
 /// A classified body: one message or a batch (batches exist only in protocol 2025-03-26).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedBody {
@@ -168,6 +225,22 @@ pub struct ParsedBody {
 }
 
 impl ParsedBody {
+    /// The classification of the body that `edits` made of this one, when the edits only
+    /// touched bytes inside `_meta` objects or inserted whole members (what
+    /// [`crate::meta`] does): no message changed its meaning, so only the spans move. Far
+    /// cheaper than classifying the new body again.
+    pub fn edited(&self, edits: &[Edit]) -> Self {
+        let mut out = self.clone();
+        let mut sorted: Vec<&Edit> = edits.iter().collect();
+        sorted.sort_by(|a, b| b.at.cmp(&a.at));
+        for e in sorted {
+            for m in &mut out.messages {
+                m.apply(e);
+            }
+        }
+        out
+    }
+
     /// True for a JSON array body.
     pub fn is_batch(&self) -> bool {
         self.batch

@@ -16,7 +16,7 @@
 //! assert_eq!(&out[..], br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"k":1,"traceparent":"00-abc-def-01"}}}"#);
 //! ```
 
-use crate::message::McpMessage;
+use crate::message::{Edit, McpMessage};
 use bytes::{Bytes, BytesMut};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -68,6 +68,16 @@ pub fn set_meta_entries(
     msg: &McpMessage,
     entries: &[(&str, &str)],
 ) -> Result<Bytes, MetaError> {
+    set_meta_entries_with_edits(body, msg, entries).map(|(b, _)| b)
+}
+
+/// [`set_meta_entries`], also returning the edits made (positions in `body`), for
+/// [`ParsedBody::edited`](crate::message::ParsedBody::edited).
+pub fn set_meta_entries_with_edits(
+    body: &Bytes,
+    msg: &McpMessage,
+    entries: &[(&str, &str)],
+) -> Result<(Bytes, Vec<Edit>), MetaError> {
     for (k, v) in entries {
         if serde_json::from_str::<&RawValue>(v).is_err() {
             return Err(MetaError::InvalidValue((*k).to_owned()));
@@ -75,6 +85,11 @@ pub fn set_meta_entries(
     }
     // (position, bytes to remove, text to insert), applied in position order.
     let mut splices: Vec<(usize, usize, String)> = Vec::new();
+    // A new object the insertion creates: (params, meta) places within the inserted text.
+    let mut created: (
+        Option<std::ops::Range<usize>>,
+        Option<std::ops::Range<usize>>,
+    ) = (None, None);
     let encode_new = |keys: &[&(&str, &str)]| -> String {
         let mut s = String::new();
         for (i, (k, v)) in keys.iter().enumerate() {
@@ -120,31 +135,40 @@ pub fn set_meta_entries(
             .all(|b| b.is_ascii_whitespace() || *b == b'}');
         let all: Vec<_> = entries.iter().collect();
         let sep = if empty { "" } else { "," };
-        splices.push((
-            params.start + 1,
-            0,
-            format!("\"_meta\":{{{}}}{sep}", encode_new(&all)),
-        ));
+        let object = format!("{{{}}}", encode_new(&all));
+        created.1 = Some(8..8 + object.len());
+        splices.push((params.start + 1, 0, format!("\"_meta\":{object}{sep}")));
     } else {
         let span = msg.span();
         let all: Vec<_> = entries.iter().collect();
-        splices.push((
-            span.end - 1,
-            0,
-            format!(",\"params\":{{\"_meta\":{{{}}}}}", encode_new(&all)),
-        ));
+        let text = format!(",\"params\":{{\"_meta\":{{{}}}}}", encode_new(&all));
+        created = (Some(10..text.len()), Some(19..text.len() - 1));
+        splices.push((span.end - 1, 0, text));
     }
     splices.sort_by_key(|s| s.0);
     let extra: usize = splices.iter().map(|s| s.2.len()).sum();
     let mut out = BytesMut::with_capacity(body.len() + extra);
     let mut pos = 0;
+    let mut edits = Vec::with_capacity(splices.len());
     for (at, remove, insert) in splices {
         out.extend_from_slice(&body[pos..at]);
         out.extend_from_slice(insert.as_bytes());
         pos = at + remove;
+        edits.push(Edit {
+            at,
+            removed: remove,
+            inserted: insert.len(),
+            new_params: None,
+            new_meta: None,
+        });
     }
     out.extend_from_slice(&body[pos..]);
-    Ok(out.freeze())
+    // Only the branches that insert a whole object make one splice.
+    if let (Some(e), true) = (edits.last_mut(), created.0.is_some() || created.1.is_some()) {
+        e.new_params = created.0;
+        e.new_meta = created.1;
+    }
+    Ok((out.freeze(), edits))
 }
 
 #[cfg(test)]
@@ -220,6 +244,46 @@ mod tests {
             set_meta_entries(&b, &m, &[("k", "{")]),
             Err(MetaError::InvalidValue(_))
         ));
+    }
+
+    #[test]
+    fn edited_spans_match_a_fresh_classification() {
+        let bodies = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":[1,2]},"_meta":{"x":1,"traceparent":"old"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{},"name":"t","arguments":{"a":1}}}"#,
+            r#"{ "id" : 1, "params" : { "arguments" : {"b":"}"}, "name":"t" }, "method":"tools/call", "jsonrpc":"2.0" }"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{ }}"#,
+            r#"[{"jsonrpc":"2.0","method":"n"},{"jsonrpc":"2.0","id":3,"method":"m","params":{"_meta":{ }}},{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"x","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}]"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"a","params":{"x":{"y":2}}},{"jsonrpc":"2.0","id":"r","result":{"_meta":{"k":1}}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"n","arguments":{},"_meta":{"traceparent":"x","k":2}}}]"#,
+        ];
+        let entries: &[&[(&str, &str)]] = &[
+            &[("traceparent", "\"00-aa-bb-01\"")],
+            &[("traceparent", "\"00-aa-bb-01\""), ("baggage", "\"k=v\"")],
+            &[("x", "12345678901234567890")],
+        ];
+        for text in bodies {
+            for e in entries {
+                let mut body = Bytes::copy_from_slice(text.as_bytes());
+                let parsed = classify(&body).unwrap();
+                let mut edits = Vec::new();
+                for m in parsed.messages().iter().rev() {
+                    if m.kind() == crate::MessageKind::Request
+                        || m.kind() == crate::MessageKind::Notification
+                    {
+                        let (b, mut ed) = set_meta_entries_with_edits(&body, m, e).unwrap();
+                        body = b;
+                        edits.append(&mut ed);
+                    }
+                }
+                assert_eq!(
+                    parsed.edited(&edits),
+                    classify(&body).unwrap(),
+                    "{text} {e:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -95,6 +95,16 @@ impl McpRequest {
         })))
     }
 
+    /// The same request with a body that `edits` made of this one's ([`crate::meta`] edits:
+    /// `_meta` only). The spans are moved rather than the body classified again.
+    pub fn with_edited_body(&self, body: Bytes, edits: &[crate::message::Edit]) -> Self {
+        Self(Arc::new(Inner {
+            parsed: self.0.parsed.as_ref().map(|p| p.edited(edits)),
+            body: Some(body),
+            protocol: self.0.protocol.clone(),
+        }))
+    }
+
     /// The view inserted by an earlier layer, if any.
     pub fn from_extensions(ext: &Extensions) -> Option<&Self> {
         ext.get::<Self>()

@@ -11,7 +11,7 @@ use criterion::{criterion_group, Criterion, Throughput};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use mcp_gateway_core::message::classify;
-use mcp_gateway_core::meta::set_meta_entries;
+use mcp_gateway_core::meta::{set_meta_entries, set_meta_entries_with_edits};
 use mcp_gateway_core::McpRequest;
 use mcp_gateway_layers::trace::TraceInjectLayer;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -40,10 +40,17 @@ fn splice(c: &mut Criterion) {
             bch.iter(|| set_meta_entries(&b, &msg, &[("traceparent", TP)]).unwrap())
         });
         let view = McpRequest::parse(&http::HeaderMap::new(), Some(b.clone())).unwrap();
-        g.bench_function("splice + re-classify (the layer's work)", |bch| {
+        g.bench_function("splice + re-classify", |bch| {
             bch.iter(|| {
                 let out = set_meta_entries(&b, &msg, &[("traceparent", TP)]).unwrap();
                 view.with_body(out).unwrap()
+            })
+        });
+        g.bench_function("splice + moved spans (the layer's work)", |bch| {
+            bch.iter(|| {
+                let (out, edits) =
+                    set_meta_entries_with_edits(&b, &msg, &[("traceparent", TP)]).unwrap();
+                view.with_edited_body(out, &edits)
             })
         });
         g.finish();

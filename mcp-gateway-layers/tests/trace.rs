@@ -49,6 +49,14 @@ fn server(
         async move {
             let (parts, body) = req.into_parts();
             let body = body.collect().await?.to_bytes();
+            // The view the layers below read matches the bytes sent: spans moved right.
+            if let Some(view) = mcp_gateway_layers::McpRequest::from_extensions(&parts.extensions) {
+                assert_eq!(view.body(), Some(&body));
+                assert_eq!(
+                    view.parsed(),
+                    Some(&mcp_gateway_layers::core::message::classify(&body).unwrap())
+                );
+            }
             seen.lock().unwrap().push((parts.headers, body.clone()));
             let v: serde_json::Value = serde_json::from_slice(&body)?;
             if v.is_array() || v.get("id").is_none() {

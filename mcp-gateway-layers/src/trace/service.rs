@@ -12,7 +12,7 @@ use http_body_util::Full;
 use mcp_gateway_core::era::Era;
 use mcp_gateway_core::exchange::{DenialKind, Exchange};
 use mcp_gateway_core::message::{McpMessage, MessageKind};
-use mcp_gateway_core::meta::set_meta_entries;
+use mcp_gateway_core::meta::set_meta_entries_with_edits;
 use mcp_gateway_core::observe::{EndReason, Ending, ObservedMessage, Observer};
 use mcp_gateway_core::McpRequest;
 use opentelemetry::trace::{
@@ -368,21 +368,22 @@ fn json_string(s: &str) -> String {
 }
 
 /// Sets trace context in every request and notification of the body (last first, so the
-/// spans of earlier messages stay valid). `None` when nothing could be rewritten.
-fn inject(view: &McpRequest, entries: &[(&str, &str)]) -> Option<Bytes> {
+/// spans of earlier messages stay valid) and returns the new view, its spans moved by the
+/// edits (no second classification). `None` when nothing could be rewritten.
+fn inject(view: &McpRequest, entries: &[(&str, &str)]) -> Option<McpRequest> {
     let mut body = view.body()?.clone();
-    let mut changed = false;
+    let mut edits = Vec::new();
     for msg in view.parsed()?.messages().iter().rev() {
         if !matches!(msg.kind(), MessageKind::Request | MessageKind::Notification) {
             continue;
         }
         // A `params` or `_meta` that is not an object is the server's to refuse: leave it.
-        if let Ok(next) = set_meta_entries(&body, msg, entries) {
+        if let Ok((next, mut made)) = set_meta_entries_with_edits(&body, msg, entries) {
             body = next;
-            changed = true;
+            edits.append(&mut made);
         }
     }
-    changed.then_some(body)
+    (!edits.is_empty()).then(|| view.with_edited_body(body, &edits))
 }
 
 fn base_attributes(
@@ -556,8 +557,8 @@ where
             if let Some(v) = &bg_json {
                 entries.push(("baggage", v));
             }
-            if let Some(new_body) = inject(&view, &entries) {
-                if let Ok(new_view) = view.with_body(new_body.clone()) {
+            if let Some(new_view) = inject(&view, &entries) {
+                if let Some(new_body) = new_view.body().cloned() {
                     let len = new_body.len();
                     *req.body_mut() = Full::new(new_body);
                     req.extensions_mut().insert(new_view);
