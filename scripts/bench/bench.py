@@ -35,6 +35,7 @@ GATEWAY_CONFIGS = [
     "audit.toml",
     "sessions.toml",
     "telemetry.toml",
+    "full.toml",
 ]
 
 # (name, era, format, size, mode)  mode: "closed" or an open-loop rate in requests/s.
@@ -154,6 +155,11 @@ def start_gateway(config, upstream_port, log, tmp):
             .replace("{tmp}", tmp))
     # A config may name the bearer token the load generator sends: `# bench-token: T`.
     token = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("# bench-token:")), None)
+    if token == "jwt":
+        # A JWT for this gateway's resource, issued by bench-upstream.
+        import urllib.request
+        url = f"http://127.0.0.1:{upstream_port}/token?aud=http://127.0.0.1:{port}/mcp/bench"
+        token = urllib.request.urlopen(url).read().decode()
     path = os.path.join(tmp, config)
     with open(path, "w") as f:
         f.write(text)

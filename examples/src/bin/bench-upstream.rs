@@ -6,6 +6,11 @@
 //! `application/json` or — with `arguments.format = "sse"` — as one SSE event. Any other
 //! request gets an empty result. Sessions are not checked: every id is accepted.
 //!
+//! It is also the benchmarks' token issuer: `GET …/.well-known/openid-configuration` and
+//! `GET /jwks` describe a fixed RSA key (a benchmark key, not a secret), and
+//! `GET /token?aud=RESOURCE` answers an RS256 JWT for that audience, issued by
+//! `http://HOST/mcp`, with scope `mcp:tools`, valid for a day.
+//!
 //! It is also the benchmarks' local OpenTelemetry sink: a POST to a path ending in
 //! `/v1/traces` (OTLP/HTTP) is read whole and answered 200 with an empty export response.
 
@@ -61,7 +66,83 @@ fn payload_result(id: &str, args: Option<&str>) -> (String, bool) {
     (body, sse)
 }
 
+/// The benchmark signing key (PKCS#1 DER) and its modulus (base64url).
+const KEY_DER: &[u8] = include_bytes!("../../data/bench-jwt-key.der");
+const KEY_N: &str = include_str!("../../data/bench-jwt-key.n");
+
+fn issuer(req: &Request<Incoming>) -> String {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}/mcp")
+}
+
+/// The issuer's endpoints: discovery, keys, and a token for the audience asked.
+fn issue(req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let path = req.uri().path();
+    let iss = issuer(req);
+    if path.ends_with("/.well-known/openid-configuration")
+        || path.starts_with("/.well-known/oauth-authorization-server")
+    {
+        let base = iss.trim_end_matches("/mcp");
+        let doc = serde_json::json!({
+            "issuer": iss,
+            "jwks_uri": format!("{base}/jwks"),
+            "token_endpoint": format!("{base}/token"),
+        });
+        return Some(respond(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(doc.to_string()),
+        ));
+    }
+    if path == "/jwks" {
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "RSA", "kid": "bench", "alg": "RS256", "use": "sig",
+            "n": KEY_N.trim(), "e": "AQAB",
+        }]});
+        return Some(respond(
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(jwks.to_string()),
+        ));
+    }
+    if path == "/token" {
+        let aud = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("aud=")))
+            .unwrap_or("")
+            .replace("%3A", ":")
+            .replace("%2F", "/");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = serde_json::json!({
+            "iss": iss, "sub": "bench-agent", "aud": aud, "scope": "mcp:tools",
+            "client_id": "bench", "iat": now, "exp": now + 86_400,
+        });
+        let mut head = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        head.kid = Some("bench".into());
+        let token = jsonwebtoken::encode(
+            &head,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_rsa_der(KEY_DER),
+        )
+        .ok()?;
+        return Some(respond(StatusCode::OK, "text/plain", Bytes::from(token)));
+    }
+    None
+}
+
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == http::Method::GET {
+        if let Some(resp) = issue(&req) {
+            return Ok(resp);
+        }
+    }
     if req.method() != http::Method::POST {
         return Ok(respond(
             StatusCode::METHOD_NOT_ALLOWED,
