@@ -173,6 +173,8 @@ struct Instance {
     /// The instance URL's path and query, parsed once: most calls carry no query of their own
     /// and reuse it as it is (a cheap, shared clone).
     target: PathAndQuery,
+    /// The `Host` header for this instance, built once (a shared clone per call).
+    host: Option<HeaderValue>,
 }
 
 impl Instance {
@@ -259,8 +261,10 @@ impl Upstream {
             } else {
                 None
             };
+            let host = HeaderValue::from_str(authority.as_str()).ok();
             list.push(Instance {
                 url: uri.to_string().into(),
+                host,
                 pool: Arc::new(InstancePool::new(
                     scheme,
                     authority,
@@ -502,72 +506,100 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let reply_id =
-                McpRequest::from_extensions(req.extensions()).and_then(|v| v.reply_id().cloned());
-            let session: Option<Box<str>> = req
-                .headers()
-                .get(MCP_SESSION_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(Into::into);
-            let idx = shared.pick(session.as_deref());
-            let instance = &shared.instances[idx];
-            let (mut parts, body) = req.into_parts();
-            let Some(pq) = instance.path_and_query(parts.uri.query()) else {
-                return Ok(failure(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::INVALID_REQUEST,
-                    "the request's query string cannot be forwarded".into(),
-                    reply_id.as_ref(),
-                ));
-            };
-            // HTTP/1.1 to the upstream: origin-form target, Host from the instance URL.
-            parts.uri = Uri::from(pq);
-            parts.version = Version::HTTP_11;
-            strip_hop_by_hop(&mut parts.headers);
-            // No token passthrough: the client's credentials are for the gateway only. What
-            // the upstream gets is the gateway's own credential, when a layer provided one.
-            parts.headers.remove(header::AUTHORIZATION);
-            if let Some(own) = parts.extensions.get::<UpstreamAuthorization>() {
-                parts.headers.insert(header::AUTHORIZATION, own.0.clone());
-            }
-            if let Ok(host) = HeaderValue::from_str(instance.pool.authority().as_str()) {
-                parts.headers.insert(header::HOST, host);
-            }
-            parts.extensions = http::Extensions::new();
-            let method = parts.method.clone();
-            let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req, None).await) })
+    }
+}
 
-            let exchange = async {
-                let mut req = req;
-                let mut retried = false;
-                loop {
-                    let (mut send, reused) =
-                        instance.pool.checkout().await.map_err(Failure::Connect)?;
-                    match send.try_send_request(req).await {
-                        Ok(resp) => return Ok((resp, send)),
-                        Err(mut e) => match e.take_message() {
-                            // The server closed an idle connection just as it was reused:
-                            // nothing was sent, so sending again on a fresh one is safe.
-                            Some(back) if reused && !retried => {
-                                req = back;
-                                retried = true;
-                            }
-                            _ => return Err(Failure::Send(e.into_error())),
-                        },
-                    }
+impl Upstream {
+    /// Forwards one request and answers with the upstream's response (streaming), or with the
+    /// gateway's JSON-RPC error response when the upstream cannot be reached or does not answer
+    /// in time — what [`Service::call`] does, as a future that borrows the upstream instead
+    /// of a boxed one, for callers that compose it inline.
+    ///
+    /// `view` is the request's parsed view when the caller holds it outside the request's
+    /// extensions; without it the view is looked up there. It names the id that error answers
+    /// carry. The request's extensions are not forwarded.
+    pub async fn forward<B>(
+        &self,
+        req: Request<B>,
+        view: Option<McpRequest>,
+    ) -> Response<UpstreamBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let shared = &*self.shared;
+        let (mut parts, body) = req.into_parts();
+        // The view is only read for the id of an error answer: taken, not copied.
+        let view = view.or_else(|| parts.extensions.remove::<McpRequest>());
+        let reply_id = || view.as_ref().and_then(McpRequest::reply_id);
+        // Session pinning only matters with several instances.
+        let several = shared.instances.len() > 1;
+        let session: Option<Box<str>> = several
+            .then(|| {
+                parts
+                    .headers
+                    .get(MCP_SESSION_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .map(Into::into)
+            })
+            .flatten();
+        let idx = shared.pick(session.as_deref());
+        let instance = &shared.instances[idx];
+        let Some(pq) = instance.path_and_query(parts.uri.query()) else {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::INVALID_REQUEST,
+                "the request's query string cannot be forwarded".into(),
+                reply_id(),
+            );
+        };
+        // HTTP/1.1 to the upstream: origin-form target, Host from the instance URL.
+        parts.uri = Uri::from(pq);
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        // No token passthrough: the client's credentials are for the gateway only. What
+        // the upstream gets is the gateway's own credential, when a layer provided one.
+        parts.headers.remove(header::AUTHORIZATION);
+        if let Some(own) = parts.extensions.get::<UpstreamAuthorization>() {
+            parts.headers.insert(header::AUTHORIZATION, own.0.clone());
+        }
+        if let Some(host) = &instance.host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        parts.extensions.clear();
+        let delete = parts.method == Method::DELETE;
+        let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+
+        let exchange = async {
+            let mut req = req;
+            let mut retried = false;
+            loop {
+                let (mut send, reused) =
+                    instance.pool.checkout().await.map_err(Failure::Connect)?;
+                match send.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, send)),
+                    Err(mut e) => match e.take_message() {
+                        // The server closed an idle connection just as it was reused:
+                        // nothing was sent, so sending again on a fresh one is safe.
+                        Some(back) if reused && !retried => {
+                            req = back;
+                            retried = true;
+                        }
+                        _ => return Err(Failure::Send(e.into_error())),
+                    },
                 }
+            }
+        };
+        let (resp, send) =
+            match tokio::time::timeout(shared.config.response_timeout, exchange).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(f)) => return f.into_response(shared, idx, reply_id()),
+                Err(_) => return Failure::Timeout.into_response(shared, idx, reply_id()),
             };
-            let (resp, send) =
-                match tokio::time::timeout(shared.config.response_timeout, exchange).await {
-                    Ok(Ok(pair)) => pair,
-                    Ok(Err(f)) => return Ok(f.into_response(&shared, idx, reply_id.as_ref())),
-                    Err(_) => {
-                        return Ok(Failure::Timeout.into_response(&shared, idx, reply_id.as_ref()))
-                    }
-                };
-            let mut resp = resp.map(|b| PooledBody::new(b, send, instance.pool.clone()));
+        let mut resp = resp.map(|b| PooledBody::new(b, send, instance.pool.clone()));
+        if several {
             if let Some(issued) = resp
                 .headers()
                 .get(MCP_SESSION_ID)
@@ -576,23 +608,23 @@ where
                 shared.pin(issued, idx);
             }
             if let Some(sid) = session.as_deref() {
-                let ended = (method == Method::DELETE && resp.status().is_success())
+                let ended = (delete && resp.status().is_success())
                     || resp.status() == StatusCode::NOT_FOUND;
                 if ended {
                     shared.unpin(sid);
                 }
             }
-            strip_hop_by_hop(resp.headers_mut());
-            let sse = resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(is_event_stream);
-            if sse && !resp.headers().contains_key(X_ACCEL_BUFFERING) {
-                resp.headers_mut()
-                    .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-            }
-            Ok(resp.map(ResponseBody::inner))
-        })
+        }
+        strip_hop_by_hop(resp.headers_mut());
+        let sse = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(is_event_stream);
+        if sse && !resp.headers().contains_key(X_ACCEL_BUFFERING) {
+            resp.headers_mut()
+                .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        }
+        resp.map(ResponseBody::inner)
     }
 }
 

@@ -63,11 +63,6 @@ impl InstancePool {
         }
     }
 
-    /// The instance's `host[:port]`.
-    pub(crate) fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
     /// A connection ready for one request: an idle one if any is alive, else a new one.
     /// The flag says whether it was reused (a reused connection may have been closed by the
     /// server a moment ago, so a request that failed before being sent may be retried).
