@@ -257,7 +257,7 @@ impl Router {
                         Some(self.cutoff.clone()),
                     ));
                 }
-                let resp = route.stack.clone().oneshot(req).await?;
+                let resp = crate::stack::serve(&route.stack, req).await;
                 (Some(name), resp)
             }
             (_, p)

@@ -15,13 +15,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody};
-use mcp_gateway_layers::{BoxError, ParseMcp, ResponseBody};
+use mcp_gateway_layers::{BoxError, OriginGuard, ParseMcp, ResponseBody};
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
 use tower_service::Service;
 
 /// The plain stack.
@@ -47,6 +48,31 @@ impl std::fmt::Debug for Switch {
             Self::Governed(_) => "Switch::Governed",
         })
     }
+}
+
+impl Switch {
+    /// Serves one request. The plain stack runs as one inline future (no boxed future, no
+    /// service clone, no `Oneshot`); a governed one through its boxed service.
+    pub async fn serve(&self, req: Request<Incoming>) -> Response<SwitchBody> {
+        match self {
+            Self::Plain(s) => s.serve(req).await.map(|body| SwitchBody::Plain { body }),
+            Self::Governed(s) => match s.clone().oneshot(req).await {
+                Ok(resp) => resp.map(|body| SwitchBody::Governed { body }),
+                Err(never) => match never {},
+            },
+        }
+    }
+}
+
+/// Serves one request through a route's stack: the origin check, then [`Switch::serve`].
+pub async fn serve(
+    stack: &OriginGuard<Switch>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody<SwitchBody>> {
+    if let Some(resp) = stack.refusal(req.headers()) {
+        return resp.map(ResponseBody::full);
+    }
+    stack.get_ref().serve(req).await.map(ResponseBody::inner)
 }
 
 impl Service<Request<Incoming>> for Switch {

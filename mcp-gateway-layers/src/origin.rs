@@ -13,7 +13,9 @@
 //! ```
 
 use crate::body::{reject, ResponseBody};
+use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 use pin_project_lite::pin_project;
 use std::collections::HashSet;
@@ -150,6 +152,31 @@ pub struct OriginGuard<S> {
     allowed: Arc<AllowedOrigins>,
 }
 
+impl<S> OriginGuard<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The 403 answer for a request whose `Origin` header is present and not allowed; `None`
+    /// when the request may pass. This is the whole check [`Service::call`] makes, for
+    /// callers that drive the inner service themselves.
+    pub fn refusal(&self, headers: &http::HeaderMap) -> Option<Response<Full<Bytes>>> {
+        let origin = headers.get(header::ORIGIN)?;
+        if origin.to_str().is_ok_and(|o| self.allowed.permits(o)) {
+            return None;
+        }
+        let shown = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+        Some(
+            JsonRpcError::new(
+                ErrorCode::GATEWAY_REFUSED,
+                format!("Origin {shown:?} is not allowed"),
+            )
+            .into_response(StatusCode::FORBIDDEN, None),
+        )
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for OriginGuard<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -163,19 +190,10 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let ok = origin.to_str().is_ok_and(|o| self.allowed.permits(o));
-            if !ok {
-                let shown = String::from_utf8_lossy(origin.as_bytes()).into_owned();
-                let resp = JsonRpcError::new(
-                    ErrorCode::GATEWAY_REFUSED,
-                    format!("Origin {shown:?} is not allowed"),
-                )
-                .into_response(StatusCode::FORBIDDEN, None);
-                return OriginFuture::Reject {
-                    resp: Some(reject(resp)),
-                };
-            }
+        if let Some(resp) = self.refusal(req.headers()) {
+            return OriginFuture::Reject {
+                resp: Some(reject(resp)),
+            };
         }
         OriginFuture::Inner {
             fut: self.inner.call(req),

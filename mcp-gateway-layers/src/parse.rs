@@ -155,18 +155,45 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    if let Some(view) = McpRequest::from_extensions(req.extensions()) {
+        // An earlier layer already read and classified this request.
+        let bytes = view.body().cloned().unwrap_or_default();
+        let (parts, _) = req.into_parts();
+        return Ok(Request::from_parts(parts, Full::new(bytes)));
+    }
+    read_request_detached(req, limit)
+        .await
+        .map(|(mut req, view)| {
+            req.extensions_mut().insert(view);
+            req
+        })
+}
+
+/// [`read_request`] for a caller that passes the view on itself: the view comes back next to
+/// the request instead of inside its extensions (which are left as they were, saving the
+/// extension map's allocations on the common path). Refusals, a view already present and the
+/// per-request [`Exchange`] are handled as [`read_request`] handles them.
+pub async fn read_request_detached<B>(
+    req: Request<B>,
+    limit: usize,
+) -> Result<(Request<Full<Bytes>>, McpRequest), Response<Full<Bytes>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let (parts, body) = req.into_parts();
     if let Some(view) = McpRequest::from_extensions(&parts.extensions) {
         // An earlier layer already read and classified this request.
+        let view = view.clone();
         let bytes = view.body().cloned().unwrap_or_default();
-        return Ok(Request::from_parts(parts, Full::new(bytes)));
+        return Ok((Request::from_parts(parts, Full::new(bytes)), view));
     }
     let exchange = Exchange::from_extensions(&parts.extensions).cloned();
     let result = read_parts(parts, body, limit).await;
     if let Some(x) = exchange {
         match &result {
-            Ok(req) => {
-                let view = McpRequest::from_extensions(req.extensions()).cloned();
+            Ok((_, view)) => {
+                let view = Some(view.clone());
                 x.update(|r| r.request = view);
             }
             Err(resp) => x.deny(Denial::new(
@@ -184,7 +211,7 @@ async fn read_parts<B>(
     parts: http::request::Parts,
     body: B,
     limit: usize,
-) -> Result<Request<Full<Bytes>>, Response<Full<Bytes>>>
+) -> Result<(Request<Full<Bytes>>, McpRequest), Response<Full<Bytes>>>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -214,9 +241,7 @@ where
                 return Err(refuse(status, err, None));
             }
         };
-        let mut req = Request::from_parts(parts, Full::new(Bytes::new()));
-        req.extensions_mut().insert(view);
-        return Ok(req);
+        return Ok((Request::from_parts(parts, Full::new(Bytes::new())), view));
     }
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         if !mcp_gateway_core::headers::is_json(ct) {
@@ -305,9 +330,39 @@ where
         }
     };
     let view = McpRequest::from_parts(Some(bytes.clone()), Some(parsed), protocol);
-    let mut req = Request::from_parts(parts, Full::new(bytes));
-    req.extensions_mut().insert(view);
-    Ok(req)
+    Ok((Request::from_parts(parts, Full::new(bytes)), view))
+}
+
+#[cfg(feature = "upstream")]
+impl ParseMcp<crate::upstream::Upstream> {
+    /// Serves one request through this layer and the [`Upstream`](crate::upstream::Upstream)
+    /// below it, as one future that borrows both: what [`Service::call`] does, without the
+    /// boxed future, the service clone and the extension map a tower call costs. This is the
+    /// gateway's pass-through path.
+    pub async fn serve<B>(
+        &self,
+        req: Request<B>,
+    ) -> Response<ResponseBody<crate::upstream::UpstreamBody>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match read_request_detached(req, self.limit).await {
+            Ok((req, view)) => {
+                let back = self.view_on_response.then(|| view.clone());
+                let mut resp = self
+                    .inner
+                    .forward(req, Some(view))
+                    .await
+                    .map(ResponseBody::inner);
+                if let Some(view) = back {
+                    resp.extensions_mut().insert(view);
+                }
+                resp
+            }
+            Err(resp) => reject(resp),
+        }
+    }
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ParseMcp<S>
