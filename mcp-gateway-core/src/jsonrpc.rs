@@ -14,6 +14,7 @@
 //! assert_eq!(resp.status(), 400);
 //! ```
 
+use crate::text::Text;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -24,7 +25,7 @@ use std::fmt;
 /// A JSON-RPC request id, kept as the exact JSON text the peer sent (a string or a number), so
 /// it can be echoed back byte for byte.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(Box<str>);
+pub struct RequestId(Text);
 
 impl RequestId {
     /// Accepts the raw JSON text of an id: a JSON string or a JSON number. Anything else
@@ -43,6 +44,15 @@ impl RequestId {
         }
     }
 
+    /// An id from a token the body scanner already validated as a JSON string or number:
+    /// no second parse.
+    pub(crate) fn from_scanned(raw: &str) -> Option<Self> {
+        match raw.as_bytes().first()? {
+            b'"' | b'-' | b'0'..=b'9' => Some(Self(raw.into())),
+            _ => None,
+        }
+    }
+
     /// An id from an integer.
     pub fn from_number(n: i64) -> Self {
         Self(n.to_string().into())
@@ -56,31 +66,31 @@ impl RequestId {
 
     /// The id as the JSON text it was sent as (`7`, `"abc"`).
     pub fn as_raw(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 
     /// True when the id is a JSON string.
     pub fn is_string(&self) -> bool {
-        self.0.starts_with('"')
+        self.0.as_str().starts_with('"')
     }
 }
 
 impl fmt::Debug for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RequestId({})", self.0)
+        write!(f, "RequestId({})", self.0.as_str())
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.0.as_str())
     }
 }
 
 impl Serialize for RequestId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // The text was validated as a JSON string or number on construction.
-        match serde_json::from_str::<&RawValue>(&self.0) {
+        match serde_json::from_str::<&RawValue>(self.0.as_str()) {
             Ok(raw) => raw.serialize(s),
             Err(_) => s.serialize_none(),
         }

@@ -41,6 +41,7 @@ pub mod principal;
 pub mod request;
 mod scan;
 pub mod sse;
+mod text;
 
 pub use era::{Era, ProtocolInfo};
 pub use exchange::{Denial, DenialKind, Exchange, ExchangeContext, Record};

@@ -17,7 +17,8 @@
 //! ```
 
 use crate::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
-use crate::scan::{decode_string, scan, Fields, ScanError};
+use crate::scan::{decode_string, scan, Fields, Found, ScanError};
+use crate::text::Text;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -73,10 +74,10 @@ impl ClassifyError {
 pub struct McpMessage {
     kind: MessageKind,
     id: Option<RequestId>,
-    method: Option<Box<str>>,
-    name: Option<Box<str>>,
-    uri: Option<Box<str>>,
-    meta_protocol_version: Option<Box<str>>,
+    method: Option<Text>,
+    name: Option<Text>,
+    uri: Option<Text>,
+    meta_protocol_version: Option<Text>,
     span: Range<usize>,
     params: Option<Range<usize>>,
     meta: Option<Range<usize>>,
@@ -98,15 +99,15 @@ impl McpMessage {
     }
     /// The method of a request or notification.
     pub fn method(&self) -> Option<&str> {
-        self.method.as_deref()
+        self.method.as_ref().map(Text::as_str)
     }
     /// `params.name`: the tool name of `tools/call`, the prompt name of `prompts/get`.
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.name.as_ref().map(Text::as_str)
     }
     /// `params.uri`: the resource of `resources/read`, `resources/subscribe`, ….
     pub fn uri(&self) -> Option<&str> {
-        self.uri.as_deref()
+        self.uri.as_ref().map(Text::as_str)
     }
     /// What the request acts on, as the `Mcp-Name` header names it: the tool name for
     /// `tools/call`, the prompt name for `prompts/get`, the URI for `resources/read`.
@@ -120,7 +121,7 @@ impl McpMessage {
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, present on 2026-07-28
     /// requests.
     pub fn meta_protocol_version(&self) -> Option<&str> {
-        self.meta_protocol_version.as_deref()
+        self.meta_protocol_version.as_ref().map(Text::as_str)
     }
     /// Where this message sits in the body.
     pub fn span(&self) -> Range<usize> {
@@ -220,8 +221,16 @@ impl McpMessage {
 /// A classified body: one message or a batch (batches exist only in protocol 2025-03-26).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedBody {
-    batch: bool,
-    messages: Vec<McpMessage>,
+    messages: Messages,
+}
+
+/// The messages of a body: one, kept inline (a single message is nearly every call, and
+/// boxing it would cost the allocation this saves), or a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
+enum Messages {
+    One(McpMessage),
+    Batch(Vec<McpMessage>),
 }
 
 impl ParsedBody {
@@ -243,18 +252,20 @@ impl ParsedBody {
 
     /// True for a JSON array body.
     pub fn is_batch(&self) -> bool {
-        self.batch
+        matches!(self.messages, Messages::Batch(_))
     }
     /// All messages, in body order (one unless a batch).
     pub fn messages(&self) -> &[McpMessage] {
-        &self.messages
+        match &self.messages {
+            Messages::One(m) => std::slice::from_ref(m),
+            Messages::Batch(all) => all,
+        }
     }
     /// The message of a non-batch body.
     pub fn single(&self) -> Option<&McpMessage> {
-        if self.batch {
-            None
-        } else {
-            self.messages.first()
+        match &self.messages {
+            Messages::One(m) => Some(m),
+            Messages::Batch(_) => None,
         }
     }
     /// The id to answer with when rejecting the whole body: the single request's id, or none.
@@ -263,7 +274,7 @@ impl ParsedBody {
     }
     /// True when every message is a notification or a response (Streamable HTTP answers 202).
     pub fn is_fire_and_forget(&self) -> bool {
-        self.messages.iter().all(|m| !m.kind.expects_response())
+        self.messages().iter().all(|m| !m.kind.expects_response())
     }
 }
 
@@ -273,20 +284,22 @@ impl ParsedBody {
 /// [`ClassifyError::Invalid`] when it is JSON but not JSON-RPC 2.0 (wrong `jsonrpc`, no
 /// `method`/`result`/`error`, an id that is neither string nor number, an empty batch).
 pub fn classify(body: &[u8]) -> Result<ParsedBody, ClassifyError> {
-    let (fields, batch) = scan(body).map_err(scan_error)?;
-    let messages = fields
-        .into_iter()
-        .map(|f| from_fields(body, f))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ParsedBody { batch, messages })
+    let messages = match scan(body).map_err(scan_error)? {
+        Found::One(f) => Messages::One(from_fields(body, f)?),
+        Found::Batch(all) => Messages::Batch(
+            all.into_iter()
+                .map(|f| from_fields(body, f))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(ParsedBody { messages })
 }
 
 /// Classifies a message that is already known to be one JSON text (an SSE `data` payload, say).
 pub fn classify_message(text: &[u8]) -> Result<McpMessage, ClassifyError> {
-    let (fields, batch) = scan(text).map_err(scan_error)?;
-    match (batch, fields.into_iter().next()) {
-        (false, Some(f)) => from_fields(text, f),
-        _ => Err(ClassifyError::Invalid(
+    match scan(text).map_err(scan_error)? {
+        Found::One(f) => from_fields(text, f),
+        Found::Batch(_) => Err(ClassifyError::Invalid(
             "expected one message, not a batch".into(),
         )),
     }
@@ -322,7 +335,7 @@ fn from_fields(body: &[u8], f: Fields) -> Result<McpMessage, ClassifyError> {
         Some(r) => Some(
             std::str::from_utf8(at(r))
                 .ok()
-                .and_then(RequestId::from_raw)
+                .and_then(RequestId::from_scanned)
                 .ok_or_else(|| {
                     ClassifyError::Invalid("\"id\" must be a string or a number".into())
                 })?,
@@ -333,7 +346,7 @@ fn from_fields(body: &[u8], f: Fields) -> Result<McpMessage, ClassifyError> {
             "\"id\" must be a string or a number".into(),
         ));
     }
-    let method: Option<Box<str>> = match &f.method {
+    let method: Option<Text> = match &f.method {
         None => None,
         Some(r) => Some(
             str_token(at(r))
@@ -352,7 +365,7 @@ fn from_fields(body: &[u8], f: Fields) -> Result<McpMessage, ClassifyError> {
             ))
         }
     };
-    let text = |r: &Option<Range<usize>>| -> Option<Box<str>> {
+    let text = |r: &Option<Range<usize>>| -> Option<Text> {
         r.as_ref().and_then(|r| str_token(at(r))).map(Into::into)
     };
     Ok(McpMessage {

@@ -435,9 +435,15 @@ fn key_name(token: &[u8]) -> Option<Cow<'_, str>> {
     decode_string(token)
 }
 
-/// Scans a whole body: one message object, or an array of them (a batch). Returns the
-/// messages and whether it was a batch.
-pub(crate) fn scan(body: &[u8]) -> Result<(Vec<Fields>, bool), ScanError> {
+/// What a body holds: one message, or an array of them (a batch, possibly of one).
+#[derive(Debug)]
+pub(crate) enum Found {
+    One(Fields),
+    Batch(Vec<Fields>),
+}
+
+/// Scans a whole body: one message object, or an array of them (a batch).
+pub(crate) fn scan(body: &[u8]) -> Result<Found, ScanError> {
     if std::str::from_utf8(body).is_err() {
         return Err(syntax("body is not valid UTF-8"));
     }
@@ -497,14 +503,14 @@ pub(crate) fn scan(body: &[u8]) -> Result<(Vec<Fields>, bool), ScanError> {
             if msgs.is_empty() {
                 return Err(invalid("empty batch"));
             }
-            (msgs, true)
+            Found::Batch(msgs)
         }
         Some(_) => {
             let at = s.i;
             let m = s.message();
             if let Err(e) = &m {
                 if e.syntax {
-                    return m.map(|f| (vec![f], false));
+                    return m.map(Found::One);
                 }
                 // Refused part-way: the rest must still be valid JSON for this to be an
                 // invalid message rather than a parse error.
@@ -516,7 +522,7 @@ pub(crate) fn scan(body: &[u8]) -> Result<(Vec<Fields>, bool), ScanError> {
             if s.i != body.len() {
                 return Err(syntax("trailing characters"));
             }
-            (vec![m?], false)
+            Found::One(m?)
         }
     };
     Ok(out)
