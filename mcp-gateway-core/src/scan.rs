@@ -72,6 +72,8 @@ struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
     depth: u32,
+    /// Whether the last string scanned had an escape (then its text must be decoded).
+    escaped: bool,
 }
 
 /// Decodes a JSON string token (`"…"`, quotes included) when it has escapes.
@@ -109,6 +111,7 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Result<Range<usize>, ScanError> {
         let start = self.i;
         self.expect(b'"', "expected a string")?;
+        self.escaped = false;
         loop {
             self.skip_plain();
             let Some(c) = self.peek() else {
@@ -118,6 +121,7 @@ impl<'a> Scanner<'a> {
             match c {
                 b'"' => return Ok(start..self.i),
                 b'\\' => {
+                    self.escaped = true;
                     let Some(e) = self.peek() else {
                         return Err(syntax("unterminated string"));
                     };
@@ -215,10 +219,20 @@ impl<'a> Scanner<'a> {
 
     /// Any value; objects in a `Params` or `Meta` role record their keys into `f`.
     fn value(&mut self, role: Role, f: &mut Fields) -> Result<Range<usize>, ScanError> {
+        if role != Role::Skip && self.peek() == Some(b'{') {
+            let start = self.i;
+            self.object(role, f)?;
+            return Ok(start..self.i);
+        }
+        self.skip()
+    }
+
+    /// Any value, validated and skipped (nothing recorded).
+    fn skip(&mut self) -> Result<Range<usize>, ScanError> {
         let start = self.i;
         match self.peek() {
-            Some(b'{') => self.object(role, f)?,
-            Some(b'[') => self.array(f)?,
+            Some(b'{') => self.members(|_, s| s.skip().map(drop))?,
+            Some(b'[') => self.array()?,
             Some(b'"') => {
                 self.string()?;
             }
@@ -240,7 +254,7 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
-    fn array(&mut self, f: &mut Fields) -> Result<(), ScanError> {
+    fn array(&mut self) -> Result<(), ScanError> {
         self.enter()?;
         self.i += 1;
         self.ws();
@@ -251,7 +265,7 @@ impl<'a> Scanner<'a> {
         }
         loop {
             self.ws();
-            self.value(Role::Skip, f)?;
+            self.skip()?;
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -266,7 +280,9 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Members of an object; `on_key` says what to do with each key's value.
+    /// Members of an object; `on_key` says what to do with each key's value, given the key's
+    /// text (decoded only when it has escapes; compared as bytes, no UTF-8 check needed as the
+    /// whole body was checked).
     fn members(
         &mut self,
         mut on_key: impl FnMut(&[u8], &mut Self) -> Result<(), ScanError>,
@@ -286,7 +302,14 @@ impl<'a> Scanner<'a> {
             self.expect(b':', "expected ':'")?;
             self.ws();
             let b = self.b;
-            on_key(&b[key], self)?;
+            let raw = &b[key.start + 1..key.end - 1];
+            if self.escaped {
+                // Escapes are rare in keys: decode (an undecodable key matches no name).
+                let decoded = decode_string(&b[key]).unwrap_or_default();
+                on_key(decoded.as_bytes(), self)?;
+            } else {
+                on_key(raw, self)?;
+            }
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -303,17 +326,17 @@ impl<'a> Scanner<'a> {
 
     fn object(&mut self, role: Role, f: &mut Fields) -> Result<(), ScanError> {
         match role {
-            Role::Skip => self.members(|_, s| s.value(Role::Skip, &mut Fields::default()).map(drop)),
+            Role::Skip => self.members(|_, s| s.skip().map(drop)),
             Role::Params => self.members(|key, s| {
-                let slot = match key_name(key).as_deref() {
-                    Some("name") => Some((&mut f.name, "name", Role::Skip)),
-                    Some("uri") => Some((&mut f.uri, "uri", Role::Skip)),
-                    Some("_meta") => Some((&mut f.meta, "_meta", Role::Meta)),
-                    Some("arguments") => Some((&mut f.arguments, "arguments", Role::Skip)),
+                let slot = match key {
+                    b"name" => Some((&mut f.name, "name", Role::Skip)),
+                    b"uri" => Some((&mut f.uri, "uri", Role::Skip)),
+                    b"_meta" => Some((&mut f.meta, "_meta", Role::Meta)),
+                    b"arguments" => Some((&mut f.arguments, "arguments", Role::Skip)),
                     _ => None,
                 };
                 match slot {
-                    None => s.value(Role::Skip, &mut Fields::default()).map(drop),
+                    None => s.skip().map(drop),
                     Some((field, label, role)) => {
                         if field.is_some() {
                             return Err(invalid(format!("params: duplicate field `{label}`")));
@@ -329,31 +352,31 @@ impl<'a> Scanner<'a> {
                 }
             }),
             Role::Result => self.members(|key, s| {
-                let slot = match key_name(key).as_deref() {
-                    Some("isError") => &mut f.is_error,
-                    Some("_meta") => &mut f.result_meta,
-                    _ => return s.value(Role::Skip, &mut Fields::default()).map(drop),
+                let slot = match key {
+                    b"isError" => &mut f.is_error,
+                    b"_meta" => &mut f.result_meta,
+                    _ => return s.skip().map(drop),
                 };
                 // A response is only observed, never refused: the first copy of a key counts.
-                let r = s.value(Role::Skip, &mut Fields::default())?;
+                let r = s.skip()?;
                 slot.get_or_insert(r);
                 Ok(())
             }),
             Role::Error => self.members(|key, s| {
-                let r = s.value(Role::Skip, &mut Fields::default())?;
-                if key_name(key).as_deref() == Some("code") {
+                let r = s.skip()?;
+                if key == b"code" {
                     f.error_code.get_or_insert(r);
                 }
                 Ok(())
             }),
             Role::Meta => self.members(|key, s| {
-                if key_name(key).as_deref() == Some(crate::message::META_PROTOCOL_VERSION) {
+                if key == crate::message::META_PROTOCOL_VERSION.as_bytes() {
                     if f.protocol_version.is_some() {
                         return Err(invalid(
                             "params._meta: duplicate field `io.modelcontextprotocol/protocolVersion`",
                         ));
                     }
-                    let r = s.value(Role::Skip, &mut Fields::default())?;
+                    let r = s.skip()?;
                     match s.b[r.start] {
                         b'"' => f.protocol_version = Some(r),
                         b'n' => {}
@@ -365,7 +388,7 @@ impl<'a> Scanner<'a> {
                     }
                     Ok(())
                 } else {
-                    s.value(Role::Skip, &mut Fields::default()).map(drop)
+                    s.skip().map(drop)
                 }
             }),
         }
@@ -382,14 +405,14 @@ impl<'a> Scanner<'a> {
         }
         let mut env = Fields::default();
         self.members(|key, s| {
-            let (field, label) = match key_name(key).as_deref() {
-                Some("jsonrpc") => (&mut env.jsonrpc, "jsonrpc"),
-                Some("id") => (&mut env.id, "id"),
-                Some("method") => (&mut env.method, "method"),
-                Some("params") => (&mut env.params, "params"),
-                Some("result") => (&mut env.result, "result"),
-                Some("error") => (&mut env.error, "error"),
-                _ => return s.value(Role::Skip, &mut Fields::default()).map(drop),
+            let (field, label) = match key {
+                b"jsonrpc" => (&mut env.jsonrpc, "jsonrpc"),
+                b"id" => (&mut env.id, "id"),
+                b"method" => (&mut env.method, "method"),
+                b"params" => (&mut env.params, "params"),
+                b"result" => (&mut env.result, "result"),
+                b"error" => (&mut env.error, "error"),
+                _ => return s.skip().map(drop),
             };
             if field.is_some() {
                 return Err(invalid(format!("duplicate field `{label}`")));
@@ -431,10 +454,6 @@ impl<'a> Scanner<'a> {
     }
 }
 
-fn key_name(token: &[u8]) -> Option<Cow<'_, str>> {
-    decode_string(token)
-}
-
 /// What a body holds: one message, or an array of them (a batch, possibly of one).
 #[derive(Debug)]
 pub(crate) enum Found {
@@ -451,6 +470,7 @@ pub(crate) fn scan(body: &[u8]) -> Result<Found, ScanError> {
         b: body,
         i: 0,
         depth: 0,
+        escaped: false,
     };
     s.ws();
     let out = match s.peek() {
@@ -477,7 +497,7 @@ pub(crate) fn scan(body: &[u8]) -> Result<Found, ScanError> {
                             // syntax error later in the body is still reported as one.
                             s.i = at;
                             s.depth = 1;
-                            s.value(Role::Skip, &mut Fields::default())?;
+                            s.skip()?;
                             first_invalid.get_or_insert(e);
                         }
                     }
@@ -516,7 +536,7 @@ pub(crate) fn scan(body: &[u8]) -> Result<Found, ScanError> {
                 // invalid message rather than a parse error.
                 s.i = at;
                 s.depth = 0;
-                s.value(Role::Skip, &mut Fields::default())?;
+                s.skip()?;
             }
             s.ws();
             if s.i != body.len() {
