@@ -109,16 +109,16 @@ impl EraError {
     }
 }
 
-fn header_str(
-    headers: &HeaderMap,
+fn header_str<'h>(
+    headers: &'h HeaderMap,
     name: &http::HeaderName,
     label: &'static str,
-) -> Result<Option<String>, EraError> {
+) -> Result<Option<&'h str>, EraError> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v
             .to_str()
-            .map(|s| Some(s.trim().to_owned()))
+            .map(|s| Some(s.trim()))
             .map_err(|_| EraError::InvalidHeader(label)),
     }
 }
@@ -144,15 +144,16 @@ pub fn decode_header_value(v: &str) -> Option<String> {
 pub fn detect(headers: &HeaderMap, parsed: Option<&ParsedBody>) -> Result<ProtocolInfo, EraError> {
     let header_version = header_str(headers, &MCP_PROTOCOL_VERSION, "MCP-Protocol-Version")?;
     let session_id = header_str(headers, &MCP_SESSION_ID, "Mcp-Session-Id")?;
-    let legacy = |version: Option<String>| ProtocolInfo {
+    // Only the values kept are copied (headers are compared in place).
+    let legacy = |version: Option<&str>| ProtocolInfo {
         era: Era::Legacy,
         version: version.map(Into::into),
-        session_id: session_id.clone().map(Into::into),
+        session_id: session_id.map(Into::into),
     };
     let Some(parsed) = parsed else {
         // GET / DELETE: only headers to go by.
         return Ok(match header_version {
-            Some(v) if is_modern_version(&v) => ProtocolInfo {
+            Some(v) if is_modern_version(v) => ProtocolInfo {
                 era: Era::Modern,
                 version: Some(v.into()),
                 session_id: None,
@@ -161,7 +162,7 @@ pub fn detect(headers: &HeaderMap, parsed: Option<&ParsedBody>) -> Result<Protoc
         });
     };
     if parsed.is_batch() {
-        let v = header_version.as_deref().unwrap_or(DEFAULT_LEGACY_VERSION);
+        let v = header_version.unwrap_or(DEFAULT_LEGACY_VERSION);
         if v != DEFAULT_LEGACY_VERSION {
             return Err(EraError::BatchNotAllowed(v.to_owned()));
         }
@@ -173,15 +174,15 @@ pub fn detect(headers: &HeaderMap, parsed: Option<&ParsedBody>) -> Result<Protoc
     let Some(meta_version) = msg.meta_protocol_version() else {
         if msg.kind() == MessageKind::Request
             && msg.method() != Some("initialize")
-            && header_version.as_deref().is_some_and(is_modern_version)
+            && header_version.is_some_and(is_modern_version)
         {
             return Err(EraError::MissingMetaVersion(
-                header_version.unwrap_or_default(),
+                header_version.unwrap_or_default().to_owned(),
             ));
         }
         return Ok(legacy(header_version));
     };
-    match header_version.as_deref() {
+    match header_version {
         None => {
             return Err(EraError::HeaderMismatch(
                 "MCP-Protocol-Version header is missing".into(),
@@ -219,7 +220,7 @@ pub fn detect(headers: &HeaderMap, parsed: Option<&ParsedBody>) -> Result<Protoc
                 }
                 Some(h) => {
                     let decoded =
-                        decode_header_value(&h).ok_or(EraError::InvalidHeader("Mcp-Name"))?;
+                        decode_header_value(h).ok_or(EraError::InvalidHeader("Mcp-Name"))?;
                     if decoded != body_name {
                         return Err(EraError::HeaderMismatch(format!(
                             "Mcp-Name header value '{h}' does not match body value '{body_name}'"
