@@ -289,6 +289,10 @@ pub struct ServerConfig {
     /// runtime, the cheapest per request when the gateway is given one core.
     #[serde(default)]
     pub worker_threads: Option<Spanned<usize>>,
+    /// How the worker threads run: one single-threaded runtime per thread with its own
+    /// listener (`"per-core"`, the default), or one work-stealing runtime (`"shared"`).
+    #[serde(default)]
+    pub runtime: RuntimeMode,
     /// The URL clients reach the gateway at; route NAME's resource URI is this plus
     /// `/mcp/NAME`. Default `http(s)://LISTEN`.
     #[serde(default)]
@@ -305,6 +309,7 @@ impl Default for ServerConfig {
             allow_localhost_origins: true,
             tls: None,
             worker_threads: None,
+            runtime: RuntimeMode::default(),
             public_url: None,
         }
     }
@@ -371,6 +376,19 @@ pub struct TlsConfig {
     pub cert: Spanned<PathBuf>,
     /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: Spanned<PathBuf>,
+}
+
+/// How the gateway's worker threads run (`[server] runtime`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeMode {
+    /// One single-threaded runtime per worker thread, each accepting on its own
+    /// `SO_REUSEPORT` listener and keeping its own upstream connections: no work stealing,
+    /// no cross-thread wake-ups.
+    #[default]
+    PerCore,
+    /// One multi-threaded, work-stealing runtime with one listener.
+    Shared,
 }
 
 /// Log output format.
@@ -471,6 +489,8 @@ pub struct Settings {
     pub upstreams: Vec<UpstreamSpec>,
     /// Runtime worker threads (`None`: one per core).
     pub worker_threads: Option<usize>,
+    /// How the worker threads run.
+    pub runtime: RuntimeMode,
     /// Public URL (`None`: derived from the listen address).
     pub public_url: Option<String>,
     /// OAuthGuard settings (`None`: no authentication).
@@ -765,6 +785,7 @@ pub fn check(
         log_level: config.log.level,
         upstreams,
         worker_threads: config.server.worker_threads.map(Spanned::into_inner),
+        runtime: config.server.runtime,
     })
 }
 
@@ -1037,6 +1058,7 @@ impl Settings {
             log_level: default_level(),
             upstreams,
             worker_threads: None,
+            runtime: RuntimeMode::default(),
             public_url: None,
             auth: None,
             limits: None,

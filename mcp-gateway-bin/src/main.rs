@@ -262,11 +262,13 @@ fn main() -> ExitCode {
                 }
             }
             // One worker: a single-threaded runtime (no work stealing, no cross-thread
-            // wake-ups). More: the multi-threaded one with that many workers.
+            // wake-ups). More, per core (the default): that many single-threaded runtimes,
+            // each with its own listener; shared: the multi-threaded one with that many workers.
             let threads = settings.worker_threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             });
-            let mut builder = if threads <= 1 {
+            let per_core = threads > 1 && settings.runtime == config::RuntimeMode::PerCore;
+            let mut builder = if threads <= 1 || per_core {
                 tokio::runtime::Builder::new_current_thread()
             } else {
                 let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -281,7 +283,12 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(async move {
-                match mcp_gateway::Gateway::bind(settings).await {
+                let bound = if per_core {
+                    mcp_gateway::Gateway::bind_per_core(settings, threads).await
+                } else {
+                    mcp_gateway::Gateway::bind(settings).await
+                };
+                match bound {
                     Ok(gw) => {
                         gw.run_until_signal().await;
                         ExitCode::SUCCESS

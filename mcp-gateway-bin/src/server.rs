@@ -58,14 +58,32 @@ pub struct Gateway {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The other per-core workers' threads: each says when its accept loop has drained.
+    workers: Vec<tokio::sync::oneshot::Receiver<()>>,
     audit: Option<mcp_gateway_layers::audit::AuditWriter>,
     telemetry: Option<mcp_gateway_layers::trace::TraceInjectLayer>,
     admin: Option<crate::admin::Admin>,
 }
 
 impl Gateway {
-    /// Binds the listener and starts serving in the background.
+    /// Binds the listener and starts serving in the background, on the current runtime.
     pub async fn bind(settings: Settings) -> Result<Self, StartError> {
+        Self::start(settings, 1).await
+    }
+
+    /// Binds `workers` listeners on the same address (`SO_REUSEPORT`: the kernel spreads new
+    /// connections over them) and serves each on its own single-threaded runtime: the first
+    /// on the current runtime (which should be a current-thread one), the others on threads
+    /// started here. Connections stay on the core that accepted them, upstream connections
+    /// are reused by the thread that opened them, and nothing is stolen or handed between
+    /// threads — nginx's worker model. The routes, their layers and their state (limits,
+    /// sessions, audit) are shared. With `workers` 1, or where `SO_REUSEPORT` is not
+    /// available, this is [`Gateway::bind`].
+    pub async fn bind_per_core(settings: Settings, workers: usize) -> Result<Self, StartError> {
+        Self::start(settings, workers.max(1)).await
+    }
+
+    async fn start(settings: Settings, workers: usize) -> Result<Self, StartError> {
         let tls = match &settings.tls {
             Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
                 cert, key,
@@ -74,17 +92,25 @@ impl Gateway {
         };
         let ready = Arc::new(AtomicBool::new(true));
         let cutoff = Cutoff::new();
-        let listener =
+        let listen = settings.listen;
+        let bind_error = move |source| StartError::Bind {
+            addr: listen,
+            source,
+        };
+        let workers = if cfg!(unix) { workers } else { 1 };
+        let listener = if workers > 1 {
+            reuse_port_listener(settings.listen).map_err(bind_error)?
+        } else {
             TcpListener::bind(settings.listen)
                 .await
-                .map_err(|source| StartError::Bind {
-                    addr: settings.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
+                .map_err(bind_error)?
+        };
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        // The other workers' listeners, on the port the first one got.
+        let mut more = Vec::with_capacity(workers.saturating_sub(1));
+        for _ in 1..workers {
+            more.push(reuse_port_std_listener(local_addr).map_err(bind_error)?);
+        }
         // Resource URIs need the real address when none is configured (port 0 in tests).
         let mut settings = settings;
         if settings.public_url.is_none() {
@@ -106,12 +132,44 @@ impl Gateway {
         };
         let (stop, stopped) = watch::channel(false);
         let grace = settings.shutdown_grace;
+        let mut workers_done = Vec::with_capacity(more.len());
+        for (i, std_listener) in more.into_iter().enumerate() {
+            let (done, done_rx) = tokio::sync::oneshot::channel();
+            let (router, tls, stopped, ready, cutoff) = (
+                router.clone(),
+                tls.clone(),
+                stopped.clone(),
+                ready.clone(),
+                cutoff.clone(),
+            );
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(bind_error)?;
+            std::thread::Builder::new()
+                .name(format!("mcp-gateway-worker-{}", i + 1))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        match TcpListener::from_std(std_listener) {
+                            Ok(listener) => {
+                                accept_loop(listener, router, tls, stopped, ready, grace, cutoff)
+                                    .await;
+                            }
+                            Err(e) => tracing::error!(error = %e, "worker listener unusable"),
+                        }
+                    });
+                    let _ = done.send(());
+                })
+                .map_err(bind_error)?;
+            workers_done.push(done_rx);
+        }
         let task = tokio::spawn(accept_loop(
             listener, router, tls, stopped, ready, grace, cutoff,
         ));
         tracing::info!(
             addr = %local_addr,
             tls = settings.tls.is_some(),
+            workers,
             upstreams = ?settings.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
             "mcp-gateway listening"
         );
@@ -119,6 +177,7 @@ impl Gateway {
             local_addr,
             stop,
             task,
+            workers: workers_done,
             audit,
             telemetry,
             admin,
@@ -144,6 +203,9 @@ impl Gateway {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        for done in self.workers {
+            let _ = done.await;
+        }
         if let Some(t) = &self.telemetry {
             crate::telemetry::shutdown(t, Duration::from_secs(5)).await;
         }
@@ -177,6 +239,26 @@ impl Gateway {
         self.shutdown().await;
         tracing::info!("stopped");
     }
+}
+
+/// A listener on `addr` with `SO_REUSEPORT`, so that the other workers can bind the same port.
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(reuse_port_std_listener(addr)?)
+}
+
+fn reuse_port_std_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?;
+    // Handed to another runtime: detach it from this one's reactor.
+    listener.into_std()
 }
 
 async fn shutdown_signal() {

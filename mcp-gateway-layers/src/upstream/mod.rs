@@ -94,7 +94,8 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Duration,
     /// Most legacy sessions remembered per upstream for instance pinning. Default 100,000.
     pub max_pinned_sessions: usize,
-    /// Most idle connections kept per instance. Default 256.
+    /// Most idle connections kept per instance (spread over one idle stack per core, each
+    /// thread reusing the connections it opened; rounded up). Default 256.
     pub max_idle_per_instance: usize,
     /// Certificates trusted for `https://` instances besides the system's roots (an internal
     /// CA, say). Default none.

@@ -1,7 +1,9 @@
 //! A lean HTTP/1.1 connection pool per upstream instance.
 //!
-//! Idle connections sit in a LIFO stack behind one short lock (the most recently used
-//! connection is the warmest). A connection goes back to the stack when the response body it
+//! Idle connections sit in LIFO stacks behind short locks (the most recently used connection is
+//! the warmest), one stack per worker thread: a thread reuses the connections it made, whose
+//! connection tasks run on its own runtime when the gateway runs one runtime per core, so a
+//! call never wakes another core, and threads do not contend for one lock. A connection goes back to the stack when the response body it
 //! carried has been read to the end; a response abandoned half-way (the client left) closes its
 //! connection instead, since unread bytes would corrupt the next exchange.
 
@@ -13,8 +15,10 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,11 +36,28 @@ struct Idle {
     since: Instant,
 }
 
+/// How many idle stacks a pool keeps: one per core (threads beyond share them).
+fn shards() -> usize {
+    static SHARDS: OnceLock<usize> = OnceLock::new();
+    *SHARDS.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
+}
+
+/// This thread's idle stack index, given on first use.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i) % shards()
+}
+
 /// The pool of one instance.
 pub(crate) struct InstancePool {
     scheme: Scheme,
     authority: Authority,
-    idle: Mutex<Vec<Idle>>,
+    /// One idle stack per shard ([`shard_index`]).
+    idle: Box<[Mutex<Vec<Idle>>]>,
+    /// Most idle connections per stack (the configured total, spread over the stacks).
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -55,8 +76,8 @@ impl InstancePool {
         Self {
             scheme,
             authority,
-            idle: Mutex::new(Vec::new()),
-            max_idle,
+            idle: (0..shards()).map(|_| Mutex::new(Vec::new())).collect(),
+            max_idle: max_idle.div_ceil(shards()),
             idle_timeout,
             connect_timeout,
             tls,
@@ -69,8 +90,9 @@ impl InstancePool {
     pub(crate) async fn checkout(
         &self,
     ) -> Result<(SendRequest<UpstreamRequestBody>, bool), ConnectError> {
+        let stack = &self.idle[shard_index()];
         loop {
-            let candidate = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let candidate = stack.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let Some(mut idle) = candidate else { break };
             if idle.since.elapsed() > self.idle_timeout || idle.send.is_closed() {
                 continue;
@@ -91,7 +113,9 @@ impl InstancePool {
         if send.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle[shard_index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
             idle.push(Idle {
                 send,
