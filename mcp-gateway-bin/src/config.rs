@@ -382,9 +382,9 @@ pub struct TlsConfig {
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum RuntimeMode {
-    /// One single-threaded runtime per worker thread, each accepting on its own
-    /// `SO_REUSEPORT` listener and keeping its own upstream connections: no work stealing,
-    /// no cross-thread wake-ups.
+    /// One single-threaded runtime per worker thread, each accepting from the shared
+    /// listening socket and keeping its own upstream connections: no work stealing, no
+    /// cross-thread wake-ups.
     #[default]
     PerCore,
     /// One multi-threaded, work-stealing runtime with one listener.

@@ -71,14 +71,13 @@ impl Gateway {
         Self::start(settings, 1).await
     }
 
-    /// Binds `workers` listeners on the same address (`SO_REUSEPORT`: the kernel spreads new
-    /// connections over them) and serves each on its own single-threaded runtime: the first
-    /// on the current runtime (which should be a current-thread one), the others on threads
-    /// started here. Connections stay on the core that accepted them, upstream connections
-    /// are reused by the thread that opened them, and nothing is stolen or handed between
-    /// threads — nginx's worker model. The routes, their layers and their state (limits,
-    /// sessions, audit) are shared. With `workers` 1, or where `SO_REUSEPORT` is not
-    /// available, this is [`Gateway::bind`].
+    /// Binds the listener and serves it with `workers` single-threaded runtimes, each
+    /// accepting from the same socket: the first on the current runtime (which should be a
+    /// current-thread one), the others on threads started here. A connection stays on the
+    /// worker that accepted it, upstream connections are reused by the thread that opened
+    /// them, and nothing is stolen or handed between threads — nginx's worker model. The
+    /// routes, their layers and their state (limits, sessions, audit) are shared. With
+    /// `workers` 1 this is [`Gateway::bind`].
     pub async fn bind_per_core(settings: Settings, workers: usize) -> Result<Self, StartError> {
         Self::start(settings, workers.max(1)).await
     }
@@ -97,20 +96,25 @@ impl Gateway {
             addr: listen,
             source,
         };
-        let workers = if cfg!(unix) { workers } else { 1 };
-        let listener = if workers > 1 {
-            reuse_port_listener(settings.listen).map_err(bind_error)?
-        } else {
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(bind_error)?
-        };
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
-        // The other workers' listeners, on the port the first one got.
+        // The other workers accept from the same socket, each through its own descriptor
+        // registered with its own runtime: whichever worker is free first takes a new
+        // connection (as nginx's workers share theirs). Measured against one SO_REUSEPORT
+        // socket per worker, whose kernel hash can give one worker most of a few long-lived
+        // connections, this had the better throughput and tail (docs/performance.md).
         let mut more = Vec::with_capacity(workers.saturating_sub(1));
-        for _ in 1..workers {
-            more.push(reuse_port_std_listener(local_addr).map_err(bind_error)?);
-        }
+        let listener = if workers > 1 {
+            let std_listener = listener.into_std().map_err(bind_error)?;
+            for _ in 1..workers {
+                more.push(std_listener.try_clone().map_err(bind_error)?);
+            }
+            TcpListener::from_std(std_listener).map_err(bind_error)?
+        } else {
+            listener
+        };
         // Resource URIs need the real address when none is configured (port 0 in tests).
         let mut settings = settings;
         if settings.public_url.is_none() {
@@ -239,26 +243,6 @@ impl Gateway {
         self.shutdown().await;
         tracing::info!("stopped");
     }
-}
-
-/// A listener on `addr` with `SO_REUSEPORT`, so that the other workers can bind the same port.
-fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::from_std(reuse_port_std_listener(addr)?)
-}
-
-fn reuse_port_std_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    #[cfg(unix)]
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(1024)?;
-    // Handed to another runtime: detach it from this one's reactor.
-    listener.into_std()
 }
 
 async fn shutdown_signal() {

@@ -52,6 +52,12 @@ SCENARIOS = [
 LOAD_CPU = "0"     # the load generator's core
 SERVER_CPU = "1"   # targets and upstream share the other core
 
+# Placements: "pinned" gives every server one core (the load generator has the other);
+# "shared" lets nginx (one worker per core), mcp-gateway (its default configuration: every core)
+# and the load generator all use every core.
+PLACEMENTS = ("pinned", "shared")
+PLACEMENT = "pinned"  # the placement being measured (set by main)
+
 
 def free_port():
     with socket.socket() as s:
@@ -73,7 +79,13 @@ def wait_port(port, proc, timeout=30):
 
 
 def pinned(cpu, argv):
+    if PLACEMENT == "shared":
+        return argv
     return ["taskset", "-c", cpu] + argv if shutil.which("taskset") and os.cpu_count() >= 2 else argv
+
+
+def shared_workers():
+    return str(os.cpu_count() or 1)
 
 
 def proc_tree(pid):
@@ -153,6 +165,9 @@ def start_gateway(config, upstream_port, log, tmp):
             .replace("{upstream}", f"http://127.0.0.1:{upstream_port}/mcp")
             .replace("{dir}", os.path.join(HERE, "configs"))
             .replace("{tmp}", tmp))
+    if PLACEMENT == "shared":
+        # The default configuration: as many workers as cores.
+        text = "\n".join(l for l in text.splitlines() if not l.strip().startswith("worker_threads"))
     # A config may name the bearer token the load generator sends: `# bench-token: T`.
     token = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("# bench-token:")), None)
     if token == "jwt":
@@ -179,7 +194,8 @@ def start_nginx(upstream_port, log, tmp):
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(HERE, "nginx.conf")) as f:
         text = f.read()
-    text = (text.replace("{workers}", "1").replace("{dir}", d).replace("{listen}", f"127.0.0.1:{port}")
+    workers = shared_workers() if PLACEMENT == "shared" else "1"
+    text = (text.replace("{workers}", workers).replace("{dir}", d).replace("{listen}", f"127.0.0.1:{port}")
             .replace("{upstream_hostport}", f"127.0.0.1:{upstream_port}"))
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
@@ -215,7 +231,8 @@ def run_load(target, scenario, args):
     name, era, fmt, size, mode = scenario
     argv = [os.path.join(REL, "bench-load"), "--url", target.url, "--era", era, "--format", fmt,
             "--size", str(size), "--tool", target.tool, "--connections", str(args.connections),
-            "--duration", f"{args.duration}s", "--warmup", f"{args.warmup}s", "--threads", "1",
+            "--duration", f"{args.duration}s", "--warmup", f"{args.warmup}s",
+            "--threads", shared_workers() if PLACEMENT == "shared" else "1",
             "--label", target.name]
     if mode != "closed":
         argv += ["--rate", str(mode)]
@@ -331,67 +348,86 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one short run of two scenarios (a smoke test)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--command", default="scripts/bench/run", help="the command shown in the report")
+    ap.add_argument("--placement", choices=("pinned", "shared", "both"), default="both",
+                    help="pinned: one core per server, the load generator on the other; shared: every process "
+                         "free on every core, nginx and mcp-gateway with one worker per core; both (default): "
+                         "one after the other, reported side by side")
+    ap.add_argument("--configs", help="comma-separated gateway config files of scripts/bench/configs (default: all)")
+    ap.add_argument("--no-mcp-proxy", action="store_true", help="leave mcp-proxy out")
+    ap.add_argument("--scenarios", help="comma-separated scenario names to run (default: all)")
     args = ap.parse_args()
     scenarios = SCENARIOS
     if args.quick:
         args.duration, args.warmup, args.reps = 1.0, 0.5, 1
         scenarios = [SCENARIOS[0], SCENARIOS[5]]
+    if args.scenarios:
+        wanted = [x.strip() for x in args.scenarios.split(",")]
+        scenarios = [sc for sc in SCENARIOS if sc[0] in wanted]
 
+    global PLACEMENT
+    placements = PLACEMENTS if args.placement == "both" else (args.placement,)
+    configs = args.configs.split(",") if args.configs else GATEWAY_CONFIGS
     tmp = tempfile.mkdtemp(prefix="mcp-bench-")
     log = open(os.path.join(tmp, "servers.log"), "w")
-    targets = []
     results = {}
-    try:
-        up_port, up_proc = start_upstream(log)
-        direct = Target("direct", "direct", up_port, None)
-        direct.path = "/mcp"
-        targets.append(direct)
-        targets.append(start_nginx(up_port, log, tmp))
-        mp = start_mcp_proxy(up_port, log, tmp)
-        if mp:
-            targets.append(mp)
-        else:
-            print("mcp-proxy is not installed (scripts/bench/run installs it): skipped", file=sys.stderr)
-        for c in GATEWAY_CONFIGS:
-            targets.append(start_gateway(c, up_port, log, tmp))
+    rss = {}
+    targets = []
+    for placement in placements:
+        PLACEMENT = placement
+        targets = []
+        try:
+            up_port, up_proc = start_upstream(log)
+            direct = Target("direct", "direct", up_port, None)
+            direct.path = "/mcp"
+            targets.append(direct)
+            targets.append(start_nginx(up_port, log, tmp))
+            mp = None if args.no_mcp_proxy else start_mcp_proxy(up_port, log, tmp)
+            if mp:
+                targets.append(mp)
+            elif not args.no_mcp_proxy:
+                print("mcp-proxy is not installed (scripts/bench/run installs it): skipped", file=sys.stderr)
+            for c in configs:
+                targets.append(start_gateway(c, up_port, log, tmp))
 
-        runs = {}
-        total = len(scenarios) * len(targets) * args.reps
-        n = 0
-        for sc in scenarios:
-            for rep in range(args.reps):
-                for t in targets:
-                    n += 1
-                    key = (t.name, sc[0])
-                    if sc[1] in t.unsupported:
-                        runs.setdefault(key, [])
-                        continue
-                    try:
-                        r = run_load(t, sc, args)
-                    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
-                        r = None
-                        print(f"[{n}/{total}] {t.name:28} {sc[0]:28} failed: {e}", file=sys.stderr)
-                    if r and r["requests"] == 0:
-                        t.unsupported.setdefault(sc[1], r.get("first_error") or "no successful call")
-                        print(f"[{n}/{total}] {t.name:28} {sc[0]:28} no successful call: {r.get('first_error')}", file=sys.stderr)
-                        r = None
-                    elif r:
-                        print(f"[{n}/{total}] {t.name:28} {sc[0]:28} {r['throughput']:9.0f} req/s  p50 {fmt_us(r['latency_us']['p50'])}  p99 {fmt_us(r['latency_us']['p99'])}  errors {r['errors']}", file=sys.stderr)
-                    runs.setdefault(key, []).append(r)
-        for key, rs in runs.items():
-            results[key] = median_run(rs)
-            if results[key]:
-                results[key]["reps"] = len([r for r in rs if r])
-        rss = {t.name: peak_rss_kib(t.pids()) for t in targets if t.proc}
-        rss["direct"] = peak_rss_kib([up_proc.pid])
-    finally:
-        for t in targets:
-            t.stop()
-        if "up_proc" in locals():
-            up_proc.terminate()
-        log.close()
+            runs = {}
+            total = len(scenarios) * len(targets) * args.reps
+            n = 0
+            for sc in scenarios:
+                for rep in range(args.reps):
+                    for t in targets:
+                        n += 1
+                        key = (t.name, sc[0], placement)
+                        if sc[1] in t.unsupported:
+                            runs.setdefault(key, [])
+                            continue
+                        try:
+                            r = run_load(t, sc, args)
+                        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+                            r = None
+                            print(f"[{placement} {n}/{total}] {t.name:28} {sc[0]:28} failed: {e}", file=sys.stderr)
+                        if r and r["requests"] == 0:
+                            t.unsupported.setdefault(sc[1], r.get("first_error") or "no successful call")
+                            print(f"[{placement} {n}/{total}] {t.name:28} {sc[0]:28} no successful call: {r.get('first_error')}", file=sys.stderr)
+                            r = None
+                        elif r:
+                            print(f"[{placement} {n}/{total}] {t.name:28} {sc[0]:28} {r['throughput']:9.0f} req/s  p50 {fmt_us(r['latency_us']['p50'])}  p99 {fmt_us(r['latency_us']['p99'])}  errors {r['errors']}", file=sys.stderr)
+                        runs.setdefault(key, []).append(r)
+            for key, rs in runs.items():
+                results[key] = median_run(rs)
+                if results[key]:
+                    results[key]["reps"] = len([r for r in rs if r])
+            for t in targets:
+                if t.proc:
+                    rss[(t.name, placement)] = peak_rss_kib(t.pids())
+            rss[("direct", placement)] = peak_rss_kib([up_proc.pid])
+        finally:
+            for t in targets:
+                t.stop()
+            if "up_proc" in locals():
+                up_proc.terminate()
+    log.close()
 
-    write_report(args, scenarios, targets, results, rss)
+    write_report(args, scenarios, targets, results, rss, placements)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -399,9 +435,20 @@ def ratio(a, b):
     return f"{a / b:.2f}×" if a and b else "–"
 
 
-def write_report(args, scenarios, targets, results, rss):
+PLACEMENT_TEXT = {
+    "pinned": (f"the load generator runs on CPU {LOAD_CPU}; every target and the upstream share CPU {SERVER_CPU} "
+               "(`taskset`), nginx with one worker and mcp-gateway's runtime sized to that one core, so each proxy gets "
+               "the same single core"),
+    "shared": ("nothing is pinned: the load generator (one thread per core), the upstream and each target are free to "
+               "use every core; nginx runs one worker per core and mcp-gateway its default configuration (one worker "
+               "per core, `[server] runtime` default)"),
+}
+
+
+def write_report(args, scenarios, targets, results, rss, placements):
     names = [t.name for t in targets]
     gw_names = [n for n in names if n.startswith("mcp-gateway")]
+    both = len(placements) > 1
     lines = []
     w = lines.append
     w("# Benchmarks")
@@ -411,8 +458,8 @@ def write_report(args, scenarios, targets, results, rss):
     w(f"- **Command:** `{args.command}`" + (" (quick smoke run: not for quoting)" if args.quick else ""))
     w(f"- **Date:** {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     w(f"- **Machine:** {machine()}")
-    w(f"- **Placement:** the load generator runs on CPU {LOAD_CPU}; every target and the upstream share CPU {SERVER_CPU} "
-      "(`taskset`), nginx with one worker and mcp-gateway's runtime sized to that one core, so each proxy gets the same single core.")
+    for pl in placements:
+        w(f"- **Placement{' ' + pl if both else ''}:** {PLACEMENT_TEXT[pl]}.")
     w(f"- **Runs:** {args.reps} per scenario and target, interleaved target by target; each {args.warmup:g} s warm-up + "
       f"{args.duration:g} s measured, {args.connections} keep-alive HTTP/1.1 connections. Tables quote the run with the median throughput.")
     w(f"- **Versions:** {version_of([shutil.which('nginx') or '/usr/sbin/nginx', '-v'])}; "
@@ -434,63 +481,72 @@ def write_report(args, scenarios, targets, results, rss):
         open_loop = sc[4] != "closed"
         w(f"## {sc[0]}")
         w("")
+        pcol = "placement | " if both else ""
+        palign = "---|" if both else ""
         if open_loop:
-            w("| target | achieved req/s | p50 | p99 | p99.9 | p50 added over direct | p99 added over direct | CPU µs/req | errors |")
-            w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            w(f"| target | {pcol}achieved req/s | p50 | p99 | p99.9 | p50 added over direct | p99 added over direct | CPU µs/req | errors |")
+            w(f"|---|{palign}---:|---:|---:|---:|---:|---:|---:|---:|")
         else:
-            w("| target | req/s | vs nginx | vs mcp-proxy | p50 | p99 | p99.9 | CPU µs/req | errors |")
-            w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        d = results.get(("direct", sc[0]))
-        ng = results.get(("nginx", sc[0]))
-        mp = results.get(("mcp-proxy", sc[0]))
+            w(f"| target | {pcol}req/s | vs nginx | vs mcp-proxy | p50 | p99 | p99.9 | CPU µs/req | errors |")
+            w(f"|---|{palign}---:|---:|---:|---:|---:|---:|---:|---:|")
         for n in names:
-            r = results.get((n, sc[0]))
-            if not r:
-                w(f"| {n} | n/a | | | | | | | |")
-                continue
-            lat = r["latency_us"]
-            if open_loop:
-                add50 = fmt_us(lat["p50"] - d["latency_us"]["p50"]) if d and n != "direct" else "–"
-                add99 = fmt_us(lat["p99"] - d["latency_us"]["p99"]) if d and n != "direct" else "–"
-                w(f"| {n} | {r['throughput']:.0f} | {fmt_us(lat['p50'])} | {fmt_us(lat['p99'])} | {fmt_us(lat['p999'])} | "
-                  f"{add50} | {add99} | {r['cpu_us_per_req']:.0f} | {r['errors']} |")
-            else:
-                w(f"| {n} | {r['throughput']:.0f} | {ratio(r['throughput'], ng['throughput'] if ng else 0)} | "
-                  f"{ratio(r['throughput'], mp['throughput'] if mp else 0)} | {fmt_us(lat['p50'])} | {fmt_us(lat['p99'])} | "
-                  f"{fmt_us(lat['p999'])} | {r['cpu_us_per_req']:.0f} | {r['errors']} |")
+            for pl in placements:
+                d, ng, mp = (results.get((x, sc[0], pl)) for x in ("direct", "nginx", "mcp-proxy"))
+                r = results.get((n, sc[0], pl))
+                pc = f"{pl} | " if both else ""
+                if not r:
+                    w(f"| {n} | {pc}n/a | | | | | | | |")
+                    continue
+                lat = r["latency_us"]
+                if open_loop:
+                    add50 = fmt_us(lat["p50"] - d["latency_us"]["p50"]) if d and n != "direct" else "–"
+                    add99 = fmt_us(lat["p99"] - d["latency_us"]["p99"]) if d and n != "direct" else "–"
+                    w(f"| {n} | {pc}{r['throughput']:.0f} | {fmt_us(lat['p50'])} | {fmt_us(lat['p99'])} | {fmt_us(lat['p999'])} | "
+                      f"{add50} | {add99} | {r['cpu_us_per_req']:.0f} | {r['errors']} |")
+                else:
+                    w(f"| {n} | {pc}{r['throughput']:.0f} | {ratio(r['throughput'], ng['throughput'] if ng else 0)} | "
+                      f"{ratio(r['throughput'], mp['throughput'] if mp else 0)} | {fmt_us(lat['p50'])} | {fmt_us(lat['p99'])} | "
+                      f"{fmt_us(lat['p999'])} | {r['cpu_us_per_req']:.0f} | {r['errors']} |")
         w("")
     w("## Peak memory (VmHWM over the whole run)")
     w("")
-    w("| target | peak RSS | vs nginx |")
-    w("|---|---:|---:|")
+    w(f"| target | {'placement | ' if both else ''}peak RSS | vs nginx |")
+    w(f"|---|{'---|' if both else ''}---:|---:|")
     for n in names:
-        if n in rss:
-            w(f"| {n}{' (the upstream alone)' if n == 'direct' else ''} | {rss[n] / 1024:.1f} MiB | {ratio(rss[n], rss.get('nginx', 0))} |")
+        for pl in placements:
+            if (n, pl) in rss:
+                w(f"| {n}{' (the upstream alone)' if n == 'direct' else ''} | {pl + ' | ' if both else ''}"
+                  f"{rss[(n, pl)] / 1024:.1f} MiB | {ratio(rss[(n, pl)], rss.get(('nginx', pl), 0))} |")
     w("")
     w("## Targets")
     w("")
     w("| target | measured | verdict |")
     w("|---|---|---|")
     for g in gw_names:
-        for sc in scenarios:
-            r, ng, mp, d = (results.get((x, sc[0])) for x in (g, "nginx", "mcp-proxy", "direct"))
-            if not (r and ng):
-                continue
-            if sc[4] == "closed":
-                q = r["throughput"] / ng["throughput"]
-                w(f"| {g}: throughput ≥ nginx ({sc[0]}) | {q:.2f}× nginx | {'met' if q >= 1 else f'missed by {(1 - q) * 100:.0f}%'} |")
-                if mp:
-                    q = r["throughput"] / mp["throughput"]
-                    w(f"| {g}: ≥ 4× mcp-proxy ({sc[0]}) | {q:.2f}× mcp-proxy | {'met' if q >= 4 else 'missed'} |")
-            elif d:
-                for p in ("p50", "p99"):
-                    ours = r["latency_us"][p] - d["latency_us"][p]
-                    theirs = ng["latency_us"][p] - d["latency_us"][p]
-                    verdict = "met" if ours <= theirs else f"missed by {fmt_us(ours - theirs)}"
-                    w(f"| {g}: added {p} ≤ nginx's ({sc[0]}) | {fmt_us(ours)} vs {fmt_us(theirs)} | {verdict} |")
-        if g in rss and "nginx" in rss:
-            q = rss[g] / rss["nginx"]
-            w(f"| {g}: peak RSS ≤ 2× nginx | {q:.2f}× | {'met' if q <= 2 else 'missed'} |")
+        for pl in placements:
+            tag = f", {pl}" if both else ""
+            for sc in scenarios:
+                r, ng, mp, d = (results.get((x, sc[0], pl)) for x in (g, "nginx", "mcp-proxy", "direct"))
+                if not (r and ng):
+                    continue
+                if sc[4] == "closed":
+                    q = r["throughput"] / ng["throughput"]
+                    w(f"| {g}: throughput ≥ nginx ({sc[0]}{tag}) | {q:.2f}× nginx | {'met' if q >= 1 else f'missed by {(1 - q) * 100:.0f}%'} |")
+                    if pl == "shared":
+                        q = r["latency_us"]["p99"] / max(ng["latency_us"]["p99"], 1)
+                        w(f"| {g}: p99 ≤ 1.5× nginx's ({sc[0]}{tag}) | {fmt_us(r['latency_us']['p99'])} vs {fmt_us(ng['latency_us']['p99'])} ({q:.2f}×) | {'met' if q <= 1.5 else 'missed'} |")
+                    if mp:
+                        q = r["throughput"] / mp["throughput"]
+                        w(f"| {g}: ≥ 4× mcp-proxy ({sc[0]}{tag}) | {q:.2f}× mcp-proxy | {'met' if q >= 4 else 'missed'} |")
+                elif d:
+                    for p in ("p50", "p99"):
+                        ours = r["latency_us"][p] - d["latency_us"][p]
+                        theirs = ng["latency_us"][p] - d["latency_us"][p]
+                        verdict = "met" if ours <= theirs else f"missed by {fmt_us(ours - theirs)}"
+                        w(f"| {g}: added {p} ≤ nginx's ({sc[0]}{tag}) | {fmt_us(ours)} vs {fmt_us(theirs)} | {verdict} |")
+            if (g, pl) in rss and ("nginx", pl) in rss:
+                q = rss[(g, pl)] / rss[("nginx", pl)]
+                w(f"| {g}: peak RSS ≤ 2× nginx{' (' + pl + ')' if both else ''} | {q:.2f}× | {'met' if q <= 2 else 'missed'} |")
     w("")
     w("Where a target is missed, [performance.md](performance.md) has the profile (callgrind, "
       "`scripts/bench/callgrind`): where the instructions of a proxied call go, and what to change next.")
@@ -506,11 +562,12 @@ def write_report(args, scenarios, targets, results, rss):
     open_scenarios = [sc[0] for sc in scenarios if sc[4] != "closed"]
     chart = os.path.join(os.path.dirname(args.out), "benchmarks-latency.svg")
     if open_scenarios:
-        svg_chart(results, open_scenarios[0], chart)
+        # The chart shows the first placement measured (pinned when both are).
+        svg_chart({(k[0], k[1]): v for k, v in results.items() if k[2] == placements[0]}, open_scenarios[0], chart)
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({f"{k[0]} | {k[1]}": v for k, v in results.items()}, f, indent=1)
+        json.dump({" | ".join(k): v for k, v in results.items()}, f, indent=1)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
