@@ -3,7 +3,8 @@
 //! Idle connections sit in LIFO stacks behind short locks (the most recently used connection is
 //! the warmest), one stack per worker thread: a thread reuses the connections it made, whose
 //! connection tasks run on its own runtime when the gateway runs one runtime per core, so a
-//! call never wakes another core, and threads do not contend for one lock. A connection goes back to the stack when the response body it
+//! call does not wake another core, and threads do not contend for one lock. A thread with no
+//! idle connection of its own takes another thread's before opening a new one. A connection goes back to the stack when the response body it
 //! carried has been read to the end; a response abandoned half-way (the client left) closes its
 //! connection instead, since unread bytes would corrupt the next exchange.
 
@@ -90,10 +91,22 @@ impl InstancePool {
     pub(crate) async fn checkout(
         &self,
     ) -> Result<(SendRequest<UpstreamRequestBody>, bool), ConnectError> {
-        let stack = &self.idle[shard_index()];
+        let own = shard_index();
+        let mut shard = own;
         loop {
-            let candidate = stack.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let Some(mut idle) = candidate else { break };
+            let candidate = self.idle[shard]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            let Some(mut idle) = candidate else {
+                // None here: take one another thread left idle (its task runs elsewhere, but
+                // that beats opening a connection) before connecting.
+                shard = (shard + 1) % self.idle.len();
+                if shard == own {
+                    break;
+                }
+                continue;
+            };
             if idle.since.elapsed() > self.idle_timeout || idle.send.is_closed() {
                 continue;
             }
