@@ -456,6 +456,8 @@ impl<'a> Scanner<'a> {
 
 /// What a body holds: one message, or an array of them (a batch, possibly of one).
 #[derive(Debug)]
+// One message is nearly every call: inline, as boxing it would cost the allocation this saves.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Found {
     One(Fields),
     Batch(Vec<Fields>),
