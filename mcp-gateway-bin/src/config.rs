@@ -289,8 +289,8 @@ pub struct ServerConfig {
     /// runtime, the cheapest per request when the gateway is given one core.
     #[serde(default)]
     pub worker_threads: Option<Spanned<usize>>,
-    /// How the worker threads run: one single-threaded runtime per thread with its own
-    /// listener (`"per-core"`, the default), or one work-stealing runtime (`"shared"`).
+    /// How the worker threads run: one work-stealing runtime (`"shared"`, the default), or
+    /// one single-threaded runtime per thread (`"per-core"`).
     #[serde(default)]
     pub runtime: RuntimeMode,
     /// The URL clients reach the gateway at; route NAME's resource URI is this plus
@@ -384,10 +384,12 @@ pub struct TlsConfig {
 pub enum RuntimeMode {
     /// One single-threaded runtime per worker thread, each accepting from the shared
     /// listening socket and keeping its own upstream connections: no work stealing, no
-    /// cross-thread wake-ups.
-    #[default]
+    /// cross-thread wake-ups. Fewer instructions per call, but a worker whose core is busy
+    /// with another process keeps its connections waiting (a worse tail on shared cores).
     PerCore,
-    /// One multi-threaded, work-stealing runtime with one listener.
+    /// One multi-threaded, work-stealing runtime with one listener: the default, for the
+    /// better tail when the gateway shares its cores (measured in docs/performance.md).
+    #[default]
     Shared,
 }
 
@@ -1219,6 +1221,20 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         .unwrap();
         assert_eq!(s.worker_threads, Some(1));
         assert_eq!(s.body_limit, mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT);
+        assert_eq!(s.runtime, RuntimeMode::Shared);
+        let s = parse(
+            "[server]\nruntime = \"per-core\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n",
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.runtime, RuntimeMode::PerCore);
+        assert!(parse(
+            "[server]\nruntime = \"fast\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n",
+            "gw.toml",
+            Path::new("."),
+        )
+        .is_err());
     }
 
     #[test]

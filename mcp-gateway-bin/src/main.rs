@@ -262,8 +262,8 @@ fn main() -> ExitCode {
                 }
             }
             // One worker: a single-threaded runtime (no work stealing, no cross-thread
-            // wake-ups). More, per core (the default): that many single-threaded runtimes,
-            // each with its own listener; shared: the multi-threaded one with that many workers.
+            // wake-ups). More: the multi-threaded one with that many workers (the default,
+            // `runtime = "shared"`), or, per core, that many single-threaded runtimes.
             let threads = settings.worker_threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             });

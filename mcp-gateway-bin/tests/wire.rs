@@ -704,3 +704,43 @@ async fn upstream_closing_idle_connections_loses_no_request() {
     }
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn per_core_workers_serve_and_drain() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    let up = raw_upstream(move |_req| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async {
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#))
+                .unwrap()
+        }
+    })
+    .await;
+    let gw = mcp_gateway::Gateway::bind_per_core(settings(&[format!("raw=http://{up}/mcp")]), 2)
+        .await
+        .unwrap();
+    let url = format!("http://{}/mcp/raw", gw.local_addr());
+    // Separate connections, so that both workers get some.
+    for _ in 0..20 {
+        let resp = mcp_post(
+            &client(),
+            &url,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.bytes().await.unwrap().len(), 36);
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 20);
+    // Refusals are the same on every worker.
+    let resp = mcp_post(&client(), &url, "{not json").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .expect("every worker drains");
+}
