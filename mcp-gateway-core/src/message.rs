@@ -243,11 +243,18 @@ impl ParsedBody {
         let mut sorted: Vec<&Edit> = edits.iter().collect();
         sorted.sort_by(|a, b| b.at.cmp(&a.at));
         for e in sorted {
-            for m in &mut out.messages {
+            for m in out.messages_mut() {
                 m.apply(e);
             }
         }
         out
+    }
+
+    fn messages_mut(&mut self) -> &mut [McpMessage] {
+        match &mut self.messages {
+            Messages::One(m) => std::slice::from_mut(m),
+            Messages::Batch(all) => all,
+        }
     }
 
     /// True for a JSON array body.
