@@ -241,7 +241,7 @@ impl ParsedBody {
     pub fn edited(&self, edits: &[Edit]) -> Self {
         let mut out = self.clone();
         let mut sorted: Vec<&Edit> = edits.iter().collect();
-        sorted.sort_by(|a, b| b.at.cmp(&a.at));
+        sorted.sort_by_key(|e| std::cmp::Reverse(e.at));
         for e in sorted {
             for m in out.messages_mut() {
                 m.apply(e);
