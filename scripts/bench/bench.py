@@ -520,9 +520,18 @@ def write_report(args, scenarios, targets, results, rss, placements):
     w("")
     w("## Targets")
     w("")
+    w("Issue 15's targets: pass-through at or beyond nginx (throughput, added latency, memory, and a "
+      "shared-cores p99 within 1.5× of nginx's); the full stack (all five layers) at ≥ 0.7× nginx and "
+      "≥ 4× mcp-proxy. The other configurations are measured for reference, without a target.")
+    w("")
     w("| target | measured | verdict |")
     w("|---|---|---|")
     for g in gw_names:
+        passthrough = g == "mcp-gateway passthrough"
+        full = g == "mcp-gateway full"
+        if not (passthrough or full):
+            continue
+        floor = 1.0 if passthrough else 0.7
         for pl in placements:
             tag = f", {pl}" if both else ""
             for sc in scenarios:
@@ -530,21 +539,23 @@ def write_report(args, scenarios, targets, results, rss, placements):
                 if not (r and ng):
                     continue
                 if sc[4] == "closed":
+                    if full and sc[3] != 200:
+                        continue
                     q = r["throughput"] / ng["throughput"]
-                    w(f"| {g}: throughput ≥ nginx ({sc[0]}{tag}) | {q:.2f}× nginx | {'met' if q >= 1 else f'missed by {(1 - q) * 100:.0f}%'} |")
-                    if pl == "shared":
+                    w(f"| {g}: throughput ≥ {floor:g}× nginx ({sc[0]}{tag}) | {q:.2f}× nginx | {'met' if q >= floor else f'missed by {(floor - q) / floor * 100:.0f}%'} |")
+                    if passthrough and pl == "shared":
                         q = r["latency_us"]["p99"] / max(ng["latency_us"]["p99"], 1)
                         w(f"| {g}: p99 ≤ 1.5× nginx's ({sc[0]}{tag}) | {fmt_us(r['latency_us']['p99'])} vs {fmt_us(ng['latency_us']['p99'])} ({q:.2f}×) | {'met' if q <= 1.5 else 'missed'} |")
-                    if mp:
+                    if full and mp:
                         q = r["throughput"] / mp["throughput"]
                         w(f"| {g}: ≥ 4× mcp-proxy ({sc[0]}{tag}) | {q:.2f}× mcp-proxy | {'met' if q >= 4 else 'missed'} |")
-                elif d:
+                elif d and passthrough:
                     for p in ("p50", "p99"):
                         ours = r["latency_us"][p] - d["latency_us"][p]
                         theirs = ng["latency_us"][p] - d["latency_us"][p]
                         verdict = "met" if ours <= theirs else f"missed by {fmt_us(ours - theirs)}"
                         w(f"| {g}: added {p} ≤ nginx's ({sc[0]}{tag}) | {fmt_us(ours)} vs {fmt_us(theirs)} | {verdict} |")
-            if (g, pl) in rss and ("nginx", pl) in rss:
+            if passthrough and (g, pl) in rss and ("nginx", pl) in rss:
                 q = rss[(g, pl)] / rss[("nginx", pl)]
                 w(f"| {g}: peak RSS ≤ 2× nginx{' (' + pl + ')' if both else ''} | {q:.2f}× | {'met' if q <= 2 else 'missed'} |")
     w("")
