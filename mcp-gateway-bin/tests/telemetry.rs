@@ -155,6 +155,32 @@ fn tool_text(r: &rmcp::model::CallToolResult) -> String {
         .unwrap()
 }
 
+/// The rmcp demo server without sessions, answering JSON.
+async fn stateless_demo() -> SocketAddr {
+    demo_server::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        DemoOptions {
+            stateless: true,
+            json_response: true,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Calls the demo's `trace_context` tool with `body` (a `tools/call`); returns the trace keys
+/// the server saw in its `_meta`.
+async fn trace_context_seen(url: &str, body: &str, headers: &[(&str, &str)]) -> serde_json::Value {
+    let mut req = mcp_post(&client(), url, body).header("mcp-protocol-version", "2025-06-18");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    serde_json::from_str(answer["result"]["content"][0]["text"].as_str().unwrap()).unwrap()
+}
+
 /// Settings from `text`, the public listener on a free port.
 fn settings(text: &str) -> mcp_gateway::config::Settings {
     let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{text}");
@@ -274,15 +300,7 @@ listen = "127.0.0.1:0"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_trace_is_continued_and_a_different_http_context_is_linked() {
     let (otlp, spans, _) = otlp_receiver().await;
-    let up = demo_server::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        DemoOptions {
-            stateless: true,
-            json_response: true,
-        },
-    )
-    .await
-    .unwrap();
+    let up = stateless_demo().await;
     let gw = gateway(settings(&format!(
         r#"
 [upstreams.demo]
@@ -297,19 +315,15 @@ otlp_endpoint = "http://{otlp}/v1/traces"
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"trace_context","arguments":{{}},"_meta":{{"traceparent":"{agent}","tracestate":"vendor=1","baggage":"tenant=acme","app.example/keep":true}}}}}}"#
     );
-    let resp = mcp_post(&client(), &url, &body)
-        .header("mcp-protocol-version", "2025-06-18")
-        .header(
+    let seen = trace_context_seen(
+        &url,
+        &body,
+        &[(
             "traceparent",
             "00-11111111111111111111111111111111-2222222222222222-01",
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let answer: serde_json::Value = resp.json().await.unwrap();
-    let seen: serde_json::Value =
-        serde_json::from_str(answer["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+        )],
+    )
+    .await;
     let tp = seen["traceparent"].as_str().unwrap();
     assert!(
         tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
@@ -534,29 +548,14 @@ listen = "127.0.0.1:0"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_telemetry_the_agents_meta_passes_untouched() {
-    let up = demo_server::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        DemoOptions {
-            stateless: true,
-            json_response: true,
-        },
-    )
-    .await
-    .unwrap();
+    let up = stateless_demo().await;
     let gw = gateway(common::settings(&[format!("demo=http://{up}/mcp")])).await;
     let url = format!("http://{}/mcp/demo", gw.local_addr());
     let agent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"trace_context","arguments":{{}},"_meta":{{"traceparent":"{agent}","baggage":"k=v"}}}}}}"#
     );
-    let resp = mcp_post(&client(), &url, &body)
-        .header("mcp-protocol-version", "2025-06-18")
-        .send()
-        .await
-        .unwrap();
-    let answer: serde_json::Value = resp.json().await.unwrap();
-    let seen: serde_json::Value =
-        serde_json::from_str(answer["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    let seen = trace_context_seen(&url, &body, &[]).await;
     assert_eq!(
         seen,
         serde_json::json!({"traceparent": agent, "baggage": "k=v"})
@@ -571,15 +570,7 @@ async fn a_dead_collector_never_holds_a_call_up() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let up = demo_server::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        DemoOptions {
-            stateless: true,
-            json_response: true,
-        },
-    )
-    .await
-    .unwrap();
+    let up = stateless_demo().await;
     let gw = gateway(settings(&format!(
         r#"
 [upstreams.demo]

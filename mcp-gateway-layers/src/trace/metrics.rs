@@ -224,30 +224,7 @@ impl Metrics {
             all.extend(lock(shard).iter().map(|(k, s)| (k.clone(), s.clone())));
         }
         all.sort_by(|a, b| a.0.cmp(&b.0));
-        let labels: Vec<String> = all
-            .iter()
-            .map(|(k, _)| {
-                let mut parts = k.split(SEP);
-                let mut l = String::new();
-                for name in [
-                    "mcp_method_name",
-                    "gen_ai_tool_name",
-                    "agent",
-                    "route",
-                    "outcome",
-                    "error_type",
-                ] {
-                    if !l.is_empty() {
-                        l.push(',');
-                    }
-                    l.push_str(name);
-                    l.push_str("=\"");
-                    escape(&mut l, parts.next().unwrap_or(""));
-                    l.push('"');
-                }
-                l
-            })
-            .collect();
+        let labels: Vec<String> = all.iter().map(|(k, _)| label_set(k, &LABELS)).collect();
 
         let name = "mcp_server_operation_duration_seconds";
         let _ = writeln!(
@@ -290,17 +267,8 @@ impl Metrics {
             if s.tokens_seen.load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            let mut parts = k.split(SEP);
-            let mut l = String::new();
-            for name in ["mcp_method_name", "gen_ai_tool_name", "agent", "route"] {
-                if !l.is_empty() {
-                    l.push(',');
-                }
-                l.push_str(name);
-                l.push_str("=\"");
-                escape(&mut l, parts.next().unwrap_or(""));
-                l.push('"');
-            }
+            // Token series drop the outcome labels.
+            let l = label_set(k, &LABELS[..4]);
             let (i, o) = (
                 s.tokens_in.load(Ordering::Relaxed),
                 s.tokens_out.load(Ordering::Relaxed),
@@ -327,6 +295,31 @@ impl Metrics {
         let _ = writeln!(out, "{name} {}", self.overflowed());
     }
 }
+
+/// `name="value",…` for the first `names.len()` parts of a series key.
+fn label_set(key: &str, names: &[&str]) -> String {
+    let mut parts = key.split(SEP);
+    let mut l = String::new();
+    for name in names {
+        if !l.is_empty() {
+            l.push(',');
+        }
+        l.push_str(name);
+        l.push_str("=\"");
+        escape(&mut l, parts.next().unwrap_or(""));
+        l.push('"');
+    }
+    l
+}
+
+const LABELS: [&str; 6] = [
+    "mcp_method_name",
+    "gen_ai_tool_name",
+    "agent",
+    "route",
+    "outcome",
+    "error_type",
+];
 
 fn escape(out: &mut String, v: &str) {
     for c in v.chars() {
