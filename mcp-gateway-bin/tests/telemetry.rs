@@ -281,7 +281,7 @@ listen = "127.0.0.1:0"
         .call_tool(CallToolRequestParams::new("no_such_tool"))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("no_such_tool") || !err.to_string().is_empty());
+    assert!(err.to_string().contains("-32602"), "{err}");
     let got = wait_for(&spans, "the failed call", |s| {
         s.iter()
             .any(|g| g.kind == SpanKind::Server as i32 && g.name == "tools/call no_such_tool")
@@ -564,12 +564,25 @@ async fn without_telemetry_the_agents_meta_passes_untouched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_collector_never_holds_a_call_up() {
-    // A port nothing listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+async fn a_hung_collector_never_holds_a_call_up() {
+    // A collector that accepts, reads and never answers: every export hangs until its timeout.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = hole.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = hole.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+                    .await
+                    .is_ok_and(|n| n > 0)
+                {}
+            }));
+        }
+    });
     let up = stateless_demo().await;
     let gw = gateway(settings(&format!(
         r#"
@@ -577,13 +590,15 @@ async fn a_dead_collector_never_holds_a_call_up() {
 url = "http://{up}/mcp"
 [telemetry]
 otlp_endpoint = "http://{dead}"
-export_timeout = "1s"
+export_timeout = "10s"
 "#
     )))
     .await;
     let url = format!("http://{}/mcp/demo", gw.local_addr());
     let c = client();
-    for i in 0..50 {
+    // Calls spread over about 2 s, so exports (every 500 ms) hang while calls are served.
+    for i in 0..40 {
+        let started = std::time::Instant::now();
         let resp = mcp_post(
             &c,
             &url,
@@ -594,7 +609,18 @@ export_timeout = "1s"
         .await
         .unwrap();
         assert_eq!(resp.status(), 200);
+        // A call that waited for the hung export would take the 10 s export timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "call {i} waited {:?}: span export held it up",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the gateway tried to export to the hung collector"
+    );
     gw.shutdown().await;
 }
 

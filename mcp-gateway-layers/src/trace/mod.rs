@@ -140,21 +140,7 @@ impl TraceInjectLayer {
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        if let Some(s) = Arc::get_mut(&mut self.shared) {
-            f(s);
-            return self;
-        }
-        let old = &self.shared;
-        let mut s = Shared {
-            processor: old.processor.clone(),
-            ratio: old.ratio,
-            metrics: old.metrics.clone(),
-            scope: old.scope.clone(),
-            body_limit: old.body_limit,
-            ids: RandomIdGenerator::default(),
-        };
-        f(&mut s);
-        self.shared = Arc::new(s);
+        f(Arc::make_mut(&mut self.shared));
         self
     }
 

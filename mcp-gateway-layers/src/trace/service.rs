@@ -34,6 +34,7 @@ static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
 /// What every service of one layer shares.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) processor: Option<Arc<dyn SpanProcessor>>,
     pub(crate) ratio: f64,
