@@ -36,6 +36,7 @@ GATEWAY_CONFIGS = [
     "sessions.toml",
     "telemetry.toml",
     "full.toml",
+    "full-mimalloc.toml",
 ]
 
 # (name, era, format, size, mode)  mode: "closed" or an open-loop rate in requests/s.
@@ -175,10 +176,14 @@ def start_gateway(config, upstream_port, log, tmp):
         import urllib.request
         url = f"http://127.0.0.1:{upstream_port}/token?aud=http://127.0.0.1:{port}/mcp/bench"
         token = urllib.request.urlopen(url).read().decode()
+    # ... and the gateway build it runs: `# bench-binary: NAME` (a file of target/release that
+    # scripts/bench/run builds, e.g. the mimalloc build); the default build otherwise.
+    binary = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("# bench-binary:")),
+                  "mcp-gateway")
     path = os.path.join(tmp, config)
     with open(path, "w") as f:
         f.write(text)
-    p = subprocess.Popen(pinned(SERVER_CPU, [os.path.join(REL, "mcp-gateway"), "serve", "--config", path]),
+    p = subprocess.Popen(pinned(SERVER_CPU, [os.path.join(REL, binary), "serve", "--config", path]),
                          stdout=log, stderr=log)
     wait_port(port, p)
     name = "mcp-gateway " + config.rsplit(".", 1)[0]
