@@ -36,6 +36,7 @@ GATEWAY_CONFIGS = [
     "sessions.toml",
     "telemetry.toml",
     "full.toml",
+    "passthrough-mimalloc.toml",
     "full-mimalloc.toml",
 ]
 
