@@ -196,7 +196,7 @@ impl Observer for Spans {
                 other => Some(other.as_str().to_owned()),
             },
         };
-        let outcome: &str = if let Some(d) = &denial {
+        let outcome: &'static str = if let Some(d) = &denial {
             d.kind.as_str()
         } else {
             match reason {
@@ -233,22 +233,25 @@ impl Observer for Spans {
             return;
         };
         let mut attrs = std::mem::take(&mut self.attrs);
-        attrs.push(KeyValue::new("mcp_gateway.agent", agent.to_owned()));
-        attrs.push(KeyValue::new("mcp_gateway.outcome", outcome.to_owned()));
+        attrs.push(shared_kv("mcp_gateway.agent", agent));
+        attrs.push(KeyValue::new("mcp_gateway.outcome", outcome));
         attrs.push(KeyValue::new(
             "http.response.status_code",
             i64::from(self.status),
         ));
         if let Some(r) = &route {
-            attrs.push(KeyValue::new("mcp_gateway.route", r.to_string()));
+            attrs.push(KeyValue::new(
+                "mcp_gateway.route",
+                opentelemetry::StringValue::from(r.clone()),
+            ));
         }
         // With SessionAffinity the record names the session by its handle, never by the
         // sealed id itself (which is a credential of sorts).
-        if let Some(s) = session
-            .map(|s| s.to_string())
-            .or(self.legacy_session.take().map(String::from))
-        {
-            attrs.push(KeyValue::new("mcp.session.id", s));
+        if let Some(s) = session.or_else(|| self.legacy_session.take().map(Arc::from)) {
+            attrs.push(KeyValue::new(
+                "mcp.session.id",
+                opentelemetry::StringValue::from(s),
+            ));
         }
         if let Some(n) = tokens_in {
             attrs.push(KeyValue::new(
@@ -263,11 +266,11 @@ impl Observer for Spans {
             ));
         }
         if let Some(code) = self.error_code {
-            attrs.push(KeyValue::new("rpc.response.status_code", code.to_string()));
+            attrs.push(shared_kv("rpc.response.status_code", &code.to_string()));
         }
         let status = match &error_type {
             Some(t) => {
-                attrs.push(KeyValue::new("error.type", t.clone()));
+                attrs.push(shared_kv("error.type", t));
                 Status::Error {
                     description: Cow::Owned(match &denial {
                         Some(d) => format!("refused by {}: {}", d.by, d.reason),
@@ -298,7 +301,10 @@ impl Observer for Spans {
                 .cloned()
                 .collect();
             if let Some(i) = &instance {
-                client_attrs.push(KeyValue::new("mcp_gateway.instance", i.to_string()));
+                client_attrs.push(KeyValue::new(
+                    "mcp_gateway.instance",
+                    opentelemetry::StringValue::from(i.clone()),
+                ));
             }
             processor.on_end(SpanData {
                 span_context: SpanContext::new(
@@ -364,6 +370,14 @@ fn first_call(view: &McpRequest) -> Option<&McpMessage> {
         .find(|m| matches!(m.kind(), MessageKind::Request | MessageKind::Notification))
 }
 
+/// A string attribute whose value the CLIENT span's copy shares instead of copying.
+fn shared_kv(key: &'static str, value: &str) -> KeyValue {
+    KeyValue::new(
+        key,
+        opentelemetry::StringValue::from(Arc::<str>::from(value)),
+    )
+}
+
 fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
 }
@@ -395,32 +409,32 @@ fn base_attributes(
 ) -> Vec<KeyValue> {
     let mut a = Vec::with_capacity(20);
     let method = msg.method().unwrap_or("");
-    a.push(KeyValue::new("mcp.method.name", method.to_owned()));
+    a.push(shared_kv("mcp.method.name", method));
     match method {
         "tools/call" => {
             a.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
             if let Some(n) = msg.name() {
-                a.push(KeyValue::new("gen_ai.tool.name", n.to_owned()));
+                a.push(shared_kv("gen_ai.tool.name", n));
             }
         }
         "prompts/get" => {
             if let Some(n) = msg.name() {
-                a.push(KeyValue::new("gen_ai.prompt.name", n.to_owned()));
+                a.push(shared_kv("gen_ai.prompt.name", n));
             }
         }
         _ => {
             if let Some(u) = msg.uri() {
-                a.push(KeyValue::new("mcp.resource.uri", u.to_owned()));
+                a.push(shared_kv("mcp.resource.uri", u));
             }
         }
     }
     if let Some(id) = msg.id() {
-        a.push(KeyValue::new("jsonrpc.request.id", id_text(id)));
+        a.push(shared_kv("jsonrpc.request.id", &id_text(id)));
     }
     a.push(KeyValue::new("jsonrpc.protocol.version", "2.0"));
     let protocol = view.protocol();
     if let Some(v) = protocol.version.as_deref().or(msg.meta_protocol_version()) {
-        a.push(KeyValue::new("mcp.protocol.version", v.to_owned()));
+        a.push(shared_kv("mcp.protocol.version", v));
     }
     a.push(KeyValue::new("network.transport", "tcp"));
     a.push(KeyValue::new("network.protocol.name", "http"));
