@@ -1,7 +1,6 @@
 //! The audit record, its JSON-lines form, and the hash chain that links the lines.
 
 use bytes::Bytes;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -182,111 +181,139 @@ pub struct ArgumentPolicy {
     pub redact: Vec<String>,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    seq: u64,
-    time: &'a str,
-    event: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    agent: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    session: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    route: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    instance: Option<&'a str>,
-    http_method: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    method: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    resource: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prompt: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a serde_json::value::RawValue>,
-    outcome: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_code: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    denied_by: Option<&'a str>,
-    status: u16,
-    latency_us: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tokens_in: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tokens_out: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    span_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    args_sha256: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    args: Option<serde_json::Value>,
-    prev: &'a str,
-}
-
 impl AuditRecord {
     /// The record as one JSON line (with its `\n`), numbered `seq` and linked to the line
     /// before it by `prev` (the hex SHA-256 of that line, without its `\n`).
     pub fn to_line(&self, seq: u64, prev: &str, args: &ArgumentPolicy) -> Vec<u8> {
-        let time = format_time(self.time);
-        let client = self.client.map(|c| c.to_string());
-        let digest = self.arguments.as_deref().map(sha256_hex);
-        let recorded = match (&self.arguments, args.record) {
-            (Some(raw), true) => Some(match serde_json::from_slice(raw) {
-                Ok(mut v) => {
-                    redact(&mut v, &args.redact);
-                    v
-                }
-                Err(_) => serde_json::Value::String("[not JSON]".into()),
-            }),
-            _ => None,
+        use std::io::Write as _;
+        // Written by hand, field by field, in the order and with the escaping serde_json
+        // would use (a test checks both against each other): this runs once per record on the
+        // writer thread, which shares the cores with the request path.
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"{\"seq\":");
+        push_u64(&mut out, seq);
+        out.extend_from_slice(b",\"time\":\"");
+        write_time(&mut out, self.time);
+        out.extend_from_slice(b"\",\"event\":");
+        push_str(&mut out, self.event.as_str());
+        let text = |out: &mut Vec<u8>, key: &str, value: Option<&str>| {
+            if let Some(v) = value {
+                out.push(b',');
+                push_str(out, key);
+                out.push(b':');
+                push_str(out, v);
+            }
         };
-        let id = self
+        let number = |out: &mut Vec<u8>, key: &str, value: Option<u64>| {
+            if let Some(v) = value {
+                out.push(b',');
+                push_str(out, key);
+                out.push(b':');
+                push_u64(out, v);
+            }
+        };
+        text(&mut out, "agent", self.agent.as_deref());
+        text(&mut out, "client_id", self.client_id.as_deref());
+        text(&mut out, "session", self.session.as_deref());
+        text(&mut out, "route", self.route.as_deref());
+        text(&mut out, "instance", self.instance.as_deref());
+        text(&mut out, "http_method", Some(&self.http_method));
+        text(&mut out, "method", self.method.as_deref());
+        text(&mut out, "tool", self.tool.as_deref());
+        text(&mut out, "resource", self.resource.as_deref());
+        text(&mut out, "prompt", self.prompt.as_deref());
+        // The id as the client wrote it, when it is one JSON value.
+        if let Some(raw) = self
             .id
             .as_deref()
-            .and_then(|raw| serde_json::from_str::<&serde_json::value::RawValue>(raw).ok());
-        let line = Line {
-            seq,
-            time: &time,
-            event: self.event.as_str(),
-            agent: self.agent.as_deref(),
-            client_id: self.client_id.as_deref(),
-            session: self.session.as_deref(),
-            route: self.route.as_deref(),
-            instance: self.instance.as_deref(),
-            http_method: &self.http_method,
-            method: self.method.as_deref(),
-            tool: self.tool.as_deref(),
-            resource: self.resource.as_deref(),
-            prompt: self.prompt.as_deref(),
-            id,
-            outcome: self.outcome.as_str(),
-            error_code: self.error_code,
-            denied_by: self.denied_by,
-            status: self.status,
-            latency_us: self.latency_us,
-            tokens_in: self.tokens_in,
-            tokens_out: self.tokens_out,
-            trace_id: self.trace_id.as_deref(),
-            span_id: self.span_id.as_deref(),
-            client: client.as_deref(),
-            args_sha256: digest.as_deref(),
-            args: recorded,
-            prev,
-        };
-        // Serializing plain strings and numbers cannot fail.
-        let mut out = serde_json::to_vec(&line).unwrap_or_default();
-        out.push(b'\n');
+            .and_then(|raw| serde_json::from_str::<&serde_json::value::RawValue>(raw).ok())
+        {
+            out.extend_from_slice(b",\"id\":");
+            out.extend_from_slice(raw.get().as_bytes());
+        }
+        text(&mut out, "outcome", Some(self.outcome.as_str()));
+        if let Some(code) = self.error_code {
+            out.extend_from_slice(b",\"error_code\":");
+            let _ = write!(out, "{code}");
+        }
+        text(&mut out, "denied_by", self.denied_by);
+        number(&mut out, "status", Some(u64::from(self.status)));
+        number(&mut out, "latency_us", Some(self.latency_us));
+        number(&mut out, "tokens_in", self.tokens_in);
+        number(&mut out, "tokens_out", self.tokens_out);
+        text(&mut out, "trace_id", self.trace_id.as_deref());
+        text(&mut out, "span_id", self.span_id.as_deref());
+        if let Some(c) = self.client {
+            // An address never needs escaping.
+            out.extend_from_slice(b",\"client\":\"");
+            let _ = write!(out, "{c}");
+            out.push(b'"');
+        }
+        if let Some(raw) = self.arguments.as_deref() {
+            out.extend_from_slice(b",\"args_sha256\":\"");
+            out.extend_from_slice(sha256_hex(raw).as_bytes());
+            out.push(b'"');
+            if args.record {
+                let mut v = serde_json::from_slice(raw)
+                    .unwrap_or_else(|_| serde_json::Value::String("[not JSON]".into()));
+                redact(&mut v, &args.redact);
+                out.extend_from_slice(b",\"args\":");
+                // Serializing a parsed value into memory cannot fail.
+                let _ = serde_json::to_writer(&mut out, &v);
+            }
+        }
+        text(&mut out, "prev", Some(prev));
+        out.extend_from_slice(b"}\n");
         out
     }
+}
+
+/// `n` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// `s` as a JSON string, escaped as serde_json escapes it: `"`, `\\` and the control
+/// characters, the common ones by their short escapes.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x08 => b'b',
+            0x0c => b'f',
+            0..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            out.extend_from_slice(b"00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 15)]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 /// Replaces the value of every key in `keys` (any depth, any case) by `"[redacted]"`.
@@ -325,17 +352,40 @@ pub fn line_hash(line: &[u8]) -> String {
 /// `2026-11-29T19:25:40.123456Z`: RFC 3339, UTC, microseconds — a fixed width, so records'
 /// times compare as text.
 pub fn format_time(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(27);
+    write_time(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends [`format_time`]'s text.
+fn write_time(out: &mut Vec<u8>, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (y, m, day) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
     let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_micros()
-    )
+    let parts = [
+        (u64::try_from(y).unwrap_or(0), 4, b'-'),
+        (u64::from(m), 2, b'-'),
+        (u64::from(day), 2, b'T'),
+        (rem / 3600, 2, b':'),
+        (rem / 60 % 60, 2, b':'),
+        (rem % 60, 2, b'.'),
+        (u64::from(d.subsec_micros()), 6, b'Z'),
+    ];
+    for (value, width, after) in parts {
+        // Fixed width, zero-padded (a year past 9999 keeps all its digits).
+        let mut buf = [b'0'; 20];
+        let mut n = value;
+        let mut i = buf.len();
+        while n > 0 {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        let first = i.min(buf.len() - width);
+        out.extend_from_slice(&buf[first..]);
+        out.push(after);
+    }
 }
 
 /// Parses an RFC 3339 time (`2026-11-29T19:25:40Z`, fractions and offsets allowed).
@@ -404,6 +454,197 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use serde::Serialize;
+
+    /// The serde_json rendering `to_line` replaced, kept as its reference.
+    #[derive(Serialize)]
+    struct Line<'a> {
+        seq: u64,
+        time: &'a str,
+        event: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        route: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        instance: Option<&'a str>,
+        http_method: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        method: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tool: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resource: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prompt: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a serde_json::value::RawValue>,
+        outcome: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error_code: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        denied_by: Option<&'a str>,
+        status: u16,
+        latency_us: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tokens_in: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tokens_out: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trace_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        span_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        args_sha256: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        args: Option<serde_json::Value>,
+        prev: &'a str,
+    }
+
+    fn reference_line(r: &AuditRecord, seq: u64, prev: &str, args: &ArgumentPolicy) -> Vec<u8> {
+        let d = r.time.duration_since(UNIX_EPOCH).unwrap();
+        let secs = d.as_secs();
+        let (y, m, day) = civil_from_days(i64::try_from(secs / 86_400).unwrap());
+        let rem = secs % 86_400;
+        let time = format!(
+            "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60,
+            d.subsec_micros()
+        );
+        let client = r.client.map(|c| c.to_string());
+        let digest = r.arguments.as_deref().map(sha256_hex);
+        let recorded = match (&r.arguments, args.record) {
+            (Some(raw), true) => Some(match serde_json::from_slice(raw) {
+                Ok(mut v) => {
+                    redact(&mut v, &args.redact);
+                    v
+                }
+                Err(_) => serde_json::Value::String("[not JSON]".into()),
+            }),
+            _ => None,
+        };
+        let id =
+            r.id.as_deref()
+                .and_then(|raw| serde_json::from_str::<&serde_json::value::RawValue>(raw).ok());
+        let line = Line {
+            seq,
+            time: &time,
+            event: r.event.as_str(),
+            agent: r.agent.as_deref(),
+            client_id: r.client_id.as_deref(),
+            session: r.session.as_deref(),
+            route: r.route.as_deref(),
+            instance: r.instance.as_deref(),
+            http_method: &r.http_method,
+            method: r.method.as_deref(),
+            tool: r.tool.as_deref(),
+            resource: r.resource.as_deref(),
+            prompt: r.prompt.as_deref(),
+            id,
+            outcome: r.outcome.as_str(),
+            error_code: r.error_code,
+            denied_by: r.denied_by,
+            status: r.status,
+            latency_us: r.latency_us,
+            tokens_in: r.tokens_in,
+            tokens_out: r.tokens_out,
+            trace_id: r.trace_id.as_deref(),
+            span_id: r.span_id.as_deref(),
+            client: client.as_deref(),
+            args_sha256: digest.as_deref(),
+            args: recorded,
+            prev,
+        };
+        let mut out = serde_json::to_vec(&line).unwrap();
+        out.push(b'\n');
+        out
+    }
+
+    #[test]
+    fn hand_written_lines_equal_serde_json() {
+        let nasty = [
+            "",
+            "plain",
+            "quote \" and backslash \\ and slash /",
+            "controls \n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f} end",
+            "unicode é 漢字 \u{2028} \u{1F600}",
+            "\"\\",
+        ];
+        let times = [
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::new(1_795_980_340, 123_456_789),
+            UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_999),
+        ];
+        let ids = [
+            None,
+            Some("7"),
+            Some("\"a\\\"b\""),
+            Some("not json"),
+            Some("-1.5e3"),
+        ];
+        let policies = [
+            ArgumentPolicy::default(),
+            ArgumentPolicy {
+                record: true,
+                redact: vec!["secret".into()],
+            },
+        ];
+        let mut n = 0;
+        for (i, text) in nasty.iter().enumerate() {
+            for (j, time) in times.iter().enumerate() {
+                for (k, id) in ids.iter().enumerate() {
+                    let mut r = AuditRecord::new(*time, Event::Request, *text);
+                    let some = |x: usize| (x % 2 == 0).then(|| (*text).to_owned());
+                    r.agent = some(i + j);
+                    r.client_id = some(i + k + 1);
+                    r.session = some(j + k);
+                    r.route = some(i);
+                    r.instance = some(j);
+                    r.method = some(k);
+                    r.tool = some(i + 1);
+                    r.resource = some(j + 1);
+                    r.prompt = some(k + 1);
+                    r.id = id.map(str::to_owned);
+                    r.error_code = (k % 2 == 1).then_some(-32_052 - i64::try_from(i).unwrap());
+                    r.denied_by = (j == 1).then_some("limits");
+                    r.status = [200, 429, 502][j];
+                    r.latency_us = [0, 17, u64::MAX][k % 3];
+                    r.tokens_in = (i % 2 == 0).then_some(u64::MAX - 1);
+                    r.tokens_out = (i % 3 == 0).then_some(0);
+                    r.trace_id = some(i + j + k);
+                    r.span_id = some(i + j + k + 1);
+                    r.client = (k % 2 == 0).then(|| "[::1]:443".parse().unwrap());
+                    r.arguments = match k % 3 {
+                        0 => None,
+                        1 => Some(Bytes::from_static(
+                            br#"{"a":"x\"y","secret":{"k":[1,2.5e3,null]}}"#,
+                        )),
+                        _ => Some(Bytes::from_static(b"{not json")),
+                    };
+                    r.outcome = [Outcome::Ok, Outcome::RateLimited, Outcome::ToolError][i % 3];
+                    for (seq, p) in policies.iter().enumerate() {
+                        let prev = line_hash(text.as_bytes());
+                        let got = r.to_line(seq as u64 * 1_000_003, &prev, p);
+                        let want = reference_line(&r, seq as u64 * 1_000_003, &prev, p);
+                        assert_eq!(
+                            String::from_utf8_lossy(&got),
+                            String::from_utf8_lossy(&want)
+                        );
+                        n += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(n, 6 * 3 * 5 * 2);
+    }
 
     #[test]
     fn times_round_trip_and_sort_as_text() {
