@@ -90,18 +90,28 @@ pub fn set_meta_entries_with_edits(
         Option<std::ops::Range<usize>>,
         Option<std::ops::Range<usize>>,
     ) = (None, None);
-    let encode_new = |keys: &[&(&str, &str)]| -> String {
-        let mut s = String::new();
-        for (i, (k, v)) in keys.iter().enumerate() {
+    // The new members, written straight into the text inserted.
+    let encode_new = |out: &mut String, keys: &mut dyn Iterator<Item = &(&str, &str)>| {
+        for (i, (k, v)) in keys.enumerate() {
             if i > 0 {
-                s.push(',');
+                out.push(',');
             }
-            s.push_str(&serde_json::to_string(k).unwrap_or_default());
-            s.push(':');
-            s.push_str(v);
+            if k.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                out.push('"');
+                out.push_str(k);
+                out.push('"');
+            } else {
+                out.push_str(&serde_json::to_string(k).unwrap_or_default());
+            }
+            out.push(':');
+            out.push_str(v);
         }
-        s
     };
+    let room: usize = entries
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum::<usize>()
+        + 24;
     if let Some(meta) = msg.meta_span() {
         let text = std::str::from_utf8(&body[meta.clone()]).map_err(|_| MetaError::NotAnObject)?;
         let existing: Entries<'_> =
@@ -122,8 +132,12 @@ pub fn set_meta_entries_with_edits(
         }
         if !missing.is_empty() {
             let close = meta.end - 1; // the closing brace of _meta
-            let sep = if existing.0.is_empty() { "" } else { "," };
-            splices.push((close, 0, format!("{sep}{}", encode_new(&missing))));
+            let mut text = String::with_capacity(room);
+            if !existing.0.is_empty() {
+                text.push(',');
+            }
+            encode_new(&mut text, &mut missing.into_iter());
+            splices.push((close, 0, text));
         }
     } else if let Some(params) = msg.params_span() {
         let text = &body[params.clone()];
@@ -133,15 +147,21 @@ pub fn set_meta_entries_with_edits(
         let empty = text[1..]
             .iter()
             .all(|b| b.is_ascii_whitespace() || *b == b'}');
-        let all: Vec<_> = entries.iter().collect();
-        let sep = if empty { "" } else { "," };
-        let object = format!("{{{}}}", encode_new(&all));
-        created.1 = Some(8..8 + object.len());
-        splices.push((params.start + 1, 0, format!("\"_meta\":{object}{sep}")));
+        let mut text = String::with_capacity(room);
+        text.push_str("\"_meta\":{");
+        encode_new(&mut text, &mut entries.iter());
+        text.push('}');
+        created.1 = Some(8..text.len());
+        if !empty {
+            text.push(',');
+        }
+        splices.push((params.start + 1, 0, text));
     } else {
         let span = msg.span();
-        let all: Vec<_> = entries.iter().collect();
-        let text = format!(",\"params\":{{\"_meta\":{{{}}}}}", encode_new(&all));
+        let mut text = String::with_capacity(room);
+        text.push_str(",\"params\":{\"_meta\":{");
+        encode_new(&mut text, &mut entries.iter());
+        text.push_str("}}");
         created = (Some(10..text.len()), Some(19..text.len() - 1));
         splices.push((span.end - 1, 0, text));
     }
@@ -226,6 +246,33 @@ mod tests {
                 &[("k", "2")]
             ),
             r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"k":2}}}"#
+        );
+        // Keys that need escaping are escaped, in every branch.
+        let keys = [("a\"b", "1"), ("c\\d\n", "2"), ("é", "3")];
+        let escaped = r#""a\"b":1,"c\\d\n":2,"é":3"#;
+        assert_eq!(
+            rewrite(r#"{"jsonrpc":"2.0","id":1,"method":"m"}"#, &keys),
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"_meta":{{{escaped}}}}}}}"#
+            )
+        );
+        assert_eq!(
+            rewrite(
+                r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{}}"#,
+                &keys
+            ),
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"_meta":{{{escaped}}}}}}}"#
+            )
+        );
+        assert_eq!(
+            rewrite(
+                r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{"z":0}}}"#,
+                &keys
+            ),
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"_meta":{{"z":0,{escaped}}}}}}}"#
+            )
         );
     }
 
