@@ -25,6 +25,7 @@ pub mod auth;
 pub mod auth_config;
 pub mod config;
 pub mod logging;
+pub mod otlp;
 pub mod router;
 pub mod server;
 pub mod sessions_config;

@@ -2,40 +2,12 @@
 //! OTLP/HTTP (protobuf) on the exporter's own thread, sent with the gateway's HTTP client on
 //! the gateway's runtime; metrics kept in memory for the admin listener's `/metrics`.
 
+use crate::otlp::OtlpHttpExporter;
 use crate::telemetry_config::TelemetrySpec;
-use bytes::Bytes;
-use http::{Request, Response};
-use mcp_gateway_layers::auth::AsClient;
 use mcp_gateway_layers::trace::{Metrics, MetricsOptions, TraceInjectLayer};
-use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
 use opentelemetry_sdk::Resource;
-use std::collections::HashMap;
 use std::time::Duration;
-
-/// The OTLP exporter's transport: the gateway's own HTTP client (TLS with the system's roots,
-/// bounded answers, a timeout), driven on the gateway's runtime.
-#[derive(Debug)]
-struct Transport {
-    client: AsClient,
-    runtime: tokio::runtime::Handle,
-}
-
-#[async_trait::async_trait]
-impl HttpClient for Transport {
-    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let client = self.client.clone();
-        let request = request.map(|b| b.to_vec());
-        // The batch processor runs on its own thread, outside the runtime: the request is
-        // spawned on the runtime and awaited from here.
-        let answer = self
-            .runtime
-            .spawn(async move { client.send(request).await })
-            .await??;
-        Ok(answer.map(Bytes::from))
-    }
-}
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,20 +26,8 @@ pub fn layer(spec: &TelemetrySpec, body_limit: usize) -> Result<TraceInjectLayer
     if let Some(url) = &spec.traces_url {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| TelemetryError("no async runtime to export spans from".into()))?;
-        let transport = Transport {
-            client: AsClient::new(spec.export_timeout),
-            runtime,
-        };
-        let headers: HashMap<String, String> = spec.headers.iter().cloned().collect();
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(transport)
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(url.clone())
-            .with_timeout(spec.export_timeout)
-            .with_headers(headers)
-            .build()
-            .map_err(|e| TelemetryError(e.to_string()))?;
+        let exporter = OtlpHttpExporter::new(url, &spec.headers, spec.export_timeout, runtime)
+            .map_err(TelemetryError)?;
         let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(
                 BatchConfigBuilder::default()
@@ -88,7 +48,6 @@ pub fn layer(spec: &TelemetrySpec, body_limit: usize) -> Result<TraceInjectLayer
     }
     Ok(layer)
 }
-
 /// Exports the spans still queued and stops the exporter, waiting at most `timeout`. Runs the
 /// blocking flush off the runtime's threads, which must keep driving the export itself.
 pub async fn shutdown(layer: &TraceInjectLayer, timeout: Duration) {

@@ -666,3 +666,198 @@ fn telemetry_and_admin_config_errors_name_their_place() {
         vec![("Authorization".to_owned(), "Basic abc".to_owned())]
     );
 }
+
+/// One export as a collector received it.
+struct Received {
+    headers: http::HeaderMap,
+    export: ExportTraceServiceRequest,
+}
+
+/// A collector answering each export with the next of `statuses` (the last one repeated),
+/// keeping what it received.
+async fn collector(statuses: Vec<u16>) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let g = got.clone();
+    let addr = common::raw_upstream(move |req| {
+        let got = g.clone();
+        let statuses = statuses.clone();
+        async move {
+            let headers = req.headers().clone();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let export = ExportTraceServiceRequest::decode(body).unwrap();
+            let n = {
+                let mut got = got.lock().unwrap();
+                got.push(Received { headers, export });
+                got.len()
+            };
+            let status = statuses[(n - 1).min(statuses.len() - 1)];
+            let mut r = Response::new(
+                Full::new(Bytes::from_static(b"no"))
+                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { match e {} })
+                    .boxed(),
+            );
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            let r: Response<TestBody> = r;
+            r
+        }
+    })
+    .await;
+    (addr, got)
+}
+
+/// A finished span, as the batch processor hands it to the exporter.
+fn span_data(name: &'static str) -> opentelemetry_sdk::trace::SpanData {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    opentelemetry_sdk::trace::SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes([1; 16]),
+            SpanId::from_bytes([2; 8]),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ),
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: opentelemetry::trace::SpanKind::Server,
+        name: name.into(),
+        start_time: std::time::SystemTime::now(),
+        end_time: std::time::SystemTime::now(),
+        attributes: vec![opentelemetry::KeyValue::new(
+            "mcp.method.name",
+            "tools/call",
+        )],
+        dropped_attributes_count: 0,
+        events: Default::default(),
+        links: Default::default(),
+        status: opentelemetry::trace::Status::Unset,
+        instrumentation_scope: opentelemetry::InstrumentationScope::builder("test").build(),
+    }
+}
+
+fn exporter(url: &str, timeout: Duration) -> mcp_gateway::otlp::OtlpHttpExporter {
+    mcp_gateway::otlp::OtlpHttpExporter::new(
+        url,
+        &[("X-Tenant".to_owned(), "acme".to_owned())],
+        timeout,
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_the_collector_refuses_fails_with_its_status() {
+    use opentelemetry_sdk::trace::SpanExporter;
+    for status in [400, 500] {
+        let (addr, got) = collector(vec![status]).await;
+        let url = format!("http://{addr}/v1/traces");
+        let e = exporter(&url, Duration::from_secs(5));
+        let err = e.export(vec![span_data("refused")]).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("HTTP {status}")), "{msg}");
+        assert!(msg.contains(&url), "{msg}");
+        assert_eq!(got.lock().unwrap().len(), 1, "{status} is not retried");
+        let got = got.lock().unwrap();
+        let h = &got[0].headers;
+        assert_eq!(h["content-type"], "application/x-protobuf");
+        assert_eq!(h["x-tenant"], "acme");
+        let spans = &got[0].export.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans[0].name, "refused");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_collector_is_retried_and_a_closed_port_fails() {
+    use opentelemetry_sdk::trace::SpanExporter;
+    let (addr, got) = collector(vec![503, 502, 200]).await;
+    let e = exporter(&format!("http://{addr}/v1/traces"), Duration::from_secs(5));
+    e.export(vec![span_data("retried")]).await.unwrap();
+    assert_eq!(got.lock().unwrap().len(), 3, "503 and 502 retried");
+    assert!(got
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| r.export.resource_spans[0].scope_spans[0].spans[0].name == "retried"));
+
+    // Nothing listening: a transport error once the retries run out of time.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let e = exporter(
+        &format!("http://127.0.0.1:{port}/v1/traces"),
+        Duration::from_millis(500),
+    );
+    let started = std::time::Instant::now();
+    let err = e.export(vec![span_data("lost")]).await.unwrap_err();
+    assert!(err.to_string().contains("OTLP export to"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by the timeout"
+    );
+    e.shutdown().unwrap();
+    assert!(
+        e.export(vec![span_data("late")]).await.is_err(),
+        "after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_collector_leaves_calls_alone_and_gets_the_configured_headers() {
+    let (otlp, got) = collector(vec![500]).await;
+    let up = stateless_demo().await;
+    let gw = gateway(settings(&format!(
+        r#"
+[upstreams.demo]
+url = "http://{up}/mcp"
+[telemetry]
+otlp_endpoint = "http://{otlp}"
+service_name = "gw-headers"
+headers = {{ Authorization = "Basic abc", X-Tenant = "acme" }}
+"#
+    )))
+    .await;
+    let url = format!("http://{}/mcp/demo", gw.local_addr());
+    let c = client();
+    for i in 0..20 {
+        let resp = mcp_post(
+            &c,
+            &url,
+            &format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"x"}}}}}}"#),
+        )
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200, "call {i}");
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        assert!(answer["result"].is_object(), "call {i}: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..100 {
+        if got.lock().unwrap().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = std::mem::take(&mut *got.lock().unwrap());
+    assert!(got.len() >= 2, "exports kept coming after a failed one");
+    for r in got.iter() {
+        assert_eq!(r.headers["authorization"], "Basic abc");
+        assert_eq!(r.headers["x-tenant"], "acme");
+        assert_eq!(r.headers["content-type"], "application/x-protobuf");
+        let resource = r.export.resource_spans[0].resource.as_ref().unwrap();
+        let attr = |k: &str| {
+            resource
+                .attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.as_ref())
+                .map(value)
+        };
+        assert_eq!(attr("service.name").as_deref(), Some("gw-headers"));
+        assert_eq!(
+            attr("service.version").as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+    }
+    gw.shutdown().await;
+}
