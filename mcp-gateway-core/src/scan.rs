@@ -158,8 +158,12 @@ impl<'a> Scanner<'a> {
             let backslash = has_zero(x ^ (ONES * u64::from(b'\\')));
             // A byte below 0x20 (its high bit clear, and below 0x20 after the subtraction).
             let control = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
-            if quote | backslash | control != 0 {
-                break;
+            let hits = quote | backslash | control;
+            if hits != 0 {
+                // The lowest flagged byte is a real one (a borrow can only flag bytes above
+                // a real one): go straight to it.
+                self.i += (hits.trailing_zeros() / 8) as usize;
+                return;
             }
             self.i += 8;
         }
