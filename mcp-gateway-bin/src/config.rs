@@ -276,6 +276,10 @@ pub struct ServerConfig {
     /// How long SIGTERM/Ctrl-C waits for in-flight requests and open streams. Default 30 s.
     #[serde(default = "default_grace")]
     pub shutdown_grace: Dur,
+    /// How long a client may take to send a request head (HTTP/1) before its connection is
+    /// closed: the bound on slow or idle clients holding connections. Default 30 s.
+    #[serde(default = "default_grace")]
+    pub header_read_timeout: Dur,
     /// Browser origins allowed besides localhost (`*` for any).
     #[serde(default)]
     pub allowed_origins: Vec<Spanned<String>>,
@@ -305,6 +309,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             body_limit: default_body_limit(),
             shutdown_grace: default_grace(),
+            header_read_timeout: default_grace(),
             allowed_origins: Vec::new(),
             allow_localhost_origins: true,
             tls: None,
@@ -479,6 +484,8 @@ pub struct Settings {
     pub body_limit: usize,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// HTTP/1 request-head read timeout.
+    pub header_read_timeout: Duration,
     /// Allowed origins.
     pub origins: mcp_gateway_layers::AllowedOrigins,
     /// TLS files.
@@ -575,6 +582,12 @@ pub fn check(
         errors.push(err_at(
             Some(w.span()),
             "server.worker_threads must be at least 1".into(),
+        ));
+    }
+    if config.server.header_read_timeout.0.is_zero() {
+        errors.push(err_at(
+            None,
+            "server.header_read_timeout must be greater than 0".into(),
         ));
     }
     if config.server.body_limit.get_ref().0 == 0 {
@@ -781,6 +794,7 @@ pub fn check(
         listen: config.server.listen,
         body_limit: config.server.body_limit.get_ref().0,
         shutdown_grace: config.server.shutdown_grace.0,
+        header_read_timeout: config.server.header_read_timeout.0,
         origins,
         tls,
         log_format: config.log.format,
@@ -1054,6 +1068,7 @@ impl Settings {
             listen,
             body_limit: mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT,
             shutdown_grace: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
             origins: mcp_gateway_layers::AllowedOrigins::default(),
             tls: None,
             log_format: LogFormat::Text,

@@ -135,7 +135,10 @@ impl Gateway {
             None => None,
         };
         let (stop, stopped) = watch::channel(false);
-        let grace = settings.shutdown_grace;
+        let grace = Timeouts {
+            grace: settings.shutdown_grace,
+            header_read: settings.header_read_timeout,
+        };
         let mut workers_done = Vec::with_capacity(more.len());
         for (i, std_listener) in more.into_iter().enumerate() {
             let (done, done_rx) = tokio::sync::oneshot::channel();
@@ -266,15 +269,25 @@ async fn shutdown_signal() {
     }
 }
 
+/// The listener's time limits.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    /// How long shutdown waits for open exchanges.
+    grace: Duration,
+    /// How long a client may take to send a request head.
+    header_read: Duration,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut stopped: watch::Receiver<bool>,
     ready: Arc<AtomicBool>,
-    grace: Duration,
+    timeouts: Timeouts,
     cutoff: Cutoff,
 ) {
+    let grace = timeouts.grace;
     let graceful = GracefulShutdown::new();
     // Advances the header-read timer's clock while this listener and its connections live.
     let _ticker = coarse::Ticker::start();
@@ -286,7 +299,7 @@ async fn accept_loop(
     builder
         .http1()
         .timer(coarse::CoarseTimer)
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(timeouts.header_read);
     builder.http2().timer(TokioTimer::new());
     loop {
         let (stream, peer) = tokio::select! {
@@ -313,10 +326,26 @@ async fn accept_loop(
         });
         match &tls {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let mut stopping = stopped.clone();
+                let header_read = timeouts.header_read;
                 conns.spawn(async move {
-                    if let Err(e) = conn.await {
+                    // hyper bounds the wait for a request head only once it knows the
+                    // protocol, which takes the first bytes: a client that connects and sends
+                    // nothing is bounded here, and closed at once on shutdown.
+                    // (A peek, not `readable()`: readiness can be reported before any byte.)
+                    let mut byte = [0u8; 1];
+                    let first = tokio::select! {
+                        r = tokio::time::timeout(header_read, stream.peek(&mut byte)) => r.is_ok(),
+                        _ = stopping.changed() => false,
+                    };
+                    if !first {
+                        tracing::debug!(client = %peer, "no request within header_read_timeout");
+                        return;
+                    }
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(client = %peer, error = %e, "connection ended with error");
                     }
                 });

@@ -744,3 +744,56 @@ async fn per_core_workers_serve_and_drain() {
         .await
         .expect("every worker drains");
 }
+
+/// A client that sends half a request head, or nothing, is cut at `header_read_timeout`; one
+/// that completes its head in time is served, and its connection stays open for the next.
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = raw_upstream(|_req| async {
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#))
+            .unwrap()
+    })
+    .await;
+    let mut s = settings(&[format!("raw=http://{up}/mcp")]);
+    s.header_read_timeout = Duration::from_secs(1);
+    let gw = gateway(s).await;
+    let addr = gw.local_addr();
+    // How long until the gateway closes a connection that got `sent` and nothing more.
+    let closed_after = |sent: &'static [u8]| async move {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(sent).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "still open after 10 s");
+        (started.elapsed(), buf)
+    };
+    let (half, answer) = closed_after(b"POST /mcp/raw HTTP/1.1\r\nHost: gw\r\nContent-Ty").await;
+    // One second, checked in quarter-second steps.
+    assert!(half >= Duration::from_millis(700), "{half:?}");
+    assert!(half < Duration::from_millis(2500), "{half:?}");
+    // No response was started for a head that never came (hyper may answer 408).
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    let (idle, _) = closed_after(b"").await;
+    assert!(idle >= Duration::from_millis(700), "{idle:?}");
+    assert!(idle < Duration::from_millis(2500), "{idle:?}");
+    // A head sent in time is served, and the connection is kept for the next request.
+    let c = client();
+    let url = format!("http://{addr}/mcp/raw");
+    for _ in 0..2 {
+        let resp = mcp_post(&c, &url, r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    gw.shutdown().await;
+}
