@@ -20,7 +20,13 @@ pub struct SessionHandle(pub [u8; 12]);
 impl SessionHandle {
     /// Lowercase hex, for store keys.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(24);
+        for b in self.0 {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        s
     }
 }
 
@@ -263,6 +269,19 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
     }
     fn end(&self, session: SessionHandle, u: Use) -> StoreFuture<()> {
         (**self).end(session, u)
+    }
+}
+
+#[cfg(test)]
+mod hex_tests {
+    use super::SessionHandle;
+
+    #[test]
+    fn handle_hex_is_lowercase_and_fixed_width() {
+        let h = SessionHandle([
+            0, 1, 0x0f, 0x10, 0xab, 0xff, 7, 0x70, 0x80, 0x9c, 0xde, 0x2a,
+        ]);
+        assert_eq!(h.to_hex(), "00010f10abff0770809cde2a");
     }
 }
 
