@@ -12,6 +12,7 @@
 //! redact = ["password", "token", "api_key"]
 //! # rotate_age = "24h"               # also rotate a file older than this
 //! # queue = 65536                    # exchanges that may wait for their record
+//! # linger = "2ms"                   # fsync = "interval": batch records for this long
 //! # sink = "file"                    # or "stdout" (then no path)
 //! ```
 
@@ -60,6 +61,10 @@ pub struct AuditConfig {
     /// Exchanges that may hold a place in the queue. Default 65 536.
     #[serde(default)]
     pub queue: Option<Spanned<u64>>,
+    /// With `fsync = "interval"`: how long the writer gathers a batch after its first record
+    /// (`0s`: each record written as it comes). Default 2 ms.
+    #[serde(default)]
+    pub linger: Option<Spanned<Dur>>,
 }
 
 /// Where checked audit records go.
@@ -129,6 +134,18 @@ pub(crate) fn check_audit(a: &AuditConfig, base: &Path, e: &mut Errs<'_>) -> Opt
             Some(span),
             format!("audit.on_full: {other:?} is not \"block\" or \"refuse\""),
         ),
+    }
+    if let Some(l) = &a.linger {
+        if options.fsync == FsyncPolicy::Always {
+            e.at(
+                Some(l.span()),
+                "audit.linger is set but fsync is \"always\" (which never lingers)".into(),
+            );
+        } else if l.get_ref().0 > Duration::from_secs(1) {
+            e.at(Some(l.span()), "audit.linger must be at most 1s".into());
+        } else {
+            options.linger = l.get_ref().0;
+        }
     }
     if let Some(q) = &a.queue {
         match usize::try_from(*q.get_ref()) {
@@ -296,6 +313,14 @@ mod tests {
             mcp_gateway_layers::audit::FsyncPolicy::Interval(std::time::Duration::from_secs(1))
         );
         assert!(!a.options.arguments.record);
+        assert_eq!(a.options.linger, std::time::Duration::from_millis(2));
+        let s = crate::config::parse(
+            &format!("{BASE}[audit]\npath = \"a.jsonl\"\nlinger = \"0s\"\n"),
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(s.audit.unwrap().options.linger.is_zero());
     }
 
     #[test]
@@ -321,6 +346,14 @@ mod tests {
             e[0].starts_with("gw.toml:6:18: audit.fsync_interval"),
             "{e:?}"
         );
+        let e = errs(&format!(
+            "{BASE}[audit]\npath = \"a.jsonl\"\nfsync = \"always\"\nlinger = \"1ms\"\n"
+        ));
+        assert!(e[0].starts_with("gw.toml:6:10: audit.linger"), "{e:?}");
+        let e = errs(&format!(
+            "{BASE}[audit]\npath = \"a.jsonl\"\nlinger = \"2s\"\n"
+        ));
+        assert!(e[0].starts_with("gw.toml:5:10: audit.linger"), "{e:?}");
         let e = errs(&format!("{BASE}[audit]\nfsync = \"always\"\n"));
         assert!(e[0].contains("needs a path"), "{e:?}");
         let e = errs(&format!("{BASE}[audit]\npath = \"a.jsonl\"\nbogus = 1\n"));
