@@ -202,6 +202,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(any(feature = "limit", feature = "audit", feature = "sessions"))]
+mod ascii;
 #[cfg(feature = "audit")]
 pub mod audit;
 #[cfg(feature = "auth")]

@@ -1,5 +1,6 @@
 //! The audit record, its JSON-lines form, and the hash chain that links the lines.
 
+use crate::ascii::{hex, push_u64};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -268,21 +269,6 @@ impl AuditRecord {
     }
 }
 
-/// `n` in decimal.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
-}
-
 /// `s` as a JSON string, escaped as serde_json escapes it: `"`, `\\` and the control
 /// characters, the common ones by their short escapes.
 fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -335,13 +321,7 @@ pub fn redact(v: &mut serde_json::Value, keys: &[String]) {
 
 /// The hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    let mut s = String::with_capacity(64);
-    for b in d {
-        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    s
+    hex(&Sha256::digest(bytes))
 }
 
 /// The hash that links a line to the next one: the hex SHA-256 of the line without its `\n`.

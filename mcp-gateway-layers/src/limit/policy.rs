@@ -2,6 +2,7 @@
 //! ([`Costs`]).
 
 use super::store::Remaining;
+use crate::ascii::push_u64;
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -230,21 +231,6 @@ pub(crate) fn ratelimit_header(
         return None;
     }
     HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
-}
-
-/// Appends `n` in decimal.
-pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// Requests and tokens of one agent on one tool.

@@ -97,7 +97,7 @@ impl Shared {
                     if i > 0 {
                         s.push(b'.');
                     }
-                    super::policy::push_u64(&mut s, u64::from(o));
+                    crate::ascii::push_u64(&mut s, u64::from(o));
                 }
                 Arc::from(String::from_utf8_lossy(&s))
             }

@@ -20,13 +20,7 @@ pub struct SessionHandle(pub [u8; 12]);
 impl SessionHandle {
     /// Lowercase hex, for store keys.
     pub fn to_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(24);
-        for b in self.0 {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 15)]));
-        }
-        s
+        crate::ascii::hex(&self.0)
     }
 }
 

@@ -292,7 +292,7 @@ impl Observer for Spans {
         if denial.is_none() {
             // Sized once (a collected filter grows the vector step by step); the values are
             // shared, so the copies allocate nothing.
-            let mut client_attrs: Vec<KeyValue> = Vec::with_capacity(attrs.len().min(18));
+            let mut client_attrs: Vec<KeyValue> = Vec::with_capacity(attrs.len());
             client_attrs.extend(
                 attrs
                     .iter()
