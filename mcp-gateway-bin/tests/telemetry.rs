@@ -168,6 +168,19 @@ async fn stateless_demo() -> SocketAddr {
     .unwrap()
 }
 
+/// An `echo` tools/call with id `i`, as a stateless 2025-06-18 client sends it.
+async fn echo_call(c: &reqwest::Client, url: &str, i: u32) -> reqwest::Response {
+    mcp_post(
+        c,
+        url,
+        &format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"x"}}}}}}"#),
+    )
+    .header("mcp-protocol-version", "2025-06-18")
+    .send()
+    .await
+    .unwrap()
+}
+
 /// Calls the demo's `trace_context` tool with `body` (a `tools/call`); returns the trace keys
 /// the server saw in its `_meta`.
 async fn trace_context_seen(url: &str, body: &str, headers: &[(&str, &str)]) -> serde_json::Value {
@@ -599,15 +612,7 @@ export_timeout = "10s"
     // Calls spread over about 2 s, so exports (every 500 ms) hang while calls are served.
     for i in 0..40 {
         let started = std::time::Instant::now();
-        let resp = mcp_post(
-            &c,
-            &url,
-            &format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"x"}}}}}}"#),
-        )
-        .header("mcp-protocol-version", "2025-06-18")
-        .send()
-        .await
-        .unwrap();
+        let resp = echo_call(&c, &url, i).await;
         assert_eq!(resp.status(), 200);
         // A call that waited for the hung export would take the 10 s export timeout.
         assert!(
@@ -818,15 +823,7 @@ headers = {{ Authorization = "Basic abc", X-Tenant = "acme" }}
     let url = format!("http://{}/mcp/demo", gw.local_addr());
     let c = client();
     for i in 0..20 {
-        let resp = mcp_post(
-            &c,
-            &url,
-            &format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"x"}}}}}}"#),
-        )
-        .header("mcp-protocol-version", "2025-06-18")
-        .send()
-        .await
-        .unwrap();
+        let resp = echo_call(&c, &url, i).await;
         assert_eq!(resp.status(), 200, "call {i}");
         let answer: serde_json::Value = resp.json().await.unwrap();
         assert!(answer["result"].is_object(), "call {i}: {answer}");
