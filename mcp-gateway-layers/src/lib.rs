@@ -202,7 +202,12 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(any(feature = "limit", feature = "audit", feature = "sessions"))]
+#[cfg(any(
+    feature = "limit",
+    feature = "audit",
+    feature = "sessions",
+    feature = "trace"
+))]
 mod ascii;
 #[cfg(feature = "audit")]
 pub mod audit;

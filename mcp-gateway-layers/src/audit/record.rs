@@ -247,7 +247,16 @@ impl AuditRecord {
         if let Some(c) = self.client {
             // An address never needs escaping.
             out.extend_from_slice(b",\"client\":\"");
-            let _ = write!(out, "{c}");
+            match c {
+                std::net::SocketAddr::V4(v4) => {
+                    crate::ascii::push_ip(&mut out, std::net::IpAddr::V4(*v4.ip()));
+                    out.push(b':');
+                    crate::ascii::push_u64(&mut out, u64::from(v4.port()));
+                }
+                v6 => {
+                    let _ = write!(out, "{v6}");
+                }
+            }
             out.push(b'"');
         }
         if let Some(raw) = self.arguments.as_deref() {
@@ -601,7 +610,9 @@ mod tests {
                     r.tokens_out = (i % 3 == 0).then_some(0);
                     r.trace_id = some(i + j + k);
                     r.span_id = some(i + j + k + 1);
-                    r.client = (k % 2 == 0).then(|| "[::1]:443".parse().unwrap());
+                    r.client = ["[::1]:443", "203.0.113.7:50123", "0.0.0.0:0", ""][(i + k) % 4]
+                        .parse()
+                        .ok();
                     r.arguments = match k % 3 {
                         0 => None,
                         1 => Some(Bytes::from_static(

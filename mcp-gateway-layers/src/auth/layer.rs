@@ -302,7 +302,8 @@ impl Guard {
         }
         let mut auths = req.headers().get_all(header::AUTHORIZATION).iter();
         let (first, second) = (auths.next(), auths.next());
-        let token = match (first, second) {
+        // The header value shares the request head's buffer: the token is not copied.
+        let value = match (first, second) {
             (None, _) => {
                 return Err(
                     self.unauthenticated(None, "authorization required: send a Bearer token")
@@ -314,36 +315,34 @@ impl Guard {
                     "more than one Authorization header",
                 ))
             }
-            (Some(v), None) => {
-                let v = v.as_bytes();
-                if v.len() > MAX_TOKEN_BYTES + 7 {
-                    return Err(self.unauthenticated(
-                        Some("invalid_token"),
-                        format!("token longer than {MAX_TOKEN_BYTES} bytes"),
-                    ));
-                }
-                match v.get(..7) {
-                    Some(p) if p.eq_ignore_ascii_case(b"bearer ") => {
-                        match std::str::from_utf8(&v[7..]).map(str::trim) {
-                            Ok(t) if !t.is_empty() => t.to_owned(),
-                            _ => {
-                                return Err(self.unauthenticated(
-                                    Some("invalid_token"),
-                                    "malformed bearer token",
-                                ))
-                            }
-                        }
-                    }
+            (Some(v), None) => v.clone(),
+        };
+        let v = value.as_bytes();
+        if v.len() > MAX_TOKEN_BYTES + 7 {
+            return Err(self.unauthenticated(
+                Some("invalid_token"),
+                format!("token longer than {MAX_TOKEN_BYTES} bytes"),
+            ));
+        }
+        let token: &str = match v.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case(b"bearer ") => {
+                match std::str::from_utf8(&v[7..]).map(str::trim) {
+                    Ok(t) if !t.is_empty() => t,
                     _ => {
-                        return Err(self.unauthenticated(
-                            None,
-                            "authorization required: only Bearer tokens are accepted",
-                        ))
+                        return Err(
+                            self.unauthenticated(Some("invalid_token"), "malformed bearer token")
+                        )
                     }
                 }
             }
+            _ => {
+                return Err(self.unauthenticated(
+                    None,
+                    "authorization required: only Bearer tokens are accepted",
+                ))
+            }
         };
-        let verified = match self.verify(&token).await {
+        let verified = match self.verify(token).await {
             Ok(v) => v,
             Err(VerifyError::Unavailable(why)) => {
                 tracing::warn!(error = %why, "token verification unavailable");
@@ -373,9 +372,7 @@ impl Guard {
         }
         let who = verified.principal;
         x.update(|r| r.principal = Some(who.clone()));
-        // Handlers behind the gateway (an axum `Extension<Principal>`) see who is calling.
-        req.extensions_mut().insert(who.clone());
-        let view = McpRequest::from_extensions(req.extensions()).cloned();
+        let view = McpRequest::from_extensions(req.extensions());
         // Scopes every call needs, then each message's own.
         let mut needed: BTreeSet<&str> = self.scopes.iter().map(String::as_str).collect();
         for msg in view
@@ -408,7 +405,7 @@ impl Guard {
             });
         }
         // Lists: show only what the caller may use.
-        if let Some(msg) = view.as_ref().and_then(McpRequest::single) {
+        if let Some(msg) = view.and_then(McpRequest::single) {
             if let (Some((target, true)), Some(id)) =
                 (msg.method().and_then(Target::of_method), msg.id())
             {
@@ -423,9 +420,11 @@ impl Guard {
                 }
             }
         }
+        // Handlers behind the gateway (an axum `Extension<Principal>`) see who is calling.
+        req.extensions_mut().insert(who);
         // No token passthrough: the upstream gets the gateway's own credential, if any.
         req.headers_mut().remove(header::AUTHORIZATION);
-        let caller = verified.audiences.is_some().then_some(token.as_str());
+        let caller = verified.audiences.is_some().then_some(token);
         match self.credentials.authorization(caller).await {
             Ok(Some(v)) => {
                 req.extensions_mut().insert(UpstreamAuthorization(v));

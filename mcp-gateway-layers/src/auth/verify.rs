@@ -13,8 +13,9 @@ pub struct Verified {
     pub principal: Principal,
     /// The audiences the token was issued for (`aud`). `None` only for credentials that are
     /// not bound to an audience because they are this gateway's own (API keys); a token
-    /// without `aud` has `Some(vec![])` and is refused by the guard.
-    pub audiences: Option<Vec<String>>,
+    /// without `aud` has an empty list and is refused by the guard. Shared, so that a cached
+    /// answer is handed out without copying the list.
+    pub audiences: Option<Arc<[String]>>,
     /// When the token expires, if it says.
     pub expires: Option<SystemTime>,
 }
@@ -28,7 +29,7 @@ impl Verified {
     ) -> Self {
         Self {
             principal,
-            audiences,
+            audiences: audiences.map(Arc::from),
             expires,
         }
     }

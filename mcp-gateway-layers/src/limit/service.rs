@@ -81,39 +81,38 @@ struct Plan {
 impl Shared {
     /// The key this request's budgets are kept under, and its route.
     fn key(&self, headers: &HeaderMap, exchange: &Exchange) -> (Arc<str>, Option<Arc<str>>) {
-        let (agent, client, route) = exchange.update(|r| {
-            (
-                r.principal.as_ref().map(|p| p.agent_key().to_owned()),
-                r.client,
-                r.route.clone(),
-            )
-        });
-        let ip = || match client.map(|c| c.ip()) {
-            // Written by hand for IPv4: `Display` of an address is slow for the hot path.
-            Some(std::net::IpAddr::V4(v4)) => {
-                let mut s = Vec::with_capacity(18);
+        // Each key is written once into one buffer (no `format!`, no copy of the agent's
+        // name on the way): this runs on every call.
+        let keyed = |prefix: &[u8], name: &[u8]| {
+            let mut s = Vec::with_capacity(prefix.len() + name.len());
+            s.extend_from_slice(prefix);
+            s.extend_from_slice(name);
+            Arc::<str>::from(String::from_utf8_lossy(&s))
+        };
+        let ip = |client: Option<std::net::SocketAddr>| match client {
+            Some(c) => {
+                let mut s = Vec::with_capacity(24);
                 s.extend_from_slice(b"ip:");
-                for (i, o) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        s.push(b'.');
-                    }
-                    crate::ascii::push_u64(&mut s, u64::from(o));
-                }
-                Arc::from(String::from_utf8_lossy(&s))
+                crate::ascii::push_ip(&mut s, c.ip());
+                Arc::<str>::from(String::from_utf8_lossy(&s))
             }
-            Some(v6) => Arc::from(format!("ip:{v6}")),
             None => Arc::from("ip:unknown"),
         };
-        let key = match &self.limits.key {
-            KeySource::Agent => agent.map_or_else(ip, |a| Arc::from(format!("agent:{a}"))),
-            KeySource::Ip => ip(),
-            KeySource::Header(name) => headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty())
-                .map_or_else(ip, |v| Arc::from(format!("header:{v}"))),
-        };
-        (key, route)
+        exchange.update(|r| {
+            let key = match &self.limits.key {
+                KeySource::Agent => r.principal.as_ref().map_or_else(
+                    || ip(r.client),
+                    |p| keyed(b"agent:", p.agent_key().as_bytes()),
+                ),
+                KeySource::Ip => ip(r.client),
+                KeySource::Header(name) => headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty())
+                    .map_or_else(|| ip(r.client), |v| keyed(b"header:", v.as_bytes())),
+            };
+            (key, r.route.clone())
+        })
     }
 
     /// None: nothing here is charged (notifications, responses, `initialize`, GET, DELETE).

@@ -41,15 +41,6 @@ fn hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 15)] as char);
-    }
-}
-
 impl TraceParent {
     /// Parses a `traceparent` value as W3C Trace Context level 1 says: lowercase hex,
     /// version `00` exactly 55 characters; a higher version is read by its first four fields
@@ -86,12 +77,12 @@ impl TraceParent {
     pub fn format(&self) -> String {
         let mut s = String::with_capacity(55);
         s.push_str("00-");
-        push_hex(&mut s, &self.trace_id.to_bytes());
+        crate::ascii::push_hex(&mut s, &self.trace_id.to_bytes());
         s.push('-');
-        push_hex(&mut s, &self.span_id.to_bytes());
+        crate::ascii::push_hex(&mut s, &self.span_id.to_bytes());
         s.push('-');
         // Only the sampled bit is defined for version 00 senders.
-        push_hex(&mut s, &[self.flags.to_u8() & 1]);
+        crate::ascii::push_hex(&mut s, &[self.flags.to_u8() & 1]);
         s
     }
 

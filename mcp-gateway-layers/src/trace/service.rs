@@ -454,7 +454,12 @@ fn base_attributes(
         },
     ));
     if let Some(c) = client {
-        a.push(KeyValue::new("client.address", c.ip().to_string()));
+        let mut ip = Vec::with_capacity(16);
+        crate::ascii::push_ip(&mut ip, c.ip());
+        a.push(KeyValue::new(
+            "client.address",
+            String::from_utf8(ip).unwrap_or_default(),
+        ));
         a.push(KeyValue::new("client.port", i64::from(c.port())));
     }
     if let Some(p) = view.parsed().filter(|p| p.is_batch()) {
@@ -568,7 +573,14 @@ where
             let traceparent = hop.format();
 
             // The forwarded body and headers carry the CLIENT span's context.
-            let tp_json = json_string(&traceparent);
+            // A traceparent is lowercase hex and dashes: quoted as is.
+            let tp_json = {
+                let mut q = String::with_capacity(traceparent.len() + 2);
+                q.push('"');
+                q.push_str(&traceparent);
+                q.push('"');
+                q
+            };
             let ts_json = carried.tracestate.as_deref().map(json_string);
             let bg_json = carried.baggage.as_deref().map(json_string);
             let mut entries: Vec<(&str, &str)> = vec![("traceparent", &tp_json)];
@@ -617,8 +629,8 @@ where
                 _ => None,
             };
             let client = exchange.update(|r| {
-                r.trace_id = Some(trace_id.to_string());
-                r.span_id = Some(server_id.to_string());
+                r.trace_id = Some(crate::ascii::hex(&trace_id.to_bytes()));
+                r.span_id = Some(crate::ascii::hex(&server_id.to_bytes()));
                 r.client
             });
             let attrs = if sampled && shared.processor.is_some() {
