@@ -2,7 +2,7 @@
 //! `/readyz`, on an address of its own so that operators' endpoints never share the public
 //! listener with agents.
 //!
-//! - `GET /metrics`: the RED metrics of `[telemetry]` (see `mcp_gateway_layers::trace::metrics`)
+//! - `GET /metrics`: the RED metrics of `[telemetry]` (see `mcp_gateway_layers::telemetry::metrics`)
 //!   and the gateway's own counters (`mcp_gateway_up`, `mcp_gateway_build_info`, audit
 //!   records written and dropped, store errors of limits and sessions).
 //! - `GET /healthz`: 200 while the process serves.

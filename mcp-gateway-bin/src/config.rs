@@ -258,7 +258,7 @@ pub enum LimitStoreSpec {
 #[derive(Debug, Clone)]
 pub struct LimitsSpec {
     /// The budgets.
-    pub limits: mcp_gateway_layers::limit::Limits,
+    pub limits: mcp_gateway_layers::limits::Limits,
     /// Where they are kept.
     pub store: LimitStoreSpec,
 }
@@ -855,7 +855,7 @@ fn check_limits(
     upstreams: &BTreeMap<Spanned<String>, UpstreamEntry>,
     err: &mut dyn FnMut(Option<std::ops::Range<usize>>, String),
 ) -> Option<LimitsSpec> {
-    use mcp_gateway_layers::limit::{KeySource, Limits, OnStoreError, Rule};
+    use mcp_gateway_layers::limits::{KeySource, Limits, OnStoreError, Rule};
     let mut ok = true;
     let mut bad = |span: Option<std::ops::Range<usize>>, m: String| {
         ok = false;
@@ -940,7 +940,7 @@ fn check_limits(
         }
     }
     let open = |u: &str| {
-        mcp_gateway_layers::limit::redis::RedisStore::open(u)
+        mcp_gateway_layers::limits::redis::RedisStore::open(u)
             .map(drop)
             .map_err(|e| e.to_string())
     };
@@ -956,7 +956,7 @@ fn check_limits(
             url,
             timeout: l
                 .redis_timeout
-                .map_or(mcp_gateway_layers::limit::redis::DEFAULT_TIMEOUT, |d| d.0),
+                .map_or(mcp_gateway_layers::limits::redis::DEFAULT_TIMEOUT, |d| d.0),
             prefix: l.redis_prefix.clone().unwrap_or_else(|| "mcpgw:".into()),
         },
     };

@@ -46,9 +46,9 @@ use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::audit::{AuditLogLayer, AuditWriter};
-use mcp_gateway_layers::limit::TokenBucket2DLayer;
-use mcp_gateway_layers::session::{SessionAffinityLayer, SessionKey};
-use mcp_gateway_layers::trace::TraceInjectLayer;
+use mcp_gateway_layers::limits::TokenBucket2DLayer;
+use mcp_gateway_layers::sessions::{SessionAffinityLayer, SessionKey};
+use mcp_gateway_layers::telemetry::TraceInjectLayer;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamConfig};
 use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcpLayer, ResponseBody, Toggle};
 use std::collections::HashMap;
@@ -344,7 +344,7 @@ fn limits_layer(spec: &crate::config::LimitsSpec) -> TokenBucket2DLayer {
             url,
             timeout,
             prefix,
-        } => match mcp_gateway_layers::limit::redis::RedisStore::open(url) {
+        } => match mcp_gateway_layers::limits::redis::RedisStore::open(url) {
             Ok(store) => layer.store(store.timeout(*timeout).prefix(prefix.clone())),
             // `check` validated the URL; should it fail now, this replica limits alone.
             Err(e) => {
@@ -394,7 +394,7 @@ fn sessions_layer(settings: &Settings) -> Option<SessionAffinityLayer> {
         prefix,
     } = &spec.store
     {
-        match mcp_gateway_layers::session::redis::RedisStore::open(url) {
+        match mcp_gateway_layers::sessions::redis::RedisStore::open(url) {
             Ok(store) => layer = layer.store(store.timeout(*timeout).prefix(prefix.clone())),
             // `check` validated the URL; should it fail now, ends are seen by this replica only.
             Err(e) => {

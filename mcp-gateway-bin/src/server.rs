@@ -61,7 +61,7 @@ pub struct Gateway {
     /// The other per-core workers' threads: each says when its accept loop has drained.
     workers: Vec<tokio::sync::oneshot::Receiver<()>>,
     audit: Option<mcp_gateway_layers::audit::AuditWriter>,
-    telemetry: Option<mcp_gateway_layers::trace::TraceInjectLayer>,
+    telemetry: Option<mcp_gateway_layers::telemetry::TraceInjectLayer>,
     admin: Option<crate::admin::Admin>,
 }
 

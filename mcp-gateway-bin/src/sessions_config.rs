@@ -18,7 +18,7 @@
 //! the defaults; single-instance upstreams pass session ids through untouched.
 
 use crate::config::{ConfigError, Dur};
-use mcp_gateway_layers::session::{SessionKey, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME};
+use mcp_gateway_layers::sessions::{SessionKey, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME};
 use serde::Deserialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -155,7 +155,7 @@ pub(crate) fn check_sessions(
         Some(d) => d.get_ref().0,
     };
     let open = |u: &str| {
-        mcp_gateway_layers::session::redis::RedisStore::open(u)
+        mcp_gateway_layers::sessions::redis::RedisStore::open(u)
             .map(drop)
             .map_err(|e| e.to_string())
     };
@@ -171,7 +171,7 @@ pub(crate) fn check_sessions(
             url,
             timeout: c
                 .redis_timeout
-                .map_or(mcp_gateway_layers::session::redis::DEFAULT_TIMEOUT, |d| d.0),
+                .map_or(mcp_gateway_layers::sessions::redis::DEFAULT_TIMEOUT, |d| d.0),
             prefix: c.redis_prefix.clone().unwrap_or_else(|| "mcpgw:s:".into()),
         },
     };

@@ -4,7 +4,7 @@
 
 use crate::otlp::OtlpHttpExporter;
 use crate::telemetry_config::TelemetrySpec;
-use mcp_gateway_layers::trace::{Metrics, MetricsOptions, TraceInjectLayer};
+use mcp_gateway_layers::telemetry::{Metrics, MetricsOptions, TraceInjectLayer};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
 use opentelemetry_sdk::Resource;
 use std::time::Duration;

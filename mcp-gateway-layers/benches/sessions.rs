@@ -7,7 +7,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
-use mcp_gateway_layers::session::{
+use mcp_gateway_layers::sessions::{
     Claims, Keyring, MemoryStore, SessionAffinityLayer, SessionHandle, SessionKey, Use,
 };
 use std::convert::Infallible;

@@ -3,10 +3,10 @@
 // Each layer uses some of these; with only some layers built, the others are unused.
 #![cfg_attr(
     not(all(
-        feature = "limit",
+        feature = "limits",
         feature = "audit",
         feature = "sessions",
-        feature = "trace"
+        feature = "telemetry"
     )),
     allow(dead_code)
 )]

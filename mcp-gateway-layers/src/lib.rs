@@ -18,12 +18,12 @@
     doc = "| `upstream` | forwards to an MCP server: streamed bodies, SSE flushed per event, hop-by-hop and `Authorization` headers removed, timeouts | `upstream` |"
 )]
 #![cfg_attr(
-    feature = "limit",
-    doc = "| [`limit`] | per-agent request and token budgets (TokenBucket2D): 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas | `limit`, `limit-redis` |"
+    feature = "limits",
+    doc = "| [`limits`] | per-agent request and token budgets (TokenBucket2D): 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas | `limits`, `limits-redis` |"
 )]
 #![cfg_attr(
-    not(feature = "limit"),
-    doc = "| `limit` | per-agent request and token budgets (TokenBucket2D): 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas | `limit`, `limit-redis` |"
+    not(feature = "limits"),
+    doc = "| `limits` | per-agent request and token budgets (TokenBucket2D): 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas | `limits`, `limits-redis` |"
 )]
 #![cfg_attr(
     feature = "audit",
@@ -35,19 +35,19 @@
 )]
 #![cfg_attr(
     feature = "sessions",
-    doc = "| [`session`] | SessionAffinity over a set of instances: sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store for replicas | `sessions`, `sessions-redis` |"
+    doc = "| [`sessions`] | SessionAffinity over a set of instances: sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store for replicas | `sessions`, `sessions-redis` |"
 )]
 #![cfg_attr(
     not(feature = "sessions"),
-    doc = "| `session` | SessionAffinity over a set of instances: sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store for replicas | `sessions`, `sessions-redis` |"
+    doc = "| `sessions` | SessionAffinity over a set of instances: sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store for replicas | `sessions`, `sessions-redis` |"
 )]
 #![cfg_attr(
-    feature = "trace",
-    doc = "| [`trace`] | TraceInject: W3C trace context into `params._meta` and the HTTP headers, OpenTelemetry MCP spans (SERVER and CLIENT), RED metrics per tool and agent with a Prometheus rendering | `trace` |"
+    feature = "telemetry",
+    doc = "| [`telemetry`] | TraceInject: W3C trace context into `params._meta` and the HTTP headers, OpenTelemetry MCP spans (SERVER and CLIENT), RED metrics per tool and agent with a Prometheus rendering | `telemetry` |"
 )]
 #![cfg_attr(
-    not(feature = "trace"),
-    doc = "| `trace` | TraceInject: W3C trace context into `params._meta` and the HTTP headers, OpenTelemetry MCP spans (SERVER and CLIENT), RED metrics per tool and agent with a Prometheus rendering | `trace` |"
+    not(feature = "telemetry"),
+    doc = "| `telemetry` | TraceInject: W3C trace context into `params._meta` and the HTTP headers, OpenTelemetry MCP spans (SERVER and CLIENT), RED metrics per tool and agent with a Prometheus rendering | `telemetry` |"
 )]
 //!
 //! Every rejection is a response (a JSON-RPC error with the right HTTP status), never a
@@ -203,10 +203,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(
-    feature = "limit",
+    feature = "limits",
     feature = "audit",
     feature = "sessions",
-    feature = "trace"
+    feature = "telemetry"
 ))]
 mod ascii;
 #[cfg(feature = "audit")]
@@ -214,19 +214,19 @@ pub mod audit;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod body;
-#[cfg(feature = "limit")]
-pub mod limit;
+#[cfg(feature = "limits")]
+pub mod limits;
 pub mod observe;
 pub mod origin;
 pub mod parse;
-#[cfg(any(feature = "limit-redis", feature = "sessions-redis"))]
+#[cfg(any(feature = "limits-redis", feature = "sessions-redis"))]
 mod redis_link;
 pub mod scope;
 #[cfg(feature = "sessions")]
-pub mod session;
+pub mod sessions;
 pub mod toggle;
-#[cfg(feature = "trace")]
-pub mod trace;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 #[cfg(feature = "upstream")]
 pub mod upstream;
 
@@ -241,17 +241,17 @@ pub use mcp_gateway_core::{
 #[cfg(feature = "audit")]
 pub use audit::{AuditLog, AuditLogLayer};
 pub use body::ResponseBody;
-#[cfg(feature = "limit")]
-pub use limit::{TokenBucket2D, TokenBucket2DLayer};
+#[cfg(feature = "limits")]
+pub use limits::{TokenBucket2D, TokenBucket2DLayer};
 pub use observe::{Observe, ObserveLayer};
 pub use origin::{AllowedOrigins, OriginGuard, OriginGuardLayer};
 pub use parse::{ParseMcp, ParseMcpLayer};
 pub use scope::Scope;
 #[cfg(feature = "sessions")]
-pub use session::{SessionAffinity, SessionAffinityLayer};
+pub use sessions::{SessionAffinity, SessionAffinityLayer};
 pub use toggle::{Toggle, Toggled};
-#[cfg(feature = "trace")]
-pub use trace::{TraceInject, TraceInjectLayer};
+#[cfg(feature = "telemetry")]
+pub use telemetry::{TraceInject, TraceInjectLayer};
 
 /// The boxed error type bodies and services report.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

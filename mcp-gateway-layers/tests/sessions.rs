@@ -7,7 +7,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mcp_gateway_layers::core::exchange::{DenialKind, Exchange};
 use mcp_gateway_layers::core::{InstanceUnreachable, Principal};
-use mcp_gateway_layers::session::{
+use mcp_gateway_layers::sessions::{
     ManualClock, MemoryStore, SessionAffinity, SessionAffinityLayer, SessionKey,
 };
 use std::convert::Infallible;

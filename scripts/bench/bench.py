@@ -578,7 +578,7 @@ def write_report(args, scenarios, targets, results, rss, placements):
     w("")
     w("`cargo bench -p mcp-gateway-core` runs the Criterion benchmarks of the per-request hot paths "
       "(classification, era checks, `_meta` injection, SSE decoding); see `mcp-gateway-core/benches/`. "
-      "`cargo bench -p mcp-gateway-layers --features limit-redis --bench limit` times a limits decision "
+      "`cargo bench -p mcp-gateway-layers --features limits-redis --bench limits` times a limits decision "
       "in memory and through Redis and prints the memory per tracked key; see [limits.md](limits.md) "
       "and [performance.md](performance.md).")
     w("")

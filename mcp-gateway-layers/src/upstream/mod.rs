@@ -10,7 +10,7 @@
 //! - An upstream with several instances spreads new work round-robin and keeps each legacy
 //!   session (`Mcp-Session-Id`) on the instance that issued it, within this process only. For
 //!   sessions that survive restarts and span gateway replicas, put
-//!   [`SessionAffinity`](crate::session::SessionAffinity) over [`Upstream::instances`].
+//!   [`SessionAffinity`](crate::sessions::SessionAffinity) over [`Upstream::instances`].
 //! - A connection that cannot be made is answered with the [`InstanceUnreachable`] response
 //!   extension, so that a balancing layer above can eject the instance.
 //! - Failures are answered, not raised: 502 with JSON-RPC -32050 when the server cannot be
@@ -301,7 +301,7 @@ impl Upstream {
 
     /// One single-instance `Upstream` per instance, each named by its instance URL, sharing
     /// this upstream's connection pools and settings: the instance set for a balancing layer
-    /// such as [`SessionAffinity`](crate::session::SessionAffinity), which then decides where
+    /// such as [`SessionAffinity`](crate::sessions::SessionAffinity), which then decides where
     /// each request goes (this upstream's own round-robin and in-process pinning are not used).
     ///
     /// ```

@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
-use mcp_gateway_layers::limit::{Limits, TokenBucket2DLayer};
-use mcp_gateway_layers::trace::{TraceInjectLayer, TraceParent};
+use mcp_gateway_layers::limits::{Limits, TokenBucket2DLayer};
+use mcp_gateway_layers::telemetry::{TraceInjectLayer, TraceParent};
 use mcp_gateway_layers::BoxError;
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::Value;

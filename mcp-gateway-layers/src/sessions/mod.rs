@@ -54,7 +54,7 @@
 //! use bytes::Bytes;
 //! use http::{HeaderMap, Request};
 //! use http_body_util::{BodyExt, Full};
-//! use mcp_gateway_layers::session::{SessionAffinityLayer, SessionKey};
+//! use mcp_gateway_layers::sessions::{SessionAffinityLayer, SessionKey};
 //! use tower::{Layer, ServiceExt};
 //!
 //! // A stand-in MCP server: issues a session when asked without one, says who serves it.

@@ -12,7 +12,7 @@
 //! usage in `result._meta` is believed over any estimate.
 //!
 //! ```
-//! use mcp_gateway_layers::limit::{ByteEstimate, TokenCounter};
+//! use mcp_gateway_layers::limits::{ByteEstimate, TokenCounter};
 //!
 //! assert_eq!(ByteEstimate.count(b"12345678"), 2);
 //! assert_eq!(ByteEstimate.count(b"123456789"), 3);
@@ -48,18 +48,18 @@ where
 
 /// Exact counts with an OpenAI BPE vocabulary (`tiktoken-rs`). Text that is not UTF-8 is
 /// counted after lossy conversion.
-#[cfg(feature = "limit-tiktoken")]
+#[cfg(feature = "limits-tiktoken")]
 #[derive(Clone, Copy)]
 pub struct Tiktoken(&'static tiktoken_rs::CoreBPE);
 
-#[cfg(feature = "limit-tiktoken")]
+#[cfg(feature = "limits-tiktoken")]
 impl std::fmt::Debug for Tiktoken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tiktoken").finish_non_exhaustive()
     }
 }
 
-#[cfg(feature = "limit-tiktoken")]
+#[cfg(feature = "limits-tiktoken")]
 impl Tiktoken {
     /// `o200k_base` (GPT-4o and later). The vocabulary is loaded once per process.
     pub fn o200k_base() -> Self {
@@ -71,7 +71,7 @@ impl Tiktoken {
     }
 }
 
-#[cfg(feature = "limit-tiktoken")]
+#[cfg(feature = "limits-tiktoken")]
 impl TokenCounter for Tiktoken {
     fn count(&self, text: &[u8]) -> u64 {
         let text = String::from_utf8_lossy(text);
@@ -79,7 +79,7 @@ impl TokenCounter for Tiktoken {
     }
 }
 
-#[cfg(all(test, feature = "limit-tiktoken"))]
+#[cfg(all(test, feature = "limits-tiktoken"))]
 mod tests {
     use super::*;
 

@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use mcp_gateway_core::exchange::{DenialKind, ExchangeContext};
 use mcp_gateway_core::Exchange;
-use mcp_gateway_layers::limit::{KeySource, Limits, MemoryStore, Rule, TokenBucket2DLayer};
+use mcp_gateway_layers::limits::{KeySource, Limits, MemoryStore, Rule, TokenBucket2DLayer};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

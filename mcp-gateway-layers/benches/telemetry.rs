@@ -3,7 +3,7 @@
 //! one call through the layer with spans recorded (to a processor that drops them) and
 //! metrics counted.
 //!
-//! `cargo bench -p mcp-gateway-layers --features trace --bench trace`
+//! `cargo bench -p mcp-gateway-layers --features telemetry --bench telemetry`
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use mcp_gateway_core::message::classify;
 use mcp_gateway_core::meta::{set_meta_entries, set_meta_entries_with_edits};
 use mcp_gateway_core::McpRequest;
-use mcp_gateway_layers::trace::TraceInjectLayer;
+use mcp_gateway_layers::telemetry::TraceInjectLayer;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SimpleSpanProcessor, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;

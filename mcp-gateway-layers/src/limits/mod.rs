@@ -33,7 +33,7 @@
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::Full;
-//! use mcp_gateway_layers::limit::{KeySource, Limits, TokenBucket2DLayer};
+//! use mcp_gateway_layers::limits::{KeySource, Limits, TokenBucket2DLayer};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -72,12 +72,12 @@
 mod counter;
 mod layer;
 mod policy;
-#[cfg(feature = "limit-redis")]
+#[cfg(feature = "limits-redis")]
 pub mod redis;
 mod service;
 mod store;
 
-#[cfg(feature = "limit-tiktoken")]
+#[cfg(feature = "limits-tiktoken")]
 pub use counter::Tiktoken;
 pub use counter::{ByteEstimate, TokenCounter};
 pub use layer::TokenBucket2DLayer;

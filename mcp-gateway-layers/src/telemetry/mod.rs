@@ -38,7 +38,7 @@
 //! use bytes::Bytes;
 //! use http::Request;
 //! use http_body_util::{BodyExt, Full};
-//! use mcp_gateway_layers::trace::TraceInjectLayer;
+//! use mcp_gateway_layers::telemetry::TraceInjectLayer;
 //! use opentelemetry::trace::SpanKind;
 //! use opentelemetry_sdk::trace::{InMemorySpanExporter, SimpleSpanProcessor};
 //! use opentelemetry_sdk::Resource;

@@ -1,11 +1,11 @@
 //! TokenBucket2D decisions: in memory (one hot key, many keys), with Redis when a
 //! `redis-server` is installed, and the memory one tracked key costs.
 //!
-//! `cargo bench -p mcp-gateway-layers --features limit-redis --bench limit`
+//! `cargo bench -p mcp-gateway-layers --features limits-redis --bench limits`
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use criterion::{criterion_group, Criterion};
-use mcp_gateway_layers::limit::{Demand, MemoryStore, TokenCheck};
+use mcp_gateway_layers::limits::{Demand, MemoryStore, TokenCheck};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -40,10 +40,10 @@ fn memory(c: &mut Criterion) {
     });
 }
 
-#[cfg(feature = "limit-redis")]
+#[cfg(feature = "limits-redis")]
 fn redis(c: &mut Criterion) {
-    use mcp_gateway_layers::limit::redis::RedisStore;
-    use mcp_gateway_layers::limit::LimitStore;
+    use mcp_gateway_layers::limits::redis::RedisStore;
+    use mcp_gateway_layers::limits::LimitStore;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -84,7 +84,7 @@ fn redis(c: &mut Criterion) {
     let _ = child.wait();
 }
 
-#[cfg(not(feature = "limit-redis"))]
+#[cfg(not(feature = "limits-redis"))]
 fn redis(_c: &mut Criterion) {}
 
 fn rss_kib() -> u64 {

@@ -8,7 +8,7 @@
 //! not asked again for a second, so an outage costs no timeout per request.
 //!
 //! ```no_run
-//! use mcp_gateway_layers::session::{redis::RedisStore, SessionAffinityLayer, SessionKey};
+//! use mcp_gateway_layers::sessions::{redis::RedisStore, SessionAffinityLayer, SessionKey};
 //!
 //! let store = RedisStore::open("redis://127.0.0.1:6379/0").unwrap();
 //! let layer = SessionAffinityLayer::new(SessionKey::generate().unwrap()).store(store);

@@ -15,8 +15,8 @@
 //! tried again: recovery needs no restart.
 //!
 //! ```no_run
-//! use mcp_gateway_layers::limit::redis::RedisStore;
-//! use mcp_gateway_layers::limit::{Limits, TokenBucket2DLayer};
+//! use mcp_gateway_layers::limits::redis::RedisStore;
+//! use mcp_gateway_layers::limits::{Limits, TokenBucket2DLayer};
 //!
 //! let store = RedisStore::open("redis://127.0.0.1:6379/0").unwrap();
 //! let layer = TokenBucket2DLayer::new(Limits::new().requests_per_minute(600)).store(store);
