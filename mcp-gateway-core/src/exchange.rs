@@ -7,9 +7,10 @@
 //! read the record when the exchange ends, so tracing and audit see the decisions of the layers
 //! inside them, refusals included.
 //!
-//! The layer that created the record is the one that attaches the registered observers to the
-//! response (once, however many layers registered one); a layer that finds a record already
-//! there only writes to it.
+//! One layer attaches the registered observers to the response — the first to
+//! [`claim`](Exchange::claim) the record, which is the outermost governing layer — once, however
+//! many layers registered one; the others only write to the record. The observers' end hooks
+//! run innermost first, so an outer layer's hook reads what the inner ones settled.
 //!
 //! ```
 //! use http::{Request, StatusCode};
@@ -33,9 +34,10 @@
 
 use crate::observe::Observer;
 use crate::{McpRequest, Principal};
-use http::{Extensions, StatusCode};
+use http::{Extensions, HeaderMap, Method, StatusCode};
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -131,6 +133,11 @@ pub struct Record {
     pub span_id: Option<String>,
     /// The client's address, when known.
     pub client: Option<SocketAddr>,
+    /// The request's HTTP method.
+    pub http_method: Option<Method>,
+    /// Headers a layer adds to the answer when the request is admitted (the limits layer's
+    /// `RateLimit` fields), applied by the layer that attaches the observers.
+    pub response_headers: HeaderMap,
 }
 
 /// What the server knows of a request before any layer runs, handed to the layer that
@@ -166,6 +173,8 @@ struct Shared {
     started: Instant,
     record: Mutex<Record>,
     observers: Mutex<Vec<Box<dyn Observer>>>,
+    /// Whether some layer has taken charge of attaching the observers ([`Exchange::claim`]).
+    claimed: AtomicBool,
 }
 
 /// The shared per-request record. Cheap to clone: clones share one record.
@@ -198,6 +207,7 @@ impl Exchange {
             started: Instant::now(),
             record: Mutex::new(Record::default()),
             observers: Mutex::new(Vec::new()),
+            claimed: AtomicBool::new(false),
         }))
     }
 
@@ -207,8 +217,7 @@ impl Exchange {
     }
 
     /// The record in `ext`, creating (and inserting) one when there is none. The flag is
-    /// true when this call created it: the caller then owns attaching the observers to the
-    /// response. A new record takes the client and route of an [`ExchangeContext`] and the
+    /// true when this call created it. A new record takes the client and route of an [`ExchangeContext`] and the
     /// parsed [`McpRequest`] found in `ext`.
     pub fn get_or_insert(ext: &mut Extensions) -> (Self, bool) {
         if let Some(x) = ext.get::<Self>() {
@@ -226,6 +235,14 @@ impl Exchange {
         }
         ext.insert(x.clone());
         (x, true)
+    }
+
+    /// Takes charge of attaching the observers to the response: true for the first caller
+    /// only. The outermost governing layer calls it when the request arrives, so one layer
+    /// attaches them however many are stacked, and whoever created the record (a server that
+    /// registered an observer of its own before the stack ran, say).
+    pub fn claim(&self) -> bool {
+        !self.0.claimed.swap(true, Ordering::AcqRel)
     }
 
     /// When the record was created: the start of the exchange for latency.
@@ -256,7 +273,8 @@ impl Exchange {
     }
 
     /// Takes the registered observers, in registration order (outermost layer first). The
-    /// layer that created the record calls this once the inner service has answered.
+    /// layer that claimed the record ([`claim`](Self::claim)) calls this once the inner
+    /// service has answered. Their end hooks run innermost first.
     pub fn take_observers(&self) -> Vec<Box<dyn Observer>> {
         std::mem::take(&mut *lock(&self.0.observers))
     }

@@ -15,6 +15,8 @@
 //! - [`observe`]: the response observer — each JSON-RPC message of a JSON or SSE response,
 //!   decoded once as it streams, shown to every registered [`Observer`], with an end-of-stream
 //!   hook that fires exactly once.
+//! - [`outcome`]: [`Outcome`], how an exchange ended, decided by one set of rules for the audit
+//!   log, spans, metrics and the access log.
 //!
 //! ```
 //! use mcp_gateway_core::message::{classify, MessageKind};
@@ -37,6 +39,7 @@ pub mod jsonrpc;
 pub mod message;
 pub mod meta;
 pub mod observe;
+pub mod outcome;
 pub mod principal;
 pub mod request;
 mod scan;
@@ -48,5 +51,6 @@ pub use exchange::{Denial, DenialKind, Exchange, ExchangeContext, Record};
 pub use jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 pub use message::{classify, McpMessage, MessageKind, ParsedBody};
 pub use observe::{EndReason, Ending, ObservedBody, ObservedMessage, Observer};
+pub use outcome::Outcome;
 pub use principal::{InstanceUnreachable, Principal, PrincipalKind, UpstreamAuthorization};
 pub use request::McpRequest;

@@ -24,8 +24,7 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// The `_meta` key that carries the protocol version of a 2026-07-28 request.
-pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub use crate::scan::META_PROTOCOL_VERSION;
 
 /// What a JSON-RPC message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -143,6 +143,48 @@ pub struct Ending {
     pub undecoded: bool,
     /// The error, for [`EndReason::UpstreamFailed`].
     pub error: Option<String>,
+    /// Answers (responses and error responses) that went to the client.
+    pub answers: u64,
+    /// The JSON-RPC error code of the first error answer.
+    pub error_code: Option<i64>,
+    /// True when an answer was a tool result with `isError: true`.
+    pub tool_error: bool,
+}
+
+impl Ending {
+    /// An ending with nothing decoded: `reason` and `status` alone (a response that was never
+    /// observed, or that ended before it started).
+    pub fn new(reason: EndReason, status: StatusCode) -> Self {
+        Self {
+            reason,
+            status,
+            body_bytes: 0,
+            messages: 0,
+            undecoded: false,
+            error: None,
+            answers: 0,
+            error_code: None,
+            tool_error: false,
+        }
+    }
+
+    /// Counts `msg` among the answers when it is one (what [`Observation`] does for each
+    /// message it shows).
+    pub fn count(&mut self, msg: &ObservedMessage<'_>) {
+        match msg.kind() {
+            MessageKind::Response => {
+                self.answers += 1;
+                self.tool_error |= msg.is_tool_error();
+            }
+            MessageKind::ErrorResponse => {
+                self.answers += 1;
+                if self.error_code.is_none() {
+                    self.error_code = msg.error_code();
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Token usage a server reported in a result's `_meta`.
@@ -253,7 +295,8 @@ pub trait Observer: Send + 'static {
     }
     /// A message, as it goes to the client (after any replacement).
     fn on_message(&mut self, _msg: &ObservedMessage<'_>) {}
-    /// The end of the exchange. Called exactly once.
+    /// The end of the exchange. Called exactly once, observers in the reverse order of their
+    /// registration (the innermost layer's first).
     fn on_end(&mut self, _end: &Ending) {}
     /// True when this observer may hold the end of the response back
     /// ([`gate`](Self::gate)); asked once, after [`on_head`](Self::on_head).
@@ -327,9 +370,8 @@ pub struct Observation {
     transforms: bool,
     polled: bool,
     finished: bool,
-    bytes: u64,
-    messages: u64,
-    undecoded: bool,
+    /// What the end hook will be told, filled in as the body streams.
+    ending: Ending,
     cutoff: Option<Cutoff>,
     /// The declared `Content-Length`: a server may stop polling a body once it has sent that
     /// many bytes, so a JSON body is decoded as soon as it is all there, not at its end.
@@ -344,7 +386,7 @@ impl std::fmt::Debug for Observation {
             .field("observers", &self.observers.len())
             .field("format", &self.format)
             .field("status", &self.status)
-            .field("messages", &self.messages)
+            .field("messages", &self.ending.messages)
             .field("finished", &self.finished)
             .finish_non_exhaustive()
     }
@@ -397,9 +439,7 @@ impl Observation {
             transforms,
             polled: false,
             finished: false,
-            bytes: 0,
-            messages: 0,
-            undecoded: false,
+            ending: Ending::new(EndReason::Completed, status),
             cutoff: None,
             expected_len: headers
                 .get(http::header::CONTENT_LENGTH)
@@ -447,12 +487,12 @@ impl Observation {
         self.mode = Mode::Opaque;
         self.expected_len = None;
         let Ok(parsed) = classify(&body) else {
-            self.undecoded = !body.is_empty();
+            self.ending.undecoded = !body.is_empty();
             return body;
         };
         let mut replaced: Vec<Option<Bytes>> = vec![None; parsed.messages().len()];
         for (i, msg) in parsed.messages().iter().enumerate() {
-            self.messages += 1;
+            self.ending.messages += 1;
             let text = &body[msg.span()];
             if let Some((new, m)) = self.run_transforms(text, msg, None) {
                 self.deliver(&new, &m, None);
@@ -506,7 +546,7 @@ impl Observation {
                 match classify_message(&new) {
                     Ok(m) => current = Some((new, m)),
                     // A transformer that produced something unreadable: keep what was there.
-                    Err(_) => self.undecoded = true,
+                    Err(_) => self.ending.undecoded = true,
                 }
             }
         }
@@ -515,6 +555,7 @@ impl Observation {
 
     fn deliver(&mut self, text: &[u8], msg: &McpMessage, sse_id: Option<&str>) {
         let view = ObservedMessage { text, msg, sse_id };
+        self.ending.count(&view);
         for o in &mut self.observers {
             o.on_message(&view);
         }
@@ -523,13 +564,13 @@ impl Observation {
     fn decode_json(&mut self, text: &[u8]) {
         match classify(text) {
             Ok(parsed) => self.deliver_all(text, &parsed),
-            Err(_) => self.undecoded = !text.is_empty(),
+            Err(_) => self.ending.undecoded = !text.is_empty(),
         }
     }
 
     fn deliver_all(&mut self, text: &[u8], parsed: &ParsedBody) {
         for msg in parsed.messages() {
-            self.messages += 1;
+            self.ending.messages += 1;
             self.deliver(&text[msg.span()], msg, None);
         }
     }
@@ -542,10 +583,10 @@ impl Observation {
             }
             match classify_message(ev.data.as_bytes()) {
                 Ok(msg) => {
-                    self.messages += 1;
+                    self.ending.messages += 1;
                     self.deliver(ev.data.as_bytes(), &msg, ev.id.as_deref());
                 }
-                Err(_) => self.undecoded = true,
+                Err(_) => self.ending.undecoded = true,
             }
         }
     }
@@ -558,7 +599,7 @@ impl Observation {
                 if !ev.data.is_empty() {
                     match classify_message(ev.data.as_bytes()) {
                         Ok(msg) => {
-                            self.messages += 1;
+                            self.ending.messages += 1;
                             match self.run_transforms(ev.data.as_bytes(), &msg, ev.id.as_deref()) {
                                 Some((new, m)) => {
                                     self.deliver(&new, &m, ev.id.as_deref());
@@ -567,7 +608,7 @@ impl Observation {
                                 None => self.deliver(ev.data.as_bytes(), &msg, ev.id.as_deref()),
                             }
                         }
-                        Err(_) => self.undecoded = true,
+                        Err(_) => self.ending.undecoded = true,
                     }
                 }
                 out.extend_from_slice(&ev.encode());
@@ -588,7 +629,7 @@ impl Observation {
                     chunks.push(data.clone());
                 } else if !chunks.is_empty() {
                     chunks.clear();
-                    self.undecoded = true;
+                    self.ending.undecoded = true;
                 }
                 Ok(Some(data))
             }
@@ -597,7 +638,7 @@ impl Observation {
                     let mut items = Vec::new();
                     if dec.feed(&data, &mut |i| items.push(i)).is_err() {
                         *broken = true;
-                        self.undecoded = true;
+                        self.ending.undecoded = true;
                     }
                     for item in items {
                         self.sse_item(item);
@@ -621,9 +662,9 @@ impl Observation {
         };
         self.mode = mode;
         if let Ok(Some(b)) = &out {
-            self.bytes += b.len() as u64;
+            self.ending.body_bytes += b.len() as u64;
         }
-        if self.expected_len == Some(self.bytes) {
+        if self.expected_len == Some(self.ending.body_bytes) {
             self.decode_whole_json();
         }
         out
@@ -644,7 +685,7 @@ impl Observation {
         };
         // An unterminated last event is discarded, as SSE requires.
         if dec.is_some_and(|mut d| d.finish()) {
-            self.undecoded = true;
+            self.ending.undecoded = true;
         }
         self.end(EndReason::Completed, None);
     }
@@ -671,16 +712,13 @@ impl Observation {
             return;
         }
         self.finished = true;
-        let ending = Ending {
-            reason,
-            status: self.status,
-            body_bytes: self.bytes,
-            messages: self.messages,
-            undecoded: self.undecoded,
-            error,
-        };
-        for o in &mut self.observers {
-            o.on_end(&ending);
+        self.ending.reason = reason;
+        self.ending.status = self.status;
+        self.ending.error = error;
+        // Innermost layer first: an outer layer's end hook (a span, an audit record) reads
+        // what the inner ones settled at their end (tokens counted, say).
+        for o in self.observers.iter_mut().rev() {
+            o.on_end(&self.ending);
         }
     }
 
@@ -696,7 +734,7 @@ impl Observation {
 
     /// True once every byte of a declared `Content-Length` went out.
     fn all_declared_sent(&self) -> bool {
-        self.expected_len.is_some_and(|n| n == self.bytes)
+        self.expected_len.is_some_and(|n| n == self.ending.body_bytes)
     }
 
     /// The futures the end of the body waits for ([`Observer::gate`]), as one.
@@ -723,7 +761,7 @@ impl Drop for Observation {
         }
         let reason = if !self.polled {
             EndReason::DroppedUnpolled
-        } else if self.expected_len.is_some_and(|n| n == self.bytes) {
+        } else if self.expected_len.is_some_and(|n| n == self.ending.body_bytes) {
             // Every declared byte went out; the server just did not poll for the end.
             EndReason::Completed
         } else if self.cutoff.as_ref().is_some_and(Cutoff::is_triggered) {

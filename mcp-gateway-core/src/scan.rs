@@ -9,6 +9,9 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+/// The `_meta` key that carries the protocol version of a 2026-07-28 request.
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+
 /// Nesting limit, as `serde_json`'s.
 const MAX_DEPTH: u32 = 128;
 
@@ -374,7 +377,7 @@ impl<'a> Scanner<'a> {
                 Ok(())
             }),
             Role::Meta => self.members(|key, s| {
-                if key == crate::message::META_PROTOCOL_VERSION.as_bytes() {
+                if key == META_PROTOCOL_VERSION.as_bytes() {
                     if f.protocol_version.is_some() {
                         return Err(invalid(
                             "params._meta: duplicate field `io.modelcontextprotocol/protocolVersion`",
