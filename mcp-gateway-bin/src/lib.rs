@@ -29,7 +29,6 @@ pub mod otlp;
 pub mod router;
 pub mod server;
 pub mod sessions_config;
-pub mod stack;
 pub mod telemetry;
 pub mod telemetry_config;
 pub mod tls;

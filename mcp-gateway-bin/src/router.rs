@@ -1,76 +1,118 @@
-//! Routing: `/mcp/NAME` to upstream `NAME`, plus `/healthz` and `/readyz`.
+//! Routing: `/mcp/NAME` to upstream `NAME`, plus `/healthz`, `/readyz` and the RFC 9728
+//! metadata of protected routes.
 //!
-//! Each upstream gets its own stack, built in [`Router::new`]. This is the one place the order
-//! of the layers is decided. Outermost first, and why:
-//!
-//! 1. `OriginGuard`: a forbidden browser origin costs nothing else — no body is read for it.
-//! 2. `AuditLog` *(when `[audit]` is configured)*: outermost of the governing layers, so that
-//!    every refusal below it — bad input, authentication, permission, rate limit, unknown
-//!    session — is recorded, with the principal when one was established.
-//! 3. [`TraceInject`](mcp_gateway_layers::TraceInject) *(`[telemetry]`)*: inside audit (the audit record carries its trace and
-//!    span ids, read from the per-request record) and outside every refusing layer, so
-//!    refusals are traced too; it writes trace context into the forwarded body.
-//! 4. [`ParseMcp`](mcp_gateway_layers::ParseMcp): reads the body once (bounded), classifies it and checks the 2026-07-28
-//!    headers. When a governing layer above already read the request this is a no-op; every
-//!    later layer reuses the view.
-//! 5. `OAuthGuard` *(`[auth]`)*: first of the deciding layers — an unauthenticated call costs
-//!    nothing further, and its `Principal` is what limits and sessions are keyed by.
-//! 6. `TokenBucket2D` *(`[limits]`)*: after authentication (budgets are per agent), before
-//!    sessions, so a refused call never touches session state or picks an instance.
-//! 7. [`SessionAffinity`](mcp_gateway_layers::SessionAffinity) *(`[sessions]`, or an upstream with several instances)*: innermost
-//!    of the deciders — a refused call never picks an instance — and the one layer that sits
-//!    over a *set* of services, one [`Upstream`] per instance: it routes a session to its
-//!    owner and balances new work. Without `[sessions]`, a single-instance upstream does
-//!    without it (session ids pass through, no cost), and a several-instance one gets it with
-//!    a random per-process key.
-//! 8. [`Upstream`]: forwards, streaming the response.
-//!
-//! A governing layer that is not configured is not in the stack at all ([`Toggle`]). With no
-//! governing layer configured (and no session routing for the route), a route's stack is
-//! exactly `OriginGuard → ParseMcp → Upstream`
-//! (see [`crate::stack`]): a pass-through gateway pays nothing for the layers it does not use.
-//! The outermost governing layer present creates the per-request record (`Exchange`) that the
-//! others write their decisions to, and attaches the response observers once.
-//!
-//! [`Toggle`]: mcp_gateway_layers::Toggle
+//! Each upstream gets its own stack, built in [`Router::new`]: the one place the layers are
+//! stacked, as one chain read top to bottom (outermost first). `OriginGuard` comes before
+//! the chain — a forbidden browser origin costs nothing else, no body is read for it — and
+//! the chain runs as one future over the route's target ([`mcp_gateway_layers::govern`]):
+//! one read of the request, one observation of the response, whichever layers are on. A layer
+//! whose section is absent is not in the chain; with none configured (and no session routing
+//! for the route) a route is exactly `OriginGuard → ParseMcp → Upstream`, the pass-through,
+//! which pays nothing for the layers it does not use.
 
 use crate::config::Settings;
-use crate::stack::{Switch, SwitchBody};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use mcp_gateway_core::exchange::{Exchange, ExchangeContext};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
-use mcp_gateway_core::observe::Cutoff;
+use mcp_gateway_core::observe::{Cutoff, EndReason, Ending, Observer};
+use mcp_gateway_core::outcome::{self, Outcome};
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::audit::{AuditLogLayer, AuditWriter};
+use mcp_gateway_layers::govern::{Chain, GovernedFuture};
 use mcp_gateway_layers::limits::TokenBucket2DLayer;
-use mcp_gateway_layers::sessions::{SessionAffinityLayer, SessionKey};
+use mcp_gateway_layers::sessions::{
+    AffinityBody, SessionAffinity, SessionAffinityLayer, SessionKey,
+};
 use mcp_gateway_layers::telemetry::TraceInjectLayer;
-use mcp_gateway_layers::upstream::{Upstream, UpstreamConfig};
-use mcp_gateway_layers::{OriginGuard, OriginGuardLayer, ParseMcpLayer, ResponseBody, Toggle};
+use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
+use mcp_gateway_layers::{
+    OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, Refused, ResponseBody,
+};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 
-/// The per-upstream stack (see the module docs for the order): plain or governed below the
-/// origin check.
-pub type Stack = OriginGuard<Switch>;
-/// The body of every gateway response.
-pub type GatewayBody = ResponseBody<SwitchBody>;
+/// Where a governed route's requests go: its one upstream, or its instances through
+/// `SessionAffinity`.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// One instance, sessions passed through as they are.
+    Direct(Upstream),
+    /// Sessions sealed and routed to their instance; new work balanced.
+    Affinity(SessionAffinity<Upstream>),
+}
+
+/// The body a [`Target`] answers with.
+pub type TargetBody = Either<UpstreamBody, AffinityBody<UpstreamBody>>;
+
+impl Target {
+    /// Sends one admitted request to the upstream, by reference (no boxed future).
+    async fn forward(&self, req: Request<Full<Bytes>>) -> Result<Response<TargetBody>, Infallible> {
+        Ok(match self {
+            Self::Direct(up) => up.forward(req, None).await.map(Either::Left),
+            Self::Affinity(aff) => aff
+                .serve(req, |up, req| async move { up.forward(req, None).await })
+                .await
+                .map(Either::Right),
+        })
+    }
+}
+
+/// A route's stack below the origin check.
+#[derive(Clone, Debug)]
+pub enum Stack {
+    /// No governing layer: `ParseMcp → Upstream`.
+    Plain(ParseMcp<Upstream>),
+    /// The governing chain over the route's target.
+    Governed {
+        /// The governors, outermost first.
+        chain: Chain,
+        /// The largest request body read.
+        body_limit: usize,
+        /// Where admitted requests go.
+        target: Target,
+    },
+}
+
+/// The body of a route's answers.
+pub type StackBody = Either<Refused<UpstreamBody>, ResponseBody<TargetBody>>;
+
+impl Stack {
+    /// Serves one request: one inline future, with no boxed future, service clone or
+    /// `Oneshot` on either shape.
+    pub async fn serve(&self, req: Request<Incoming>) -> Response<StackBody> {
+        match self {
+            Self::Plain(parse) => parse.serve(req).await.map(Either::Left),
+            Self::Governed {
+                chain,
+                body_limit,
+                target,
+            } => {
+                let inner = tower::service_fn(|req| target.forward(req));
+                match GovernedFuture::new(chain.clone(), inner, req, *body_limit).await {
+                    Ok(resp) => resp.map(Either::Right),
+                    Err(never) => match never {},
+                }
+            }
+        }
+    }
+}
+
+/// The body of every gateway response: a route's, or the router's own.
+pub type GatewayBody = Either<StackBody, Full<Bytes>>;
 
 /// One route: its name, its stack, and its protected resource metadata when guarded.
 #[derive(Clone)]
 struct Route {
     name: Arc<str>,
-    stack: Stack,
+    stack: OriginGuard<Stack>,
     metadata: Option<Bytes>,
 }
 
@@ -82,7 +124,8 @@ pub struct Router {
     /// Raised when the server cuts the streams still open at the end of its grace period.
     cutoff: Cutoff,
     /// Whether any governing layer is configured: only then does a request carry an
-    /// [`ExchangeContext`] (the client, the route, the cutoff) for the per-request record.
+    /// [`ExchangeContext`] (the client, the route, the cutoff) for the per-request record,
+    /// and the access log line is written when the exchange ends (with its outcome).
     governed: bool,
     /// Whether access log lines are written (decided once: the log filter is fixed at start).
     access_log: bool,
@@ -148,41 +191,52 @@ impl Router {
             let metadata = guard
                 .as_ref()
                 .map(|g| Bytes::from(g.protected_resource_metadata().to_string()));
-            // The order, and why, is in the module docs.
-            let parse = ParseMcpLayer::new()
-                .body_limit(settings.body_limit)
-                .view_on_response(access_log);
-            // The governed chain, whatever serves below it, boxed once.
-            macro_rules! governed {
-                ($inner:expr) => {{
-                    let svc = Toggle::new(audit_layer.clone()).layer(
-                        Toggle::new(telemetry.clone()).layer(parse.layer(
-                            Toggle::new(guard).layer(Toggle::new(limits.clone()).layer($inner)),
-                        )),
-                    );
-                    Switch::Governed(BoxCloneSyncService::new(
-                        ServiceExt::<Request<Incoming>>::map_response(svc, |r| {
-                            r.map(BodyExt::boxed_unsync)
-                        }),
-                    ))
-                }};
-            }
             let routed = sessions
                 .as_ref()
                 .filter(|_| settings.sessions.is_some() || upstream.instance_count() > 1);
+            // The governing layers, outermost first. A layer that is off is not in the chain.
+            let chain = Chain::new()
+                // AuditLog: outermost, so every refusal below it is recorded — bad input,
+                // authentication, permission, rate limit, unknown session — with the
+                // principal when one was established.
+                .with(audit_layer.clone())
+                // TraceInject: inside audit (the audit record carries its trace and span ids)
+                // and outside every refusing layer, so refusals are traced too; it writes trace
+                // context into the forwarded body.
+                .with(telemetry.clone())
+                // (the request is read and classified once here, bounded by `body_limit`:
+                // every layer below reuses the view)
+                // OAuthGuard: first of the deciders — an unauthenticated call costs nothing
+                // further, and its principal is what limits and sessions are keyed by.
+                .with(guard)
+                // TokenBucket2D: after authentication (budgets are per agent), before
+                // sessions, so a refused call never touches session state or picks an instance.
+                .with(limits.clone());
+            // SessionAffinity, innermost: it sits over the upstream's instances, routes a
+            // session to its owner and balances new work. Without `[sessions]` a
+            // single-instance upstream does without it (session ids pass through).
             let below_origin = match routed {
-                Some(layer) => governed!(layer
-                    .clone()
-                    .scope(&spec.name)
-                    .service(upstream.instances())),
-                None if guard.is_none()
-                    && limits.is_none()
-                    && audit_layer.is_none()
-                    && telemetry.is_none() =>
-                {
-                    Switch::Plain(parse.layer(upstream))
-                }
-                None => governed!(upstream),
+                None if chain.is_empty() => Stack::Plain(
+                    ParseMcpLayer::new()
+                        .body_limit(settings.body_limit)
+                        .view_on_response(access_log)
+                        .layer(upstream),
+                ),
+                None => Stack::Governed {
+                    chain,
+                    body_limit: settings.body_limit,
+                    target: Target::Direct(upstream),
+                },
+                Some(layer) => Stack::Governed {
+                    chain,
+                    body_limit: settings.body_limit,
+                    target: Target::Affinity(
+                        layer
+                            .clone()
+                            .scope(&spec.name)
+                            .service(upstream.instances()),
+                    ),
+                },
             };
             let stack = OriginGuardLayer::new(settings.origins.clone()).layer(below_origin);
             routes.insert(
@@ -249,17 +303,39 @@ impl Router {
             .map(|r| r.strip_suffix('/').unwrap_or(r));
         let (upstream, resp) = match (route, path) {
             (Some(name), _) if self.routes.contains_key(name) => {
-                add_forwarded(&mut req, conn);
                 let route = &self.routes[name];
-                if self.governed {
-                    req.extensions_mut().insert(ExchangeContext::new(
-                        Some(conn.peer),
-                        Some(route.name.clone()),
-                        Some(self.cutoff.clone()),
-                    ));
+                if let Some(refusal) = route.stack.refusal(req.headers()) {
+                    (Some(name), wrap(refusal))
+                } else {
+                    add_forwarded(&mut req, conn);
+                    if self.governed {
+                        let ext = req.extensions_mut();
+                        if started.is_some() {
+                            // The line is written when the exchange ends, with its outcome.
+                            let x = Exchange::new();
+                            x.update(|r| {
+                                r.client = Some(conn.peer);
+                                r.route = Some(route.name.clone());
+                            });
+                            x.observe(AccessLine {
+                                peer: conn.peer,
+                                method: method.clone(),
+                                path: path.to_owned(),
+                                exchange: x.clone(),
+                            });
+                            ext.insert(x);
+                        }
+                        ext.insert(ExchangeContext::new(
+                            Some(conn.peer),
+                            Some(route.name.clone()),
+                            Some(self.cutoff.clone()),
+                        ));
+                        let resp = route.stack.get_ref().serve(req).await.map(Either::Left);
+                        return Ok(resp);
+                    }
+                    let resp = route.stack.get_ref().serve(req).await.map(Either::Left);
+                    (Some(name), resp)
                 }
-                let resp = crate::stack::serve(&route.stack, req).await;
-                (Some(name), resp)
             }
             (_, p)
                 if p.starts_with(PRM_PREFIX)
@@ -303,8 +379,9 @@ impl Router {
     }
 }
 
-/// One access log line: what the call was, from the view ParseMcp put on the response (no
-/// second parse), and who made it, from the per-request record when a governing layer kept one.
+/// One access log line, written when the response head is ready: what the call was, from
+/// the view ParseMcp put on the response (no second parse). Without governing layers the
+/// outcome comes from the status alone.
 fn access_log(
     conn: &ConnInfo,
     method: &Method,
@@ -314,12 +391,72 @@ fn access_log(
     started: Instant,
 ) {
     let view = McpRequest::from_extensions(resp.extensions());
+    let mut record = mcp_gateway_core::exchange::Record::default();
+    record.http_method = Some(method.clone());
+    let outcome = outcome::outcome(&record, &Ending::new(EndReason::Completed, resp.status()));
+    log_line(
+        conn.peer,
+        method,
+        path,
+        upstream,
+        view,
+        None,
+        resp.status(),
+        outcome,
+        started,
+    );
+}
+
+/// The access log line of a governed exchange, written when it ends: who made the call, from
+/// the per-request record, and how it ended, by the one classification the audit log and the
+/// metrics use.
+struct AccessLine {
+    peer: SocketAddr,
+    method: Method,
+    path: String,
+    exchange: Exchange,
+}
+
+impl Observer for AccessLine {
+    fn on_end(&mut self, end: &Ending) {
+        let (view, agent, route, outcome) = self.exchange.update(|r| {
+            (
+                r.request.clone(),
+                r.principal.as_ref().map(|p| p.agent_key().to_owned()),
+                r.route.clone(),
+                outcome::outcome(r, end),
+            )
+        });
+        log_line(
+            self.peer,
+            &self.method,
+            &self.path,
+            route.as_deref(),
+            view.as_ref(),
+            agent.as_deref(),
+            end.status,
+            outcome,
+            self.exchange.started(),
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_line(
+    peer: SocketAddr,
+    method: &Method,
+    path: &str,
+    upstream: Option<&str>,
+    view: Option<&McpRequest>,
+    agent: Option<&str>,
+    status: StatusCode,
+    outcome: Outcome,
+    started: Instant,
+) {
     let msg = view.and_then(McpRequest::single);
-    let agent = Exchange::from_extensions(resp.extensions())
-        .and_then(|x| x.update(|r| r.principal.as_ref().map(|p| p.agent_key().to_owned())));
     tracing::info!(
         target: "mcp_gateway::access",
-        client = %conn.peer,
+        client = %peer,
         %method,
         path = %path,
         upstream = upstream.unwrap_or("-"),
@@ -327,8 +464,9 @@ fn access_log(
         target_name = msg.and_then(McpMessage::target).unwrap_or("-"),
         id = msg.and_then(McpMessage::id).map_or("-", RequestId::as_raw),
         era = view.map_or("-", |v| era_name(v.protocol())),
-        agent = agent.as_deref().unwrap_or("-"),
-        status = resp.status().as_u16(),
+        agent = agent.unwrap_or("-"),
+        status = status.as_u16(),
+        outcome = outcome.as_str(),
         latency_us = started.elapsed().as_micros() as u64,
         "request"
     );
@@ -436,7 +574,7 @@ fn metadata_response(doc: Bytes) -> Response<GatewayBody> {
 }
 
 fn wrap(resp: Response<Full<Bytes>>) -> Response<GatewayBody> {
-    resp.map(ResponseBody::full)
+    resp.map(Either::Right)
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<GatewayBody> {

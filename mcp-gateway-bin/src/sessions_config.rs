@@ -171,7 +171,9 @@ pub(crate) fn check_sessions(
             url,
             timeout: c
                 .redis_timeout
-                .map_or(mcp_gateway_layers::sessions::redis::DEFAULT_TIMEOUT, |d| d.0),
+                .map_or(mcp_gateway_layers::sessions::redis::DEFAULT_TIMEOUT, |d| {
+                    d.0
+                }),
             prefix: c.redis_prefix.clone().unwrap_or_else(|| "mcpgw:s:".into()),
         },
     };

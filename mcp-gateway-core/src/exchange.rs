@@ -39,7 +39,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// Why a layer refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,16 +60,11 @@ pub enum DenialKind {
 }
 
 impl DenialKind {
-    /// A short, stable name for logs and metrics (`denied_auth`, `rate_limited`, …).
+    /// A short, stable name for logs and metrics: the name of the
+    /// [`Outcome`](crate::outcome::Outcome) of such a refusal (`denied_auth`, `rate_limited`,
+    /// `bad_input`, …).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unauthenticated => "denied_auth",
-            Self::Forbidden => "denied_permission",
-            Self::RateLimited => "rate_limited",
-            Self::UnknownSession => "bad_session",
-            Self::BadRequest => "bad_request",
-            Self::Unavailable => "unavailable",
-        }
+        crate::outcome::Outcome::of_denial(self).as_str()
     }
 }
 
@@ -171,6 +166,7 @@ impl ExchangeContext {
 
 struct Shared {
     started: Instant,
+    started_at: SystemTime,
     record: Mutex<Record>,
     observers: Mutex<Vec<Box<dyn Observer>>>,
     /// Whether some layer has taken charge of attaching the observers ([`Exchange::claim`]).
@@ -205,6 +201,7 @@ impl Exchange {
     pub fn new() -> Self {
         Self(Arc::new(Shared {
             started: Instant::now(),
+            started_at: SystemTime::now(),
             record: Mutex::new(Record::default()),
             observers: Mutex::new(Vec::new()),
             claimed: AtomicBool::new(false),
@@ -248,6 +245,11 @@ impl Exchange {
     /// When the record was created: the start of the exchange for latency.
     pub fn started(&self) -> Instant {
         self.0.started
+    }
+
+    /// The same moment on the wall clock: what records and spans are timestamped with.
+    pub fn started_at(&self) -> SystemTime {
+        self.0.started_at
     }
 
     /// Reads or writes the record under its lock. Keep `f` short.

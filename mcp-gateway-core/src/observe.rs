@@ -734,7 +734,8 @@ impl Observation {
 
     /// True once every byte of a declared `Content-Length` went out.
     fn all_declared_sent(&self) -> bool {
-        self.expected_len.is_some_and(|n| n == self.ending.body_bytes)
+        self.expected_len
+            .is_some_and(|n| n == self.ending.body_bytes)
     }
 
     /// The futures the end of the body waits for ([`Observer::gate`]), as one.
@@ -761,7 +762,10 @@ impl Drop for Observation {
         }
         let reason = if !self.polled {
             EndReason::DroppedUnpolled
-        } else if self.expected_len.is_some_and(|n| n == self.ending.body_bytes) {
+        } else if self
+            .expected_len
+            .is_some_and(|n| n == self.ending.body_bytes)
+        {
             // Every declared byte went out; the server just did not poll for the end.
             EndReason::Completed
         } else if self.cutoff.as_ref().is_some_and(Cutoff::is_triggered) {

@@ -349,9 +349,13 @@ mod tests {
             row("notification accepted", 202, Completed)
                 .method(Method::POST, Some(NOTE))
                 .is("ok", None),
-            row("notification accepted, body never polled", 202, DroppedUnpolled)
-                .method(Method::POST, Some(NOTE))
-                .is("ok", None),
+            row(
+                "notification accepted, body never polled",
+                202,
+                DroppedUnpolled,
+            )
+            .method(Method::POST, Some(NOTE))
+            .is("ok", None),
             row("GET stream closed by the client", 200, ClientGone)
                 .method(Method::GET, None)
                 .is("ok", None),
@@ -411,15 +415,18 @@ mod tests {
             row("502 with no JSON-RPC body", 502, Completed).is("upstream_error", Some("502")),
             row("upstream broke the stream", 200, UpstreamFailed)
                 .is("upstream_error", Some("upstream_error")),
-            row("upstream broke the stream after answering", 200, UpstreamFailed)
-                .answered(1)
-                .is("upstream_error", Some("upstream_error")),
+            row(
+                "upstream broke the stream after answering",
+                200,
+                UpstreamFailed,
+            )
+            .answered(1)
+            .is("upstream_error", Some("upstream_error")),
             row("client left before its answer", 200, ClientGone)
                 .is("client_gone", Some("client_gone")),
             row("client left before the head (499)", 499, ClientGone)
                 .is("client_gone", Some("499")),
-            row("body dropped unread", 200, DroppedUnpolled)
-                .is("client_gone", Some("client_gone")),
+            row("body dropped unread", 200, DroppedUnpolled).is("client_gone", Some("client_gone")),
             row("cut at shutdown", 200, Shutdown).is("shutdown", Some("shutdown")),
             row("404 from the upstream on a session", 404, Completed)
                 .session()
@@ -429,25 +436,30 @@ mod tests {
             row("503 from the upstream", 503, Completed).is("http_error", Some("503")),
         ];
         for r in rows {
-            let mut rec = Record::default();
-            rec.http_method = Some(r.method.clone());
+            let mut rec = Record {
+                http_method: Some(r.method.clone()),
+                ..Record::default()
+            };
             rec.request = r
                 .body
                 .map(|b| view(b, r.session.then_some("s1")))
                 .or_else(|| {
                     r.session.then(|| {
                         McpRequest::parse(
-                            &[(http::header::HeaderName::from_static("mcp-session-id"), "s1".parse().unwrap())]
-                                .into_iter()
-                                .collect(),
+                            &[(
+                                http::header::HeaderName::from_static("mcp-session-id"),
+                                "s1".parse().unwrap(),
+                            )]
+                            .into_iter()
+                            .collect(),
                             None,
                         )
                         .unwrap()
                     })
                 });
-            rec.denial = r.denial.map(|k| {
-                Denial::new("test", k, StatusCode::from_u16(r.status).unwrap(), "why")
-            });
+            rec.denial = r
+                .denial
+                .map(|k| Denial::new("test", k, StatusCode::from_u16(r.status).unwrap(), "why"));
             let mut end = Ending::new(r.reason, StatusCode::from_u16(r.status).unwrap());
             end.answers = r.answers;
             end.error_code = r.code;

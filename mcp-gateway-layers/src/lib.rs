@@ -1,54 +1,73 @@
 //! Tower layers that govern MCP traffic, usable alone over any hyper or axum service, or
-//! stacked in the `mcp-gateway` binary.
+//! stacked — as the `mcp-gateway` binary stacks them.
 //!
-//! | module | what it does | feature |
-//! |---|---|---|
-//! | [`parse`] | buffers the request body up to a limit, classifies it once, checks the 2026-07-28 headers, and puts an [`McpRequest`] in request extensions | always |
-//! | [`origin`] | rejects browser requests from origins that are not allowed (DNS-rebinding defence) | always |
-//! | `auth` | OAuthGuard: OAuth 2.1 resource server at the edge — JWT/JWKS, introspection, API keys, audience, tool-level permissions, list filtering, upstream credentials | `auth` |
-//! | [`scope`] | joins the per-request record and attaches response observers: the plumbing every governing layer shares | always |
-//! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) | always |
-//! | [`toggle`] | a layer switched on or off when the stack is built | always |
+//! Each capability is one module, named like its cargo feature and like its section of the
+//! gateway's configuration file, and every such module has the same files: `mod.rs` (docs and
+//! an example of the layer alone), `layer.rs` (the tower `Layer` and its builder), `service.rs`
+//! (the service, and its governor: the deciding part) and `config.rs` (the section's settings,
+//! checked, and the function that builds the layer from them).
+//!
+//! | module (feature) | layer | section | what it does |
+//! |---|---|---|---|
 #![cfg_attr(
-    feature = "upstream",
-    doc = "| [`upstream`] | forwards to an MCP server: streamed bodies, SSE flushed per event, hop-by-hop and `Authorization` headers removed, timeouts | `upstream` |"
+    feature = "auth",
+    doc = "| [`auth`] | `OAuthGuard` | `[auth]` | OAuth 2.1 resource server at the edge — JWT/JWKS, introspection, API keys, audience, tool-level permissions, list filtering, upstream credentials |"
 )]
 #![cfg_attr(
-    not(feature = "upstream"),
-    doc = "| `upstream` | forwards to an MCP server: streamed bodies, SSE flushed per event, hop-by-hop and `Authorization` headers removed, timeouts | `upstream` |"
+    not(feature = "auth"),
+    doc = "| `auth` | `OAuthGuard` | `[auth]` | OAuth 2.1 resource server at the edge — JWT/JWKS, introspection, API keys, audience, tool-level permissions, list filtering, upstream credentials |"
 )]
 #![cfg_attr(
     feature = "limits",
-    doc = "| [`limits`] | per-agent request and token budgets (TokenBucket2D): 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas | `limits`, `limits-redis` |"
+    doc = "| [`limits`] | `TokenBucket2D` | `[limits]` | per-agent request and token budgets: 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas (`limits-redis`) |"
 )]
 #![cfg_attr(
     not(feature = "limits"),
-    doc = "| `limits` | per-agent request and token budgets (TokenBucket2D): 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas | `limits`, `limits-redis` |"
-)]
-#![cfg_attr(
-    feature = "audit",
-    doc = "| [`audit`] | AuditLog: one hash-chained JSON-lines record per exchange (refusals included), written off the request path; `verify` and `query` | `audit` |"
-)]
-#![cfg_attr(
-    not(feature = "audit"),
-    doc = "| `audit` | AuditLog: one hash-chained JSON-lines record per exchange (refusals included), written off the request path; `verify` and `query` | `audit` |"
+    doc = "| `limits` | `TokenBucket2D` | `[limits]` | per-agent request and token budgets: 429 before the server, output tokens counted as the response streams, cost attribution; Redis store for replicas (`limits-redis`) |"
 )]
 #![cfg_attr(
     feature = "sessions",
-    doc = "| [`sessions`] | SessionAffinity over a set of instances: sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store for replicas | `sessions`, `sessions-redis` |"
+    doc = "| [`sessions`] | `SessionAffinity` | `[sessions]` | sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store (`sessions-redis`) |"
 )]
 #![cfg_attr(
     not(feature = "sessions"),
-    doc = "| `sessions` | SessionAffinity over a set of instances: sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store for replicas | `sessions`, `sessions-redis` |"
+    doc = "| `sessions` | `SessionAffinity` | `[sessions]` | sealed (AEAD) session ids that route across gateway replicas, 404 for forged/expired/ended ones, least-outstanding balancing with passive ejection; Redis store (`sessions-redis`) |"
 )]
 #![cfg_attr(
     feature = "telemetry",
-    doc = "| [`telemetry`] | TraceInject: W3C trace context into `params._meta` and the HTTP headers, OpenTelemetry MCP spans (SERVER and CLIENT), RED metrics per tool and agent with a Prometheus rendering | `telemetry` |"
+    doc = "| [`telemetry`] | `TraceInject` | `[telemetry]` | W3C trace context into `params._meta` and the headers, OpenTelemetry MCP spans (SERVER and CLIENT), RED metrics per tool and agent with a Prometheus rendering |"
 )]
 #![cfg_attr(
     not(feature = "telemetry"),
-    doc = "| `telemetry` | TraceInject: W3C trace context into `params._meta` and the HTTP headers, OpenTelemetry MCP spans (SERVER and CLIENT), RED metrics per tool and agent with a Prometheus rendering | `telemetry` |"
+    doc = "| `telemetry` | `TraceInject` | `[telemetry]` | W3C trace context into `params._meta` and the headers, OpenTelemetry MCP spans (SERVER and CLIENT), RED metrics per tool and agent with a Prometheus rendering |"
 )]
+#![cfg_attr(
+    feature = "audit",
+    doc = "| [`audit`] | `AuditLog` | `[audit]` | one hash-chained JSON-lines record per exchange (refusals included), written off the request path; `verify` and `query` |"
+)]
+#![cfg_attr(
+    not(feature = "audit"),
+    doc = "| `audit` | `AuditLog` | `[audit]` | one hash-chained JSON-lines record per exchange (refusals included), written off the request path; `verify` and `query` |"
+)]
+#![cfg_attr(
+    feature = "upstream",
+    doc = "| [`upstream`] | `Upstream` | `[upstreams.NAME]` | forwards to an MCP server: streamed bodies, SSE flushed per event, hop-by-hop and `Authorization` headers removed, pooled connections, timeouts |"
+)]
+#![cfg_attr(
+    not(feature = "upstream"),
+    doc = "| `upstream` | `Upstream` | `[upstreams.NAME]` | forwards to an MCP server: streamed bodies, SSE flushed per event, hop-by-hop and `Authorization` headers removed, pooled connections, timeouts |"
+)]
+//!
+//! What they share, always compiled:
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`govern`] | the one service skeleton: read the request once, ask the governor, call the inner service, attach the response observers once; a [`Chain`] runs several governors as one future |
+//! | [`parse`] | reads the request body up to a limit, classifies it once, checks the 2026-07-28 headers, and puts an [`McpRequest`] in the request extensions |
+//! | [`origin`] | refuses browser requests from origins that are not allowed (DNS-rebinding defence) |
+//! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) |
+//! | [`toggle`] | a layer switched on or off when the stack is built |
+//! | [`body`] | the response bodies: a governed answer, observed once per stack, or a refusal |
 //!
 //! Every rejection is a response (a JSON-RPC error with the right HTTP status), never a
 //! service error, so the layers work under axum, whose services are infallible.
@@ -58,6 +77,28 @@
 //! dependency is enough, and the [`McpRequest`] your layer looks up is always the very type
 //! [`ParseMcp`] inserts (two versions of the core crate would make
 //! [`McpRequest::from_extensions`] return `None`).
+//!
+//! # Stacking
+//!
+//! Each layer works alone, and layers stacked with `tower::ServiceBuilder` work together: the
+//! outermost creates the per-request record, the others write their decisions to it, and the
+//! response is observed once. For the cheapest stack — one future, one read, one response
+//! wrapper, whatever the number of layers — put their governors in one [`Chain`], outermost
+//! first, as the gateway binary does:
+//!
+//! ```
+//! # #[cfg(all(feature = "limits", feature = "telemetry"))] {
+//! use mcp_gateway_layers::govern::{Chain, GovernedLayer};
+//! use mcp_gateway_layers::limits::{Limits, TokenBucket2DLayer};
+//! use mcp_gateway_layers::telemetry::TraceInjectLayer;
+//!
+//! let chain = Chain::new()
+//!     .with(Some(TraceInjectLayer::new())) // observers outside …
+//!     .with(Some(TokenBucket2DLayer::new(Limits::new().requests_per_minute(600)))); // … deciders inside
+//! let layer = GovernedLayer::new(chain); // a tower Layer, over any service
+//! # let _ = layer;
+//! # }
+//! ```
 //!
 //! # Embedding in an axum app
 //!
@@ -102,103 +143,12 @@
 //!
 //! # Writing your own layer
 //!
-//! A layer placed after [`ParseMcpLayer`] finds the parsed request in the request extensions
-//! with [`McpRequest::from_extensions`]: method, tool name, id and protocol era, without
-//! reading or parsing the body again. To refuse a request, answer a [`JsonRpcError`] (never a
-//! service error) that keeps the request's id. This one refuses calls to one tool:
-//!
-//! ```
-//! use bytes::Bytes;
-//! use futures_util::future::Either;
-//! use http::{Request, Response, StatusCode};
-//! use mcp_gateway_layers::{ErrorCode, JsonRpcError, McpRequest, ResponseBody};
-//! use std::future::{ready, Ready};
-//! use std::task::{Context, Poll};
-//! use tower::{Layer, Service};
-//!
-//! /// Refuses `tools/call` for one tool; everything else passes.
-//! #[derive(Clone)]
-//! struct DenyToolLayer(&'static str);
-//!
-//! impl<S> Layer<S> for DenyToolLayer {
-//!     type Service = DenyTool<S>;
-//!     fn layer(&self, inner: S) -> DenyTool<S> {
-//!         DenyTool { inner, tool: self.0 }
-//!     }
-//! }
-//!
-//! #[derive(Clone)]
-//! struct DenyTool<S> {
-//!     inner: S,
-//!     tool: &'static str,
-//! }
-//!
-//! impl<S, B, RB> Service<Request<B>> for DenyTool<S>
-//! where
-//!     S: Service<Request<B>, Response = Response<ResponseBody<RB>>>,
-//! {
-//!     type Response = S::Response;
-//!     type Error = S::Error;
-//!     type Future = Either<S::Future, Ready<Result<S::Response, S::Error>>>;
-//!
-//!     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-//!         self.inner.poll_ready(cx)
-//!     }
-//!
-//!     fn call(&mut self, req: Request<B>) -> Self::Future {
-//!         if let Some(mcp) = McpRequest::from_extensions(req.extensions()) {
-//!             let msg = mcp.single();
-//!             let denied = msg.is_some_and(|m| {
-//!                 m.method() == Some("tools/call") && m.target() == Some(self.tool)
-//!             });
-//!             if denied {
-//!                 let err = JsonRpcError::new(ErrorCode::GATEWAY_REFUSED, "tool not allowed");
-//!                 let resp = err.into_response(StatusCode::FORBIDDEN, mcp.reply_id());
-//!                 return Either::Right(ready(Ok(resp.map(ResponseBody::full))));
-//!             }
-//!         }
-//!         Either::Left(self.inner.call(req))
-//!     }
-//! }
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! use http_body_util::{BodyExt, Full};
-//! use mcp_gateway_layers::ParseMcpLayer;
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//!
-//! // Stands in for `Upstream` (or any service answering `ResponseBody`).
-//! let server = service_fn(|_req: Request<Full<Bytes>>| async {
-//!     let body = ResponseBody::inner(Full::new(Bytes::from_static(b"forwarded")));
-//!     Ok::<_, std::convert::Infallible>(Response::new(body))
-//! });
-//! let svc = ServiceBuilder::new()
-//!     .layer(ParseMcpLayer::new())
-//!     .layer(DenyToolLayer("delete_everything"))
-//!     .service(server);
-//!
-//! let call = |tool: &str| {
-//!     let body = format!(
-//!         r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"{tool}"}}}}"#
-//!     );
-//!     Request::post("/mcp")
-//!         .header("content-type", "application/json")
-//!         .body(Full::new(Bytes::from(body)))
-//!         .unwrap()
-//! };
-//! let refused = svc.clone().oneshot(call("delete_everything")).await.unwrap();
-//! assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-//! let body = refused.into_body().collect().await.unwrap().to_bytes();
-//! let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-//! assert_eq!(json["id"], 7);
-//! assert_eq!(json["error"]["code"], ErrorCode::GATEWAY_REFUSED.0);
-//!
-//! let allowed = svc.oneshot(call("echo")).await.unwrap();
-//! assert_eq!(allowed.status(), StatusCode::OK);
-//! let body = allowed.into_body().collect().await.unwrap().to_bytes();
-//! assert_eq!(body, "forwarded");
-//! # }
-//! ```
+//! A governing layer of your own is a [`Govern`] implementation — its decision — run by the
+//! same skeleton as the crate's layers ([`Governed`]); the [`govern`] module docs have an
+//! example. It finds the parsed request in the request extensions with
+//! [`McpRequest::from_extensions`] (method, tool name, id and protocol era, without reading
+//! or parsing the body again) and refuses with a [`Refusal`], whose answer keeps the request's
+//! id.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -214,6 +164,7 @@ pub mod audit;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod body;
+pub mod govern;
 #[cfg(feature = "limits")]
 pub mod limits;
 pub mod observe;
@@ -221,12 +172,11 @@ pub mod origin;
 pub mod parse;
 #[cfg(any(feature = "limits-redis", feature = "sessions-redis"))]
 mod redis_link;
-pub mod scope;
 #[cfg(feature = "sessions")]
 pub mod sessions;
-pub mod toggle;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+pub mod toggle;
 #[cfg(feature = "upstream")]
 pub mod upstream;
 
@@ -240,18 +190,20 @@ pub use mcp_gateway_core::{
 
 #[cfg(feature = "audit")]
 pub use audit::{AuditLog, AuditLogLayer};
-pub use body::ResponseBody;
+#[cfg(feature = "auth")]
+pub use auth::{OAuthGuard, OAuthGuardLayer};
+pub use body::{Refused, ResponseBody};
+pub use govern::{Chain, Decision, Govern, Governed, GovernedLayer, IntoGovern, Refusal};
 #[cfg(feature = "limits")]
 pub use limits::{TokenBucket2D, TokenBucket2DLayer};
 pub use observe::{Observe, ObserveLayer};
 pub use origin::{AllowedOrigins, OriginGuard, OriginGuardLayer};
 pub use parse::{ParseMcp, ParseMcpLayer};
-pub use scope::Scope;
 #[cfg(feature = "sessions")]
 pub use sessions::{SessionAffinity, SessionAffinityLayer};
-pub use toggle::{Toggle, Toggled};
 #[cfg(feature = "telemetry")]
 pub use telemetry::{TraceInject, TraceInjectLayer};
+pub use toggle::{Toggle, Toggled, WrapBody};
 
-/// The boxed error type bodies and services report.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The boxed error type bodies and services report (the core's, so the two crates agree).
+pub use mcp_gateway_core::observe::BoxError;

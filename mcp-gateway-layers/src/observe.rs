@@ -3,7 +3,7 @@
 //!
 //! The closure is called per request with the request head (its extensions hold the parsed
 //! [`McpRequest`](mcp_gateway_core::McpRequest) and the per-request
-//! [`Exchange`](mcp_gateway_core::Exchange) when layers above put them there) and returns the
+//! [`Exchange`] when layers above put them there) and returns the
 //! observer for that exchange, or `None` to skip it.
 //!
 //! ```
@@ -42,28 +42,55 @@
 //! # }
 //! ```
 
-use crate::body::ResponseBody;
-use crate::scope::Scope;
-use crate::BoxError;
+use crate::govern::{Decision, Govern, Governed, IntoGovern};
+use crate::parse::DEFAULT_BODY_LIMIT;
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use http::{Request, Response};
-use http_body::Body;
+use http::Request;
+use http_body_util::Full;
+use mcp_gateway_core::exchange::Exchange;
 use mcp_gateway_core::observe::Observer;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tower_layer::Layer;
-use tower_service::Service;
+
+/// The governor of [`ObserveLayer`]: registers the observer `make` returns for each request.
+pub struct Observers<F> {
+    make: F,
+}
+
+impl<F> std::fmt::Debug for Observers<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observers").finish_non_exhaustive()
+    }
+}
+
+impl<F, O> Govern for Observers<F>
+where
+    F: Fn(&http::request::Parts) -> Option<O> + Send + Sync + 'static,
+    O: Observer,
+{
+    fn enter(&self, head: &http::request::Parts, x: &Exchange) -> Decision<()> {
+        if let Some(o) = (self.make)(head) {
+            x.observe(o);
+        }
+        Decision::Pass(())
+    }
+
+    fn admit(&self, req: Request<Full<Bytes>>, _x: &Exchange) -> Decision<Request<Full<Bytes>>> {
+        Decision::Pass(req)
+    }
+}
 
 /// Applies [`Observe`]. See the module docs.
 pub struct ObserveLayer<F> {
-    make: Arc<F>,
+    observers: Arc<Observers<F>>,
+    body_limit: usize,
 }
 
 impl<F> Clone for ObserveLayer<F> {
     fn clone(&self) -> Self {
         Self {
-            make: self.make.clone(),
+            observers: self.observers.clone(),
+            body_limit: self.body_limit,
         }
     }
 }
@@ -82,72 +109,35 @@ impl<F> ObserveLayer<F> {
         O: Observer,
     {
         Self {
-            make: Arc::new(make),
+            observers: Arc::new(Observers { make }),
+            body_limit: DEFAULT_BODY_LIMIT,
         }
+    }
+
+    /// The largest request body read when no layer above has read it. Default: 4 MiB.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
     }
 }
 
 impl<S, F> Layer<S> for ObserveLayer<F> {
     type Service = Observe<S, F>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe {
-            inner,
-            make: self.make.clone(),
-        }
+        Governed::new(self.observers.clone(), inner).body_limit(self.body_limit)
     }
 }
 
-/// Registers an observer per exchange. See the module docs.
-pub struct Observe<S, F> {
-    inner: S,
-    make: Arc<F>,
-}
-
-impl<S: Clone, F> Clone for Observe<S, F> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            make: self.make.clone(),
-        }
-    }
-}
-
-impl<S: std::fmt::Debug, F> std::fmt::Debug for Observe<S, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Observe")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, F, O, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S, F>
+impl<F, O> IntoGovern for ObserveLayer<F>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    F: Fn(&http::request::Parts) -> Option<O>,
+    F: Fn(&http::request::Parts) -> Option<O> + Send + Sync + 'static,
     O: Observer,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let scope = Scope::enter(&mut req);
-        let (parts, body) = req.into_parts();
-        if let Some(o) = (self.make)(&parts) {
-            scope.exchange().observe(o);
-        }
-        let req = Request::from_parts(parts, body);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?.map(ResponseBody::inner);
-            Ok(scope.finish(resp).await)
-        })
+    fn into_govern(self) -> Arc<dyn Govern> {
+        self.observers
     }
 }
+
+/// Registers an observer per exchange: the [`Governed`] skeleton over [`Observers`]. See the
+/// module docs.
+pub type Observe<S, F> = Governed<Arc<Observers<F>>, S>;

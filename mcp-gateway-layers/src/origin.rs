@@ -12,10 +12,10 @@
 //! # let _ = layer;
 //! ```
 
-use crate::body::{reject, ResponseBody};
+use crate::body::{refused, Refused};
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 use pin_project_lite::pin_project;
 use std::collections::HashSet;
@@ -181,7 +181,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for OriginGuard<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<Refused<ResBody>>;
     type Error = S::Error;
     type Future = OriginFuture<S::Future, ResBody>;
 
@@ -192,7 +192,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         if let Some(resp) = self.refusal(req.headers()) {
             return OriginFuture::Reject {
-                resp: Some(reject(resp)),
+                resp: Some(refused(resp)),
             };
         }
         OriginFuture::Inner {
@@ -213,7 +213,7 @@ pin_project! {
         },
         /// Answered here.
         Reject {
-            resp: Option<Response<ResponseBody<B>>>,
+            resp: Option<Response<Refused<B>>>,
         },
     }
 }
@@ -222,12 +222,12 @@ impl<F, B, E> Future for OriginFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<Refused<B>>, E>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            OriginFutureProj::Inner { fut } => fut
-                .poll(cx)
-                .map(|r| r.map(|resp| resp.map(ResponseBody::inner))),
+            OriginFutureProj::Inner { fut } => {
+                fut.poll(cx).map(|r| r.map(|resp| resp.map(Either::Left)))
+            }
             OriginFutureProj::Reject { resp } => match resp.take() {
                 Some(r) => Poll::Ready(Ok(r)),
                 None => Poll::Pending,

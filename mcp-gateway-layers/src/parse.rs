@@ -42,19 +42,21 @@
 //! # }
 //! ```
 
-use crate::body::{reject, ResponseBody};
+use crate::body::{refused, Refused};
 use crate::BoxError;
-use bytes::{Buf, Bytes};
-use futures_util::future::BoxFuture;
+use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{Either, Full};
 use mcp_gateway_core::era::detect;
 use mcp_gateway_core::exchange::{Denial, DenialKind, Exchange};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 use mcp_gateway_core::message::classify;
 use mcp_gateway_core::McpRequest;
-use std::task::{Context, Poll};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -65,16 +67,6 @@ pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// client still writing its body receives the answer instead of a reset connection.
 fn drain_cap(limit: usize) -> usize {
     limit.saturating_mul(4).min(64 << 20)
-}
-
-async fn drain<B: Body>(mut body: std::pin::Pin<&mut B>, cap: usize) {
-    let mut seen = 0usize;
-    while seen <= cap {
-        match body.as_mut().frame().await {
-            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.remaining()),
-            _ => return,
-        }
-    }
 }
 
 /// Applies [`ParseMcp`].
@@ -112,6 +104,11 @@ impl ParseMcpLayer {
         self.limit = bytes;
         self
     }
+
+    /// The largest request body accepted, in bytes.
+    pub const fn limit(&self) -> usize {
+        self.limit
+    }
 }
 
 impl<S> Layer<S> for ParseMcpLayer {
@@ -141,6 +138,10 @@ fn refuse(
     err.into_response(status, id)
 }
 
+/// What reading a request gives: the request with its body whole and its view, or the
+/// refusal to send.
+pub type ReadResult = Result<(Request<Full<Bytes>>, McpRequest), Response<Full<Bytes>>>;
+
 /// Reads and classifies a request once: the body (bounded by `limit`) becomes a
 /// `Full<Bytes>` and an [`McpRequest`] goes into the extensions — or the rejection to send.
 ///
@@ -155,169 +156,185 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    if let Some(view) = McpRequest::from_extensions(req.extensions()) {
-        // An earlier layer already read and classified this request.
-        let bytes = view.body().cloned().unwrap_or_default();
-        let (parts, _) = req.into_parts();
-        return Ok(Request::from_parts(parts, Full::new(bytes)));
-    }
-    read_request_detached(req, limit)
-        .await
-        .map(|(mut req, view)| {
-            req.extensions_mut().insert(view);
-            req
-        })
+    ReadRequest::new(req, limit).await.map(|(mut req, view)| {
+        req.extensions_mut().insert(view);
+        req
+    })
 }
 
 /// [`read_request`] for a caller that passes the view on itself: the view comes back next to
 /// the request instead of inside its extensions (which are left as they were, saving the
 /// extension map's allocations on the common path). Refusals, a view already present and the
 /// per-request [`Exchange`] are handled as [`read_request`] handles them.
-pub async fn read_request_detached<B>(
-    req: Request<B>,
-    limit: usize,
-) -> Result<(Request<Full<Bytes>>, McpRequest), Response<Full<Bytes>>>
+pub async fn read_request_detached<B>(req: Request<B>, limit: usize) -> ReadResult
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = req.into_parts();
-    if let Some(view) = McpRequest::from_extensions(&parts.extensions) {
-        // An earlier layer already read and classified this request.
-        let view = view.clone();
-        let bytes = view.body().cloned().unwrap_or_default();
-        return Ok((Request::from_parts(parts, Full::new(bytes)), view));
-    }
-    let exchange = Exchange::from_extensions(&parts.extensions).cloned();
-    let result = read_parts(parts, body, limit).await;
-    if let Some(x) = exchange {
-        match &result {
-            Ok((_, view)) => {
-                let view = Some(view.clone());
-                x.update(|r| r.request = view);
-            }
-            Err(resp) => x.deny(Denial::new(
-                "parse",
-                DenialKind::BadRequest,
-                resp.status(),
-                "request could not be read or understood",
-            )),
-        }
-    }
-    result
+    ReadRequest::new(req, limit).await
 }
 
-async fn read_parts<B>(
-    parts: http::request::Parts,
-    body: B,
-    limit: usize,
-) -> Result<(Request<Full<Bytes>>, McpRequest), Response<Full<Bytes>>>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let has_body = match parts.method {
-        Method::POST => true,
-        Method::GET | Method::DELETE => false,
-        _ => {
-            let mut resp = refuse(
-                StatusCode::METHOD_NOT_ALLOWED,
-                JsonRpcError::new(
-                    ErrorCode::INVALID_REQUEST,
-                    format!("method {} is not allowed on an MCP endpoint", parts.method),
-                ),
-                None,
-            );
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
-            return Err(resp);
+enum Step {
+    /// Collecting the body: the first chunk kept as is, later ones appended.
+    Collect {
+        first: Option<Bytes>,
+        buf: BytesMut,
+        total: usize,
+    },
+    /// Reading an oversized body away (up to a cap) before answering 413.
+    Drain { seen: usize },
+    /// Answered without reading (or already answered).
+    Done(Option<ReadResult>),
+}
+
+pin_project! {
+    /// The future of [`read_request_detached`]: reads the body (bounded), classifies it, checks
+    /// the 2026-07-28 headers. A named future, so layers can hold it without boxing.
+    pub struct ReadRequest<B> {
+        #[pin]
+        body: B,
+        parts: Option<http::request::Parts>,
+        limit: usize,
+        step: Step,
+        exchange: Option<Exchange>,
+    }
+}
+
+impl<B> std::fmt::Debug for ReadRequest<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadRequest")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+fn too_large(limit: usize) -> Response<Full<Bytes>> {
+    refuse(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        JsonRpcError::new(
+            ErrorCode::INVALID_REQUEST,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+        .with_data(serde_json::json!({ "limit": limit })),
+        None,
+    )
+}
+
+impl<B> ReadRequest<B> {
+    /// Starts reading `req` with a body limit of `limit` bytes. The checks that need no body
+    /// (method, `Content-Type`, declared length, a view already present) are made here.
+    pub fn new(req: Request<B>, limit: usize) -> Self {
+        let (parts, body) = req.into_parts();
+        let mut this = Self {
+            body,
+            parts: None,
+            limit,
+            step: Step::Done(None),
+            exchange: None,
+        };
+        if let Some(view) = McpRequest::from_extensions(&parts.extensions) {
+            // An earlier layer already read and classified this request.
+            let view = view.clone();
+            let bytes = view.body().cloned().unwrap_or_default();
+            this.step = Step::Done(Some(Ok((
+                Request::from_parts(parts, Full::new(bytes)),
+                view,
+            ))));
+            return this;
         }
-    };
-    if !has_body {
-        let view = match detect(&parts.headers, None) {
-            Ok(protocol) => McpRequest::from_parts(None, None, protocol),
-            Err(e) => {
-                let (status, err) = e.to_jsonrpc();
-                return Err(refuse(status, err, None));
+        this.exchange = Exchange::from_extensions(&parts.extensions).cloned();
+        let answer = match parts.method {
+            Method::POST => None,
+            Method::GET | Method::DELETE => Some(match detect(&parts.headers, None) {
+                Ok(protocol) => {
+                    let view = McpRequest::from_parts(None, None, protocol);
+                    let req = Request::from_parts(parts, Full::new(Bytes::new()));
+                    this.step = Step::Done(Some(Ok((req, view))));
+                    return this.recorded();
+                }
+                Err(e) => {
+                    let (status, err) = e.to_jsonrpc();
+                    refuse(status, err, None)
+                }
+            }),
+            _ => {
+                let mut resp = refuse(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    JsonRpcError::new(
+                        ErrorCode::INVALID_REQUEST,
+                        format!("method {} is not allowed on an MCP endpoint", parts.method),
+                    ),
+                    None,
+                );
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+                Some(resp)
             }
         };
-        return Ok((Request::from_parts(parts, Full::new(Bytes::new())), view));
-    }
-    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-        if !mcp_gateway_core::headers::is_json(ct) {
-            return Err(refuse(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                JsonRpcError::new(
-                    ErrorCode::INVALID_REQUEST,
-                    "Content-Type must be application/json",
-                ),
-                None,
-            ));
+        let answer = answer.or_else(|| {
+            let ct = parts.headers.get(header::CONTENT_TYPE)?;
+            (!mcp_gateway_core::headers::is_json(ct)).then(|| {
+                refuse(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    JsonRpcError::new(
+                        ErrorCode::INVALID_REQUEST,
+                        "Content-Type must be application/json",
+                    ),
+                    None,
+                )
+            })
+        });
+        if let Some(resp) = answer {
+            this.step = Step::Done(Some(Err(resp)));
+            return this.recorded();
         }
-    }
-    let too_large = || {
-        refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            JsonRpcError::new(
-                ErrorCode::INVALID_REQUEST,
-                format!("request body exceeds the limit of {limit} bytes"),
-            )
-            .with_data(serde_json::json!({ "limit": limit })),
-            None,
-        )
-    };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        drain(std::pin::pin!(body), drain_cap(limit)).await;
-        return Err(too_large());
-    }
-    let mut body = std::pin::pin!(body);
-    let mut buf = bytes::BytesMut::new();
-    let mut first: Option<Bytes> = None;
-    let mut total = 0usize;
-    let read: Result<(), BoxError> = loop {
-        let next = body.as_mut().frame().await.map(|r| r.map_err(Into::into));
-        match next {
-            None => break Ok(()),
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                total = total.saturating_add(data.len());
-                if total > limit {
-                    drain(body.as_mut(), drain_cap(limit)).await;
-                    return Err(too_large());
-                }
-                // One chunk (the common case) is kept without copying.
-                match first.take() {
-                    None if buf.is_empty() => first = Some(data),
-                    None => buf.extend_from_slice(&data),
-                    Some(f) => {
-                        buf.extend_from_slice(&f);
-                        buf.extend_from_slice(&data);
-                    }
-                }
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        this.step = if declared.is_some_and(|n| n > limit as u64) {
+            Step::Drain { seen: 0 }
+        } else {
+            Step::Collect {
+                first: None,
+                buf: BytesMut::new(),
+                total: 0,
             }
-            Some(Err(e)) => break Err(e),
+        };
+        this.parts = Some(parts);
+        this
+    }
+
+    /// Writes an answer decided at once to the per-request record.
+    fn recorded(mut self) -> Self {
+        if let (Some(x), Step::Done(Some(r))) = (self.exchange.take(), &self.step) {
+            record(&x, r);
         }
-    };
-    let bytes = match read {
-        Ok(()) => first.unwrap_or_else(|| buf.freeze()),
-        Err(e) => {
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                JsonRpcError::new(
-                    ErrorCode::INVALID_REQUEST,
-                    format!("could not read the request body: {e}"),
-                ),
-                None,
-            ))
+        self
+    }
+}
+
+/// Writes the view, or the refusal, to the per-request record.
+fn record(x: &Exchange, result: &ReadResult) {
+    match result {
+        Ok((_, view)) => {
+            let view = Some(view.clone());
+            x.update(|r| r.request = view);
         }
-    };
+        Err(resp) => x.deny(Denial::new(
+            "parse",
+            DenialKind::BadRequest,
+            resp.status(),
+            "request could not be read or understood",
+        )),
+    }
+}
+
+// The error is the answer to send, as large as any response: boxing it would cost an
+// allocation per refusal.
+#[allow(clippy::result_large_err)]
+fn finish(parts: http::request::Parts, bytes: Bytes) -> ReadResult {
     let parsed = match classify(&bytes) {
         Ok(p) => p,
         Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e.to_jsonrpc(), None)),
@@ -333,6 +350,91 @@ where
     Ok((Request::from_parts(parts, Full::new(bytes)), view))
 }
 
+impl<B> Future for ReadRequest<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = ReadResult;
+
+    #[allow(clippy::result_large_err)] // the error is the answer to send
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ReadResult> {
+        let mut this = self.project();
+        let limit = *this.limit;
+        let result = loop {
+            match this.step {
+                Step::Done(r) => {
+                    return Poll::Ready(r.take().unwrap_or_else(|| {
+                        Err(refuse(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            JsonRpcError::new(ErrorCode::INTERNAL_ERROR, "request read twice"),
+                            None,
+                        ))
+                    }))
+                }
+                Step::Drain { seen } => {
+                    let done = match ready!(this.body.as_mut().poll_frame(cx)) {
+                        Some(Ok(frame)) => {
+                            *seen += frame.data_ref().map_or(0, |d| d.remaining());
+                            *seen > drain_cap(limit)
+                        }
+                        _ => true,
+                    };
+                    if done {
+                        break Err(too_large(limit));
+                    }
+                }
+                Step::Collect { first, buf, total } => {
+                    match ready!(this.body.as_mut().poll_frame(cx)) {
+                        None => {
+                            let bytes = first.take().unwrap_or_else(|| buf.split().freeze());
+                            let Some(parts) = this.parts.take() else {
+                                continue;
+                            };
+                            break finish(parts, bytes);
+                        }
+                        Some(Ok(frame)) => {
+                            let Ok(data) = frame.into_data() else {
+                                continue;
+                            };
+                            *total = total.saturating_add(data.len());
+                            if *total > limit {
+                                *this.step = Step::Drain { seen: 0 };
+                                continue;
+                            }
+                            // One chunk (the common case) is kept without copying.
+                            match first.take() {
+                                None if buf.is_empty() => *first = Some(data),
+                                None => buf.extend_from_slice(&data),
+                                Some(f) => {
+                                    buf.extend_from_slice(&f);
+                                    buf.extend_from_slice(&data);
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            let e: BoxError = e.into();
+                            break Err(refuse(
+                                StatusCode::BAD_REQUEST,
+                                JsonRpcError::new(
+                                    ErrorCode::INVALID_REQUEST,
+                                    format!("could not read the request body: {e}"),
+                                ),
+                                None,
+                            ));
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(x) = this.exchange.take() {
+            record(&x, &result);
+        }
+        *this.step = Step::Done(None);
+        Poll::Ready(result)
+    }
+}
+
 #[cfg(feature = "upstream")]
 impl ParseMcp<crate::upstream::Upstream> {
     /// Serves one request through this layer and the [`Upstream`](crate::upstream::Upstream)
@@ -342,41 +444,34 @@ impl ParseMcp<crate::upstream::Upstream> {
     pub async fn serve<B>(
         &self,
         req: Request<B>,
-    ) -> Response<ResponseBody<crate::upstream::UpstreamBody>>
+    ) -> Response<Refused<crate::upstream::UpstreamBody>>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        match read_request_detached(req, self.limit).await {
+        match ReadRequest::new(req, self.limit).await {
             Ok((req, view)) => {
                 let back = self.view_on_response.then(|| view.clone());
-                let mut resp = self
-                    .inner
-                    .forward(req, Some(view))
-                    .await
-                    .map(ResponseBody::inner);
+                let mut resp = self.inner.forward(req, Some(view)).await.map(Either::Left);
                 if let Some(view) = back {
                     resp.extensions_mut().insert(view);
                 }
                 resp
             }
-            Err(resp) => reject(resp),
+            Err(resp) => refused(resp),
         }
     }
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ParseMcp<S>
 where
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send,
-    ResBody: Send + 'static,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<Refused<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = ParseFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -385,25 +480,88 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // Take the service that was driven to readiness; leave a fresh clone behind.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limit = self.limit;
-        let view_on_response = self.view_on_response;
-        Box::pin(async move {
-            match read_request(req, limit).await {
-                Ok(req) => {
-                    let view = view_on_response
-                        .then(|| McpRequest::from_extensions(req.extensions()).cloned())
-                        .flatten();
-                    let mut resp = inner.call(req).await?.map(ResponseBody::inner);
-                    // The view travels back on the response, so code outside the stack (an
-                    // access log) can name the call without parsing again.
-                    if let Some(view) = view {
-                        resp.extensions_mut().insert(view);
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ParseFuture {
+            state: ParseState::Reading {
+                read: ReadRequest::new(req, self.limit),
+                inner: Some(inner),
+            },
+            view_on_response: self.view_on_response,
+            view: None,
+        }
+    }
+}
+
+pin_project! {
+    #[project = ParseStateProj]
+    enum ParseState<S: Service<Request<Full<Bytes>>>, B> {
+        Reading { #[pin] read: ReadRequest<B>, inner: Option<S> },
+        Calling { #[pin] fut: S::Future },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The future of [`ParseMcp`]: the body read, then the inner service called.
+    pub struct ParseFuture<S: Service<Request<Full<Bytes>>>, B> {
+        #[pin]
+        state: ParseState<S, B>,
+        view_on_response: bool,
+        view: Option<McpRequest>,
+    }
+}
+
+impl<S: Service<Request<Full<Bytes>>>, B> std::fmt::Debug for ParseFuture<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResBody> Future for ParseFuture<S, B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
+{
+    type Output = Result<Response<Refused<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                ParseStateProj::Reading { read, inner } => {
+                    let (mut req, view) = match ready!(read.poll(cx)) {
+                        Ok(pair) => pair,
+                        Err(resp) => {
+                            this.state.set(ParseState::Done);
+                            return Poll::Ready(Ok(refused(resp)));
+                        }
+                    };
+                    if *this.view_on_response {
+                        *this.view = Some(view.clone());
                     }
-                    Ok(resp)
+                    req.extensions_mut().insert(view);
+                    let Some(mut svc) = inner.take() else {
+                        return Poll::Pending;
+                    };
+                    let fut = svc.call(req);
+                    this.state.set(ParseState::Calling { fut });
                 }
-                Err(resp) => Ok(reject(resp)),
+                ParseStateProj::Calling { fut } => {
+                    let resp = ready!(fut.poll(cx));
+                    this.state.set(ParseState::Done);
+                    return Poll::Ready(resp.map(|r| {
+                        let mut r = r.map(Either::Left);
+                        // The view travels back on the response, so code outside the stack
+                        // (an access log) can name the call without parsing again.
+                        if let Some(view) = this.view.take() {
+                            r.extensions_mut().insert(view);
+                        }
+                        r
+                    }));
+                }
+                ParseStateProj::Done => return Poll::Pending,
             }
-        })
+        }
     }
 }

@@ -23,8 +23,10 @@
 //! # }
 //! ```
 
-use crate::body::ResponseBody;
+use crate::body::{Refused, ResponseBody};
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -68,12 +70,32 @@ pub enum Toggled<A, S> {
     Off(S),
 }
 
-impl<A, S, Req, B> Service<Request<Req>> for Toggled<A, S>
+/// A layer's response body that can also carry its inner service's body unchanged: what a
+/// [`Toggled`] service that is off answers with.
+pub trait WrapBody<B> {
+    /// The inner service's body, passed through.
+    fn wrap(inner: B) -> Self;
+}
+
+impl<B> WrapBody<B> for ResponseBody<B> {
+    fn wrap(inner: B) -> Self {
+        ResponseBody::inner(inner)
+    }
+}
+
+impl<B> WrapBody<B> for Refused<B> {
+    fn wrap(inner: B) -> Self {
+        Either::<B, Full<Bytes>>::Left(inner)
+    }
+}
+
+impl<A, S, Req, B, AB> Service<Request<Req>> for Toggled<A, S>
 where
-    A: Service<Request<Req>, Response = Response<ResponseBody<B>>>,
+    A: Service<Request<Req>, Response = Response<AB>>,
     S: Service<Request<Req>, Response = Response<B>, Error = A::Error>,
+    AB: WrapBody<B>,
 {
-    type Response = Response<ResponseBody<B>>;
+    type Response = Response<AB>;
     type Error = A::Error;
     type Future = ToggledFuture<A::Future, S::Future>;
 
@@ -104,19 +126,18 @@ pin_project! {
     }
 }
 
-impl<FA, FS, B, E> Future for ToggledFuture<FA, FS>
+impl<FA, FS, B, AB, E> Future for ToggledFuture<FA, FS>
 where
-    FA: Future<Output = Result<Response<ResponseBody<B>>, E>>,
+    FA: Future<Output = Result<Response<AB>, E>>,
     FS: Future<Output = Result<Response<B>, E>>,
+    AB: WrapBody<B>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<AB>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             ToggledProj::On { fut } => fut.poll(cx),
-            ToggledProj::Off { fut } => fut
-                .poll(cx)
-                .map(|r| r.map(|resp| resp.map(ResponseBody::inner))),
+            ToggledProj::Off { fut } => fut.poll(cx).map(|r| r.map(|resp| resp.map(AB::wrap))),
         }
     }
 }

@@ -82,6 +82,17 @@ fn with_type<B>(mut resp: Response<B>, ct: &'static str) -> Response<B> {
     resp
 }
 
+/// A `tools/list` call: the observing layers read and classify the request like every
+/// governing layer, so it must be MCP.
+fn mcp_post() -> Request<Full<Bytes>> {
+    Request::post("/mcp")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        )))
+        .unwrap()
+}
+
 fn recorder_layer(
     r: &Recorder,
 ) -> ObserveLayer<impl Fn(&http::request::Parts) -> Option<Recorder>> {
@@ -103,10 +114,7 @@ async fn four_observers_share_one_decode_and_the_stream_is_not_held() {
             let body = body.lock().unwrap().take().unwrap();
             async move { Ok::<_, Infallible>(with_type(Response::new(body), "text/event-stream")) }
         }));
-    let resp = svc
-        .oneshot(Request::post("/mcp").body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
+    let resp = svc.oneshot(mcp_post()).await.unwrap();
     let mut body = resp.into_body();
     tx.send(sse_event(
         r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}"#,
@@ -178,10 +186,7 @@ async fn transformer_filters_a_json_list_and_fixes_content_length() {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(LIST.len()));
             Ok::<_, Infallible>(resp)
         }));
-    let resp = svc
-        .oneshot(Request::post("/mcp").body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
+    let resp = svc.oneshot(mcp_post()).await.unwrap();
     let declared: usize = resp.headers()[header::CONTENT_LENGTH]
         .to_str()
         .unwrap()
@@ -221,10 +226,7 @@ async fn transformer_filters_an_sse_list_after_a_progress_notification() {
             let body = body.lock().unwrap().take().unwrap();
             async move { Ok::<_, Infallible>(with_type(Response::new(body), "text/event-stream")) }
         }));
-    let resp = svc
-        .oneshot(Request::post("/mcp").body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
+    let resp = svc.oneshot(mcp_post()).await.unwrap();
     assert!(resp.headers().get(header::CONTENT_LENGTH).is_none());
     let mut body = resp.into_body();
     // A priming event, a keep-alive and a progress notification, split across chunks.
@@ -278,7 +280,7 @@ async fn observed(
             let body = body.lock().unwrap().take().unwrap();
             async move { Ok::<_, Infallible>(with_type(Response::new(body), "text/event-stream")) }
         }));
-    let mut req = Request::post("/mcp").body(Full::new(Bytes::new())).unwrap();
+    let mut req = mcp_post();
     if let Some(ctx) = ctx {
         req.extensions_mut().insert(ctx);
     }
@@ -377,10 +379,7 @@ async fn empty_202_completes_and_refusals_are_observed_with_the_record() {
             *resp.status_mut() = StatusCode::ACCEPTED;
             Ok::<_, Infallible>(resp)
         }));
-    let resp = svc
-        .oneshot(Request::post("/mcp").body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
+    let resp = svc.oneshot(mcp_post()).await.unwrap();
     assert!(!resp.body().is_end_stream());
     resp.into_body().collect().await.unwrap();
     assert_eq!(ends(&rec), [EndReason::Completed]);
@@ -441,7 +440,7 @@ async fn json_body_dropped_after_its_declared_length_is_observed_and_completed()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(json.len()));
             Ok::<_, Infallible>(resp)
         }));
-    let req = Request::post("/mcp").body(Full::new(Bytes::new())).unwrap();
+    let req = mcp_post();
     let mut body = svc.oneshot(req).await.unwrap().into_body();
     // Take the one data frame, then drop the body without polling for its end.
     let frame = body.frame().await.unwrap().unwrap();

@@ -84,7 +84,7 @@ mod writer;
 pub use layer::AuditLogLayer;
 pub use query::{query, Output, Query};
 pub use record::{ArgumentPolicy, AuditRecord, Event, Outcome};
-pub use service::AuditLog;
+pub use service::{AuditLog, Governor};
 pub use sink::{sink_fn, AuditSink, FileSink, Head, SinkFn, StdoutSink};
 pub use verify::{verify, VerifyError, VerifyReport};
 pub use writer::{AuditStats, AuditWriter, FsyncPolicy, OnFull, Slot, WriterOptions};

@@ -32,58 +32,8 @@ impl Event {
     }
 }
 
-/// How an exchange turned out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Outcome {
-    /// Answered, no error.
-    Ok,
-    /// A JSON-RPC error answer (the code is in `error_code`).
-    Error,
-    /// A tool result with `isError: true`.
-    ToolError,
-    /// Refused: no or bad credentials (401).
-    DeniedAuth,
-    /// Refused: not allowed (403).
-    DeniedPermission,
-    /// Refused: over budget (429).
-    RateLimited,
-    /// Refused: unknown or ended session (404).
-    BadSession,
-    /// Refused: the request could not be read or understood (400, 405, 413, 415).
-    BadInput,
-    /// Refused: the gateway could not take it (503), the audit queue included.
-    Unavailable,
-    /// The upstream failed (502, 504, or broke the stream).
-    UpstreamError,
-    /// The client went away before the end of the answer.
-    ClientGone,
-    /// The stream was cut at gateway shutdown.
-    Shutdown,
-    /// Another HTTP error status, with no JSON-RPC error.
-    HttpError,
-}
-
-impl Outcome {
-    /// The name written in records (and matched by `audit query --outcome`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Error => "error",
-            Self::ToolError => "tool_error",
-            Self::DeniedAuth => "denied_auth",
-            Self::DeniedPermission => "denied_permission",
-            Self::RateLimited => "rate_limited",
-            Self::BadSession => "bad_session",
-            Self::BadInput => "bad_input",
-            Self::Unavailable => "unavailable",
-            Self::UpstreamError => "upstream_error",
-            Self::ClientGone => "client_gone",
-            Self::Shutdown => "shutdown",
-            Self::HttpError => "http_error",
-        }
-    }
-}
+/// How an exchange turned out: the core's one classification (`mcp_gateway_core::outcome`).
+pub use mcp_gateway_core::outcome::Outcome;
 
 /// One audit record, before the writer numbers and chains it. Every field but `time`,
 /// `event`, `outcome` and `status` is optional and left out of the line when unknown.

@@ -1,85 +1,55 @@
-use super::record::{AuditRecord, Event, Outcome};
-use super::writer::{AuditWriter, FsyncPolicy, Slot};
-use crate::body::{reject, ResponseBody};
-use crate::parse::read_request;
-use crate::scope::Scope;
-use crate::BoxError;
+use super::record::{AuditRecord, Event};
+use super::writer::{AuditWriter, FsyncPolicy, OnFull, Slot};
+use crate::govern::{Decision, Govern, Governed, Refusal};
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use http::{Method, Request, Response, StatusCode};
-use http_body::Body;
-use mcp_gateway_core::exchange::{Denial, DenialKind, Exchange};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use mcp_gateway_core::exchange::Exchange;
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
-use mcp_gateway_core::message::MessageKind;
-use mcp_gateway_core::observe::{EndGate, EndReason, Ending, Head, ObservedMessage, Observer};
+use mcp_gateway_core::observe::{EndGate, Ending, Head, Observer};
+use mcp_gateway_core::outcome::outcome;
 use mcp_gateway_core::McpRequest;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::SystemTime;
 use tokio::sync::oneshot;
-use tower_service::Service;
 
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) writer: AuditWriter,
-    pub(crate) body_limit: usize,
+/// The deciding part of [`AuditLog`]: takes a place in the audit queue for each request
+/// (waiting for one, or refusing with 503 when the queue is full, as [`OnFull`] says) and
+/// registers the observer that writes its record when the exchange ends. A handle on the
+/// layer's writer.
+#[derive(Clone, Debug)]
+pub struct Governor {
+    pub(crate) writer: Arc<AuditWriter>,
 }
 
-/// Records every exchange that passes through it. See the [module docs](super).
-pub struct AuditLog<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S: Clone> Clone for AuditLog<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S: std::fmt::Debug> std::fmt::Debug for AuditLog<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S> AuditLog<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
-    }
-}
+/// Records every exchange that passes through it: the [`Governed`] skeleton over the audit
+/// [`Governor`]. See the [module docs](super).
+pub type AuditLog<S> = Governed<Governor, S>;
 
 /// What the record of one exchange is made from, gathered as the answer streams.
 struct Auditor {
-    shared: Arc<Shared>,
+    writer: Arc<AuditWriter>,
     exchange: Exchange,
     slot: Option<Slot>,
     http_method: Method,
-    time: SystemTime,
-    status: StatusCode,
     new_session: Option<String>,
-    error_code: Option<i64>,
-    tool_error: bool,
-    answered: bool,
     ack: Option<oneshot::Receiver<()>>,
 }
 
 impl Auditor {
     /// Builds the records and queues them (once).
-    fn submit(&mut self, reason: EndReason) {
+    fn submit(&mut self, end: &Ending) {
         let Some(slot) = self.slot.take() else {
             return;
         };
         let snap = self.exchange.snapshot();
-        let mut r = AuditRecord::new(self.time, Event::Request, self.http_method.as_str());
+        let mut r = AuditRecord::new(
+            self.exchange.started_at(),
+            Event::Request,
+            self.http_method.as_str(),
+        );
         let latency = self.exchange.started().elapsed();
         r.latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        r.status = self.status.as_u16();
+        r.status = end.status.as_u16();
         if let Some(p) = &snap.principal {
             r.agent = Some(p.subject().to_owned());
             r.client_id = p.client_id().map(str::to_owned);
@@ -98,11 +68,11 @@ impl Auditor {
             }
             describe(&mut r, view);
         }
-        r.error_code = self.error_code;
+        r.error_code = end.error_code;
         r.denied_by = snap.denial.as_ref().map(|d| d.by);
-        r.outcome = self.outcome(snap.denial.as_ref(), reason, r.session.is_some());
+        r.outcome = outcome(&snap, end);
         let mut records = Vec::with_capacity(2);
-        let ok = self.status.is_success();
+        let ok = end.status.is_success();
         if let (Some(id), true, Some("initialize")) = (&self.new_session, ok, r.method.as_deref()) {
             r.session = Some(id.clone());
             let mut start = r.clone();
@@ -118,60 +88,7 @@ impl Auditor {
         } else {
             records.push(r);
         }
-        self.ack = self.shared.writer.submit(slot, records);
-    }
-
-    fn outcome(&self, denial: Option<&Denial>, reason: EndReason, session: bool) -> Outcome {
-        if let Some(d) = denial {
-            return match d.kind {
-                DenialKind::Unauthenticated => Outcome::DeniedAuth,
-                DenialKind::Forbidden => Outcome::DeniedPermission,
-                DenialKind::RateLimited => Outcome::RateLimited,
-                DenialKind::UnknownSession => Outcome::BadSession,
-                DenialKind::BadRequest => Outcome::BadInput,
-                DenialKind::Unavailable => Outcome::Unavailable,
-                _ => Outcome::HttpError,
-            };
-        }
-        let gateway_upstream = [
-            i64::from(ErrorCode::UPSTREAM_UNAVAILABLE.0),
-            i64::from(ErrorCode::UPSTREAM_TIMEOUT.0),
-        ];
-        if matches!(
-            self.status,
-            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
-        ) || self
-            .error_code
-            .is_some_and(|c| gateway_upstream.contains(&c))
-        {
-            return Outcome::UpstreamError;
-        }
-        if self.error_code.is_some() {
-            return Outcome::Error;
-        }
-        if self.tool_error {
-            return Outcome::ToolError;
-        }
-        match reason {
-            // The answer was delivered (a client may close an SSE stream once it has it),
-            // there was none to deliver, or the stream was a GET listening stream, which
-            // ends when the client closes it.
-            EndReason::ClientGone | EndReason::DroppedUnpolled
-                if self.answered
-                    || self.status == StatusCode::ACCEPTED
-                    || (self.http_method == Method::GET && self.status.is_success()) =>
-            {
-                Outcome::Ok
-            }
-            EndReason::UpstreamFailed => Outcome::UpstreamError,
-            EndReason::ClientGone | EndReason::DroppedUnpolled => Outcome::ClientGone,
-            EndReason::Shutdown => Outcome::Shutdown,
-            _ if self.status == StatusCode::NOT_FOUND && session => Outcome::BadSession,
-            _ if self.status.is_client_error() || self.status.is_server_error() => {
-                Outcome::HttpError
-            }
-            _ => Outcome::Ok,
-        }
+        self.ack = self.writer.submit(slot, records);
     }
 }
 
@@ -204,7 +121,6 @@ fn describe(r: &mut AuditRecord, view: &McpRequest) {
 
 impl Observer for Auditor {
     fn on_head(&mut self, head: &Head<'_>) {
-        self.status = head.status;
         self.new_session = head
             .headers
             .get(mcp_gateway_core::headers::MCP_SESSION_ID)
@@ -212,27 +128,12 @@ impl Observer for Auditor {
             .map(str::to_owned);
     }
 
-    fn on_message(&mut self, msg: &ObservedMessage<'_>) {
-        if self.answered
-            || !matches!(
-                msg.kind(),
-                MessageKind::Response | MessageKind::ErrorResponse
-            )
-        {
-            return;
-        }
-        self.answered = true;
-        self.error_code = msg.error_code();
-        self.tool_error = msg.is_tool_error();
-    }
-
     fn on_end(&mut self, end: &Ending) {
-        self.status = end.status;
-        self.submit(end.reason);
+        self.submit(end);
     }
 
     fn gates(&self) -> bool {
-        self.shared.writer.options().fsync == FsyncPolicy::Always
+        self.writer.options().fsync == FsyncPolicy::Always
     }
 
     fn gate(&mut self) -> Option<EndGate> {
@@ -243,95 +144,63 @@ impl Observer for Auditor {
     }
 }
 
-/// Holds the auditor while the inner service works: an exchange dropped before it answered
-/// (the client went away) is recorded too.
-struct Pending(Option<Auditor>);
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(mut a) = self.0.take() {
-            a.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-            a.submit(EndReason::ClientGone);
+impl Governor {
+    fn auditor(&self, slot: Slot, http_method: Method, x: &Exchange) -> Auditor {
+        Auditor {
+            writer: self.writer.clone(),
+            exchange: x.clone(),
+            slot: Some(slot),
+            http_method,
+            new_session: None,
+            ack: None,
         }
     }
+
+    /// The refusal when the queue is full and `on_full = "refuse"`: 503, -32054.
+    fn full(&self) -> Refusal {
+        self.writer.dropped(
+            1,
+            "the audit queue is full; the request was refused with 503",
+        );
+        let err = JsonRpcError::new(
+            ErrorCode::UNAVAILABLE,
+            "the audit log cannot keep up; retry shortly",
+        );
+        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, err).header(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        )
+    }
 }
 
-impl<S, B, ResBody> Service<Request<B>> for AuditLog<S>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let time = SystemTime::now();
-        let scope = Scope::enter(&mut req);
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let http_method = req.method().clone();
-            let Some(slot) = shared.writer.reserve().await else {
-                return Ok(scope.finish(full_queue(&shared, req).await).await);
-            };
-            let mut pending = Pending(Some(Auditor {
-                shared: shared.clone(),
-                exchange: scope.exchange().clone(),
-                slot: Some(slot),
-                http_method,
-                time,
-                status: StatusCode::OK,
-                new_session: None,
-                error_code: None,
-                tool_error: false,
-                answered: false,
-                ack: None,
-            }));
-            let resp = inner.call(req).await?.map(ResponseBody::inner);
-            // Registered last, so its end runs after the inner layers' (tokens counted).
-            if let Some(a) = pending.0.take() {
-                scope.exchange().observe(a);
+impl Govern for Governor {
+    fn enter(&self, head: &http::request::Parts, x: &Exchange) -> Decision<()> {
+        // Registered first of all observers, so its end hook runs last: the record sees
+        // what every inner layer settled (tokens counted, say).
+        if let Some(slot) = self.writer.try_reserve() {
+            x.observe(self.auditor(slot, head.method.clone(), x));
+            return Decision::Pass(());
+        }
+        match self.writer.options().on_full {
+            OnFull::Refuse => Decision::Refuse(self.full()),
+            OnFull::Block => {
+                let this = self.clone();
+                let x = x.clone();
+                let method = head.method.clone();
+                Decision::Wait(Box::pin(async move {
+                    match this.writer.reserve().await {
+                        Some(slot) => {
+                            x.observe(this.auditor(slot, method, &x));
+                            Ok(())
+                        }
+                        None => Err(this.full()),
+                    }
+                }))
             }
-            Ok(scope.finish(resp).await)
-        })
+        }
     }
-}
 
-/// The answer when the queue is full and `on_full = "refuse"`: 503, -32054, the request's id.
-async fn full_queue<B, R>(shared: &Shared, req: Request<B>) -> Response<ResponseBody<R>>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let id = match read_request(req, shared.body_limit).await {
-        Ok(req) => McpRequest::from_extensions(req.extensions())
-            .and_then(McpRequest::reply_id)
-            .cloned(),
-        Err(_) => None,
-    };
-    shared.writer.dropped(
-        1,
-        "the audit queue is full; the request was refused with 503",
-    );
-    let err = JsonRpcError::new(
-        ErrorCode::UNAVAILABLE,
-        "the audit log cannot keep up; retry shortly",
-    );
-    let mut resp = err.into_response(StatusCode::SERVICE_UNAVAILABLE, id.as_ref());
-    resp.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from_static("1"),
-    );
-    reject(resp)
+    fn admit(&self, req: Request<Full<Bytes>>, _x: &Exchange) -> Decision<Request<Full<Bytes>>> {
+        Decision::Pass(req)
+    }
 }

@@ -166,6 +166,11 @@ impl AuditWriter {
         }
     }
 
+    /// A place in the queue now, if there is one; never waits.
+    pub fn try_reserve(&self) -> Option<Slot> {
+        self.slots.clone().try_acquire_owned().ok().map(Slot)
+    }
+
     /// Queues the records of one exchange. With [`FsyncPolicy::Always`] the receiver
     /// resolves once they are durable.
     pub fn submit(&self, slot: Slot, records: Vec<AuditRecord>) -> Option<oneshot::Receiver<()>> {

@@ -79,6 +79,7 @@ mod introspect;
 mod jwt;
 mod layer;
 mod permissions;
+mod service;
 mod verify;
 
 pub use apikey::{ApiKeys, ApiKeysError};
@@ -92,6 +93,7 @@ pub use http::{AsClient, HttpError};
 pub use introspect::{ClientCredentials, IntrospectionVerifier};
 pub use jsonwebtoken::Algorithm;
 pub use jwt::{JwtVerifier, DEFAULT_ALGORITHMS};
-pub use layer::{metadata_url, principal, OAuthGuard, OAuthGuardLayer, MAX_TOKEN_BYTES};
+pub use layer::{metadata_url, OAuthGuardLayer};
 pub use permissions::{glob, Permissions, Rule, Target};
+pub use service::{principal, Governor, OAuthGuard, MAX_TOKEN_BYTES};
 pub use verify::{Chain, TokenVerifier, Verified, VerifyError};

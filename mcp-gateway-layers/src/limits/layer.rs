@@ -1,8 +1,9 @@
 use super::counter::{ByteEstimate, TokenCounter};
 use super::policy::{Costs, Limits};
-use super::service::{Shared, TokenBucket2D};
+use super::service::{Budgets, Governor, TokenBucket2D};
 use super::store::{LimitStore, MemoryStore};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use crate::govern::{Govern, Governed, IntoGovern};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tower_layer::Layer;
 
@@ -11,13 +12,14 @@ use tower_layer::Layer;
 /// the cost ledger.
 #[derive(Clone)]
 pub struct TokenBucket2DLayer {
-    shared: Arc<Shared>,
+    governor: Governor,
+    body_limit: usize,
 }
 
 impl std::fmt::Debug for TokenBucket2DLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenBucket2DLayer")
-            .field("limits", &self.shared.limits)
+            .field("limits", &self.governor.budgets.limits)
             .finish_non_exhaustive()
     }
 }
@@ -27,28 +29,26 @@ impl TokenBucket2DLayer {
     pub fn new(limits: Limits) -> Self {
         let memory = Arc::new(MemoryStore::new(limits.requests_limit()));
         Self {
-            shared: Arc::new(Shared {
-                store: memory.clone(),
-                fallback: memory,
-                limits,
-                counter: Arc::new(ByteEstimate),
-                costs: Arc::new(Costs::default()),
-                store_errors: Arc::new(AtomicU64::new(0)),
-                degraded: Arc::new(AtomicBool::new(false)),
-                body_limit: crate::parse::DEFAULT_BODY_LIMIT,
-            }),
+            governor: Governor {
+                budgets: Arc::new(Budgets {
+                    store: memory.clone(),
+                    fallback: memory,
+                    limits,
+                    counter: Arc::new(ByteEstimate),
+                    costs: Arc::new(Costs::default()),
+                    store_errors: Arc::new(AtomicU64::new(0)),
+                    degraded: Arc::new(AtomicBool::new(false)),
+                }),
+            },
+            body_limit: crate::parse::DEFAULT_BODY_LIMIT,
         }
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        match Arc::get_mut(&mut self.shared) {
-            Some(s) => f(s),
-            None => {
-                let mut s = Shared::clone(&self.shared);
-                f(&mut s);
-                self.shared = Arc::new(s);
-            }
-        }
+    /// Changes the budgets' settings. Called on a layer whose budgets are already shared (a
+    /// clone was taken), the change applies to this layer only, from a copy of the settings
+    /// that keeps every earlier one.
+    fn edit(mut self, f: impl FnOnce(&mut Budgets)) -> Self {
+        f(Arc::make_mut(&mut self.governor.budgets));
         self
     }
 
@@ -56,37 +56,47 @@ impl TokenBucket2DLayer {
     /// budgets remain the fallback for [`OnStoreError::Local`](super::OnStoreError::Local).
     pub fn store(self, store: impl LimitStore) -> Self {
         let store: Arc<dyn LimitStore> = Arc::new(store);
-        self.edit(|s| s.store = store)
+        self.edit(|b| b.store = store)
     }
 
     /// Counts tokens with `counter` instead of [`ByteEstimate`].
     pub fn counter(self, counter: impl TokenCounter) -> Self {
         let counter: Arc<dyn TokenCounter> = Arc::new(counter);
-        self.edit(|s| s.counter = counter)
+        self.edit(|b| b.counter = counter)
     }
 
     /// The largest request body read when no layer above has read it. Default: 4 MiB.
-    pub fn body_limit(self, bytes: usize) -> Self {
-        self.edit(|s| s.body_limit = bytes)
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
     }
 
     /// Requests and tokens per key and tool, so far.
     pub fn costs(&self) -> &Costs {
-        &self.shared.costs
+        &self.governor.budgets.costs
     }
 
     /// How many decisions the store could not make (each logged and decided by
     /// [`OnStoreError`](super::OnStoreError)).
     pub fn store_errors(&self) -> u64 {
-        self.shared
-            .store_errors
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.governor.budgets.store_errors.load(Ordering::Relaxed)
+    }
+
+    /// The deciding part, to stack in a [`Chain`](crate::govern::Chain).
+    pub fn governor(&self) -> &Governor {
+        &self.governor
     }
 }
 
 impl<S> Layer<S> for TokenBucket2DLayer {
     type Service = TokenBucket2D<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        TokenBucket2D::new(inner, self.shared.clone())
+        Governed::new(self.governor.clone(), inner).body_limit(self.body_limit)
+    }
+}
+
+impl IntoGovern for TokenBucket2DLayer {
+    fn into_govern(self) -> Arc<dyn Govern> {
+        Arc::new(self.governor)
     }
 }

@@ -82,7 +82,7 @@ pub use counter::Tiktoken;
 pub use counter::{ByteEstimate, TokenCounter};
 pub use layer::TokenBucket2DLayer;
 pub use policy::{Cost, Costs, KeySource, Limits, OnStoreError, Rule};
-pub use service::{retry_after_secs, TokenBucket2D, RATELIMIT, RATELIMIT_POLICY};
+pub use service::{retry_after_secs, Governor, TokenBucket2D, RATELIMIT, RATELIMIT_POLICY};
 pub use store::{
     Demand, Dimension, LimitStore, MemoryStore, Remaining, StoreError, StoreFuture, TokenCheck,
     Verdict,

@@ -1,14 +1,11 @@
 use super::counter::TokenCounter;
 use super::policy::{ceil_secs, ratelimit_header, Costs, KeySource, Limits, OnStoreError};
+use super::store::StoreError;
 use super::store::{Demand, Dimension, LimitStore, MemoryStore, TokenCheck, Verdict};
-use crate::body::{reject, ResponseBody};
-use crate::parse::read_request;
-use crate::scope::Scope;
-use crate::BoxError;
+use crate::govern::{Decision, Govern, Governed, Refusal};
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use http_body::Body;
+use futures_util::future::Either;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 use mcp_gateway_core::exchange::{Denial, DenialKind, Exchange};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
@@ -17,18 +14,17 @@ use mcp_gateway_core::observe::{Ending, ObservedMessage, Observer};
 use mcp_gateway_core::McpRequest;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tower_service::Service;
 
 /// `RateLimit-Policy` (IETF draft-ietf-httpapi-ratelimit-headers).
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (IETF draft-ietf-httpapi-ratelimit-headers).
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// What every service of one layer shares.
+/// The budgets, the store they live in and the ledger: what every request of one layer
+/// shares.
 #[derive(Clone)]
-pub(crate) struct Shared {
+pub(crate) struct Budgets {
     pub(crate) limits: Limits,
     pub(crate) store: Arc<dyn LimitStore>,
     pub(crate) fallback: Arc<MemoryStore>,
@@ -36,39 +32,26 @@ pub(crate) struct Shared {
     pub(crate) costs: Arc<Costs>,
     pub(crate) store_errors: Arc<AtomicU64>,
     pub(crate) degraded: Arc<AtomicBool>,
-    pub(crate) body_limit: usize,
 }
 
-/// Per-key request and token budgets, decided before the call reaches the server. See the
-/// [module docs](super).
-pub struct TokenBucket2D<S> {
-    inner: S,
-    shared: Arc<Shared>,
+/// The deciding part of [`TokenBucket2D`]: charges each request to its key's budgets and
+/// refuses it (429) when one is spent. A handle on the layer's shared budgets.
+#[derive(Clone)]
+pub struct Governor {
+    pub(crate) budgets: Arc<Budgets>,
 }
 
-impl<S: Clone> Clone for TokenBucket2D<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S: std::fmt::Debug> std::fmt::Debug for TokenBucket2D<S> {
+impl std::fmt::Debug for Governor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenBucket2D")
-            .field("inner", &self.inner)
-            .field("limits", &self.shared.limits)
-            .finish()
+        f.debug_struct("Governor")
+            .field("limits", &self.budgets.limits)
+            .finish_non_exhaustive()
     }
 }
 
-impl<S> TokenBucket2D<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
-    }
-}
+/// Per-key request and token budgets, decided before the call reaches the server: the
+/// [`Governed`] skeleton over the limits [`Governor`]. See the [module docs](super).
+pub type TokenBucket2D<S> = Governed<Governor, S>;
 
 /// What one request will be charged, worked out before deciding.
 struct Plan {
@@ -78,7 +61,7 @@ struct Plan {
     tool_calls: bool,
 }
 
-impl Shared {
+impl Budgets {
     /// The key this request's budgets are kept under, and its route.
     fn key(&self, headers: &HeaderMap, exchange: &Exchange) -> (Arc<str>, Option<Arc<str>>) {
         // Each key is written once into one buffer (no `format!`, no copy of the agent's
@@ -182,10 +165,14 @@ impl Shared {
         })
     }
 
-    /// Asks the store; on a store failure, does what `on_store_error` says. `Err` carries the
-    /// 503 to send when refusing for want of a store.
-    async fn decide(&self, demand: &Demand) -> Result<(Verdict, bool), ()> {
-        match self.store.decide(demand).await {
+    /// What the store answered; on a store failure, what `on_store_error` says. `Err`: refuse
+    /// for want of a store (503).
+    fn decided(
+        &self,
+        answer: Result<Verdict, StoreError>,
+        demand: &Demand,
+    ) -> Result<(Verdict, bool), ()> {
+        match answer {
             Ok(v) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!(target: "mcp_gateway::limits", "rate-limit store reachable again; shared budgets resume");
@@ -237,7 +224,7 @@ impl super::policy::Rule {
 
 /// Counts a response's output tokens as it streams and charges them when it ends.
 struct Meter {
-    shared: Arc<Shared>,
+    budgets: Arc<Budgets>,
     exchange: Exchange,
     key: Arc<str>,
     tool: Arc<str>,
@@ -275,7 +262,7 @@ impl Observer for Meter {
         if let Some(result) = msg.result_text() {
             self.counted_out = self
                 .counted_out
-                .saturating_add(self.shared.counter.count(result));
+                .saturating_add(self.budgets.counter.count(result));
         }
         self.responses_left = self.responses_left.saturating_sub(1);
         if self.responses_left == 0 {
@@ -308,9 +295,9 @@ impl Meter {
                 .map(|c| (c, charge))
                 .collect();
             if self.local {
-                self.shared.fallback.charge_now(&self.key, &charges);
+                self.budgets.fallback.charge_now(&self.key, &charges);
             } else {
-                self.shared.store.charge(self.key.clone(), charges);
+                self.budgets.store.charge(self.key.clone(), charges);
             }
         }
         self.exchange.update(|r| {
@@ -318,7 +305,7 @@ impl Meter {
             r.tokens_out = Some(tokens_out);
         });
         // One ledger update per call: the admission is counted with its tokens.
-        self.shared.costs.add(&self.key, &self.tool, |c| {
+        self.budgets.costs.add(&self.key, &self.tool, |c| {
             c.admitted += 1;
             c.tokens_in += tokens_in;
             c.tokens_out += tokens_out;
@@ -326,7 +313,7 @@ impl Meter {
     }
 }
 
-fn refusal(shared: &Shared, view: Option<&McpRequest>, verdict: &Verdict) -> Response<Full<Bytes>> {
+fn refusal(budgets: &Budgets, verdict: &Verdict) -> Refusal {
     let secs = ceil_secs(verdict.retry_after).max(1);
     let budget = match verdict.denied_by {
         Some(Dimension::Requests) => "requests".to_owned(),
@@ -339,139 +326,129 @@ fn refusal(shared: &Shared, view: Option<&McpRequest>, verdict: &Verdict) -> Res
         format!("rate limited: over the {budget} budget; retry in {secs} s"),
     )
     .with_data(serde_json::json!({ "budget": budget, "retryAfter": secs }));
-    let mut resp = err.into_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        view.and_then(McpRequest::reply_id),
-    );
-    resp.headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-    shared.headers(resp.headers_mut(), verdict);
-    resp
+    let mut headers = HeaderMap::new();
+    budgets.headers(&mut headers, verdict);
+    Refusal::new(StatusCode::TOO_MANY_REQUESTS, err)
+        .header(http::header::RETRY_AFTER, HeaderValue::from(secs))
+        .headers(headers)
 }
 
-fn unavailable(view: Option<&McpRequest>) -> Response<Full<Bytes>> {
+fn unavailable() -> Refusal {
     let err = JsonRpcError::new(
         ErrorCode::UNAVAILABLE,
         "rate-limit store unavailable; retry shortly",
     );
-    let mut resp = err.into_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        view.and_then(McpRequest::reply_id),
-    );
-    resp.headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
+    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, err)
+        .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
-impl<S, B, ResBody> Service<Request<B>> for TokenBucket2D<S>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Never waits for budget here: a call over budget is answered 429 in `call`.
-        self.inner.poll_ready(cx)
+impl Governor {
+    /// Settles a decision: refuses, or admits and registers the output-token meter.
+    fn settle(
+        &self,
+        answer: Result<Verdict, StoreError>,
+        plan: Plan,
+        x: &Exchange,
+    ) -> Result<(), Refusal> {
+        let budgets = &self.budgets;
+        let Ok((verdict, local)) = budgets.decided(answer, &plan.demand) else {
+            x.deny(Denial::new(
+                "limits",
+                DenialKind::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate-limit store unavailable",
+            ));
+            return Err(unavailable());
+        };
+        if !verdict.admitted() {
+            x.update(|r| {
+                r.tokens_in = Some(plan.tokens_in);
+                r.tokens_out = Some(0);
+            });
+            x.deny(Denial::new(
+                "limits",
+                DenialKind::RateLimited,
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} over its {} budget; retry after {:?}",
+                    plan.demand.key,
+                    match verdict.denied_by {
+                        Some(Dimension::Requests) => "request",
+                        _ => "token",
+                    },
+                    verdict.retry_after
+                ),
+            ));
+            budgets
+                .costs
+                .add(&plan.demand.key, &plan.tool, |c| c.refused += 1);
+            return Err(refusal(budgets, &verdict));
+        }
+        // The answer carries what is left (added by the layer that finishes the exchange).
+        let mut headers = HeaderMap::new();
+        budgets.headers(&mut headers, &verdict);
+        let responses_left = x.update(|r| {
+            r.tokens_in = Some(plan.tokens_in);
+            r.response_headers.extend(headers);
+            r.request
+                .as_ref()
+                .and_then(|v| v.parsed())
+                .map(|p| {
+                    p.messages()
+                        .iter()
+                        .filter(|m| m.kind().expects_response())
+                        .count()
+                })
+                .unwrap_or(1)
+                .max(1)
+        });
+        if !plan.tool_calls {
+            budgets
+                .costs
+                .add(&plan.demand.key, &plan.tool, |c| c.admitted += 1);
+        } else {
+            x.observe(Meter {
+                budgets: budgets.clone(),
+                exchange: x.clone(),
+                key: plan.demand.key.clone(),
+                tool: plan.tool.clone(),
+                checks: plan.demand.tokens,
+                tokens_in: plan.tokens_in,
+                counted_out: 0,
+                usage_in: None,
+                usage_out: None,
+                local,
+                responses_left,
+                settled: false,
+            });
+        }
+        Ok(())
     }
+}
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let scope = Scope::enter(&mut req);
-        // Take the service that was driven to readiness; leave a fresh clone behind.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let req = match read_request(req, shared.body_limit).await {
-                Ok(req) => req,
-                Err(resp) => return Ok(scope.finish(reject(resp)).await),
-            };
-            let exchange = scope.exchange().clone();
-            let view = McpRequest::from_extensions(req.extensions()).cloned();
-            let (key, route) = shared.key(req.headers(), &exchange);
-            let Some(plan) = shared.plan(view.as_ref(), key, route.as_deref()) else {
-                let resp = inner.call(req).await?.map(ResponseBody::inner);
-                return Ok(scope.finish(resp).await);
-            };
-            let (verdict, local) = match shared.decide(&plan.demand).await {
-                Ok(v) => v,
-                Err(()) => {
-                    exchange.deny(Denial::new(
-                        "limits",
-                        DenialKind::Unavailable,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "rate-limit store unavailable",
-                    ));
-                    return Ok(scope.finish(reject(unavailable(view.as_ref()))).await);
-                }
-            };
-            if !verdict.admitted() {
-                let resp = refusal(&shared, view.as_ref(), &verdict);
-                exchange.update(|r| {
-                    r.tokens_in = Some(plan.tokens_in);
-                    r.tokens_out = Some(0);
-                });
-                exchange.deny(Denial::new(
-                    "limits",
-                    DenialKind::RateLimited,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "{} over its {} budget; retry after {:?}",
-                        plan.demand.key,
-                        match verdict.denied_by {
-                            Some(Dimension::Requests) => "request",
-                            _ => "token",
-                        },
-                        verdict.retry_after
-                    ),
-                ));
-                shared
-                    .costs
-                    .add(&plan.demand.key, &plan.tool, |c| c.refused += 1);
-                return Ok(scope.finish(reject(resp)).await);
+impl Govern for Governor {
+    fn admit(&self, req: Request<Full<Bytes>>, x: &Exchange) -> Decision<Request<Full<Bytes>>> {
+        let budgets = &self.budgets;
+        let (key, route) = budgets.key(req.headers(), x);
+        let view = McpRequest::from_extensions(req.extensions());
+        let Some(plan) = budgets.plan(view, key, route.as_deref()) else {
+            return Decision::Pass(req);
+        };
+        match budgets.store.decide(&plan.demand) {
+            // In memory: decided now, no future.
+            Either::Left(now) => match self.settle(now.into_inner(), plan, x) {
+                Ok(()) => Decision::Pass(req),
+                Err(r) => Decision::Refuse(r),
+            },
+            Either::Right(later) => {
+                let this = self.clone();
+                let x = x.clone();
+                Decision::Wait(Box::pin(async move {
+                    this.settle(later.await, plan, &x)?;
+                    Ok(req)
+                }))
             }
-            exchange.update(|r| r.tokens_in = Some(plan.tokens_in));
-            if !plan.tool_calls {
-                shared
-                    .costs
-                    .add(&plan.demand.key, &plan.tool, |c| c.admitted += 1);
-            } else {
-                exchange.observe(Meter {
-                    shared: shared.clone(),
-                    exchange: exchange.clone(),
-                    key: plan.demand.key.clone(),
-                    tool: plan.tool.clone(),
-                    checks: plan.demand.tokens.clone(),
-                    tokens_in: plan.tokens_in,
-                    counted_out: 0,
-                    usage_in: None,
-                    usage_out: None,
-                    local,
-                    responses_left: exchange
-                        .update(|r| {
-                            r.request.as_ref().and_then(|v| v.parsed()).map(|p| {
-                                p.messages()
-                                    .iter()
-                                    .filter(|m| m.kind().expects_response())
-                                    .count()
-                            })
-                        })
-                        .unwrap_or(1)
-                        .max(1),
-                    settled: false,
-                });
-            }
-            let mut resp = inner.call(req).await?.map(ResponseBody::inner);
-            shared.headers(resp.headers_mut(), &verdict);
-            Ok(scope.finish(resp).await)
-        })
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 use super::seal::{Keyring, SessionKey};
-use super::service::{Config, SessionAffinity};
+use super::service::{SessionAffinity, Settings};
 use super::store::{Clock, MemoryStore, SessionStore, SystemClock};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// — rather than one inner service.
 #[derive(Clone)]
 pub struct SessionAffinityLayer {
-    config: Arc<Config>,
+    settings: Arc<Settings>,
     scope: Arc<str>,
 }
 
@@ -27,8 +27,8 @@ impl std::fmt::Debug for SessionAffinityLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionAffinityLayer")
             .field("scope", &self.scope)
-            .field("idle_timeout", &self.config.idle_timeout)
-            .field("max_lifetime", &self.config.max_lifetime)
+            .field("idle_timeout", &self.settings.idle_timeout)
+            .field("max_lifetime", &self.settings.max_lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -37,7 +37,7 @@ impl SessionAffinityLayer {
     /// Sessions sealed with `key`, kept in memory, with the default timeouts.
     pub fn new(key: SessionKey) -> Self {
         Self {
-            config: Arc::new(Config {
+            settings: Arc::new(Settings {
                 keys: Arc::new(Keyring::new(&key, &[])),
                 key,
                 previous: Vec::new(),
@@ -53,10 +53,10 @@ impl SessionAffinityLayer {
         }
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut c = Config::clone(&self.config);
+    fn edit(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        let mut c = Settings::clone(&self.settings);
         f(&mut c);
-        self.config = Arc::new(c);
+        self.settings = Arc::new(c);
         self
     }
 
@@ -109,7 +109,7 @@ impl SessionAffinityLayer {
 
     /// How many times the store could not answer (each logged; routing failed open).
     pub fn store_errors(&self) -> u64 {
-        self.config
+        self.settings
             .store_errors
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -121,7 +121,7 @@ impl SessionAffinityLayer {
         I: IntoIterator<Item = (K, S)>,
         K: Into<Arc<str>>,
     {
-        SessionAffinity::new(self.config.clone(), self.scope.clone(), instances)
+        SessionAffinity::new(self.settings.clone(), self.scope.clone(), instances)
     }
 }
 

@@ -109,7 +109,7 @@ mod store;
 pub use body::CountedBody;
 pub use layer::{SessionAffinityLayer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME};
 pub use seal::{Claims, KeyError, Keyring, OpenError, SessionKey};
-pub use service::SessionAffinity;
+pub use service::{AffinityBody, AffinityFuture, Routed, SessionAffinity};
 pub use store::{
     Clock, ManualClock, MemoryStore, SessionHandle, SessionState, SessionStore, StoreError,
     StoreFuture, SystemClock, Use,

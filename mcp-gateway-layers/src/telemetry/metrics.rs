@@ -57,10 +57,11 @@ pub struct Operation<'a> {
     pub agent: &'a str,
     /// The route (upstream name); empty when unknown.
     pub route: &'a str,
-    /// `ok`, `error`, `tool_error`, a refusal kind (`denied_auth`, `rate_limited`, …),
-    /// `upstream_failed`, `client_gone` or `shutdown`.
+    /// The exchange's [`Outcome`](mcp_gateway_core::Outcome) (`ok`, `error`, `tool_error`,
+    /// `denied_auth`, `rate_limited`, `upstream_error`, …): the audit log's, by the same rules.
     pub outcome: &'a str,
-    /// `error.type`: the JSON-RPC error code, `tool_error`, or empty.
+    /// `error.type`: the JSON-RPC error code, `tool_error`, the HTTP status, the outcome —
+    /// empty exactly when the outcome is `ok`.
     pub error_type: &'a str,
     /// From arrival to the end of the response.
     pub duration: Duration,

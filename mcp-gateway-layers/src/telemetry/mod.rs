@@ -83,126 +83,12 @@
 //! ```
 
 mod context;
+mod layer;
 pub mod metrics;
 mod service;
 
 pub use context::{Carried, TraceParent};
+pub use layer::TraceInjectLayer;
 pub use metrics::{Metrics, MetricsOptions, Operation};
 pub use opentelemetry_sdk::trace::SpanProcessor;
-pub use service::TraceInject;
-
-use opentelemetry::InstrumentationScope;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::RandomIdGenerator;
-use opentelemetry_sdk::Resource;
-use service::Shared;
-use std::sync::Arc;
-use std::time::Duration;
-use tower_layer::Layer;
-
-/// Applies [`TraceInject`]. Cheap to clone; clones share the span processor and the metrics.
-#[derive(Clone)]
-pub struct TraceInjectLayer {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for TraceInjectLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TraceInjectLayer")
-            .field("exports_spans", &self.shared.processor.is_some())
-            .field("sample_ratio", &self.shared.ratio)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for TraceInjectLayer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl TraceInjectLayer {
-    /// Injects trace context and keeps metrics; exports no spans until
-    /// [`span_processor`](Self::span_processor) is given. Sample ratio 1.0.
-    pub fn new() -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                processor: None,
-                ratio: 1.0,
-                metrics: Metrics::default(),
-                scope: InstrumentationScope::builder("mcp-gateway")
-                    .with_version(env!("CARGO_PKG_VERSION"))
-                    .build(),
-                body_limit: crate::parse::DEFAULT_BODY_LIMIT,
-                ids: RandomIdGenerator::default(),
-            }),
-        }
-    }
-
-    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        f(Arc::make_mut(&mut self.shared));
-        self
-    }
-
-    /// Sends finished spans to `processor` (a `BatchSpanProcessor` over an OTLP exporter, say),
-    /// describing the gateway with `resource` (its `service.name`, …).
-    pub fn span_processor(
-        self,
-        mut processor: impl SpanProcessor + 'static,
-        resource: &Resource,
-    ) -> Self {
-        processor.set_resource(resource);
-        let processor: Arc<dyn SpanProcessor> = Arc::new(processor);
-        self.edit(|s| s.processor = Some(processor))
-    }
-
-    /// The share of new traces whose spans are recorded, 0.0 to 1.0 (default 1.0). A caller's
-    /// sampled flag decides for the traces it continues.
-    pub fn sample_ratio(self, ratio: f64) -> Self {
-        let ratio = if ratio.is_nan() {
-            1.0
-        } else {
-            ratio.clamp(0.0, 1.0)
-        };
-        self.edit(|s| s.ratio = ratio)
-    }
-
-    /// Keeps metrics in `metrics` (to share one registry between layers, or bound it with
-    /// [`MetricsOptions`]).
-    pub fn metrics_registry(self, metrics: Metrics) -> Self {
-        self.edit(|s| s.metrics = metrics)
-    }
-
-    /// The largest request body read when no layer above has read it. Default: 4 MiB.
-    pub fn body_limit(self, bytes: usize) -> Self {
-        self.edit(|s| s.body_limit = bytes)
-    }
-
-    /// The metrics registry (render it with [`Metrics::render_prometheus`]).
-    pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
-    }
-
-    /// Exports the spans still queued in the processor.
-    pub fn force_flush(&self) -> OTelSdkResult {
-        match &self.shared.processor {
-            Some(p) => p.force_flush(),
-            None => Ok(()),
-        }
-    }
-
-    /// Exports what is queued and stops the processor (at shutdown), waiting at most `timeout`.
-    pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
-        match &self.shared.processor {
-            Some(p) => p.shutdown_with_timeout(timeout),
-            None => Ok(()),
-        }
-    }
-}
-
-impl<S> Layer<S> for TraceInjectLayer {
-    type Service = TraceInject<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        TraceInject::new(inner, self.shared.clone())
-    }
-}
+pub use service::{Governor, TraceInject};

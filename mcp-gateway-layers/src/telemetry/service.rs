@@ -1,19 +1,15 @@
 use super::context::{Carried, TraceParent};
 use super::metrics::{Metrics, Operation};
-use crate::body::{reject, ResponseBody};
-use crate::parse::read_request;
-use crate::scope::Scope;
-use crate::BoxError;
+use crate::govern::{Decision, Govern, Governed};
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response};
-use http_body::Body;
+use http::{header, HeaderName, HeaderValue, Method, Request};
 use http_body_util::Full;
 use mcp_gateway_core::era::Era;
-use mcp_gateway_core::exchange::{DenialKind, Exchange};
+use mcp_gateway_core::exchange::Exchange;
 use mcp_gateway_core::message::{McpMessage, MessageKind};
 use mcp_gateway_core::meta::set_meta_entries_with_edits;
-use mcp_gateway_core::observe::{EndReason, Ending, ObservedMessage, Observer};
+use mcp_gateway_core::observe::{Ending, ObservedMessage, Observer};
+use mcp_gateway_core::outcome::classify;
 use mcp_gateway_core::McpRequest;
 use opentelemetry::trace::{
     Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -25,26 +21,24 @@ use opentelemetry_sdk::trace::{
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
-use tower_service::Service;
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
-/// What every service of one layer shares.
+/// The span processor, sampling, metrics and id generator: what every request of one layer
+/// shares.
 #[derive(Clone)]
-pub(crate) struct Shared {
+pub(crate) struct Tracer {
     pub(crate) processor: Option<Arc<dyn SpanProcessor>>,
     pub(crate) ratio: f64,
     pub(crate) metrics: Metrics,
-    pub(crate) scope: InstrumentationScope,
-    pub(crate) body_limit: usize,
+    pub(crate) instrumentation: InstrumentationScope,
     pub(crate) ids: RandomIdGenerator,
 }
 
-impl Shared {
+impl Tracer {
     /// The sampling decision for a new trace: OpenTelemetry's `TraceIdRatioBased` rule (the
     /// low 63 bits of the trace id against the ratio), so every replica decides alike.
     fn sample_new(&self, trace_id: TraceId) -> bool {
@@ -64,42 +58,32 @@ impl Shared {
     }
 }
 
-/// Continues the caller's trace (or starts one), hands the hop's context to the server in
-/// `params._meta` and the HTTP headers, and records spans and metrics. See the [module
-/// docs](super).
-pub struct TraceInject<S> {
-    inner: S,
-    shared: Arc<Shared>,
+/// The deciding part of [`TraceInject`] (it never refuses): continues the caller's trace
+/// (or starts one), hands the hop's context to the server in `params._meta` and the HTTP
+/// headers, and registers the spans and metrics of the exchange. A handle on the layer's
+/// shared tracer.
+#[derive(Clone)]
+pub struct Governor {
+    pub(crate) tracer: Arc<Tracer>,
 }
 
-impl<S: Clone> Clone for TraceInject<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<S: std::fmt::Debug> std::fmt::Debug for TraceInject<S> {
+impl std::fmt::Debug for Governor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TraceInject")
-            .field("inner", &self.inner)
-            .field("sample_ratio", &self.shared.ratio)
+        f.debug_struct("Governor")
+            .field("sample_ratio", &self.tracer.ratio)
             .finish_non_exhaustive()
     }
 }
 
-impl<S> TraceInject<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
-    }
-}
+/// Continues the caller's trace (or starts one), hands the hop's context to the server in
+/// `params._meta` and the HTTP headers, and records spans and metrics: the [`Governed`]
+/// skeleton over the telemetry [`Governor`]. See the [module docs](super).
+pub type TraceInject<S> = Governed<Governor, S>;
 
 /// The span pair of one exchange, decided when the request arrives and completed when the
 /// response ends.
 struct Spans {
-    shared: Arc<Shared>,
+    tracer: Arc<Tracer>,
     exchange: Exchange,
     started: Instant,
     start_time: SystemTime,
@@ -118,15 +102,8 @@ struct Spans {
     attrs: Vec<KeyValue>,
     /// The legacy session id the client sent (used when no sessions layer names a handle).
     legacy_session: Option<Box<str>>,
-    error_code: Option<i64>,
-    tool_error: bool,
     usage_in: Option<u64>,
     usage_out: Option<u64>,
-    status: u16,
-    /// Answers expected (requests with an id) and answers seen: a client that leaves once it
-    /// has every answer (an SDK closing an SSE stream) has not cut the exchange short.
-    expected: usize,
-    answered: usize,
 }
 
 fn id_text(id: &mcp_gateway_core::RequestId) -> String {
@@ -139,40 +116,19 @@ fn id_text(id: &mcp_gateway_core::RequestId) -> String {
 
 impl Observer for Spans {
     fn on_message(&mut self, msg: &ObservedMessage<'_>) {
-        match msg.kind() {
-            MessageKind::ErrorResponse => {
-                self.answered += 1;
-                if self.error_code.is_none() {
-                    self.error_code = msg.error_code();
-                }
+        if msg.kind() == MessageKind::Response && self.tool.is_some() {
+            if let Some(u) = msg.usage() {
+                self.usage_in = u.input_tokens.or(self.usage_in);
+                self.usage_out = u.output_tokens.or(self.usage_out);
             }
-            MessageKind::Response => {
-                self.answered += 1;
-                if msg.is_tool_error() {
-                    self.tool_error = true;
-                }
-                if self.tool.is_some() {
-                    if let Some(u) = msg.usage() {
-                        self.usage_in = u.input_tokens.or(self.usage_in);
-                        self.usage_out = u.output_tokens.or(self.usage_out);
-                    }
-                }
-            }
-            _ => {}
         }
     }
 
     fn on_end(&mut self, end: &Ending) {
-        self.status = end.status.as_u16();
-        let reason = match end.reason {
-            EndReason::ClientGone if self.expected > 0 && self.answered >= self.expected => {
-                EndReason::Completed
-            }
-            other => other,
-        };
+        let status = end.status.as_u16();
         let end_time = SystemTime::now();
         let duration = self.started.elapsed();
-        let (principal, route, session, tokens_in, tokens_out, denial, instance) =
+        let (principal, route, session, tokens_in, tokens_out, denial, instance, classified) =
             self.exchange.update(|r| {
                 (
                     r.principal.as_ref().map(|p| p.agent_key().to_owned()),
@@ -182,43 +138,16 @@ impl Observer for Spans {
                     r.tokens_out,
                     r.denial.clone(),
                     r.instance.clone(),
+                    classify(r, end),
                 )
             });
         let tokens_in = tokens_in.or(self.usage_in);
         let tokens_out = tokens_out.or(self.usage_out);
         let agent = principal.as_deref().unwrap_or("anonymous");
-        let error_type: Option<String> = match (self.error_code, self.tool_error) {
-            (Some(code), _) => Some(code.to_string()),
-            (None, true) => Some("tool_error".to_owned()),
-            (None, false) if self.status >= 400 => Some(self.status.to_string()),
-            _ => match reason {
-                EndReason::Completed | EndReason::DroppedUnpolled => None,
-                other => Some(other.as_str().to_owned()),
-            },
-        };
-        let outcome: &'static str = if let Some(d) = &denial {
-            d.kind.as_str()
-        } else {
-            match reason {
-                EndReason::UpstreamFailed => "upstream_failed",
-                EndReason::ClientGone => "client_gone",
-                EndReason::Shutdown => "shutdown",
-                _ => {
-                    if self.error_code.is_some() {
-                        "error"
-                    } else if self.tool_error {
-                        "tool_error"
-                    } else if self.status >= 500 {
-                        "upstream_failed"
-                    } else if self.status >= 400 {
-                        "error"
-                    } else {
-                        "ok"
-                    }
-                }
-            }
-        };
-        self.shared.metrics.record(&Operation {
+        let outcome = classified.outcome.as_str();
+        let error_type = classified.error_type;
+        let error_code = end.error_code;
+        self.tracer.metrics.record(&Operation {
             method: &self.method,
             tool: self.tool.as_deref().unwrap_or(""),
             agent,
@@ -229,7 +158,7 @@ impl Observer for Spans {
             tokens_in,
             tokens_out,
         });
-        let Some(processor) = self.shared.processor.as_ref().filter(|_| self.sampled) else {
+        let Some(processor) = self.tracer.processor.as_ref().filter(|_| self.sampled) else {
             return;
         };
         let mut attrs = std::mem::take(&mut self.attrs);
@@ -237,7 +166,7 @@ impl Observer for Spans {
         attrs.push(KeyValue::new("mcp_gateway.outcome", outcome));
         attrs.push(KeyValue::new(
             "http.response.status_code",
-            i64::from(self.status),
+            i64::from(status),
         ));
         if let Some(r) = &route {
             attrs.push(KeyValue::new(
@@ -265,7 +194,7 @@ impl Observer for Spans {
                 i64::try_from(n).unwrap_or(i64::MAX),
             ));
         }
-        if let Some(code) = self.error_code {
+        if let Some(code) = error_code {
             attrs.push(shared_kv("rpc.response.status_code", &code.to_string()));
         }
         let status = match &error_type {
@@ -329,7 +258,7 @@ impl Observer for Spans {
                 events: SpanEvents::default(),
                 links: SpanLinks::default(),
                 status: status.clone(),
-                instrumentation_scope: self.shared.scope.clone(),
+                instrumentation_scope: self.tracer.instrumentation.clone(),
             });
         }
         let mut links = SpanLinks::default();
@@ -361,7 +290,33 @@ impl Observer for Spans {
             events: SpanEvents::default(),
             links,
             status,
-            instrumentation_scope: self.shared.scope.clone(),
+            instrumentation_scope: self.tracer.instrumentation.clone(),
+        });
+    }
+}
+
+/// The metrics of a request that could not be read or understood (no span: there is no
+/// operation to name).
+struct Unread {
+    tracer: Arc<Tracer>,
+    exchange: Exchange,
+}
+
+impl Observer for Unread {
+    fn on_end(&mut self, end: &Ending) {
+        let (route, classified) = self
+            .exchange
+            .update(|r| (r.route.clone(), classify(r, end)));
+        self.tracer.metrics.record(&Operation {
+            method: "unknown",
+            tool: "",
+            agent: "anonymous",
+            route: route.as_deref().unwrap_or(""),
+            outcome: classified.outcome.as_str(),
+            error_type: classified.error_type.as_deref().unwrap_or(""),
+            duration: self.exchange.started().elapsed(),
+            tokens_in: None,
+            tokens_out: None,
         });
     }
 }
@@ -471,213 +426,165 @@ fn base_attributes(
     a
 }
 
-impl<S, B, ResBody> Service<Request<B>> for TraceInject<S>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Send,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+impl Govern for Governor {
+    fn unread(&self, x: &Exchange) {
+        x.observe(Unread {
+            tracer: self.tracer.clone(),
+            exchange: x.clone(),
+        });
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let scope = Scope::enter(&mut req);
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let start_time = SystemTime::now();
-            if req.method() != Method::POST {
-                // GET (a server stream) and DELETE are not MCP operations: passed untouched.
-                let resp = match read_request(req, shared.body_limit).await {
-                    Ok(req) => inner.call(req).await?.map(ResponseBody::inner),
-                    Err(resp) => reject(resp),
-                };
-                return Ok(scope.finish(resp).await);
+    fn admit(
+        &self,
+        mut req: Request<Full<Bytes>>,
+        exchange: &Exchange,
+    ) -> Decision<Request<Full<Bytes>>> {
+        // GET (a server stream) and DELETE are not MCP operations: passed untouched.
+        if req.method() != Method::POST {
+            return Decision::Pass(req);
+        }
+        let tracer = &self.tracer;
+        let started = exchange.started();
+        let start_time = exchange.started_at();
+        let Some(view) = McpRequest::from_extensions(req.extensions()).cloned() else {
+            return Decision::Pass(req);
+        };
+        let Some(msg) = first_call(&view) else {
+            // Only responses (to the server's own requests): nothing to trace.
+            return Decision::Pass(req);
+        };
+        // The `_meta` context is the parent; a different HTTP one becomes a link.
+        let from_meta = msg
+            .meta_span()
+            .and_then(|s| view.body().and_then(|b| b.get(s)))
+            .map(Carried::from_meta)
+            .unwrap_or_default();
+        let from_http = Carried::from_headers(req.headers());
+        let (carried, link) = match (from_meta.parent, from_http.parent) {
+            (Some(m), Some(h)) if m != h => (from_meta, Some(h)),
+            (Some(_), _) => (from_meta, None),
+            (None, Some(_)) => (from_http, None),
+            (None, None) => {
+                let baggage = from_meta.baggage.or(from_http.baggage);
+                (
+                    Carried {
+                        baggage,
+                        ..Carried::default()
+                    },
+                    None,
+                )
             }
-            let exchange = scope.exchange().clone();
-            let mut req = match read_request(req, shared.body_limit).await {
-                Ok(req) => req,
-                Err(resp) => {
-                    let route = exchange.update(|r| r.route.clone());
-                    shared.metrics.record(&Operation {
-                        method: "unknown",
-                        tool: "",
-                        agent: "anonymous",
-                        route: route.as_deref().unwrap_or(""),
-                        outcome: DenialKind::BadRequest.as_str(),
-                        error_type: resp.status().as_str(),
-                        duration: started.elapsed(),
-                        tokens_in: None,
-                        tokens_out: None,
-                    });
-                    return Ok(scope.finish(reject(resp)).await);
-                }
-            };
-            let Some(view) = McpRequest::from_extensions(req.extensions()).cloned() else {
-                let resp = inner.call(req).await?.map(ResponseBody::inner);
-                return Ok(scope.finish(resp).await);
-            };
-            let Some(msg) = first_call(&view) else {
-                // Only responses (to the server's own requests): nothing to trace.
-                let resp = inner.call(req).await?.map(ResponseBody::inner);
-                return Ok(scope.finish(resp).await);
-            };
-
-            // The `_meta` context is the parent; a different HTTP one becomes a link.
-            let from_meta = msg
-                .meta_span()
-                .and_then(|s| view.body().and_then(|b| b.get(s)))
-                .map(Carried::from_meta)
-                .unwrap_or_default();
-            let from_http = Carried::from_headers(req.headers());
-            let (carried, link) = match (from_meta.parent, from_http.parent) {
-                (Some(m), Some(h)) if m != h => (from_meta, Some(h)),
-                (Some(_), _) => (from_meta, None),
-                (None, Some(_)) => (from_http, None),
-                (None, None) => {
-                    let baggage = from_meta.baggage.or(from_http.baggage);
-                    (
-                        Carried {
-                            baggage,
-                            ..Carried::default()
-                        },
-                        None,
-                    )
-                }
-            };
-            let parent = carried.parent;
-            let trace_id = parent.map_or_else(|| shared.ids.new_trace_id(), |p| p.trace_id);
-            let sampled = parent.map_or_else(|| shared.sample_new(trace_id), |p| p.is_sampled());
-            let server_id = shared.ids.new_span_id();
-            let client_id = shared.ids.new_span_id();
-            let hop = TraceParent {
-                trace_id,
-                span_id: client_id,
-                flags: if sampled {
-                    TraceFlags::SAMPLED
-                } else {
-                    TraceFlags::default()
-                },
-            };
-            let traceparent = hop.format();
-
-            // The forwarded body and headers carry the CLIENT span's context.
-            // A traceparent is lowercase hex and dashes: quoted as is.
-            let tp_json = {
-                let mut q = String::with_capacity(traceparent.len() + 2);
-                q.push('"');
-                q.push_str(&traceparent);
-                q.push('"');
-                q
-            };
-            let ts_json = carried.tracestate.as_deref().map(json_string);
-            let bg_json = carried.baggage.as_deref().map(json_string);
-            let mut entries: Vec<(&str, &str)> = vec![("traceparent", &tp_json)];
-            if let Some(v) = &ts_json {
-                entries.push(("tracestate", v));
-            }
-            if let Some(v) = &bg_json {
-                entries.push(("baggage", v));
-            }
-            if let Some(new_view) = inject(&view, &entries) {
-                if let Some(new_body) = new_view.body().cloned() {
-                    let len = new_body.len();
-                    *req.body_mut() = Full::new(new_body);
-                    req.extensions_mut().insert(new_view);
-                    // The body is whole now: its length is known, and it is no longer chunked.
-                    req.headers_mut().remove(header::TRANSFER_ENCODING);
-                    req.headers_mut()
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                }
-            }
-            let headers = req.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&traceparent) {
-                headers.insert(TRACEPARENT.clone(), v);
-            }
-            headers.remove(&TRACESTATE);
-            if let Some(v) = carried
-                .tracestate
-                .as_deref()
-                .and_then(|s| HeaderValue::from_str(s).ok())
-            {
-                headers.insert(TRACESTATE.clone(), v);
-            }
-            headers.remove(&BAGGAGE);
-            if let Some(v) = carried
-                .baggage
-                .as_deref()
-                .and_then(|s| HeaderValue::from_str(s).ok())
-            {
-                headers.insert(BAGGAGE.clone(), v);
-            }
-
-            let method: Box<str> = msg.method().unwrap_or("").into();
-            let tool = (&*method == "tools/call").then(|| msg.name().unwrap_or("").into());
-            let target = match &*method {
-                "tools/call" | "prompts/get" => msg.name().map(Into::into),
-                _ => None,
-            };
-            let client = exchange.update(|r| {
-                r.trace_id = Some(crate::ascii::hex(&trace_id.to_bytes()));
-                r.span_id = Some(crate::ascii::hex(&server_id.to_bytes()));
-                r.client
-            });
-            let attrs = if sampled && shared.processor.is_some() {
-                base_attributes(&view, msg, req.version(), client)
+        };
+        let parent = carried.parent;
+        let trace_id = parent.map_or_else(|| tracer.ids.new_trace_id(), |p| p.trace_id);
+        let sampled = parent.map_or_else(|| tracer.sample_new(trace_id), |p| p.is_sampled());
+        let server_id = tracer.ids.new_span_id();
+        let client_id = tracer.ids.new_span_id();
+        let hop = TraceParent {
+            trace_id,
+            span_id: client_id,
+            flags: if sampled {
+                TraceFlags::SAMPLED
             } else {
-                Vec::new()
-            };
-            let trace_state = carried
-                .tracestate
-                .as_deref()
-                .and_then(|s| s.parse::<TraceState>().ok())
-                .unwrap_or_default();
-            exchange.observe(Spans {
-                shared: shared.clone(),
-                exchange: exchange.clone(),
-                started,
-                start_time,
-                hop_start: SystemTime::now(),
-                trace_id,
-                server_id,
-                client_id,
-                parent,
-                link,
-                sampled,
-                trace_state,
-                method,
-                target,
-                tool,
-                attrs,
-                legacy_session: (view.protocol().era == Era::Legacy)
-                    .then(|| view.protocol().session_id.clone())
-                    .flatten(),
-                error_code: None,
-                tool_error: false,
-                usage_in: None,
-                usage_out: None,
-                status: 0,
-                expected: view.parsed().map_or(0, |p| {
-                    p.messages()
-                        .iter()
-                        .filter(|m| m.kind().expects_response())
-                        .count()
-                }),
-                answered: 0,
-            });
-            let resp = inner.call(req).await?.map(ResponseBody::inner);
-            Ok(scope.finish(resp).await)
-        })
+                TraceFlags::default()
+            },
+        };
+        let traceparent = hop.format();
+
+        // The forwarded body and headers carry the CLIENT span's context.
+        // A traceparent is lowercase hex and dashes: quoted as is.
+        let tp_json = {
+            let mut q = String::with_capacity(traceparent.len() + 2);
+            q.push('"');
+            q.push_str(&traceparent);
+            q.push('"');
+            q
+        };
+        let ts_json = carried.tracestate.as_deref().map(json_string);
+        let bg_json = carried.baggage.as_deref().map(json_string);
+        let mut entries: Vec<(&str, &str)> = vec![("traceparent", &tp_json)];
+        if let Some(v) = &ts_json {
+            entries.push(("tracestate", v));
+        }
+        if let Some(v) = &bg_json {
+            entries.push(("baggage", v));
+        }
+        if let Some(new_view) = inject(&view, &entries) {
+            if let Some(new_body) = new_view.body().cloned() {
+                let len = new_body.len();
+                *req.body_mut() = Full::new(new_body);
+                req.extensions_mut().insert(new_view);
+                // The body is whole now: its length is known, and it is no longer chunked.
+                req.headers_mut().remove(header::TRANSFER_ENCODING);
+                req.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
+        let headers = req.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+            headers.insert(TRACEPARENT.clone(), v);
+        }
+        headers.remove(&TRACESTATE);
+        if let Some(v) = carried
+            .tracestate
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            headers.insert(TRACESTATE.clone(), v);
+        }
+        headers.remove(&BAGGAGE);
+        if let Some(v) = carried
+            .baggage
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            headers.insert(BAGGAGE.clone(), v);
+        }
+
+        let method: Box<str> = msg.method().unwrap_or("").into();
+        let tool = (&*method == "tools/call").then(|| msg.name().unwrap_or("").into());
+        let target = match &*method {
+            "tools/call" | "prompts/get" => msg.name().map(Into::into),
+            _ => None,
+        };
+        let client = exchange.update(|r| {
+            r.trace_id = Some(crate::ascii::hex(&trace_id.to_bytes()));
+            r.span_id = Some(crate::ascii::hex(&server_id.to_bytes()));
+            r.client
+        });
+        let attrs = if sampled && tracer.processor.is_some() {
+            base_attributes(&view, msg, req.version(), client)
+        } else {
+            Vec::new()
+        };
+        let trace_state = carried
+            .tracestate
+            .as_deref()
+            .and_then(|s| s.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        exchange.observe(Spans {
+            tracer: tracer.clone(),
+            exchange: exchange.clone(),
+            started,
+            start_time,
+            hop_start: SystemTime::now(),
+            trace_id,
+            server_id,
+            client_id,
+            parent,
+            link,
+            sampled,
+            trace_state,
+            method,
+            target,
+            tool,
+            attrs,
+            legacy_session: (view.protocol().era == Era::Legacy)
+                .then(|| view.protocol().session_id.clone())
+                .flatten(),
+            usage_in: None,
+            usage_out: None,
+        });
+        Decision::Pass(req)
     }
 }

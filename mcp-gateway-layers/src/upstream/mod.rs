@@ -28,7 +28,7 @@
 //! # let _ = upstream;
 //! ```
 
-use crate::body::{reject, ResponseBody};
+use crate::body::{refused, Refused};
 use crate::BoxError;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -59,8 +59,9 @@ use pool::{ConnectError, InstancePool};
 /// `rustls`, so that callers need not depend on it).
 pub use rustls::pki_types::CertificateDer;
 
-/// The body type [`Upstream`] answers with.
-pub type UpstreamBody = ResponseBody<PooledBody>;
+/// The body type [`Upstream`] answers with: the instance's streamed body, or the gateway's own
+/// JSON-RPC error when the instance could not be reached.
+pub type UpstreamBody = Refused<PooledBody>;
 
 /// Timeouts and limits of an [`Upstream`]: start from [`UpstreamConfig::default`] and change
 /// what you need with the builder methods, one per field.
@@ -429,7 +430,7 @@ fn failure(
     msg: String,
     id: Option<&RequestId>,
 ) -> Response<UpstreamBody> {
-    reject(JsonRpcError::new(code, msg).into_response(status, id))
+    refused(JsonRpcError::new(code, msg).into_response(status, id))
 }
 
 enum Failure {
@@ -625,7 +626,7 @@ impl Upstream {
             resp.headers_mut()
                 .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
         }
-        resp.map(ResponseBody::inner)
+        resp.map(http_body_util::Either::Left)
     }
 }
 
