@@ -214,6 +214,8 @@ pub mod audit;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod body;
+#[cfg(feature = "auth")]
+pub mod http_client;
 #[cfg(feature = "limits")]
 pub mod limits;
 pub mod observe;

@@ -74,7 +74,6 @@ mod apikey;
 mod cache;
 mod credentials;
 mod discovery;
-mod http;
 mod introspect;
 mod jwt;
 mod layer;
@@ -88,7 +87,7 @@ pub use credentials::{
     UpstreamCredentials, ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT,
 };
 pub use discovery::{metadata_urls, AsMetadata, DiscoveryError, Issuer};
-pub use http::{AsClient, HttpError};
+pub use crate::http_client::{AsClient, HttpError};
 pub use introspect::{ClientCredentials, IntrospectionVerifier};
 pub use jsonwebtoken::Algorithm;
 pub use jwt::{JwtVerifier, DEFAULT_ALGORITHMS};
