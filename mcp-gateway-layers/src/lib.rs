@@ -9,6 +9,7 @@
 //! | [`scope`] | joins the per-request record and attaches response observers: the plumbing every governing layer shares | always |
 //! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) | always |
 //! | [`toggle`] | a layer switched on or off when the stack is built | always |
+//! | `config` | what the capabilities' configuration sections share (located errors, durations, sizes, stores); each capability's own section is its `config` module (`limits::config`, …) | any capability |
 #![cfg_attr(
     feature = "upstream",
     doc = "| [`upstream`] | forwards to an MCP server: streamed bodies, SSE flushed per event, hop-by-hop and `Authorization` headers removed, timeouts | `upstream` |"
@@ -214,6 +215,14 @@ pub mod audit;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod body;
+#[cfg(any(
+    feature = "auth",
+    feature = "limits",
+    feature = "sessions",
+    feature = "telemetry",
+    feature = "audit"
+))]
+pub mod config;
 #[cfg(feature = "auth")]
 pub mod http_client;
 #[cfg(feature = "limits")]
