@@ -6,7 +6,28 @@
 //! the serde types as written (each value that can be wrong keeps its place in the file,
 //! [`Spanned`]), a `check` that turns them into a checked spec and reports every problem with
 //! its file, line and column to a [`Diagnostics`], and the function that builds the layer from
-//! the checked spec. The `mcp-gateway` binary's configuration file is made of these sections.
+//! the checked spec. The `mcp-gateway` binary's configuration file is made of these sections:
+//!
+//! ```
+//! # #[cfg(feature = "limits")] {
+//! use mcp_gateway_layers::config::{from_toml, Diagnostics};
+//! use mcp_gateway_layers::limits::config::{self as limits, LimitsConfig};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct File {
+//!     limits: LimitsConfig,
+//! }
+//!
+//! let text = "[limits]\nrequests_per_minute = 0\n";
+//! let file: File = from_toml(text, "gw.toml").unwrap();
+//! let mut errors = Diagnostics::new(text, "gw.toml");
+//! assert!(limits::check(&file.limits, &[], &mut errors).is_none());
+//! assert_eq!(
+//!     errors.into_errors()[0].to_string(),
+//!     "gw.toml:2:23: limits.requests_per_minute must be between 1 and 4294967295"
+//! );
+//! # }
+//! ```
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
