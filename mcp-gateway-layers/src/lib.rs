@@ -223,7 +223,7 @@ pub mod body;
     feature = "audit"
 ))]
 pub mod config;
-#[cfg(feature = "auth")]
+#[cfg(any(feature = "auth", feature = "telemetry-otlp"))]
 pub mod http_client;
 #[cfg(feature = "limits")]
 pub mod limits;
@@ -235,9 +235,9 @@ mod redis_link;
 pub mod scope;
 #[cfg(feature = "sessions")]
 pub mod sessions;
-pub mod toggle;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+pub mod toggle;
 #[cfg(feature = "upstream")]
 pub mod upstream;
 
@@ -260,9 +260,9 @@ pub use parse::{ParseMcp, ParseMcpLayer};
 pub use scope::Scope;
 #[cfg(feature = "sessions")]
 pub use sessions::{SessionAffinity, SessionAffinityLayer};
-pub use toggle::{Toggle, Toggled};
 #[cfg(feature = "telemetry")]
 pub use telemetry::{TraceInject, TraceInjectLayer};
+pub use toggle::{Toggle, Toggled};
 
 /// The boxed error type bodies and services report.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
