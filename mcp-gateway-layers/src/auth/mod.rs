@@ -72,6 +72,7 @@
 
 mod apikey;
 mod cache;
+pub mod config;
 mod credentials;
 mod discovery;
 mod introspect;
@@ -80,6 +81,7 @@ mod layer;
 mod permissions;
 mod verify;
 
+pub use crate::http_client::{AsClient, HttpError};
 pub use apikey::{ApiKeys, ApiKeysError};
 pub use cache::{CachePolicy, TokenCache};
 pub use credentials::{
@@ -87,7 +89,6 @@ pub use credentials::{
     UpstreamCredentials, ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT,
 };
 pub use discovery::{metadata_urls, AsMetadata, DiscoveryError, Issuer};
-pub use crate::http_client::{AsClient, HttpError};
 pub use introspect::{ClientCredentials, IntrospectionVerifier};
 pub use jsonwebtoken::Algorithm;
 pub use jwt::{JwtVerifier, DEFAULT_ALGORITHMS};
