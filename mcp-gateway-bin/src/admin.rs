@@ -38,13 +38,13 @@ impl Admin {
         addr: SocketAddr,
         router: &Router,
         ready: Arc<AtomicBool>,
-    ) -> Result<Self, crate::server::StartError> {
+    ) -> Result<Self, crate::error::StartError> {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| crate::server::StartError::AdminBind { addr, source })?;
+            .map_err(|source| crate::error::StartError::AdminBind { addr, source })?;
         let local = listener
             .local_addr()
-            .map_err(|source| crate::server::StartError::AdminBind { addr, source })?;
+            .map_err(|source| crate::error::StartError::AdminBind { addr, source })?;
         let (stop, mut stopped) = watch::channel(false);
         let router = router.clone();
         let task = tokio::spawn(async move {

@@ -18,34 +18,41 @@
 //! connect_timeout = "5s"
 //! response_timeout = "60s"
 //!
+//! [auth]                            # absent: no authentication
+//! issuer = "https://as.example.com"
+//!
 //! [limits]                          # absent: no limits
-//! key = "agent"                     # or "ip", or "header:x-agent-id"
 //! requests_per_minute = 600
-//! tokens_per_minute = 200000
-//! store = "memory"                  # or "redis"
-//! # redis_url = "redis://127.0.0.1:6379/0"
-//! # on_store_error = "local"        # or "deny"
 //!
-//! [[limits.rules]]
-//! tools = ["analyze_*"]
-//! tokens_per_minute = 50000
-//!
-//! [audit]                           # absent: no audit (see audit_config)
+//! [audit]                           # absent: no audit
 //! path = "/var/log/mcp-gateway/audit.jsonl"
-//! [sessions]                        # see sessions_config
+//!
+//! [sessions]
 //! key_file = "session.key"
 //!
-//! [telemetry]                       # absent: no trace context, spans or metrics (telemetry_config)
+//! [telemetry]                       # absent: no trace context, spans or metrics
 //! otlp_endpoint = "http://127.0.0.1:4318"
-//! service_name = "mcp-gateway"
-//! sample_ratio = 1.0
 //!
 //! [admin]                           # absent: no admin listener
 //! listen = "127.0.0.1:9464"         # /metrics, /healthz, /readyz
 //! ```
 //!
+//! This module has `[server]`, `[log]`, `[upstreams.NAME]` and `[admin]`. Each governing
+//! capability's section — its keys, defaults and checks — is the `config` module of the layers
+//! crate's capability: `[auth]` and `[upstreams.NAME.credentials]` in
+//! [`mcp_gateway_layers::auth::config`], `[limits]` in [`mcp_gateway_layers::limits::config`],
+//! `[audit]` in [`mcp_gateway_layers::audit::config`], `[sessions]` in
+//! [`mcp_gateway_layers::sessions::config`], `[telemetry]` in
+//! [`mcp_gateway_layers::telemetry::config`].
+//!
 //! Unknown keys are errors, and every error names the file, line and column it comes from.
 
+use mcp_gateway_layers::audit::config::{AuditConfig, AuditSpec};
+use mcp_gateway_layers::auth::config::{AuthConfig, AuthSpec, CredentialsConfig, CredentialsSpec};
+use mcp_gateway_layers::config::{from_toml, resolve, Diagnostics};
+use mcp_gateway_layers::limits::config::{LimitsConfig, LimitsSpec};
+use mcp_gateway_layers::sessions::config::{SessionsConfig, SessionsSpec};
+use mcp_gateway_layers::telemetry::config::{TelemetryConfig, TelemetrySpec};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -55,108 +62,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
-/// A configuration problem, with where it was found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file (or `<flags>` for the command line).
-    pub source: String,
-    /// 1-based line and column, when known.
-    pub location: Option<(usize, usize)>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.location {
-            Some((l, c)) => write!(f, "{}:{l}:{c}: {}", self.source, self.message),
-            None => write!(f, "{}: {}", self.source, self.message),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// A duration written as `250ms`, `30s`, `5m`, `1h`, or a whole number of seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-/// Parses `250ms`, `30s`, `5m`, `1h` or `30`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 30s, 5m, 1h"))?;
-    let d = match unit.trim() {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    Ok(d)
-}
-
-/// Parses `4MiB`, `512KiB`, `1MB`, `1GiB` or a number of bytes.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 4MiB, 512KiB, 1000000"))?;
-    let mul: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB, KB, MB or GB"
-            ))
-        }
-    };
-    n.checked_mul(mul)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NumOrStr {
-    Num(u64),
-    Str(String),
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match NumOrStr::deserialize(d)? {
-            NumOrStr::Num(n) => Ok(Dur(Duration::from_secs(n))),
-            NumOrStr::Str(s) => parse_duration(&s).map(Dur).map_err(de::Error::custom),
-        }
-    }
-}
-
-/// A size in bytes written as `4MiB` or a number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Size(pub usize);
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match NumOrStr::deserialize(d)? {
-            NumOrStr::Num(n) => usize::try_from(n).map(Size).map_err(de::Error::custom),
-            NumOrStr::Str(s) => parse_size(&s).map(Size).map_err(de::Error::custom),
-        }
-    }
-}
+pub use mcp_gateway_layers::config::{
+    check_url, parse_duration, parse_size, ConfigError, Dur, Size,
+};
 
 /// The whole configuration.
 #[derive(Debug, Deserialize, Default)]
@@ -174,93 +82,22 @@ pub struct Config {
     pub upstreams: BTreeMap<Spanned<String>, UpstreamEntry>,
     /// OAuthGuard: absent, no authentication.
     #[serde(default)]
-    pub auth: Option<crate::auth_config::AuthConfig>,
+    pub auth: Option<AuthConfig>,
     /// Per-agent request and token budgets (TokenBucket2D). Absent: no limits.
     #[serde(default)]
     pub limits: Option<LimitsConfig>,
     /// The audit log (AuditLog). Absent: no audit.
     #[serde(default)]
-    pub audit: Option<crate::audit_config::AuditConfig>,
-    /// Sealed, routed legacy sessions (SessionAffinity); see `sessions_config`.
+    pub audit: Option<AuditConfig>,
+    /// Sealed, routed legacy sessions (SessionAffinity).
     #[serde(default)]
-    pub sessions: Option<crate::sessions_config::SessionsConfig>,
+    pub sessions: Option<SessionsConfig>,
     /// Trace context, spans and metrics (TraceInject). Absent: none.
     #[serde(default)]
-    pub telemetry: Option<crate::telemetry_config::TelemetryConfig>,
+    pub telemetry: Option<TelemetryConfig>,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`). Absent: none.
     #[serde(default)]
-    pub admin: Option<crate::telemetry_config::AdminConfig>,
-}
-
-/// `[limits]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// `agent` (default), `ip`, or `header:NAME`.
-    #[serde(default)]
-    pub key: Option<Spanned<String>>,
-    /// Requests per minute per key.
-    #[serde(default)]
-    pub requests_per_minute: Option<Spanned<u64>>,
-    /// Tokens (input + output of tool calls) per minute per key.
-    #[serde(default)]
-    pub tokens_per_minute: Option<Spanned<u64>>,
-    /// `memory` (default) or `redis`.
-    #[serde(default)]
-    pub store: Option<Spanned<String>>,
-    /// The Redis server, for `store = "redis"`.
-    #[serde(default)]
-    pub redis_url: Option<Spanned<String>>,
-    /// How long a Redis decision may take before `on_store_error` applies. Default 100 ms.
-    #[serde(default)]
-    pub redis_timeout: Option<Dur>,
-    /// Prefix of the Redis keys. Default `mcpgw:`.
-    #[serde(default)]
-    pub redis_prefix: Option<String>,
-    /// `local` (default: this replica's own budgets) or `deny` (503) when Redis cannot answer.
-    #[serde(default)]
-    pub on_store_error: Option<Spanned<String>>,
-    /// Finer token budgets per tool pattern.
-    #[serde(default)]
-    pub rules: Vec<LimitRuleConfig>,
-}
-
-/// `[[limits.rules]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitRuleConfig {
-    /// Tool name patterns (`*` matches any run of characters).
-    pub tools: Spanned<Vec<String>>,
-    /// Only on these upstreams (all when absent).
-    #[serde(default)]
-    pub upstreams: Option<Spanned<Vec<String>>>,
-    /// Tokens per minute per key for the matching tools.
-    pub tokens_per_minute: Spanned<u64>,
-}
-
-/// Where checked limits keep their budgets.
-#[derive(Debug, Clone)]
-pub enum LimitStoreSpec {
-    /// This process's memory.
-    Memory,
-    /// A shared Redis.
-    Redis {
-        /// The server URL.
-        url: String,
-        /// Decision timeout.
-        timeout: Duration,
-        /// Key prefix.
-        prefix: String,
-    },
-}
-
-/// Checked `[limits]`.
-#[derive(Debug, Clone)]
-pub struct LimitsSpec {
-    /// The budgets.
-    pub limits: mcp_gateway_layers::limits::Limits,
-    /// Where they are kept.
-    pub store: LimitStoreSpec,
+    pub admin: Option<AdminConfig>,
 }
 
 /// `[server]`.
@@ -455,7 +292,7 @@ pub struct UpstreamEntry {
     pub ca_file: Option<Spanned<PathBuf>>,
     /// What the gateway presents to this upstream (never the caller's token).
     #[serde(default)]
-    pub credentials: Option<crate::auth_config::CredentialsConfig>,
+    pub credentials: Option<CredentialsConfig>,
 }
 
 /// A checked upstream.
@@ -472,7 +309,7 @@ pub struct UpstreamSpec {
     /// Extra CA certificates (PEM file) for `https://` instances.
     pub ca_file: Option<PathBuf>,
     /// Credentials presented to the upstream.
-    pub credentials: Option<crate::auth_config::CredentialsSpec>,
+    pub credentials: Option<CredentialsSpec>,
 }
 
 /// A checked configuration, ready to run.
@@ -503,27 +340,32 @@ pub struct Settings {
     /// Public URL (`None`: derived from the listen address).
     pub public_url: Option<String>,
     /// OAuthGuard settings (`None`: no authentication).
-    pub auth: Option<crate::auth_config::AuthSettings>,
+    pub auth: Option<AuthSpec>,
     /// Per-agent budgets, when `[limits]` is present.
     pub limits: Option<LimitsSpec>,
     /// The audit log, when `[audit]` is present.
-    pub audit: Option<crate::audit_config::AuditSpec>,
+    pub audit: Option<AuditSpec>,
     /// Session settings, when `[sessions]` is present.
-    pub sessions: Option<crate::sessions_config::SessionsSpec>,
+    pub sessions: Option<SessionsSpec>,
     /// Telemetry, when `[telemetry]` is present.
-    pub telemetry: Option<crate::telemetry_config::TelemetrySpec>,
+    pub telemetry: Option<TelemetrySpec>,
     /// The admin listener, when `[admin]` is present.
-    pub admin: Option<crate::telemetry_config::AdminSpec>,
+    pub admin: Option<AdminSpec>,
 }
 
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |i| before.len() - i - 1)
-        + 1;
-    (line, col)
+/// `[admin]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The admin listener's address.
+    pub listen: Spanned<SocketAddr>,
+}
+
+/// Checked `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminSpec {
+    /// Listen address.
+    pub listen: SocketAddr,
 }
 
 /// Reads and checks a configuration file.
@@ -542,35 +384,25 @@ pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
 
 /// Parses and checks configuration text. Relative TLS paths resolve against `base`.
 pub fn parse(text: &str, source: &str, base: &Path) -> Result<Settings, Vec<ConfigError>> {
-    let config: Config = toml::from_str(text).map_err(|e| {
-        vec![ConfigError {
-            source: source.to_owned(),
-            location: e.span().map(|s| line_col(text, s.start)),
-            message: e.message().trim().to_owned(),
-        }]
-    })?;
+    let config: Config = from_toml(text, source).map_err(|e| vec![e])?;
     check(config, text, source, base)
 }
 
-/// Checks a parsed configuration: URLs, names, origins, TLS files.
+/// Checks a parsed configuration: URLs, names, origins, TLS files, and each section (with
+/// its capability's `check`). Every problem is reported, in the order of the file's sections.
 pub fn check(
     config: Config,
     text: &str,
     source: &str,
     base: &Path,
 ) -> Result<Settings, Vec<ConfigError>> {
-    let mut errors = Vec::new();
-    let err_at = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
-        source: source.to_owned(),
-        location: span.map(|s| line_col(text, s.start)),
-        message,
-    };
+    let mut errors = Diagnostics::new(text, source);
     let mut origins = mcp_gateway_layers::AllowedOrigins::default()
         .allow_localhost(config.server.allow_localhost_origins);
     for o in &config.server.allowed_origins {
         match origins.clone().allow(o.get_ref()) {
             Ok(next) => origins = next,
-            Err(e) => errors.push(err_at(Some(o.span()), e.to_string())),
+            Err(e) => errors.error(Some(o.span()), e.to_string()),
         }
     }
     if let Some(w) = config
@@ -579,114 +411,101 @@ pub fn check(
         .as_ref()
         .filter(|w| *w.get_ref() == 0)
     {
-        errors.push(err_at(
-            Some(w.span()),
-            "server.worker_threads must be at least 1".into(),
-        ));
+        errors.error(Some(w.span()), "server.worker_threads must be at least 1");
     }
     if config.server.header_read_timeout.0.is_zero() {
-        errors.push(err_at(
-            None,
-            "server.header_read_timeout must be greater than 0".into(),
-        ));
+        errors.error(None, "server.header_read_timeout must be greater than 0");
     }
     if config.server.body_limit.get_ref().0 == 0 {
-        errors.push(err_at(
+        errors.error(
             Some(config.server.body_limit.span()),
-            "server.body_limit must be greater than 0".into(),
-        ));
+            "server.body_limit must be greater than 0",
+        );
     }
     // TLS files are loaded here, as serving would load them: a key that does not match its
     // certificate is a configuration error, not a start-up surprise.
     let tls = config.server.tls.as_ref().map(|t| {
-        let (cert, key) = (resolve(base, &t.cert), resolve(base, &t.key));
+        let (cert, key) = (
+            resolve(base, t.cert.get_ref()),
+            resolve(base, t.key.get_ref()),
+        );
         let cert_ok = match crate::tls::load_certs(&cert) {
             Ok(_) => true,
             Err(e) => {
-                errors.push(err_at(Some(t.cert.span()), format!("server.tls: {e}")));
+                errors.error(Some(t.cert.span()), format!("server.tls: {e}"));
                 false
             }
         };
         let key_ok = match std::fs::metadata(&key) {
             Ok(_) => true,
             Err(e) => {
-                errors.push(err_at(
+                errors.error(
                     Some(t.key.span()),
                     format!("server.tls: private key {}: {e}", key.display()),
-                ));
+                );
                 false
             }
         };
         if cert_ok && key_ok {
             if let Err(e) = crate::tls::server_config(&cert, &key) {
-                errors.push(err_at(Some(t.key.span()), format!("server.tls: {e}")));
+                errors.error(Some(t.key.span()), format!("server.tls: {e}"));
             }
         }
         (cert, key)
     });
     let mut upstreams = Vec::new();
     if config.upstreams.is_empty() {
-        errors.push(err_at(
+        errors.error(
             None,
-            "no upstreams: add an [upstreams.NAME] table with a url".into(),
-        ));
+            "no upstreams: add an [upstreams.NAME] table with a url",
+        );
     }
     for (spanned_name, entry) in &config.upstreams {
         let name = spanned_name.get_ref();
         if !valid_name(name) {
-            errors.push(err_at(
+            errors.error(
                 Some(spanned_name.span()),
                 format!("upstream name {name:?} must use only letters, digits, '-', '_' and '.'"),
-            ));
+            );
         }
         let mut raw: Vec<&Spanned<String>> = entry.url.iter().collect();
         raw.extend(entry.urls.iter());
         if raw.is_empty() {
-            errors.push(err_at(
+            errors.error(
                 Some(spanned_name.span()),
                 format!("upstream {name:?} needs url or urls"),
-            ));
+            );
         }
         if entry.url.is_some() && !entry.urls.is_empty() {
-            errors.push(err_at(
+            errors.error(
                 entry.url.as_ref().map(Spanned::span),
                 format!("upstream {name:?}: give url or urls, not both"),
-            ));
+            );
         }
         let mut urls = Vec::new();
         for u in raw {
             match check_url(u.get_ref()) {
                 Ok(uri) => urls.push(uri),
-                Err(m) => errors.push(err_at(Some(u.span()), format!("upstream {name:?}: {m}"))),
+                Err(m) => errors.error(Some(u.span()), format!("upstream {name:?}: {m}")),
             }
         }
         let ca_file = entry.ca_file.as_ref().map(|p| {
-            let full = resolve(base, p);
+            let full = resolve(base, p.get_ref());
             if let Err(e) = crate::tls::load_certs(&full) {
-                errors.push(err_at(
-                    Some(p.span()),
-                    format!("upstream {name:?}: ca_file: {e}"),
-                ));
+                errors.error(Some(p.span()), format!("upstream {name:?}: ca_file: {e}"));
             }
             full
         });
         let credentials = entry.credentials.as_ref().and_then(|c| {
-            let mut e = crate::auth_config::Errs {
-                text,
-                source,
-                list: Vec::new(),
-            };
             let default_resource = urls.first().map(ToString::to_string);
-            let spec = crate::auth_config::check_credentials(
+            mcp_gateway_layers::auth::config::check_credentials(
                 name,
                 c,
                 config.auth.as_ref(),
                 default_resource,
                 base,
-                &mut e,
-            );
-            errors.extend(e.list);
-            spec
+                &mut errors,
+            )
         });
         upstreams.push(UpstreamSpec {
             name: name.clone(),
@@ -708,61 +527,39 @@ pub fn check(
         .and_then(|u| match check_url(u.get_ref()) {
             Ok(_) => Some(u.get_ref().trim().trim_end_matches('/').to_owned()),
             Err(m) => {
-                errors.push(err_at(Some(u.span()), format!("server.public_url: {m}")));
+                errors.error(Some(u.span()), format!("server.public_url: {m}"));
                 None
             }
         });
-    let auth = config.auth.as_ref().and_then(|a| {
-        let names: Vec<&str> = config
-            .upstreams
-            .keys()
-            .map(|k| k.get_ref().as_str())
-            .collect();
-        let mut e = crate::auth_config::Errs {
-            text,
-            source,
-            list: Vec::new(),
-        };
-        let settings = crate::auth_config::check_auth(a, &names, base, &mut e);
-        errors.extend(e.list);
-        settings
-    });
-    let limits = config.limits.as_ref().and_then(|l| {
-        check_limits(l, &config.upstreams, &mut |span, m| {
-            errors.push(err_at(span, m))
-        })
-    });
-    let audit = config.audit.as_ref().and_then(|a| {
-        let mut e = crate::auth_config::Errs {
-            text,
-            source,
-            list: Vec::new(),
-        };
-        let spec = crate::audit_config::check_audit(a, base, &mut e);
-        errors.extend(e.list);
-        spec
-    });
-    let sessions = config.sessions.as_ref().and_then(|c| {
-        match crate::sessions_config::check_sessions(c, base, text, source) {
-            Ok(spec) => Some(spec),
-            Err(e) => {
-                errors.extend(e);
-                None
-            }
-        }
-    });
-    let telemetry = config.telemetry.as_ref().and_then(|t| {
-        let mut e = crate::auth_config::Errs {
-            text,
-            source,
-            list: Vec::new(),
-        };
-        let spec = crate::telemetry_config::check_telemetry(t, &mut e);
-        errors.extend(e.list);
-        spec
-    });
+    let names: Vec<&str> = config
+        .upstreams
+        .keys()
+        .map(|k| k.get_ref().as_str())
+        .collect();
+    let auth = config
+        .auth
+        .as_ref()
+        .and_then(|a| mcp_gateway_layers::auth::config::check(a, &names, base, &mut errors));
+    let limits = config
+        .limits
+        .as_ref()
+        .and_then(|l| mcp_gateway_layers::limits::config::check(l, &names, &mut errors));
+    let audit = config
+        .audit
+        .as_ref()
+        .and_then(|a| mcp_gateway_layers::audit::config::check(a, base, &mut errors));
+    let sessions = config
+        .sessions
+        .as_ref()
+        .and_then(|c| mcp_gateway_layers::sessions::config::check(c, base, &mut errors));
+    let telemetry = config
+        .telemetry
+        .as_ref()
+        .and_then(|t| mcp_gateway_layers::telemetry::config::check(t, &mut errors));
     let admin = config.admin.as_ref().map(|a| {
-        let spec = crate::telemetry_config::check_admin(a);
+        let spec = AdminSpec {
+            listen: *a.listen.get_ref(),
+        };
         let public = config.server.listen;
         if spec.listen.port() != 0
             && spec.listen.port() == public.port()
@@ -770,18 +567,18 @@ pub fn check(
                 || spec.listen.ip().is_unspecified()
                 || public.ip().is_unspecified())
         {
-            errors.push(err_at(
+            errors.error(
                 Some(a.listen.span()),
                 format!(
                     "admin.listen {} is the public listener's address; give the admin listener its own",
                     spec.listen
                 ),
-            ));
+            );
         }
         spec
     });
     if !errors.is_empty() {
-        return Err(errors);
+        return Err(errors.into_errors());
     }
     Ok(Settings {
         telemetry,
@@ -805,195 +602,12 @@ pub fn check(
     })
 }
 
-/// `store = "memory" | "redis"` and `redis_url`, checked alike for every section that has a
-/// store: the Redis URL when the store is Redis (and usable), `None` for memory.
-pub(crate) fn check_store(
-    section: &str,
-    store: Option<&Spanned<String>>,
-    redis_url: Option<&Spanned<String>>,
-    open: impl Fn(&str) -> Result<(), String>,
-    bad: &mut dyn FnMut(Option<std::ops::Range<usize>>, String),
-) -> Option<String> {
-    match store.map(|s| (s.get_ref().as_str(), s.span())) {
-        None | Some(("memory", _)) => {
-            if let Some(u) = redis_url {
-                bad(
-                    Some(u.span()),
-                    format!("{section}.redis_url is set but store is not \"redis\""),
-                );
-            }
-            None
-        }
-        Some(("redis", span)) => match redis_url {
-            None => {
-                bad(
-                    Some(span),
-                    format!("{section}: store = \"redis\" needs redis_url"),
-                );
-                None
-            }
-            Some(u) => {
-                if let Err(e) = open(u.get_ref()) {
-                    bad(Some(u.span()), format!("{section}.redis_url: {e}"));
-                }
-                Some(u.get_ref().clone())
-            }
-        },
-        Some((other, span)) => {
-            bad(
-                Some(span),
-                format!("{section}.store: {other:?} is not \"memory\" or \"redis\""),
-            );
-            None
-        }
-    }
-}
-
-/// Checks `[limits]`; reports each problem at its key.
-fn check_limits(
-    l: &LimitsConfig,
-    upstreams: &BTreeMap<Spanned<String>, UpstreamEntry>,
-    err: &mut dyn FnMut(Option<std::ops::Range<usize>>, String),
-) -> Option<LimitsSpec> {
-    use mcp_gateway_layers::limits::{KeySource, Limits, OnStoreError, Rule};
-    let mut ok = true;
-    let mut bad = |span: Option<std::ops::Range<usize>>, m: String| {
-        ok = false;
-        err(span, m);
-    };
-    let mut limits = Limits::new();
-    if let Some(k) = &l.key {
-        match k.get_ref().parse::<KeySource>() {
-            Ok(key) => limits = limits.key(key),
-            Err(m) => bad(Some(k.span()), format!("limits.key: {m}")),
-        }
-    }
-    if let Some(n) = &l.requests_per_minute {
-        match u32::try_from(*n.get_ref()) {
-            Ok(v) if v > 0 => limits = limits.requests_per_minute(v),
-            _ => bad(
-                Some(n.span()),
-                format!(
-                    "limits.requests_per_minute must be between 1 and {}",
-                    u32::MAX
-                ),
-            ),
-        }
-    }
-    if let Some(n) = &l.tokens_per_minute {
-        if *n.get_ref() == 0 {
-            bad(
-                Some(n.span()),
-                "limits.tokens_per_minute must be greater than 0".into(),
-            );
-        } else {
-            limits = limits.tokens_per_minute(*n.get_ref());
-        }
-    }
-    if l.requests_per_minute.is_none() && l.tokens_per_minute.is_none() && l.rules.is_empty() {
-        bad(
-            l.key.as_ref().map(Spanned::span),
-            "limits: set requests_per_minute, tokens_per_minute or a [[limits.rules]] entry".into(),
-        );
-    }
-    for (i, r) in l.rules.iter().enumerate() {
-        if r.tools.get_ref().is_empty() || r.tools.get_ref().iter().any(String::is_empty) {
-            bad(
-                Some(r.tools.span()),
-                format!("limits.rules[{i}].tools: give one or more non-empty tool name patterns"),
-            );
-        }
-        if *r.tokens_per_minute.get_ref() == 0 {
-            bad(
-                Some(r.tokens_per_minute.span()),
-                format!("limits.rules[{i}].tokens_per_minute must be greater than 0"),
-            );
-        }
-        let mut rule = Rule::new(
-            r.tools.get_ref().iter().cloned(),
-            *r.tokens_per_minute.get_ref(),
-        );
-        if let Some(u) = &r.upstreams {
-            for name in u.get_ref() {
-                if !upstreams.contains_key(name.as_str()) {
-                    bad(
-                        Some(u.span()),
-                        format!("limits.rules[{i}].upstreams: no upstream named {name:?}"),
-                    );
-                }
-            }
-            rule = rule.upstreams(u.get_ref().iter().cloned());
-        }
-        limits = limits.rule(rule);
-    }
-    if l.rules.len() > 254 {
-        bad(None, "limits.rules: at most 254 rules".into());
-    }
-    if let Some(o) = &l.on_store_error {
-        match o.get_ref().as_str() {
-            "local" => limits = limits.on_store_error(OnStoreError::Local),
-            "deny" => limits = limits.on_store_error(OnStoreError::Deny),
-            other => bad(
-                Some(o.span()),
-                format!("limits.on_store_error: {other:?} is not \"local\" or \"deny\""),
-            ),
-        }
-    }
-    let open = |u: &str| {
-        mcp_gateway_layers::limits::redis::RedisStore::open(u)
-            .map(drop)
-            .map_err(|e| e.to_string())
-    };
-    let store = match check_store(
-        "limits",
-        l.store.as_ref(),
-        l.redis_url.as_ref(),
-        open,
-        &mut bad,
-    ) {
-        None => LimitStoreSpec::Memory,
-        Some(url) => LimitStoreSpec::Redis {
-            url,
-            timeout: l
-                .redis_timeout
-                .map_or(mcp_gateway_layers::limits::redis::DEFAULT_TIMEOUT, |d| d.0),
-            prefix: l.redis_prefix.clone().unwrap_or_else(|| "mcpgw:".into()),
-        },
-    };
-    ok.then_some(LimitsSpec { limits, store })
-}
-
-/// A configured path, relative to the configuration file's folder unless absolute.
-fn resolve(base: &Path, p: &Spanned<PathBuf>) -> PathBuf {
-    if p.get_ref().is_absolute() {
-        p.get_ref().clone()
-    } else {
-        base.join(p.get_ref())
-    }
-}
-
 /// Whether `name` can be an upstream name (and so a `/mcp/NAME` route).
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
-/// Checks one upstream instance URL: absolute `http://` or `https://` with a host.
-pub fn check_url(s: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("invalid URL {s:?}: {e}"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(format!("URL {s:?} must start with http:// or https://")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("URL {s:?} has no host"));
-    }
-    Ok(uri)
 }
 
 /// Parses a `--upstream NAME=URL[,URL…]` flag.
@@ -1115,6 +729,7 @@ mod tests {
             r#"
 [server]
 listen = "0.0.0.0:9000"
+public_url = "https://gw.example.com/"
 body_limit = "1MiB"
 shutdown_grace = "250ms"
 allowed_origins = ["https://app.example.com"]
@@ -1139,6 +754,7 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         assert_eq!(s.upstreams[0].response_timeout, Duration::from_secs(5));
         assert_eq!(s.upstreams[1].urls.len(), 2);
         assert!(s.origins.permits("https://app.example.com"));
+        assert_eq!(s.public_url.as_deref(), Some("https://gw.example.com"));
     }
 
     #[test]
@@ -1185,7 +801,7 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
 
     /// The 1-based line and column of the first occurrence of `needle` in `text`.
     fn at(text: &str, needle: &str) -> String {
-        let (l, c) = line_col(text, text.find(needle).unwrap());
+        let (l, c) = mcp_gateway_layers::config::line_col(text, text.find(needle).unwrap());
         format!("gw.toml:{l}:{c}: ")
     }
 
@@ -1283,64 +899,36 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
     }
 
     #[test]
-    fn limits() {
-        let base = "[upstreams.a]\nurl = \"http://x/mcp\"\n";
+    fn each_section_is_checked_in_place_and_in_order() {
+        let text = "[upstreams.a]\nurl = \"http://x/mcp\"\ncredentials = { type = \"magic\" }\n\
+                    [auth]\nissuer = \"ftp://as\"\n\
+                    [limits]\nrequests_per_minute = 0\n\
+                    [audit]\npath = \"a.jsonl\"\nkeep = 0\n\
+                    [sessions]\nstore = \"disk\"\n\
+                    [telemetry]\nsample_ratio = 2.0\n\
+                    [admin]\nlisten = \"127.0.0.1:8080\"\n";
+        let e = errs(text);
+        assert_eq!(
+            e,
+            [
+                "gw.toml:3:24: upstreams.a.credentials: unknown type \"magic\": use \"static\", \"client_credentials\" or \"token_exchange\"",
+                "gw.toml:5:10: auth.issuer: URL \"ftp://as\" must start with http:// or https://",
+                "gw.toml:7:23: limits.requests_per_minute must be between 1 and 4294967295",
+                "gw.toml:10:8: audit.keep must be at least 1 (rotated files kept)",
+                "gw.toml:12:9: sessions.store: \"disk\" is not \"memory\" or \"redis\"",
+                "gw.toml:14:16: telemetry.sample_ratio must be between 0.0 and 1.0, not 2",
+                "gw.toml:16:10: admin.listen 127.0.0.1:8080 is the public listener's address; give the admin listener its own",
+            ]
+        );
         let s = parse(
-            &format!("{base}[limits]\nkey = \"header:x-agent-id\"\nrequests_per_minute = 600\ntokens_per_minute = 200000\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\non_store_error = \"deny\"\n[[limits.rules]]\ntools = [\"analyze_*\"]\ntokens_per_minute = 50000\n"),
+            "[upstreams.a]\nurl = \"http://x/mcp\"\n[limits]\nrequests_per_minute = 5\n[sessions]\n[telemetry]\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             "gw.toml",
             Path::new("."),
         )
         .unwrap();
-        let l = s.limits.unwrap();
-        assert!(matches!(l.store, LimitStoreSpec::Redis { .. }));
-        assert_eq!(l.limits.requests_limit().unwrap().get(), 600);
-        assert!(parse(base, "gw.toml", Path::new("."))
-            .unwrap()
-            .limits
-            .is_none());
-        // Each mistake is reported at its key.
-        let e = errs(&format!(
-            "{base}[limits]\nkey = \"user\"\nrequests_per_minute = 1\n"
-        ));
-        assert!(e[0].starts_with("gw.toml:4:7: limits.key"), "{e:?}");
-        let e = errs(&format!("{base}[limits]\nrequests_per_minute = 0\n"));
-        assert!(
-            e[0].starts_with("gw.toml:4:23: limits.requests_per_minute"),
-            "{e:?}"
-        );
-        let e = errs(&format!(
-            "{base}[limits]\nrequests_per_minute = 1\nstore = \"disk\"\n"
-        ));
-        assert!(e[0].starts_with("gw.toml:5:9: limits.store"), "{e:?}");
-        let e = errs(&format!(
-            "{base}[limits]\nrequests_per_minute = 1\nstore = \"redis\"\n"
-        ));
-        assert!(e[0].contains("needs redis_url"), "{e:?}");
-        let e = errs(&format!("{base}[limits]\nrequests_per_minute = 1\nstore = \"redis\"\nredis_url = \"http://x\"\n"));
-        assert!(e[0].starts_with("gw.toml:6:13: limits.redis_url"), "{e:?}");
-        let e = errs(&format!(
-            "{base}[limits]\nrequests_per_minute = 1\non_store_error = \"retry\"\n"
-        ));
-        assert!(
-            e[0].starts_with("gw.toml:5:18: limits.on_store_error"),
-            "{e:?}"
-        );
-        let e = errs(&format!("{base}[limits]\n[[limits.rules]]\ntools = []\ntokens_per_minute = 5\nupstreams = [\"b\"]\n"));
-        assert_eq!(e.len(), 2, "{e:?}");
-        assert!(
-            e[0].starts_with("gw.toml:5:9: limits.rules[0].tools"),
-            "{e:?}"
-        );
-        assert!(e[1].contains("no upstream named \"b\""), "{e:?}");
-        let e = errs(&format!("{base}[limits]\nkey = \"ip\"\n"));
-        assert!(e[0].contains("set requests_per_minute"), "{e:?}");
-        let e = errs(&format!(
-            "{base}[limits]\nrequests_per_minute = 1\nbogus = 1\n"
-        ));
-        assert!(
-            e[0].starts_with("gw.toml:5:1: unknown field `bogus`"),
-            "{e:?}"
-        );
+        assert!(s.limits.is_some() && s.sessions.is_some() && s.telemetry.is_some());
+        assert!(s.auth.is_none() && s.audit.is_none());
+        assert_eq!(s.admin.unwrap().listen.port(), 0);
     }
 
     #[test]
@@ -1383,15 +971,5 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
             .unwrap_err();
         assert_eq!(e.source, "--upstream");
         assert!(e.message.contains("\"demo\" is given twice"), "{e}");
-    }
-
-    #[test]
-    fn units() {
-        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("x").is_err());
-        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
-        assert_eq!(parse_size("10KB").unwrap(), 10_000);
-        assert!(parse_size("4 furlongs").is_err());
     }
 }

@@ -20,17 +20,12 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod audit_config;
-pub mod auth;
-pub mod auth_config;
 pub mod config;
+pub mod error;
 pub mod logging;
-pub mod otlp;
 pub mod router;
 pub mod server;
-pub mod sessions_config;
-pub mod telemetry;
-pub mod telemetry_config;
 pub mod tls;
 
+pub use error::StartError;
 pub use server::Gateway;

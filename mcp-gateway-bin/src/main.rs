@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use mcp_gateway::config::{self, LogFormat, Settings};
+use mcp_gateway_layers::sessions::config::keygen;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -172,7 +173,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Audit { command } => audit(command),
-        Command::Keygen { out, force } => match mcp_gateway::sessions_config::keygen(&out, force) {
+        Command::Keygen { out, force } => match keygen(&out, force) {
             Ok(fingerprint) => {
                 println!("{}: new session key {fingerprint}", out.display());
                 ExitCode::SUCCESS

@@ -20,12 +20,10 @@ use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 use mcp_gateway_core::observe::{Cutoff, EndReason, Ending, Observer};
 use mcp_gateway_core::outcome::{self, Outcome};
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
-use mcp_gateway_layers::audit::{AuditLogLayer, AuditWriter};
+use mcp_gateway_layers::audit::AuditWriter;
 use mcp_gateway_layers::govern::{Chain, GovernedFuture};
 use mcp_gateway_layers::limits::TokenBucket2DLayer;
-use mcp_gateway_layers::sessions::{
-    AffinityBody, SessionAffinity, SessionAffinityLayer, SessionKey,
-};
+use mcp_gateway_layers::sessions::{AffinityBody, SessionAffinity, SessionAffinityLayer};
 use mcp_gateway_layers::telemetry::TraceInjectLayer;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
 use mcp_gateway_layers::{
@@ -147,31 +145,36 @@ impl Router {
         settings: &Settings,
         ready: Arc<AtomicBool>,
         cutoff: Cutoff,
-    ) -> Result<Self, crate::server::StartError> {
+    ) -> Result<Self, crate::error::StartError> {
         let auth = match &settings.auth {
-            Some(a) => Some(crate::auth::Auth::build(a, settings).await?),
+            Some(a) => Some(mcp_gateway_layers::auth::config::OAuthGuards::build(a).await?),
             None => None,
         };
         // The access log needs the parsed view on the response; without it nobody does.
         let access_log = tracing::enabled!(target: "mcp_gateway::access", tracing::Level::INFO);
         let mut routes = HashMap::new();
-        let limits = settings.limits.as_ref().map(limits_layer);
+        let limits = settings
+            .limits
+            .as_ref()
+            .map(mcp_gateway_layers::limits::config::layer);
         let audit = match &settings.audit {
             Some(spec) => Some(
-                spec.start()
-                    .map_err(|e| crate::server::StartError::Audit(e.to_string()))?,
+                mcp_gateway_layers::audit::config::writer(spec)
+                    .map_err(crate::error::StartError::Audit)?,
             ),
             None => None,
         };
         let audit_layer = audit
             .as_ref()
-            .map(|w| AuditLogLayer::new(w.clone()).body_limit(settings.body_limit));
-        let sessions = sessions_layer(settings);
+            .map(|w| mcp_gateway_layers::audit::config::layer(w, settings.body_limit));
+        let several = settings.upstreams.iter().any(|u| u.urls.len() > 1);
+        let sessions =
+            mcp_gateway_layers::sessions::config::layer(settings.sessions.as_ref(), several);
         let telemetry = match &settings.telemetry {
-            Some(spec) => Some(
-                crate::telemetry::layer(spec, settings.body_limit)
-                    .map_err(|e| crate::server::StartError::Telemetry(e.to_string()))?,
-            ),
+            Some(spec) => Some(mcp_gateway_layers::telemetry::config::layer(
+                spec,
+                settings.body_limit,
+            )?),
             None => None,
         };
         for spec in &settings.upstreams {
@@ -185,7 +188,12 @@ impl Router {
                 .trust(roots);
             let upstream = Upstream::new(&spec.name, spec.urls.iter().cloned(), config)?;
             let guard = match &auth {
-                Some(a) => Some(a.layer(spec, settings).await?),
+                Some(a) => Some(a.layer(
+                    &spec.name,
+                    format!("{}/mcp/{}", settings.public_base(), spec.name),
+                    spec.credentials.as_ref(),
+                    settings.body_limit,
+                )?),
                 None => None,
             };
             let metadata = guard
@@ -470,77 +478,6 @@ fn log_line(
         latency_us = started.elapsed().as_micros() as u64,
         "request"
     );
-}
-
-/// The limits layer for checked `[limits]`: budgets in memory or in Redis (with this
-/// process's memory as the fallback).
-fn limits_layer(spec: &crate::config::LimitsSpec) -> TokenBucket2DLayer {
-    let layer = TokenBucket2DLayer::new(spec.limits.clone());
-    match &spec.store {
-        crate::config::LimitStoreSpec::Memory => layer,
-        crate::config::LimitStoreSpec::Redis {
-            url,
-            timeout,
-            prefix,
-        } => match mcp_gateway_layers::limits::redis::RedisStore::open(url) {
-            Ok(store) => layer.store(store.timeout(*timeout).prefix(prefix.clone())),
-            // `check` validated the URL; should it fail now, this replica limits alone.
-            Err(e) => {
-                tracing::error!(error = %e, "limits: Redis store unusable; budgets are per replica");
-                layer
-            }
-        },
-    }
-}
-
-/// The sessions layer: from `[sessions]`, or — with no `[sessions]` — with a random
-/// per-process key when some upstream has several instances (their sessions must be routed);
-/// `None` when nothing needs it.
-fn sessions_layer(settings: &Settings) -> Option<SessionAffinityLayer> {
-    let spec = settings.sessions.as_ref();
-    let several = settings.upstreams.iter().any(|u| u.urls.len() > 1);
-    if spec.is_none() && !several {
-        return None;
-    }
-    let key = match spec.and_then(|s| s.key.clone()) {
-        Some(k) => {
-            tracing::info!(target: "mcp_gateway::sessions", key = %k.fingerprint(), "sessions sealed with the key file's key");
-            k
-        }
-        None => {
-            tracing::warn!(target: "mcp_gateway::sessions", "no [sessions] key_file: session ids are sealed with a random per-process key; they end when this process restarts and do not span replicas (`mcp-gateway keygen` writes a key file)");
-            match SessionKey::generate() {
-                Ok(k) => k,
-                Err(e) => {
-                    tracing::error!(target: "mcp_gateway::sessions", error = %e, "no session key: sessions are not routed");
-                    return None;
-                }
-            }
-        }
-    };
-    let mut layer = SessionAffinityLayer::new(key);
-    let Some(spec) = spec else {
-        return Some(layer);
-    };
-    layer = layer
-        .previous_keys(spec.previous.clone())
-        .idle_timeout(spec.idle_timeout)
-        .max_lifetime(spec.max_lifetime);
-    if let crate::sessions_config::SessionStoreSpec::Redis {
-        url,
-        timeout,
-        prefix,
-    } = &spec.store
-    {
-        match mcp_gateway_layers::sessions::redis::RedisStore::open(url) {
-            Ok(store) => layer = layer.store(store.timeout(*timeout).prefix(prefix.clone())),
-            // `check` validated the URL; should it fail now, ends are seen by this replica only.
-            Err(e) => {
-                tracing::error!(target: "mcp_gateway::sessions", error = %e, "sessions: Redis store unusable; session ends are per replica");
-            }
-        }
-    }
-    Some(layer)
 }
 
 /// The protocol era as the access log names it: the declared version, or `legacy`.

@@ -15,42 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// Why the gateway could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartError {
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// TLS files are unusable.
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    /// An upstream is misconfigured.
-    #[error(transparent)]
-    Upstream(#[from] mcp_gateway_layers::upstream::UpstreamError),
-    /// Authentication is misconfigured.
-    #[error("auth: {0}")]
-    Auth(String),
-    /// The audit log cannot be opened.
-    #[error("audit: {0}")]
-    Audit(String),
-    /// Telemetry cannot start.
-    #[error("{0}")]
-    Telemetry(String),
-    /// The admin listener could not be bound.
-    #[error("cannot listen on {addr} (admin): {source}")]
-    AdminBind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
+pub use crate::error::StartError;
 
 /// A running gateway.
 #[derive(Debug)]
@@ -214,7 +179,7 @@ impl Gateway {
             let _ = done.await;
         }
         if let Some(t) = &self.telemetry {
-            crate::telemetry::shutdown(t, Duration::from_secs(5)).await;
+            mcp_gateway_layers::telemetry::otlp::shutdown(t, Duration::from_secs(5)).await;
         }
         if let Some(admin) = self.admin {
             admin.stop().await;

@@ -5,30 +5,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Why TLS could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// The certificate file could not be read or holds no certificate.
-    #[error("certificate {path}: {reason}")]
-    Cert {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// The key file could not be read or holds no private key.
-    #[error("private key {path}: {reason}")]
-    Key {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// rustls refused the pair (say, the key does not match the certificate).
-    #[error("TLS configuration: {0}")]
-    Config(#[from] rustls::Error),
-}
+pub use crate::error::TlsError;
 
 /// The certificates of a PEM file (at least one).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -739,8 +739,8 @@ fn span_data(name: &'static str) -> opentelemetry_sdk::trace::SpanData {
     }
 }
 
-fn exporter(url: &str, timeout: Duration) -> mcp_gateway::otlp::OtlpHttpExporter {
-    mcp_gateway::otlp::OtlpHttpExporter::new(
+fn exporter(url: &str, timeout: Duration) -> mcp_gateway_layers::telemetry::otlp::OtlpHttpExporter {
+    mcp_gateway_layers::telemetry::otlp::OtlpHttpExporter::new(
         url,
         &[("X-Tenant".to_owned(), "acme".to_owned())],
         timeout,

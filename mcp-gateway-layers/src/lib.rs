@@ -68,6 +68,8 @@
 //! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) |
 //! | [`toggle`] | a layer switched on or off when the stack is built |
 //! | [`body`] | the response bodies: a governed answer, observed once per stack, or a refusal |
+//! | `config` | what the capabilities' configuration sections share: located errors, durations, sizes, stores (compiled with any capability) |
+//! | `http_client` | the small HTTP client of OAuth discovery, introspection and span export (`auth`, `telemetry-otlp`) |
 //!
 //! Every rejection is a response (a JSON-RPC error with the right HTTP status), never a
 //! service error, so the layers work under axum, whose services are infallible.
@@ -164,7 +166,17 @@ pub mod audit;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod body;
+#[cfg(any(
+    feature = "auth",
+    feature = "limits",
+    feature = "sessions",
+    feature = "telemetry",
+    feature = "audit"
+))]
+pub mod config;
 pub mod govern;
+#[cfg(any(feature = "auth", feature = "telemetry-otlp"))]
+pub mod http_client;
 #[cfg(feature = "limits")]
 pub mod limits;
 pub mod observe;

@@ -73,6 +73,7 @@
 //! # }
 //! ```
 
+pub mod config;
 mod layer;
 pub mod query;
 pub mod record;

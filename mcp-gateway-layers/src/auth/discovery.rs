@@ -1,7 +1,7 @@
 //! Authorization server metadata (RFC 8414, with OpenID Connect discovery as fallback),
 //! fetched once on first use and retried while it fails.
 
-use super::http::{AsClient, HttpError};
+use crate::http_client::{AsClient, HttpError};
 use serde::Deserialize;
 use std::sync::Arc;
 use tokio::sync::OnceCell;

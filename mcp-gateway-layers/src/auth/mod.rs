@@ -72,9 +72,9 @@
 
 mod apikey;
 mod cache;
+pub mod config;
 mod credentials;
 mod discovery;
-mod http;
 mod introspect;
 mod jwt;
 mod layer;
@@ -82,6 +82,7 @@ mod permissions;
 mod service;
 mod verify;
 
+pub use crate::http_client::{AsClient, HttpError};
 pub use apikey::{ApiKeys, ApiKeysError};
 pub use cache::{CachePolicy, TokenCache};
 pub use credentials::{
@@ -89,7 +90,6 @@ pub use credentials::{
     UpstreamCredentials, ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT,
 };
 pub use discovery::{metadata_urls, AsMetadata, DiscoveryError, Issuer};
-pub use http::{AsClient, HttpError};
 pub use introspect::{ClientCredentials, IntrospectionVerifier};
 pub use jsonwebtoken::Algorithm;
 pub use jwt::{JwtVerifier, DEFAULT_ALGORITHMS};

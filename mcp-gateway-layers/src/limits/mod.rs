@@ -69,6 +69,7 @@
 //! # }
 //! ```
 
+pub mod config;
 mod counter;
 mod layer;
 mod policy;

@@ -99,6 +99,7 @@
 //! ```
 
 mod body;
+pub mod config;
 mod layer;
 #[cfg(feature = "sessions-redis")]
 pub mod redis;

@@ -26,7 +26,8 @@
 //! reached the server. `docs/observability.md` lists every attribute and metric.
 //!
 //! Spans go to an `opentelemetry_sdk` [`SpanProcessor`] — a `BatchSpanProcessor` over the
-//! OTLP exporter in production (export happens on the processor's own thread and never holds
+//! OTLP exporter of `otlp` (feature `telemetry-otlp`) in production, as [`config::layer`]
+//! builds it from `[telemetry]` (export happens on the processor's own thread and never holds
 //! a request up) — and only when sampled: a parent's sampled flag decides, else
 //! [`TraceInjectLayer::sample_ratio`]. Context is injected whether or not the gateway samples.
 //! Without a processor only the metrics are kept.
@@ -82,9 +83,12 @@
 //! # }
 //! ```
 
+pub mod config;
 mod context;
 mod layer;
 pub mod metrics;
+#[cfg(feature = "telemetry-otlp")]
+pub mod otlp;
 mod service;
 
 pub use context::{Carried, TraceParent};

@@ -1,5 +1,7 @@
-//! `[auth]`, `[[auth.permissions]]` and `[upstreams.NAME.credentials]`: configuration of the
-//! OAuthGuard layer, checked with locations like the rest of the file.
+//! `[auth]`, `[[auth.permissions]]` and `[upstreams.NAME.credentials]`: the OAuthGuard layer as
+//! written in the gateway's configuration file, checked with a location for every error, and
+//! built into one [`OAuthGuardLayer`] per route sharing one verifier chain and token cache
+//! ([`OAuthGuards`]).
 //!
 //! ```toml
 //! [server]
@@ -23,23 +25,17 @@
 //! scopes = ["github:read"]
 //! ```
 
-use crate::config::{ConfigError, Dur};
+use super::{
+    Algorithm, ApiKeys, AsClient, CachePolicy, Chain, ClientCredentials, ClientCredentialsSource,
+    IntrospectionVerifier, Issuer, JwtVerifier, OAuthGuardLayer, Permissions, Rule, Target,
+    TokenCache, TokenExchangeSource, TokenSource, TokenVerifier, UpstreamCredentials,
+};
+use crate::config::{check_url, resolve, Diagnostics, Dur, Spanned};
+use http::HeaderValue;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
-use toml::Spanned;
-
-/// A secret: from an environment variable or a file.
-#[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct SecretRef {
-    /// Name of an environment variable holding the secret.
-    #[serde(default)]
-    pub client_secret_env: Option<Spanned<String>>,
-    /// A file holding the secret (trailing whitespace ignored).
-    #[serde(default)]
-    pub client_secret_file: Option<Spanned<PathBuf>>,
-}
 
 /// `[auth] introspection = { … }`.
 #[derive(Debug, Deserialize, Clone)]
@@ -176,7 +172,7 @@ pub struct PermissionSpec {
 
 /// Checked `[auth]`.
 #[derive(Debug, Clone)]
-pub struct AuthSettings {
+pub struct AuthSpec {
     /// Issuer URL.
     pub issuer: Option<String>,
     /// Scopes every call needs.
@@ -188,7 +184,7 @@ pub struct AuthSettings {
     /// Permission rules.
     pub permissions: Vec<PermissionSpec>,
     /// JWT algorithms.
-    pub algorithms: Option<Vec<jsonwebtoken_alg::Algorithm>>,
+    pub algorithms: Option<Vec<Algorithm>>,
     /// Leeway.
     pub leeway: Duration,
     /// JWKS re-fetch interval.
@@ -197,11 +193,6 @@ pub struct AuthSettings {
     pub cache_ttl: Duration,
     /// Negative cache lifetime.
     pub negative_cache_ttl: Duration,
-}
-
-/// The algorithm type, re-exported from the layers crate.
-pub mod jsonwebtoken_alg {
-    pub use mcp_gateway_layers::auth::Algorithm;
 }
 
 /// Checked upstream credentials.
@@ -230,44 +221,19 @@ pub struct TokenSpec {
     pub resource: Option<String>,
 }
 
-/// Collects errors with locations.
-pub(crate) struct Errs<'a> {
-    pub(crate) text: &'a str,
-    pub(crate) source: &'a str,
-    pub(crate) list: Vec<ConfigError>,
-}
-
-impl Errs<'_> {
-    pub(crate) fn at(&mut self, span: Option<std::ops::Range<usize>>, message: String) {
-        self.list.push(ConfigError {
-            source: self.source.to_owned(),
-            location: span.map(|s| crate::config::line_col(self.text, s.start)),
-            message,
-        });
-    }
-}
-
-fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
-}
-
 fn secret(
     env: Option<&Spanned<String>>,
     file: Option<&Spanned<PathBuf>>,
     what: &str,
     fallback_span: Option<std::ops::Range<usize>>,
     base: &Path,
-    e: &mut Errs<'_>,
+    e: &mut Diagnostics<'_>,
 ) -> Option<Secret> {
     match (env, file) {
         (Some(v), None) => match std::env::var(v.get_ref()) {
             Ok(s) if !s.is_empty() => Some(Secret(s)),
             _ => {
-                e.at(
+                e.error(
                     Some(v.span()),
                     format!("{what}: environment variable {} is not set", v.get_ref()),
                 );
@@ -279,27 +245,27 @@ fn secret(
             match std::fs::read_to_string(&path) {
                 Ok(s) if !s.trim().is_empty() => Some(Secret(s.trim_end().to_owned())),
                 Ok(_) => {
-                    e.at(
+                    e.error(
                         Some(f.span()),
                         format!("{what}: {} is empty", path.display()),
                     );
                     None
                 }
                 Err(err) => {
-                    e.at(Some(f.span()), format!("{what}: {}: {err}", path.display()));
+                    e.error(Some(f.span()), format!("{what}: {}: {err}", path.display()));
                     None
                 }
             }
         }
         (Some(v), Some(_)) => {
-            e.at(
+            e.error(
                 Some(v.span()),
                 format!("{what}: give the secret's _env or _file, not both"),
             );
             None
         }
         (None, None) => {
-            e.at(
+            e.error(
                 fallback_span,
                 format!("{what}: a secret is needed (…_env or …_file)"),
             );
@@ -308,33 +274,33 @@ fn secret(
     }
 }
 
-fn check_url(s: &Spanned<String>, what: &str, e: &mut Errs<'_>) -> Option<String> {
-    match crate::config::check_url(s.get_ref()) {
+/// A URL the gateway calls, without a trailing `/`.
+fn url(s: &Spanned<String>, what: &str, e: &mut Diagnostics<'_>) -> Option<String> {
+    match check_url(s.get_ref()) {
         Ok(_) => Some(s.get_ref().trim().trim_end_matches('/').to_owned()),
         Err(m) => {
-            e.at(Some(s.span()), format!("{what}: {m}"));
+            e.error(Some(s.span()), format!("{what}: {m}"));
             None
         }
     }
 }
 
-/// Checks `[auth]`.
-pub(crate) fn check_auth(
+/// Checks `[auth]`: `upstream_names` are the configured upstreams (permission rules may name
+/// them), `base` the configuration file's folder (relative files are read from there). Each
+/// problem is reported at its key; `None` when there was one.
+pub fn check(
     a: &AuthConfig,
     upstream_names: &[&str],
     base: &Path,
-    e: &mut Errs<'_>,
-) -> Option<AuthSettings> {
-    let before = e.list.len();
-    let issuer = a
-        .issuer
-        .as_ref()
-        .and_then(|i| check_url(i, "auth.issuer", e));
+    e: &mut Diagnostics<'_>,
+) -> Option<AuthSpec> {
+    let before = e.count();
+    let issuer = a.issuer.as_ref().and_then(|i| url(i, "auth.issuer", e));
     let introspection = a.introspection.as_ref().and_then(|i| {
         let span = Some(i.span());
         let i = i.get_ref();
         if a.issuer.is_none() {
-            e.at(span.clone(), "auth.introspection needs auth.issuer".into());
+            e.error(span.clone(), "auth.introspection needs auth.issuer");
         }
         secret(
             i.client_secret_env.as_ref(),
@@ -348,37 +314,37 @@ pub(crate) fn check_auth(
     });
     let api_keys_file = a.api_keys_file.as_ref().map(|f| {
         let path = resolve(base, f.get_ref());
-        if let Err(err) = mcp_gateway_layers::auth::ApiKeys::load(&path) {
-            e.at(Some(f.span()), format!("auth.api_keys_file: {err}"));
+        if let Err(err) = ApiKeys::load(&path) {
+            e.error(Some(f.span()), format!("auth.api_keys_file: {err}"));
         }
         path
     });
     if issuer.is_none() && a.api_keys_file.is_none() && a.issuer.is_none() {
-        e.at(
+        e.error(
             None,
-            "[auth] needs an issuer (JWT or introspection) or an api_keys_file".into(),
+            "[auth] needs an issuer (JWT or introspection) or an api_keys_file",
         );
     }
     let mut permissions = Vec::new();
     for p in &a.permissions {
         if let Some(u) = &p.upstream {
             if !upstream_names.contains(&u.get_ref().as_str()) {
-                e.at(
+                e.error(
                     Some(u.span()),
                     format!("auth.permissions: no upstream is named {:?}", u.get_ref()),
                 );
             }
         }
         if p.tools.is_empty() && p.prompts.is_empty() && p.resources.is_empty() {
-            e.at(
+            e.error(
                 Some(p.scopes.span()),
-                "auth.permissions: a rule needs tools, prompts or resources".into(),
+                "auth.permissions: a rule needs tools, prompts or resources",
             );
         }
         if p.scopes.get_ref().is_empty() {
-            e.at(
+            e.error(
                 Some(p.scopes.span()),
-                "auth.permissions: scopes must name at least one scope".into(),
+                "auth.permissions: scopes must name at least one scope",
             );
         }
         permissions.push(PermissionSpec {
@@ -392,9 +358,9 @@ pub(crate) fn check_auth(
     let algorithms = a.algorithms.as_ref().map(|algs| {
         let mut out = Vec::new();
         for name in algs.get_ref() {
-            match name.parse::<mcp_gateway_layers::auth::Algorithm>() {
+            match name.parse::<Algorithm>() {
                 Ok(alg) if !name.starts_with("HS") => out.push(alg),
-                _ => e.at(
+                _ => e.error(
                     Some(algs.span()),
                     format!(
                         "auth.algorithms: {name:?} is not accepted (use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)"
@@ -404,10 +370,10 @@ pub(crate) fn check_auth(
         }
         out
     });
-    if e.list.len() > before {
+    if e.count() > before {
         return None;
     }
-    Some(AuthSettings {
+    Some(AuthSpec {
         issuer,
         scopes: a.scopes.clone(),
         introspection,
@@ -423,14 +389,17 @@ pub(crate) fn check_auth(
     })
 }
 
-/// Checks `[upstreams.NAME.credentials]`.
-pub(crate) fn check_credentials(
+/// Checks `[upstreams.NAME.credentials]` of upstream `name`: `auth` is the file's `[auth]`
+/// (whose introspection client and issuer are the defaults), `default_resource` the resource
+/// asked for when none is given (the upstream's first URL). Each problem is reported at its
+/// key; `None` when there was one.
+pub fn check_credentials(
     name: &str,
     c: &CredentialsConfig,
     auth: Option<&AuthConfig>,
     default_resource: Option<String>,
     base: &Path,
-    e: &mut Errs<'_>,
+    e: &mut Diagnostics<'_>,
 ) -> Option<CredentialsSpec> {
     let what = format!("upstreams.{name}.credentials");
     match c.kind.get_ref().as_str() {
@@ -446,7 +415,7 @@ pub(crate) fn check_credentials(
             let prefix = c.prefix.clone().unwrap_or_else(|| "Bearer ".into());
             let value = format!("{prefix}{}", s.0);
             if http::HeaderValue::from_str(&value).is_err() {
-                e.at(
+                e.error(
                     Some(c.kind.span()),
                     format!("{what}: the secret is not a valid header value"),
                 );
@@ -472,17 +441,17 @@ pub(crate) fn check_credentials(
             };
             let secret = secret(env, file, &what, Some(c.kind.span()), base, e);
             let Some(client_id) = client_id else {
-                e.at(
+                e.error(
                     Some(c.kind.span()),
                     format!("{what}: client_id is needed (or [auth].introspection's)"),
                 );
                 return None;
             };
             let token_url = match &c.token_url {
-                Some(u) => Some(check_url(u, &what, e)?),
+                Some(u) => Some(url(u, &what, e)?),
                 None => {
                     if auth.and_then(|a| a.issuer.as_ref()).is_none() {
-                        e.at(
+                        e.error(
                             Some(c.kind.span()),
                             format!("{what}: token_url is needed when [auth] has no issuer"),
                         );
@@ -502,7 +471,7 @@ pub(crate) fn check_credentials(
                 CredentialsSpec::ClientCredentials(spec)
             } else {
                 if auth.is_none() {
-                    e.at(
+                    e.error(
                         Some(c.kind.span()),
                         format!("{what}: token_exchange needs [auth] (there is no caller token to exchange without it)"),
                     );
@@ -512,7 +481,7 @@ pub(crate) fn check_credentials(
             })
         }
         other => {
-            e.at(
+            e.error(
                 Some(c.kind.span()),
                 format!("{what}: unknown type {other:?}: use \"static\", \"client_credentials\" or \"token_exchange\""),
             );
@@ -521,19 +490,212 @@ pub(crate) fn check_credentials(
     }
 }
 
+/// Why the guards could not be built from checked `[auth]`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthBuildError(String);
+
+/// The OAuthGuard of every route, from checked `[auth]`: one verifier chain (API keys, then
+/// JWTs, then introspection for opaque tokens), one token cache and one set of permission
+/// rules shared by every route, one layer per route (its resource URI and upstream
+/// credentials differ).
+pub struct OAuthGuards {
+    verifier: Arc<dyn TokenVerifier>,
+    cache: Arc<TokenCache>,
+    permissions: Arc<Permissions>,
+    issuer: Option<Arc<Issuer>>,
+    http: AsClient,
+    spec: AuthSpec,
+}
+
+impl std::fmt::Debug for OAuthGuards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthGuards")
+            .field("issuer", &self.spec.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuthGuards {
+    /// The shared verifier chain, cache and permissions. The authorization server's metadata
+    /// is fetched now, so that a wrong issuer shows at start (a failure is logged, and retried
+    /// on first use).
+    pub async fn build(a: &AuthSpec) -> Result<Self, AuthBuildError> {
+        let http = AsClient::new(Duration::from_secs(10));
+        let issuer = a
+            .issuer
+            .as_ref()
+            .map(|i| Arc::new(Issuer::new(i.clone(), http.clone())));
+        let mut chain = Chain::new();
+        if let Some(path) = &a.api_keys_file {
+            let keys = ApiKeys::load(path).map_err(|e| AuthBuildError(e.to_string()))?;
+            chain = chain.with(keys);
+        }
+        if let Some(iss) = &issuer {
+            let mut jwt = JwtVerifier::new(iss.clone())
+                .leeway(a.leeway)
+                .min_refetch_interval(a.jwks_refetch_interval);
+            if let Some(algs) = &a.algorithms {
+                jwt = jwt.algorithms(algs);
+            }
+            chain = chain.with(jwt);
+            if let Some((client_id, secret)) = &a.introspection {
+                chain = chain.with(IntrospectionVerifier::new(
+                    iss.clone(),
+                    ClientCredentials {
+                        client_id: client_id.clone(),
+                        client_secret: secret.0.clone(),
+                    },
+                ));
+            }
+            // Metadata now, so a wrong issuer shows at start; a failure is retried on use.
+            if let Err(e) = iss.metadata().await {
+                tracing::warn!(target: "mcp_gateway::auth", error = %e, "authorization server metadata not available yet; will retry on first use");
+            }
+        }
+        let mut permissions = Permissions::new();
+        for p in &a.permissions {
+            for (target, patterns) in [
+                (Target::Tool, &p.tools),
+                (Target::Prompt, &p.prompts),
+                (Target::Resource, &p.resources),
+            ] {
+                if !patterns.is_empty() {
+                    permissions = permissions.with(Rule::new(
+                        p.upstream.as_deref(),
+                        target,
+                        patterns.iter().cloned(),
+                        p.scopes.iter().cloned(),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            verifier: Arc::new(chain),
+            cache: Arc::new(TokenCache::new(CachePolicy {
+                max_ttl: a.cache_ttl,
+                negative_ttl: a.negative_cache_ttl,
+                ..CachePolicy::default()
+            })),
+            permissions: Arc::new(permissions),
+            issuer,
+            http,
+            spec: a.clone(),
+        })
+    }
+
+    fn source(&self, t: &TokenSpec) -> Result<TokenSource, AuthBuildError> {
+        let issuer = match (&self.issuer, &t.token_url) {
+            (Some(i), _) => i.clone(),
+            // A token URL without an issuer: the issuer is only a label then.
+            (None, Some(u)) => Arc::new(Issuer::new(u.clone(), self.http.clone())),
+            (None, None) => {
+                return Err(AuthBuildError(
+                    "upstream credentials need [auth] issuer or a token_url".into(),
+                ))
+            }
+        };
+        Ok(TokenSource::new(
+            issuer,
+            t.token_url.clone(),
+            ClientCredentials {
+                client_id: t.client_id.clone(),
+                client_secret: t.client_secret.0.clone(),
+            },
+            t.scopes.clone(),
+            t.resource.clone(),
+        ))
+    }
+
+    /// The guard of the route to upstream `upstream`: `resource` is the route's resource URI
+    /// (RFC 8707/9728: the audience its tokens must have), `credentials` what the gateway
+    /// presents to the upstream, `body_limit` the largest request body read.
+    pub fn layer(
+        &self,
+        upstream: &str,
+        resource: impl Into<String>,
+        credentials: Option<&CredentialsSpec>,
+        body_limit: usize,
+    ) -> Result<OAuthGuardLayer, AuthBuildError> {
+        let credentials = match credentials {
+            None => UpstreamCredentials::None,
+            Some(CredentialsSpec::Static(s)) => {
+                UpstreamCredentials::Static(HeaderValue::from_str(&s.0).map_err(|_| {
+                    AuthBuildError("static credential is not a header value".into())
+                })?)
+            }
+            Some(CredentialsSpec::ClientCredentials(t)) => UpstreamCredentials::ClientCredentials(
+                Arc::new(ClientCredentialsSource::new(self.source(t)?)),
+            ),
+            Some(CredentialsSpec::TokenExchange(t)) => UpstreamCredentials::TokenExchange(
+                Arc::new(TokenExchangeSource::new(self.source(t)?)),
+            ),
+        };
+        Ok(
+            OAuthGuardLayer::with_shared_verifier(self.verifier.clone(), resource.into())
+                .authorization_servers(self.spec.issuer.iter().cloned())
+                .scopes(self.spec.scopes.iter().cloned())
+                .upstream(upstream.to_owned())
+                .permissions(self.permissions.clone())
+                .cache(self.cache.clone())
+                .credentials(credentials)
+                .body_limit(body_limit),
+        )
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use crate::config::parse;
-    use std::path::Path;
+    use super::*;
+    use crate::config::testing::run;
+    use std::collections::BTreeMap;
+
+    #[derive(Deserialize)]
+    struct Doc {
+        auth: Option<AuthConfig>,
+        #[serde(default)]
+        upstreams: BTreeMap<String, Upstream>,
+    }
+
+    #[derive(Deserialize)]
+    struct Upstream {
+        url: Option<String>,
+        credentials: Option<CredentialsConfig>,
+    }
+
+    /// What the checks make of `text`: `[auth]`, and each upstream's credentials.
+    struct Checked {
+        auth: Option<AuthSpec>,
+        credentials: Vec<CredentialsSpec>,
+    }
+
+    /// Checks `text` as the gateway does: each upstream's credentials, then `[auth]`.
+    fn parse(text: &str) -> Result<Checked, Vec<String>> {
+        run(text, |d: &Doc, e| {
+            let base = Path::new(".");
+            let mut credentials = Vec::new();
+            for (name, up) in &d.upstreams {
+                if let Some(c) = &up.credentials {
+                    let resource = up.url.clone();
+                    credentials.extend(check_credentials(
+                        name,
+                        c,
+                        d.auth.as_ref(),
+                        resource,
+                        base,
+                        e,
+                    ));
+                }
+            }
+            let names: Vec<&str> = d.upstreams.keys().map(String::as_str).collect();
+            let auth = d.auth.as_ref().and_then(|a| check(a, &names, base, e));
+            Some(Checked { auth, credentials })
+        })
+    }
 
     fn errs(text: &str) -> Vec<String> {
-        parse(text, "gw.toml", Path::new("."))
-            .err()
-            .unwrap_or_default()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        parse(text).err().unwrap_or_default()
     }
 
     const UP: &str = "[upstreams.github]\nurl = \"http://127.0.0.1:9/mcp\"\n";
@@ -542,13 +704,10 @@ mod tests {
     fn auth_section_is_checked_with_locations() {
         let ok = parse(
             &format!(
-                "[server]\npublic_url = \"https://gw.example.com/\"\n[auth]\nissuer = \"https://as.example.com\"\nscopes = [\"mcp:tools\"]\n[[auth.permissions]]\nupstream = \"github\"\ntools = [\"search_*\"]\nscopes = [\"github:read\"]\n{UP}"
+                "[auth]\nissuer = \"https://as.example.com/\"\nscopes = [\"mcp:tools\"]\n[[auth.permissions]]\nupstream = \"github\"\ntools = [\"search_*\"]\nscopes = [\"github:read\"]\n{UP}"
             ),
-            "gw.toml",
-            Path::new("."),
         )
         .unwrap();
-        assert_eq!(ok.public_url.as_deref(), Some("https://gw.example.com"));
         let a = ok.auth.unwrap();
         assert_eq!(a.issuer.as_deref(), Some("https://as.example.com"));
         assert_eq!(a.permissions[0].tools, ["search_*"]);
@@ -602,12 +761,10 @@ mod tests {
         std::env::set_var("MCPGW_TEST_STATIC_SECRET", "s3cret");
         let s = parse(
             "[upstreams.a]\nurl = \"http://127.0.0.1:9/mcp\"\ncredentials = { type = \"static\", secret_env = \"MCPGW_TEST_STATIC_SECRET\" }\n",
-            "gw.toml",
-            Path::new("."),
         )
         .unwrap();
-        match &s.upstreams[0].credentials {
-            Some(super::CredentialsSpec::Static(v)) => assert_eq!(v.0, "Bearer s3cret"),
+        match &s.credentials[..] {
+            [CredentialsSpec::Static(v)] => assert_eq!(v.0, "Bearer s3cret"),
             other => panic!("{other:?}"),
         }
     }

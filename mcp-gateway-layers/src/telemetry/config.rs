@@ -1,5 +1,6 @@
-//! `[telemetry]` and `[admin]`: trace context, spans and metrics (TraceInject), and the
-//! operator's listener for `/metrics`, `/healthz` and `/readyz`.
+//! `[telemetry]`: trace context, spans and metrics (TraceInject), as written in the gateway's
+//! configuration file, checked with a location for every error, and built into a
+//! [`TraceInjectLayer`].
 //!
 //! ```toml
 //! [telemetry]                               # absent: nothing injected, exported or counted
@@ -10,21 +11,17 @@
 //! # export_timeout = "10s"
 //! # max_queue = 2048                        # spans waiting for export; more are dropped
 //! # max_series = 10000                      # metric label sets kept
-//!
-//! [admin]
-//! listen = "127.0.0.1:9464"                 # /metrics, /healthz, /readyz
 //! ```
 //!
 //! `otlp_endpoint` is the collector's base URL: spans are POSTed to `{otlp_endpoint}/v1/traces`
-//! (a URL already ending in `/v1/traces` is used as it is).
+//! (a URL already ending in `/v1/traces` is used as it is). Span export needs the
+//! `telemetry-otlp` feature.
 
-use crate::auth_config::Errs;
-use crate::config::Dur;
+use super::{Metrics, MetricsOptions, TraceInjectLayer};
+use crate::config::{Diagnostics, Dur, Spanned};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
-use toml::Spanned;
 
 /// `[telemetry]` as written.
 #[derive(Debug, Deserialize)]
@@ -53,14 +50,6 @@ pub struct TelemetryConfig {
     pub max_series: Option<Spanned<u64>>,
 }
 
-/// `[admin]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// The admin listener's address.
-    pub listen: Spanned<SocketAddr>,
-}
-
 /// Checked `[telemetry]`.
 #[derive(Debug, Clone)]
 pub struct TelemetrySpec {
@@ -80,13 +69,6 @@ pub struct TelemetrySpec {
     pub max_series: usize,
 }
 
-/// Checked `[admin]`.
-#[derive(Debug, Clone)]
-pub struct AdminSpec {
-    /// Listen address.
-    pub listen: SocketAddr,
-}
-
 impl TelemetrySpec {
     /// Telemetry on, no export: trace context injected and metrics kept.
     pub fn local() -> Self {
@@ -102,9 +84,9 @@ impl TelemetrySpec {
     }
 }
 
-/// Checks `[telemetry]`.
-pub(crate) fn check_telemetry(c: &TelemetryConfig, e: &mut Errs<'_>) -> Option<TelemetrySpec> {
-    let before = e.list.len();
+/// Checks `[telemetry]`. Each problem is reported at its key; `None` when there was one.
+pub fn check(c: &TelemetryConfig, e: &mut Diagnostics<'_>) -> Option<TelemetrySpec> {
+    let before = e.count();
     let mut spec = TelemetrySpec::local();
     if let Some(u) = &c.otlp_endpoint {
         let url = u.get_ref().trim();
@@ -118,8 +100,13 @@ pub(crate) fn check_telemetry(c: &TelemetryConfig, e: &mut Errs<'_>) -> Option<T
                 } else {
                     format!("{base}/v1/traces")
                 });
+                #[cfg(not(feature = "telemetry-otlp"))]
+                e.error(
+                    Some(u.span()),
+                    "telemetry.otlp_endpoint: span export is not built in (feature `telemetry-otlp`)",
+                );
             }
-            _ => e.at(
+            _ => e.error(
                 Some(u.span()),
                 format!("telemetry.otlp_endpoint: {url:?} is not an http:// or https:// URL"),
             ),
@@ -127,7 +114,7 @@ pub(crate) fn check_telemetry(c: &TelemetryConfig, e: &mut Errs<'_>) -> Option<T
     }
     if let Some(n) = &c.service_name {
         if n.get_ref().trim().is_empty() {
-            e.at(Some(n.span()), "telemetry.service_name is empty".into());
+            e.error(Some(n.span()), "telemetry.service_name is empty");
         } else {
             spec.service_name = n.get_ref().trim().to_owned();
         }
@@ -137,7 +124,7 @@ pub(crate) fn check_telemetry(c: &TelemetryConfig, e: &mut Errs<'_>) -> Option<T
         if (0.0..=1.0).contains(&v) {
             spec.sample_ratio = v;
         } else {
-            e.at(
+            e.error(
                 Some(r.span()),
                 format!("telemetry.sample_ratio must be between 0.0 and 1.0, not {v}"),
             );
@@ -148,7 +135,7 @@ pub(crate) fn check_telemetry(c: &TelemetryConfig, e: &mut Errs<'_>) -> Option<T
             if http::HeaderName::from_bytes(k.as_bytes()).is_err()
                 || http::HeaderValue::from_str(v).is_err()
             {
-                e.at(
+                e.error(
                     Some(h.span()),
                     format!("telemetry.headers: {k:?} is not a valid header"),
                 );
@@ -159,9 +146,9 @@ pub(crate) fn check_telemetry(c: &TelemetryConfig, e: &mut Errs<'_>) -> Option<T
     }
     if let Some(t) = &c.export_timeout {
         if t.get_ref().0.is_zero() {
-            e.at(
+            e.error(
                 Some(t.span()),
-                "telemetry.export_timeout must be above zero".into(),
+                "telemetry.export_timeout must be above zero",
             );
         } else {
             spec.export_timeout = t.get_ref().0;
@@ -174,19 +161,90 @@ pub(crate) fn check_telemetry(c: &TelemetryConfig, e: &mut Errs<'_>) -> Option<T
         if let Some(n) = field {
             match usize::try_from(*n.get_ref()) {
                 Ok(v) if v > 0 => *target = v,
-                _ => e.at(
+                _ => e.error(
                     Some(n.span()),
                     format!("telemetry.{name} must be at least 1"),
                 ),
             }
         }
     }
-    (e.list.len() == before).then_some(spec)
+    (e.count() == before).then_some(spec)
 }
 
-/// Checks `[admin]`.
-pub(crate) fn check_admin(c: &AdminConfig) -> AdminSpec {
-    AdminSpec {
-        listen: *c.listen.get_ref(),
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry: {0}")]
+pub struct TelemetryError(pub(crate) String);
+
+/// The TraceInject layer for checked `[telemetry]`, reading request bodies up to
+/// `body_limit` bytes: metrics kept in memory (for an admin listener's `/metrics`), and, with
+/// an endpoint, spans exported over OTLP/HTTP from a batch processor (see
+/// `telemetry::otlp`, feature `telemetry-otlp`; it needs a Tokio runtime). One layer serves
+/// every route: one metrics registry, one span exporter.
+pub fn layer(spec: &TelemetrySpec, body_limit: usize) -> Result<TraceInjectLayer, TelemetryError> {
+    let metrics = Metrics::new(MetricsOptions {
+        max_series: spec.max_series,
+    });
+    #[allow(unused_mut)]
+    let mut layer = TraceInjectLayer::new()
+        .metrics_registry(metrics)
+        .sample_ratio(spec.sample_ratio)
+        .body_limit(body_limit);
+    if let Some(url) = &spec.traces_url {
+        #[cfg(feature = "telemetry-otlp")]
+        {
+            let (processor, resource) = super::otlp::batch_processor(url, spec)?;
+            layer = layer.span_processor(processor, &resource);
+            tracing::info!(target: "mcp_gateway::telemetry", endpoint = %url, sample_ratio = spec.sample_ratio, "exporting spans over OTLP/HTTP");
+        }
+        #[cfg(not(feature = "telemetry-otlp"))]
+        return Err(TelemetryError(format!(
+            "span export to {url} is not built in (feature `telemetry-otlp`)"
+        )));
+    }
+    Ok(layer)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::testing::run;
+
+    #[derive(Deserialize)]
+    struct Doc {
+        telemetry: Option<TelemetryConfig>,
+    }
+
+    fn parse(text: &str) -> Result<TelemetrySpec, Vec<String>> {
+        run(text, |d: &Doc, e| check(d.telemetry.as_ref()?, e))
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let s = parse("[telemetry]\n").unwrap();
+        assert!(s.traces_url.is_none());
+        assert_eq!(s.service_name, "mcp-gateway");
+        assert_eq!(s.max_queue, 2048);
+        let e =
+            parse("[telemetry]\nsample_ratio = 2.0\nmax_series = 0\notlp_endpoint = \"udp://x\"\n")
+                .unwrap_err();
+        assert_eq!(
+            e,
+            [
+                "gw.toml:4:17: telemetry.otlp_endpoint: \"udp://x\" is not an http:// or https:// URL",
+                "gw.toml:2:16: telemetry.sample_ratio must be between 0.0 and 1.0, not 2",
+                "gw.toml:3:14: telemetry.max_series must be at least 1",
+            ]
+        );
+    }
+
+    #[cfg(feature = "telemetry-otlp")]
+    #[test]
+    fn the_endpoint_gets_its_path() {
+        let s = parse("[telemetry]\notlp_endpoint = \"http://c:4318/\"\n").unwrap();
+        assert_eq!(s.traces_url.as_deref(), Some("http://c:4318/v1/traces"));
+        let s = parse("[telemetry]\notlp_endpoint = \"http://c:4318/v1/traces\"\n").unwrap();
+        assert_eq!(s.traces_url.as_deref(), Some("http://c:4318/v1/traces"));
     }
 }

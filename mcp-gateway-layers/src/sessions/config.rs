@@ -1,4 +1,6 @@
-//! `[sessions]`: how legacy MCP sessions are sealed, expired and shared across replicas.
+//! `[sessions]`: how legacy MCP sessions are sealed, expired and shared across replicas, as
+//! written in the gateway's configuration file, checked with a location for every error, and
+//! built into a [`SessionAffinityLayer`].
 //!
 //! ```toml
 //! [sessions]
@@ -6,7 +8,7 @@
 //! previous_key_files = ["old.key"]  # ids sealed with these still open (key rotation)
 //! idle_timeout = "30m"              # 0: sessions never go idle
 //! max_lifetime = "24h"
-//! store = "memory"                  # or "redis"
+//! store = "memory"                  # or "redis" (feature `sessions-redis`)
 //! # redis_url = "redis://127.0.0.1:6379/0"
 //! # redis_timeout = "100ms"
 //! # redis_prefix = "mcpgw:s:"
@@ -17,13 +19,11 @@
 //! `[sessions]` section, upstreams with several instances get the layer with such a key and
 //! the defaults; single-instance upstreams pass session ids through untouched.
 
-use crate::config::{ConfigError, Dur};
-use mcp_gateway_layers::sessions::{SessionKey, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME};
+use super::{SessionAffinityLayer, SessionKey, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME};
+use crate::config::{resolve, Diagnostics, Dur, Spanned, StoreDefaults, StoreKeys, StoreSpec};
 use serde::Deserialize;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use toml::Spanned;
 
 /// `[sessions]` as written.
 #[derive(Debug, Deserialize, Default)]
@@ -55,22 +55,6 @@ pub struct SessionsConfig {
     pub redis_prefix: Option<String>,
 }
 
-/// Where checked sessions keep their shared state.
-#[derive(Debug, Clone)]
-pub enum SessionStoreSpec {
-    /// This process's memory.
-    Memory,
-    /// A shared Redis.
-    Redis {
-        /// The server URL.
-        url: String,
-        /// Answer timeout.
-        timeout: Duration,
-        /// Key prefix.
-        prefix: String,
-    },
-}
-
 /// Checked `[sessions]`.
 #[derive(Debug, Clone)]
 pub struct SessionsSpec {
@@ -83,7 +67,7 @@ pub struct SessionsSpec {
     /// Lifetime of a session.
     pub max_lifetime: Duration,
     /// The store.
-    pub store: SessionStoreSpec,
+    pub store: StoreSpec,
 }
 
 fn read_key(path: &Path) -> Result<SessionKey, String> {
@@ -92,50 +76,56 @@ fn read_key(path: &Path) -> Result<SessionKey, String> {
     SessionKey::from_base64(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Checks `[sessions]`, reading the key files; reports each problem at its key.
-pub(crate) fn check_sessions(
+/// The Redis answer timeout when `redis_timeout` is not given.
+#[cfg(feature = "sessions-redis")]
+const REDIS_TIMEOUT: Duration = super::redis::DEFAULT_TIMEOUT;
+#[cfg(not(feature = "sessions-redis"))]
+const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Whether `url` can be a Redis store's.
+fn open_redis(url: &str) -> Result<(), String> {
+    #[cfg(feature = "sessions-redis")]
+    {
+        super::redis::RedisStore::open(url)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "sessions-redis"))]
+    {
+        let _ = url;
+        Err("Redis support is not built in (feature `sessions-redis`)".into())
+    }
+}
+
+/// Checks `[sessions]`, reading the key files (relative to `base`, the configuration file's
+/// folder, unless absolute). Each problem is reported at its key; `None` when there was one.
+pub fn check(
     c: &SessionsConfig,
     base: &Path,
-    text: &str,
-    source: &str,
-) -> Result<SessionsSpec, Vec<ConfigError>> {
-    let mut errors = Vec::new();
-    let mut bad = |span: Option<Range<usize>>, message: String| {
-        errors.push(ConfigError {
-            source: source.to_owned(),
-            location: span.map(|s| crate::config::line_col(text, s.start)),
-            message,
-        });
-    };
-    let resolve = |p: &Spanned<PathBuf>| {
-        let p = p.get_ref();
-        if p.is_absolute() {
-            p.clone()
-        } else {
-            base.join(p)
-        }
-    };
+    errors: &mut Diagnostics<'_>,
+) -> Option<SessionsSpec> {
+    let before = errors.count();
     let key = c
         .key_file
         .as_ref()
-        .and_then(|k| match read_key(&resolve(k)) {
+        .and_then(|k| match read_key(&resolve(base, k.get_ref())) {
             Ok(key) => Some(key),
             Err(m) => {
-                bad(Some(k.span()), format!("sessions.key_file: {m}"));
+                errors.error(Some(k.span()), format!("sessions.key_file: {m}"));
                 None
             }
         });
     let mut previous = Vec::new();
     for p in &c.previous_key_files {
-        match read_key(&resolve(p)) {
+        match read_key(&resolve(base, p.get_ref())) {
             Ok(k) => previous.push(k),
-            Err(m) => bad(Some(p.span()), format!("sessions.previous_key_files: {m}")),
+            Err(m) => errors.error(Some(p.span()), format!("sessions.previous_key_files: {m}")),
         }
     }
     if !c.previous_key_files.is_empty() && c.key_file.is_none() {
-        bad(
+        errors.error(
             c.previous_key_files.first().map(Spanned::span),
-            "sessions.previous_key_files needs key_file (the key new ids are sealed with)".into(),
+            "sessions.previous_key_files needs key_file (the key new ids are sealed with)",
         );
     }
     let idle_timeout = match &c.idle_timeout {
@@ -146,41 +136,30 @@ pub(crate) fn check_sessions(
     let max_lifetime = match &c.max_lifetime {
         None => DEFAULT_MAX_LIFETIME,
         Some(d) if d.get_ref().0.is_zero() => {
-            bad(
+            errors.error(
                 Some(d.span()),
-                "sessions.max_lifetime must be greater than 0".into(),
+                "sessions.max_lifetime must be greater than 0",
             );
             DEFAULT_MAX_LIFETIME
         }
         Some(d) => d.get_ref().0,
     };
-    let open = |u: &str| {
-        mcp_gateway_layers::sessions::redis::RedisStore::open(u)
-            .map(drop)
-            .map_err(|e| e.to_string())
-    };
-    let store = match crate::config::check_store(
+    let store = StoreSpec::check(
         "sessions",
-        c.store.as_ref(),
-        c.redis_url.as_ref(),
-        open,
-        &mut bad,
-    ) {
-        None => SessionStoreSpec::Memory,
-        Some(url) => SessionStoreSpec::Redis {
-            url,
-            timeout: c
-                .redis_timeout
-                .map_or(mcp_gateway_layers::sessions::redis::DEFAULT_TIMEOUT, |d| {
-                    d.0
-                }),
-            prefix: c.redis_prefix.clone().unwrap_or_else(|| "mcpgw:s:".into()),
+        StoreKeys {
+            store: c.store.as_ref(),
+            redis_url: c.redis_url.as_ref(),
+            redis_timeout: c.redis_timeout,
+            redis_prefix: c.redis_prefix.as_deref(),
         },
-    };
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(SessionsSpec {
+        StoreDefaults {
+            timeout: REDIS_TIMEOUT,
+            prefix: "mcpgw:s:",
+        },
+        open_redis,
+        errors,
+    );
+    (errors.count() == before).then_some(SessionsSpec {
         key,
         previous,
         idle_timeout,
@@ -189,8 +168,62 @@ pub(crate) fn check_sessions(
     })
 }
 
-/// `mcp-gateway keygen`: writes a new key to `path` (mode 0600), refusing to overwrite one
-/// unless `force`. Returns the key's fingerprint.
+/// The sessions layer: from checked `[sessions]` (`spec`), or — with no `[sessions]` — with a
+/// random per-process key when some upstream has several instances (`several_instances`:
+/// their sessions must be routed); `None` when nothing needs it, or when no key can be made
+/// (logged). One layer serves every route that routes sessions.
+pub fn layer(spec: Option<&SessionsSpec>, several_instances: bool) -> Option<SessionAffinityLayer> {
+    if spec.is_none() && !several_instances {
+        return None;
+    }
+    let key = match spec.and_then(|s| s.key.clone()) {
+        Some(k) => {
+            tracing::info!(target: "mcp_gateway::sessions", key = %k.fingerprint(), "sessions sealed with the key file's key");
+            k
+        }
+        None => {
+            tracing::warn!(target: "mcp_gateway::sessions", "no [sessions] key_file: session ids are sealed with a random per-process key; they end when this process restarts and do not span replicas (`mcp-gateway keygen` writes a key file)");
+            match SessionKey::generate() {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(target: "mcp_gateway::sessions", error = %e, "no session key: sessions are not routed");
+                    return None;
+                }
+            }
+        }
+    };
+    let mut layer = SessionAffinityLayer::new(key);
+    let Some(spec) = spec else {
+        return Some(layer);
+    };
+    layer = layer
+        .previous_keys(spec.previous.clone())
+        .idle_timeout(spec.idle_timeout)
+        .max_lifetime(spec.max_lifetime);
+    match &spec.store {
+        StoreSpec::Memory => {}
+        #[cfg(feature = "sessions-redis")]
+        StoreSpec::Redis {
+            url,
+            timeout,
+            prefix,
+        } => match super::redis::RedisStore::open(url) {
+            Ok(store) => layer = layer.store(store.timeout(*timeout).prefix(prefix.clone())),
+            // `check` validated the URL; should it fail now, ends are seen by this replica only.
+            Err(e) => {
+                tracing::error!(target: "mcp_gateway::sessions", error = %e, "sessions: Redis store unusable; session ends are per replica");
+            }
+        },
+        #[cfg(not(feature = "sessions-redis"))]
+        StoreSpec::Redis { .. } => {
+            tracing::error!(target: "mcp_gateway::sessions", "sessions: Redis support is not built in (feature `sessions-redis`); session ends are per replica");
+        }
+    }
+    Some(layer)
+}
+
+/// Writes a new session key to `path` (mode 0600), refusing to overwrite one unless `force`
+/// (`mcp-gateway keygen`). Returns the key's fingerprint.
 pub fn keygen(path: &Path, force: bool) -> Result<String, String> {
     use std::io::Write;
     let key = SessionKey::generate().map_err(|e| e.to_string())?;
@@ -216,38 +249,45 @@ pub fn keygen(path: &Path, force: bool) -> Result<String, String> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use crate::config::parse;
+    use super::*;
+    use crate::config::testing::run;
 
-    fn errs(text: &str, base: &std::path::Path) -> Vec<String> {
-        parse(text, "gw.toml", base)
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+    #[derive(Deserialize)]
+    struct Doc {
+        sessions: Option<SessionsConfig>,
+        #[serde(default, rename = "upstreams")]
+        _upstreams: toml::Table,
+    }
+
+    fn parse(text: &str, base: &Path) -> Result<SessionsSpec, Vec<String>> {
+        run(text, |d: &Doc, e| check(d.sessions.as_ref()?, base, e))
+    }
+
+    fn errs(text: &str, base: &Path) -> Vec<String> {
+        parse(text, base).unwrap_err()
     }
 
     #[test]
     fn sessions_section() {
         let dir = tempfile::tempdir().unwrap();
-        let fp = super::keygen(&dir.path().join("k"), false).unwrap();
+        let fp = keygen(&dir.path().join("k"), false).unwrap();
         assert_eq!(fp.len(), 8);
         assert!(
-            super::keygen(&dir.path().join("k"), false).is_err(),
+            keygen(&dir.path().join("k"), false).is_err(),
             "overwrote a key"
         );
         std::fs::write(dir.path().join("short"), "c2hvcnQ=\n").unwrap();
         let base = "[upstreams.a]\nurl = \"http://127.0.0.1:1/mcp\"\n";
-        let s = parse(
+        let spec = parse(
             &format!(
                 "{base}[sessions]\nkey_file = \"k\"\nidle_timeout = \"0\"\nmax_lifetime = \"2h\"\n"
             ),
-            "gw.toml",
             dir.path(),
         )
         .unwrap();
-        let spec = s.sessions.unwrap();
         assert!(spec.key.is_some() && spec.idle_timeout.is_none());
         assert_eq!(spec.max_lifetime.as_secs(), 7200);
+        assert_eq!(spec.store, StoreSpec::Memory);
         let e = errs(
             &format!("{base}[sessions]\nkey_file = \"short\"\n"),
             dir.path(),
@@ -284,5 +324,15 @@ mod tests {
         assert!(e[0].contains("needs key_file"), "{e:?}");
         let e = errs(&format!("{base}[sessions]\nkey_fle = \"k\"\n"), dir.path());
         assert!(e[0].starts_with("gw.toml:4:1"), "{e:?}");
+    }
+
+    #[test]
+    fn the_layer_is_built_when_needed() {
+        assert!(layer(None, false).is_none());
+        assert!(layer(None, true).is_some());
+        let dir = tempfile::tempdir().unwrap();
+        keygen(&dir.path().join("k"), false).unwrap();
+        let spec = parse("[sessions]\nkey_file = \"k\"\n", dir.path()).unwrap();
+        assert!(layer(Some(&spec), false).is_some());
     }
 }

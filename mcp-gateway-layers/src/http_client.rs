@@ -1,6 +1,7 @@
-//! A small HTTP client for talking to the authorization server: discovery, JWKS, and the
-//! transport the `oauth2` crate uses. No redirects are followed (SSRF), bodies are bounded,
-//! every call has a timeout.
+//! A small HTTP client for the gateway's own calls: to the authorization server (discovery,
+//! JWKS, and the transport the `oauth2` crate uses; feature `auth`) and to the OTLP collector
+//! (span export; feature `telemetry-otlp`). No redirects are followed (SSRF), bodies are
+//! bounded, every call has a timeout.
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
@@ -12,10 +13,10 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
-/// Largest answer read from the authorization server.
+/// Largest answer read.
 const MAX_BODY: usize = 1 << 20;
 
-/// Why a call to the authorization server failed.
+/// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HttpError {
@@ -113,6 +114,7 @@ impl AsClient {
     }
 
     /// The transport for the `oauth2` crate.
+    #[cfg(feature = "auth")]
     pub(crate) async fn oauth2(
         &self,
         req: oauth2::HttpRequest,

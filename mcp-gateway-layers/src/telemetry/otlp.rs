@@ -1,6 +1,8 @@
-//! Span export over OTLP/HTTP (protobuf): an `opentelemetry_sdk` span exporter that writes a
-//! batch of spans straight into the bytes of an `ExportTraceServiceRequest` and POSTs them with
-//! the gateway's own HTTP client.
+//! Span export over OTLP/HTTP (protobuf), feature `telemetry-otlp`: an `opentelemetry_sdk`
+//! span exporter that writes a batch of spans straight into the bytes of an
+//! `ExportTraceServiceRequest` and POSTs them with this crate's own HTTP client
+//! ([`AsClient`]), the batch processor `[telemetry]` builds over
+//! it ([`batch_processor`]), and the flush at shutdown ([`shutdown`]).
 //!
 //! The encoding walks each [`SpanData`] once and writes the protobuf wire format directly: no
 //! intermediate message structs and no copy of a span's strings. Attribute sizes are computed
@@ -10,13 +12,15 @@
 //! spans grouped by instrumentation scope in order of first appearance, fields in field-number
 //! order, proto3 defaults left out.
 
+use super::config::{TelemetryError, TelemetrySpec};
+use super::TraceInjectLayer;
+use crate::http_client::{AsClient, HttpError};
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, Method, Request, Uri};
-use mcp_gateway_layers::auth::{AsClient, HttpError};
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -199,6 +203,48 @@ impl OtlpHttpExporter {
             backoff = (backoff * 2).min(MAX_BACKOFF);
             attempt += 1;
         }
+    }
+}
+
+/// The batch processor of checked `[telemetry]` exporting to `url` (the full `…/v1/traces`
+/// URL), and the resource its spans are exported with (`service.name`, `service.version`).
+/// Spans are batched on the processor's own thread and sent with this crate's HTTP client on
+/// the current Tokio runtime, which must exist.
+pub fn batch_processor(
+    url: &str,
+    spec: &TelemetrySpec,
+) -> Result<(BatchSpanProcessor, Resource), TelemetryError> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| TelemetryError("no async runtime to export spans from".into()))?;
+    let exporter = OtlpHttpExporter::new(url, &spec.headers, spec.export_timeout, runtime)
+        .map_err(TelemetryError)?;
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(spec.max_queue)
+                .with_scheduled_delay(Duration::from_millis(500))
+                .build(),
+        )
+        .build();
+    let resource = Resource::builder()
+        .with_service_name(spec.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    Ok((processor, resource))
+}
+
+/// Exports the spans still queued in `layer` and stops its exporter, waiting at most
+/// `timeout`. Runs the blocking flush off the runtime's threads, which must keep driving the
+/// export itself.
+pub async fn shutdown(layer: &TraceInjectLayer, timeout: Duration) {
+    let layer = layer.clone();
+    let done = tokio::task::spawn_blocking(move || layer.shutdown(timeout)).await;
+    match done {
+        Ok(Ok(())) => tracing::debug!(target: "mcp_gateway::telemetry", "spans flushed"),
+        Ok(Err(e)) => {
+            tracing::warn!(target: "mcp_gateway::telemetry", error = %e, "spans not all exported at shutdown");
+        }
+        Err(e) => tracing::warn!(target: "mcp_gateway::telemetry", error = %e, "span flush failed"),
     }
 }
 

@@ -1,4 +1,5 @@
-//! `[audit]`: the audit log's configuration, checked with a location for every error.
+//! `[audit]`: the audit log as written in the gateway's configuration file, checked with a
+//! location for every error, and started as an [`AuditWriter`] under an [`AuditLogLayer`].
 //!
 //! ```toml
 //! [audit]                            # absent: no audit
@@ -16,13 +17,11 @@
 //! # sink = "file"                    # or "stdout" (then no path)
 //! ```
 
-use crate::auth_config::Errs;
-use crate::config::{Dur, Size};
-use mcp_gateway_layers::audit::{FsyncPolicy, OnFull, WriterOptions};
+use super::{AuditLogLayer, AuditWriter, FileSink, FsyncPolicy, OnFull, StdoutSink, WriterOptions};
+use crate::config::{resolve, Diagnostics, Dur, Size, Spanned};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use toml::Spanned;
 
 /// `[audit]` as written.
 #[derive(Debug, Deserialize)]
@@ -97,9 +96,10 @@ pub struct AuditSpec {
 /// The keys redacted when `redact` is not given.
 pub const DEFAULT_REDACT: [&str; 5] = ["password", "token", "api_key", "secret", "authorization"];
 
-/// Checks `[audit]`; reports each problem at its key.
-pub(crate) fn check_audit(a: &AuditConfig, base: &Path, e: &mut Errs<'_>) -> Option<AuditSpec> {
-    let before = e.list.len();
+/// Checks `[audit]` (a relative `path` is relative to `base`, the configuration file's
+/// folder). Each problem is reported at its key; `None` when there was one.
+pub fn check(a: &AuditConfig, base: &Path, e: &mut Diagnostics<'_>) -> Option<AuditSpec> {
+    let before = e.count();
     let mut options = WriterOptions::default();
     match a.fsync.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
         None | Some(("interval", _)) => {
@@ -109,20 +109,20 @@ pub(crate) fn check_audit(a: &AuditConfig, base: &Path, e: &mut Errs<'_>) -> Opt
                 .map_or(Duration::from_secs(1), |d| d.get_ref().0);
             if every.is_zero() {
                 let span = a.fsync_interval.as_ref().map(Spanned::span);
-                e.at(span, "audit.fsync_interval must be greater than 0".into());
+                e.error(span, "audit.fsync_interval must be greater than 0");
             }
             options.fsync = FsyncPolicy::Interval(every);
         }
         Some(("always", _)) => {
             if let Some(d) = &a.fsync_interval {
-                e.at(
+                e.error(
                     Some(d.span()),
-                    "audit.fsync_interval is set but fsync is \"always\"".into(),
+                    "audit.fsync_interval is set but fsync is \"always\"",
                 );
             }
             options.fsync = FsyncPolicy::Always;
         }
-        Some((other, span)) => e.at(
+        Some((other, span)) => e.error(
             Some(span),
             format!("audit.fsync: {other:?} is not \"interval\" or \"always\""),
         ),
@@ -130,19 +130,19 @@ pub(crate) fn check_audit(a: &AuditConfig, base: &Path, e: &mut Errs<'_>) -> Opt
     match a.on_full.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
         None | Some(("block", _)) => options.on_full = OnFull::Block,
         Some(("refuse", _)) => options.on_full = OnFull::Refuse,
-        Some((other, span)) => e.at(
+        Some((other, span)) => e.error(
             Some(span),
             format!("audit.on_full: {other:?} is not \"block\" or \"refuse\""),
         ),
     }
     if let Some(l) = &a.linger {
         if options.fsync == FsyncPolicy::Always {
-            e.at(
+            e.error(
                 Some(l.span()),
-                "audit.linger is set but fsync is \"always\" (which never lingers)".into(),
+                "audit.linger is set but fsync is \"always\" (which never lingers)",
             );
         } else if l.get_ref().0 > Duration::from_secs(1) {
-            e.at(Some(l.span()), "audit.linger must be at most 1s".into());
+            e.error(Some(l.span()), "audit.linger must be at most 1s");
         } else {
             options.linger = l.get_ref().0;
         }
@@ -150,7 +150,7 @@ pub(crate) fn check_audit(a: &AuditConfig, base: &Path, e: &mut Errs<'_>) -> Opt
     if let Some(q) = &a.queue {
         match usize::try_from(*q.get_ref()) {
             Ok(n) if n > 0 => options.queue = n,
-            _ => e.at(Some(q.span()), "audit.queue must be at least 1".into()),
+            _ => e.error(Some(q.span()), "audit.queue must be at least 1"),
         }
     }
     options.arguments.record = a.record_arguments.unwrap_or(false);
@@ -163,42 +163,32 @@ pub(crate) fn check_audit(a: &AuditConfig, base: &Path, e: &mut Errs<'_>) -> Opt
         .as_ref()
         .map_or(100 << 20, |s| s.get_ref().0 as u64);
     if let Some(s) = a.rotate_size.as_ref().filter(|s| s.get_ref().0 == 0) {
-        e.at(
-            Some(s.span()),
-            "audit.rotate_size must be greater than 0".into(),
-        );
+        e.error(Some(s.span()), "audit.rotate_size must be greater than 0");
     }
     let rotate_age = a.rotate_age.as_ref().map(|d| d.get_ref().0);
     if let Some(d) = a.rotate_age.as_ref().filter(|d| d.get_ref().0.is_zero()) {
-        e.at(
-            Some(d.span()),
-            "audit.rotate_age must be greater than 0".into(),
-        );
+        e.error(Some(d.span()), "audit.rotate_age must be greater than 0");
     }
     let keep = a.keep.as_ref().map_or(30, |k| *k.get_ref());
     if let Some(k) = a.keep.as_ref().filter(|k| *k.get_ref() == 0) {
-        e.at(
+        e.error(
             Some(k.span()),
-            "audit.keep must be at least 1 (rotated files kept)".into(),
+            "audit.keep must be at least 1 (rotated files kept)",
         );
     }
     let sink = match a.sink.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
         None | Some(("file", _)) => match &a.path {
             None => {
-                e.at(
+                e.error(
                     a.sink.as_ref().map(Spanned::span),
-                    "[audit] needs a path (or sink = \"stdout\")".into(),
+                    "[audit] needs a path (or sink = \"stdout\")",
                 );
                 None
             }
             Some(p) => {
-                let path = if p.get_ref().is_absolute() {
-                    p.get_ref().clone()
-                } else {
-                    base.join(p.get_ref())
-                };
+                let path = resolve(base, p.get_ref());
                 if path.is_dir() || path.as_os_str().is_empty() {
-                    e.at(
+                    e.error(
                         Some(p.span()),
                         format!("audit.path: {} is a folder, not a file", path.display()),
                     );
@@ -213,114 +203,113 @@ pub(crate) fn check_audit(a: &AuditConfig, base: &Path, e: &mut Errs<'_>) -> Opt
         },
         Some(("stdout", span)) => {
             if let Some(p) = &a.path {
-                e.at(
-                    Some(p.span()),
-                    "audit.path is set but sink is \"stdout\"".into(),
-                );
+                e.error(Some(p.span()), "audit.path is set but sink is \"stdout\"");
             }
             let _ = span;
             Some(AuditSinkSpec::Stdout)
         }
         Some((other, span)) => {
-            e.at(
+            e.error(
                 Some(span),
                 format!("audit.sink: {other:?} is not \"file\" or \"stdout\""),
             );
             None
         }
     };
-    if e.list.len() != before {
+    if e.count() != before {
         return None;
     }
     sink.map(|sink| AuditSpec { sink, options })
 }
 
-impl AuditSpec {
-    /// Opens the sink and starts the writer.
-    pub fn start(&self) -> std::io::Result<mcp_gateway_layers::audit::AuditWriter> {
-        use mcp_gateway_layers::audit::{AuditWriter, FileSink, StdoutSink};
-        match &self.sink {
-            AuditSinkSpec::File {
-                path,
-                rotate_size,
-                rotate_age,
-                keep,
-            } => {
-                let sink = FileSink::open(path)?
-                    .rotate_size(*rotate_size)
-                    .rotate_age(*rotate_age)
-                    .keep(*keep);
-                AuditWriter::spawn(sink, self.options.clone())
-            }
-            AuditSinkSpec::Stdout => AuditWriter::spawn(StdoutSink, self.options.clone()),
+/// Opens the sink of checked `[audit]` and starts the writer (flush it at shutdown).
+pub fn writer(spec: &AuditSpec) -> std::io::Result<AuditWriter> {
+    match &spec.sink {
+        AuditSinkSpec::File {
+            path,
+            rotate_size,
+            rotate_age,
+            keep,
+        } => {
+            let sink = FileSink::open(path)?
+                .rotate_size(*rotate_size)
+                .rotate_age(*rotate_age)
+                .keep(*keep);
+            AuditWriter::spawn(sink, spec.options.clone())
         }
+        AuditSinkSpec::Stdout => AuditWriter::spawn(StdoutSink, spec.options.clone()),
     }
+}
+
+/// The audit layer writing to `writer`, reading request bodies up to `body_limit` bytes. One
+/// writer serves every route; each route may have its own layer.
+pub fn layer(writer: &AuditWriter, body_limit: usize) -> AuditLogLayer {
+    AuditLogLayer::new(writer.clone()).body_limit(body_limit)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::path::Path;
+    use super::*;
+    use crate::config::testing::run;
+
+    #[derive(Deserialize)]
+    struct Doc {
+        audit: Option<AuditConfig>,
+        #[serde(default, rename = "upstreams")]
+        _upstreams: toml::Table,
+    }
+
+    fn parse(text: &str, base: &Path) -> Result<AuditSpec, Vec<String>> {
+        run(text, |d: &Doc, e| check(d.audit.as_ref()?, base, e))
+    }
 
     fn errs(text: &str) -> Vec<String> {
-        crate::config::parse(text, "gw.toml", Path::new("."))
-            .err()
-            .unwrap_or_default()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        parse(text, Path::new(".")).err().unwrap_or_default()
     }
 
     const BASE: &str = "[upstreams.a]\nurl = \"http://127.0.0.1:1/mcp\"\n";
 
     #[test]
     fn full_and_default() {
-        let s = crate::config::parse(
+        let a = parse(
             &format!("{BASE}[audit]\npath = \"/tmp/a/audit.jsonl\"\nfsync = \"always\"\non_full = \"refuse\"\nrotate_size = \"1MiB\"\nkeep = 3\nrecord_arguments = true\nredact = [\"pin\"]\nrotate_age = \"1h\"\nqueue = 10\n"),
-            "gw.toml",
             Path::new("."),
         )
         .unwrap();
-        let a = s.audit.unwrap();
         assert!(matches!(
             a.sink,
-            super::AuditSinkSpec::File {
+            AuditSinkSpec::File {
                 rotate_size: 1048576,
                 keep: 3,
                 ..
             }
         ));
-        assert_eq!(
-            a.options.fsync,
-            mcp_gateway_layers::audit::FsyncPolicy::Always
-        );
-        assert_eq!(a.options.on_full, mcp_gateway_layers::audit::OnFull::Refuse);
+        assert_eq!(a.options.fsync, crate::audit::FsyncPolicy::Always);
+        assert_eq!(a.options.on_full, crate::audit::OnFull::Refuse);
         assert_eq!(a.options.queue, 10);
         assert!(a.options.arguments.record);
         assert_eq!(a.options.arguments.redact, ["pin"]);
-        let s = crate::config::parse(
+        let a = parse(
             &format!("{BASE}[audit]\npath = \"audit.jsonl\"\n"),
-            "gw.toml",
             Path::new("/etc/gw"),
         )
         .unwrap();
-        let a = s.audit.unwrap();
         assert!(
-            matches!(&a.sink, super::AuditSinkSpec::File { path, .. } if path == Path::new("/etc/gw/audit.jsonl"))
+            matches!(&a.sink, AuditSinkSpec::File { path, .. } if path == Path::new("/etc/gw/audit.jsonl"))
         );
         assert_eq!(
             a.options.fsync,
-            mcp_gateway_layers::audit::FsyncPolicy::Interval(std::time::Duration::from_secs(1))
+            crate::audit::FsyncPolicy::Interval(std::time::Duration::from_secs(1))
         );
         assert!(!a.options.arguments.record);
         assert_eq!(a.options.linger, std::time::Duration::from_millis(2));
-        let s = crate::config::parse(
+        let a = parse(
             &format!("{BASE}[audit]\npath = \"a.jsonl\"\nlinger = \"0s\"\n"),
-            "gw.toml",
             Path::new("."),
         )
         .unwrap();
-        assert!(s.audit.unwrap().options.linger.is_zero());
+        assert!(a.options.linger.is_zero());
     }
 
     #[test]

@@ -1,0 +1,378 @@
+//! What every capability's configuration section shares: located errors, durations and sizes
+//! as written in TOML, paths and URLs, and the `store = "memory" | "redis"` keys.
+//!
+//! Each capability has its section's settings in its own `config` module (`auth::config`,
+//! `limits::config`, `sessions::config`, `telemetry::config`, `audit::config`, by feature):
+//! the serde types as written (each value that can be wrong keeps its place in the file,
+//! [`Spanned`]), a `check` that turns them into a checked spec and reports every problem with
+//! its file, line and column to a [`Diagnostics`], and the function that builds the layer from
+//! the checked spec. The `mcp-gateway` binary's configuration file is made of these sections:
+//!
+//! ```
+//! # #[cfg(feature = "limits")] {
+//! use mcp_gateway_layers::config::{from_toml, Diagnostics};
+//! use mcp_gateway_layers::limits::config::{self as limits, LimitsConfig};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct File {
+//!     limits: LimitsConfig,
+//! }
+//!
+//! let text = "[limits]\nrequests_per_minute = 0\n";
+//! let file: File = from_toml(text, "gw.toml").unwrap();
+//! let mut errors = Diagnostics::new(text, "gw.toml");
+//! assert!(limits::check(&file.limits, &[], &mut errors).is_none());
+//! assert_eq!(
+//!     errors.into_errors()[0].to_string(),
+//!     "gw.toml:2:23: limits.requests_per_minute must be between 1 and 4294967295"
+//! );
+//! # }
+//! ```
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use toml::Spanned;
+
+/// A configuration problem, with where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<flags>` for the command line).
+    pub source: String,
+    /// 1-based line and column, when known.
+    pub location: Option<(usize, usize)>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some((l, c)) => write!(f, "{}:{l}:{c}: {}", self.source, self.message),
+            None => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The 1-based line and column of byte `offset` of `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+/// Parses TOML `text` (from `source`, a file name) into `T`; a syntax error, an unknown key or
+/// a wrong value is reported at its place.
+pub fn from_toml<T: de::DeserializeOwned>(text: &str, source: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError {
+        source: source.to_owned(),
+        location: e.span().map(|s| line_col(text, s.start)),
+        message: e.message().trim().to_owned(),
+    })
+}
+
+/// Collects the errors of a configuration file, each located (file, line, column) from the
+/// span of the value it is about.
+#[derive(Debug)]
+pub struct Diagnostics<'a> {
+    text: &'a str,
+    source: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Diagnostics<'a> {
+    /// Errors about `text`, read from `source` (a file name).
+    pub fn new(text: &'a str, source: &'a str) -> Self {
+        Self {
+            text,
+            source,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Reports `message` at `span` (a byte range of the text; `None`: the file as a whole).
+    pub fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            source: self.source.to_owned(),
+            location: span.map(|s| line_col(self.text, s.start)),
+            message: message.into(),
+        });
+    }
+
+    /// How many errors were reported so far: a check compares the count before and after.
+    pub fn count(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Whether no error was reported.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// The errors, in the order they were reported.
+    pub fn into_errors(self) -> Vec<ConfigError> {
+        self.errors
+    }
+}
+
+/// A duration written as `250ms`, `30s`, `5m`, `1h`, or a whole number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+/// Parses `250ms`, `30s`, `5m`, `1h` or `30`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 30s, 5m, 1h"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    Ok(d)
+}
+
+/// Parses `4MiB`, `512KiB`, `1MB`, `1GiB` or a number of bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 4MiB, 512KiB, 1000000"))?;
+    let mul: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB, KB, MB or GB"
+            ))
+        }
+    };
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Num(u64),
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::Num(n) => Ok(Dur(Duration::from_secs(n))),
+            NumOrStr::Str(s) => parse_duration(&s).map(Dur).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// A size in bytes written as `4MiB` or a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::Num(n) => usize::try_from(n).map(Size).map_err(de::Error::custom),
+            NumOrStr::Str(s) => parse_size(&s).map(Size).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// A configured path, relative to the configuration file's folder `base` unless absolute.
+pub fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Checks a URL the gateway calls (an upstream instance, an issuer, a token endpoint):
+/// absolute `http://` or `https://` with a host.
+pub fn check_url(s: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("URL {s:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("URL {s:?} has no host"));
+    }
+    Ok(uri)
+}
+
+/// Where a section keeps the state its replicas share (`[limits]`' budgets, `[sessions]`'
+/// session ends): this process's memory, or a Redis server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// This process's memory.
+    Memory,
+    /// A shared Redis.
+    Redis {
+        /// The server URL.
+        url: String,
+        /// How long one Redis answer may take.
+        timeout: Duration,
+        /// Key prefix.
+        prefix: String,
+    },
+}
+
+/// A section's store keys as written: `store`, `redis_url`, `redis_timeout`, `redis_prefix`.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreKeys<'a> {
+    /// `memory` (default) or `redis`.
+    pub store: Option<&'a Spanned<String>>,
+    /// The Redis server, for `store = "redis"`.
+    pub redis_url: Option<&'a Spanned<String>>,
+    /// How long a Redis answer may take.
+    pub redis_timeout: Option<Dur>,
+    /// Prefix of the Redis keys.
+    pub redis_prefix: Option<&'a str>,
+}
+
+/// What a section's store falls back to when its keys leave it out.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreDefaults<'a> {
+    /// The Redis timeout.
+    pub timeout: Duration,
+    /// The Redis key prefix.
+    pub prefix: &'a str,
+}
+
+impl StoreSpec {
+    /// Checks `store = "memory" | "redis"` and `redis_url` alike for every section that has a
+    /// store (`section` names it in messages): with Redis, `open` says whether the URL is
+    /// usable. Problems are reported to `errors`; the spec returned then is `Memory`.
+    pub fn check(
+        section: &str,
+        keys: StoreKeys<'_>,
+        defaults: StoreDefaults<'_>,
+        open: impl Fn(&str) -> Result<(), String>,
+        errors: &mut Diagnostics<'_>,
+    ) -> Self {
+        let url = match keys.store.map(|s| (s.get_ref().as_str(), s.span())) {
+            None | Some(("memory", _)) => {
+                if let Some(u) = keys.redis_url {
+                    errors.error(
+                        Some(u.span()),
+                        format!("{section}.redis_url is set but store is not \"redis\""),
+                    );
+                }
+                None
+            }
+            Some(("redis", span)) => match keys.redis_url {
+                None => {
+                    errors.error(
+                        Some(span),
+                        format!("{section}: store = \"redis\" needs redis_url"),
+                    );
+                    None
+                }
+                Some(u) => {
+                    if let Err(e) = open(u.get_ref()) {
+                        errors.error(Some(u.span()), format!("{section}.redis_url: {e}"));
+                    }
+                    Some(u.get_ref().clone())
+                }
+            },
+            Some((other, span)) => {
+                errors.error(
+                    Some(span),
+                    format!("{section}.store: {other:?} is not \"memory\" or \"redis\""),
+                );
+                None
+            }
+        };
+        match url {
+            None => Self::Memory,
+            Some(url) => Self::Redis {
+                url,
+                timeout: keys.redis_timeout.map_or(defaults.timeout, |d| d.0),
+                prefix: keys.redis_prefix.unwrap_or(defaults.prefix).to_owned(),
+            },
+        }
+    }
+}
+
+/// Test support: a section parsed out of a whole file, so that locations are the file's.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{from_toml, Diagnostics};
+    use serde::de::DeserializeOwned;
+
+    /// Parses `text` as `D` and checks it with `check`: the spec, or every error as text.
+    pub(crate) fn run<D: DeserializeOwned, S>(
+        text: &str,
+        check: impl FnOnce(&D, &mut Diagnostics<'_>) -> Option<S>,
+    ) -> Result<S, Vec<String>> {
+        let doc: D = from_toml(text, "gw.toml").map_err(|e| vec![e.to_string()])?;
+        let mut errors = Diagnostics::new(text, "gw.toml");
+        let spec = check(&doc, &mut errors);
+        match spec {
+            Some(s) if errors.is_empty() => Ok(s),
+            _ => Err(errors
+                .into_errors()
+                .iter()
+                .map(ToString::to_string)
+                .collect()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("x").is_err());
+        assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_size("10KB").unwrap(), 10_000);
+        assert!(parse_size("4 furlongs").is_err());
+    }
+
+    #[test]
+    fn locations() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 99), (1, 3));
+        let e = from_toml::<std::collections::BTreeMap<String, u8>>("a = 1\nb = \"x\"\n", "f")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("f:2:5: "), "{e}");
+    }
+}
