@@ -26,10 +26,9 @@
 use super::store::{
     Demand, Dimension, LimitStore, Remaining, StoreError, StoreFuture, TokenCheck, Verdict,
 };
-use crate::redis_link::RedisLink;
+use crate::redis_link::RedisShell;
 use futures_util::future::Either;
 use futures_util::FutureExt;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,24 +113,20 @@ end
 return 1
 ";
 
-struct Inner {
-    link: RedisLink,
-    prefix: String,
-    decide: redis::Script,
-    charge: redis::Script,
-}
-
-/// Budgets in Redis, shared by every replica. See the [module docs](self).
+/// Budgets in Redis, shared by every replica. See the [module docs](self). Cheap to clone:
+/// clones share the connection; each keeps its own settings.
 #[derive(Clone)]
 pub struct RedisStore {
-    inner: Arc<Inner>,
+    shell: RedisShell,
+    decide: Arc<redis::Script>,
+    charge: Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.link.timeout())
+            .field("prefix", &self.shell.prefix())
+            .field("timeout", &self.shell.timeout())
             .finish_non_exhaustive()
     }
 }
@@ -140,45 +135,27 @@ impl RedisStore {
     /// A store at `url` (`redis://host:port/db`, `rediss://…`). Nothing is connected until the
     /// first decision, so a gateway starts while Redis is down (and falls back meanwhile).
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let link = RedisLink::open(url, DEFAULT_TIMEOUT).map_err(StoreError)?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                link,
-                prefix: "mcpgw:".into(),
-                decide: redis::Script::new(DECIDE),
-                charge: redis::Script::new(CHARGE),
-            }),
+            shell: RedisShell::open(url, DEFAULT_TIMEOUT, "mcpgw:").map_err(StoreError)?,
+            decide: Arc::new(redis::Script::new(DECIDE)),
+            charge: Arc::new(redis::Script::new(CHARGE)),
         })
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            f(inner);
-        }
+    /// How long a decision may take before it fails over. Default [`DEFAULT_TIMEOUT`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.shell.set_timeout(timeout);
         self
     }
 
-    /// How long a decision may take before it fails over. Default [`DEFAULT_TIMEOUT`].
-    pub fn timeout(self, timeout: Duration) -> Self {
-        self.edit(|i| i.link.set_timeout(timeout))
-    }
-
     /// The prefix of every key (default `mcpgw:`): separate gateways sharing one Redis.
-    pub fn prefix(self, prefix: impl Into<String>) -> Self {
-        let prefix = prefix.into();
-        self.edit(|i| i.prefix = prefix)
-    }
-
-    fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        self.inner.link.conn().map_err(StoreError)
-    }
-
-    fn failed(&self) {
-        self.inner.link.failed();
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.shell.set_prefix(&prefix.into());
+        self
     }
 
     fn key(&self, key: &str, suffix: &str) -> String {
-        format!("{}{{{key}}}:{suffix}", self.inner.prefix)
+        format!("{}{{{key}}}:{suffix}", self.shell.prefix())
     }
 
     async fn decide_remote(
@@ -188,30 +165,19 @@ impl RedisStore {
         limited_requests: bool,
         limited_tokens: bool,
     ) -> Result<Verdict, StoreError> {
-        let mut conn = self.conn()?;
-        let mut inv = self.inner.decide.prepare_invoke();
+        let mut conn = self.shell.conn().map_err(StoreError)?;
+        let mut inv = self.decide.prepare_invoke();
         for k in keys {
             inv.key(k);
         }
         for a in args {
             inv.arg(a);
         }
-        let reply =
-            tokio::time::timeout(self.inner.link.timeout(), inv.invoke_async(&mut conn)).await;
-        let v: Vec<i64> = match reply {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                self.failed();
-                return Err(StoreError(e.to_string()));
-            }
-            Err(_) => {
-                self.failed();
-                return Err(StoreError(format!(
-                    "no answer within {:?}",
-                    self.inner.link.timeout()
-                )));
-            }
-        };
+        let v: Vec<i64> = self
+            .shell
+            .run(inv.invoke_async(&mut conn))
+            .await
+            .map_err(StoreError)?;
         let [denied, wait, req_rem, req_reset, tok_rem, tok_reset] = v[..] else {
             return Err(StoreError(format!("unexpected script reply {v:?}")));
         };
@@ -264,26 +230,24 @@ impl LimitStore for RedisStore {
         if charges.is_empty() {
             return;
         }
-        let Ok(mut conn) = self.conn() else {
+        let Ok(mut conn) = self.shell.conn() else {
             return;
         };
-        let timeout = self.inner.link.timeout();
         let store = self.clone();
         let (keys, args) = (inv_keys(&charges, &key, &store), inv_args(&charges));
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         rt.spawn(async move {
-            let mut inv = store.inner.charge.prepare_invoke();
+            let mut inv = store.charge.prepare_invoke();
             for k in keys {
                 inv.key(k);
             }
             for a in args {
                 inv.arg(a);
             }
-            let r = tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut conn)).await;
-            if !matches!(r, Ok(Ok(_))) {
-                store.failed();
+            let r = store.shell.run(inv.invoke_async::<i64>(&mut conn)).await;
+            if r.is_err() {
                 tracing::warn!(target: "mcp_gateway::limits", "output tokens not charged to Redis: store unavailable");
             }
         });

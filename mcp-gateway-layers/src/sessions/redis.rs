@@ -16,10 +16,9 @@
 //! ```
 
 use super::store::{SessionHandle, SessionState, SessionStore, StoreError, StoreFuture, Use};
-use crate::redis_link::RedisLink;
+use crate::redis_link::RedisShell;
 use futures_util::future::Either;
 use futures_util::FutureExt;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,23 +37,19 @@ end
 return 0
 ";
 
-struct Inner {
-    link: RedisLink,
-    prefix: String,
-    touch: redis::Script,
-}
-
-/// Session state in Redis. See the [module docs](self). Cheap to clone.
+/// Session state in Redis. See the [module docs](self). Cheap to clone: clones share the
+/// connection; each keeps its own settings.
 #[derive(Clone)]
 pub struct RedisStore {
-    inner: Arc<Inner>,
+    shell: RedisShell,
+    touch: Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.inner.prefix)
-            .field("timeout", &self.inner.link.timeout())
+            .field("prefix", &self.shell.prefix())
+            .field("timeout", &self.shell.timeout())
             .finish_non_exhaustive()
     }
 }
@@ -62,64 +57,26 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// A store at `url` (`redis://host:port/db`). Connects lazily, on first use.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let link = RedisLink::open(url, DEFAULT_TIMEOUT).map_err(StoreError)?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                link,
-                prefix: "mcpgw:s:".into(),
-                touch: redis::Script::new(TOUCH),
-            }),
+            shell: RedisShell::open(url, DEFAULT_TIMEOUT, "mcpgw:s:").map_err(StoreError)?,
+            touch: Arc::new(redis::Script::new(TOUCH)),
         })
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Inner)) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            f(inner);
-        }
+    /// The longest wait for an answer. Default 100 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.shell.set_timeout(timeout);
         self
     }
 
-    /// The longest wait for an answer. Default 100 ms.
-    pub fn timeout(self, timeout: Duration) -> Self {
-        self.edit(|i| i.link.set_timeout(timeout))
-    }
-
     /// The prefix of every key. Default `mcpgw:s:`.
-    pub fn prefix(self, prefix: impl Into<String>) -> Self {
-        let prefix = prefix.into();
-        self.edit(|i| i.prefix = prefix)
-    }
-
-    fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        self.inner.link.conn().map_err(StoreError)
-    }
-
-    fn failed(&self) {
-        self.inner.link.failed();
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.shell.set_prefix(&prefix.into());
+        self
     }
 
     fn key(&self, h: SessionHandle) -> String {
-        format!("{}{}", self.inner.prefix, h.to_hex())
-    }
-
-    async fn run<T: redis::FromRedisValue>(
-        self,
-        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.inner.link.timeout(), fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.failed();
-                Err(StoreError(e.to_string()))
-            }
-            Err(_) => {
-                self.failed();
-                Err(StoreError(format!(
-                    "no answer within {:?}",
-                    self.inner.link.timeout()
-                )))
-            }
-        }
+        format!("{}{}", self.shell.prefix(), h.to_hex())
     }
 }
 
@@ -129,20 +86,24 @@ fn ttl(u: &Use) -> u64 {
 
 impl SessionStore for RedisStore {
     fn touch(&self, session: SessionHandle, u: Use) -> StoreFuture<SessionState> {
-        let mut conn = match self.conn() {
+        let mut conn = match self.shell.conn() {
             Ok(c) => c,
-            Err(e) => return Either::Left(futures_util::future::ready(Err(e))),
+            Err(e) => return Either::Left(futures_util::future::ready(Err(StoreError(e)))),
         };
         let store = self.clone();
         let key = self.key(session);
         Either::Right(
             async move {
-                let mut inv = store.inner.touch.prepare_invoke();
+                let mut inv = store.touch.prepare_invoke();
                 inv.key(key);
                 inv.arg(u.now_ms);
                 inv.arg(u.idle_timeout.map_or(0, |d| d.as_millis() as u64));
                 inv.arg(ttl(&u));
-                let code: i64 = store.clone().run(inv.invoke_async(&mut conn)).await?;
+                let code: i64 = store
+                    .shell
+                    .run(inv.invoke_async(&mut conn))
+                    .await
+                    .map_err(StoreError)?;
                 Ok(match code {
                     0 => SessionState::Alive,
                     1 => SessionState::Idle,
@@ -154,9 +115,9 @@ impl SessionStore for RedisStore {
     }
 
     fn end(&self, session: SessionHandle, u: Use) -> StoreFuture<()> {
-        let mut conn = match self.conn() {
+        let mut conn = match self.shell.conn() {
             Ok(c) => c,
-            Err(e) => return Either::Left(futures_util::future::ready(Err(e))),
+            Err(e) => return Either::Left(futures_util::future::ready(Err(StoreError(e)))),
         };
         let store = self.clone();
         let key = self.key(session);
@@ -168,7 +129,11 @@ impl SessionStore for RedisStore {
                     .arg("PX")
                     .arg(ttl(&u))
                     .to_owned();
-                let _: () = store.clone().run(cmd.query_async(&mut conn)).await?;
+                let _: () = store
+                    .shell
+                    .run(cmd.query_async(&mut conn))
+                    .await
+                    .map_err(StoreError)?;
                 Ok(())
             }
             .boxed(),
