@@ -1,7 +1,11 @@
 //! The identity of the caller, as authentication establishes it.
 //!
-//! An authentication layer inserts a [`Principal`] into request extensions; rate limiting,
-//! tracing and audit read it from there, so every layer agrees on who is calling.
+//! The authentication layer (OAuthGuard) writes the [`Principal`] to the per-request record
+//! ([`Exchange`](crate::exchange::Exchange), field `principal`): the layers inside and outside
+//! it — rate limits, sessions, tracing, audit — read it from there, so every layer agrees on
+//! who is calling. It is also put in the request extensions for handlers behind the gateway
+//! (an axum `Extension<Principal>`). Its [`agent_key`](Principal::agent_key) — the OAuth client
+//! id when the token names one, else the subject — is what budgets and metrics are kept by.
 //!
 //! ```
 //! use mcp_gateway_core::{Principal, PrincipalKind};

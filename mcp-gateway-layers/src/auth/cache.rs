@@ -1,9 +1,12 @@
 //! The verified-token cache: the same token twice costs a hash and a lookup, not a signature
-//! check or a network call. Keyed by the token's SHA-256, so no token is kept in clear.
+//! check or a network call. Keyed by a keyed 128-bit hash of the token (SipHash-2-4 under a
+//! secret, random key of the cache's own), so no token is kept in clear and nobody who does not
+//! hold the key can make two tokens share an entry.
 
 use super::verify::{Verified, VerifyError};
-use sha2::{Digest, Sha256};
+use siphasher::sip128::{Hasher128, SipHasher24};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,10 +39,16 @@ struct Entry {
 
 const SHARDS: usize = 16;
 
+/// The cache key of a token: its keyed 128-bit hash ([`TokenCache::key`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKey([u8; 16]);
+
 /// A bounded, sharded cache of verification answers.
 pub struct TokenCache {
     policy: CachePolicy,
-    shards: Vec<Mutex<HashMap<[u8; 32], Entry>>>,
+    /// The secret key of the token hash: random for each cache.
+    secret: (u64, u64),
+    shards: Vec<Mutex<HashMap<CacheKey, Entry>>>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -50,9 +59,12 @@ impl std::fmt::Debug for TokenCache {
     }
 }
 
-/// The cache key of a token.
-pub(crate) fn key(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+/// A secret 64-bit value from the standard library's randomly keyed hasher (seeded from the
+/// operating system's random source).
+fn random_u64(salt: u64) -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(salt);
+    h.finish()
 }
 
 impl TokenCache {
@@ -60,23 +72,33 @@ impl TokenCache {
     pub fn new(policy: CachePolicy) -> Self {
         Self {
             policy,
+            secret: (random_u64(0x746f_6b65_6e31), random_u64(0x746f_6b65_6e32)),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 
-    fn shard(&self, k: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Entry>> {
-        &self.shards[usize::from(k[0]) % SHARDS]
+    /// The cache key of `token`. A keyed hash rather than SHA-256: as collision-free for anyone
+    /// without the key, and a fraction of the work on CPUs without SHA instructions (an
+    /// ~800-byte JWT: ~4k instructions instead of ~34k).
+    pub fn key(&self, token: &str) -> CacheKey {
+        let mut h = SipHasher24::new_with_keys(self.secret.0, self.secret.1);
+        h.write(token.as_bytes());
+        CacheKey(h.finish128().as_bytes())
+    }
+
+    fn shard(&self, k: &CacheKey) -> &Mutex<HashMap<CacheKey, Entry>> {
+        &self.shards[usize::from(k.0[0]) % SHARDS]
     }
 
     /// The cached answer for `k`, if still fresh.
-    pub fn get(&self, k: &[u8; 32]) -> Option<Result<Verified, VerifyError>> {
+    pub fn get(&self, k: &CacheKey) -> Option<Result<Verified, VerifyError>> {
         let map = self.shard(k).lock().unwrap_or_else(|p| p.into_inner());
         let e = map.get(k)?;
         (Instant::now() < e.until).then(|| e.answer.clone())
     }
 
     /// Stores an answer. Answers that say "could not check now" are not stored.
-    pub fn put(&self, k: [u8; 32], answer: &Result<Verified, VerifyError>) {
+    pub fn put(&self, k: CacheKey, answer: &Result<Verified, VerifyError>) {
         let now = Instant::now();
         let ttl = match answer {
             Ok(v) => {
@@ -127,24 +149,36 @@ mod tests {
         });
         let ok = Ok(Verified::new(Principal::anonymous(), None, None));
         for i in 0..1000 {
-            c.put(key(&format!("t{i}")), &ok);
+            c.put(c.key(&format!("t{i}")), &ok);
         }
         let total: usize = c.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= 32, "{total}");
-        c.put(key("x"), &ok);
-        assert!(c.get(&key("x")).unwrap().is_ok());
+        c.put(c.key("x"), &ok);
+        assert!(c.get(&c.key("x")).unwrap().is_ok());
         // Already expired: not stored.
         let gone = Ok(Verified::new(
             Principal::anonymous(),
             None,
             Some(SystemTime::now() - Duration::from_secs(1)),
         ));
-        c.put(key("old"), &gone);
-        assert!(c.get(&key("old")).is_none());
+        c.put(c.key("old"), &gone);
+        assert!(c.get(&c.key("old")).is_none());
         // "Could not check now" is never cached.
-        c.put(key("down"), &Err(VerifyError::Unavailable("x".into())));
-        assert!(c.get(&key("down")).is_none());
-        c.put(key("bad"), &Err(VerifyError::Invalid("x".into())));
-        assert!(c.get(&key("bad")).unwrap().is_err());
+        c.put(c.key("down"), &Err(VerifyError::Unavailable("x".into())));
+        assert!(c.get(&c.key("down")).is_none());
+        c.put(c.key("bad"), &Err(VerifyError::Invalid("x".into())));
+        assert!(c.get(&c.key("bad")).unwrap().is_err());
+    }
+
+    #[test]
+    fn keys_are_keyed() {
+        let (a, b) = (
+            TokenCache::new(CachePolicy::default()),
+            TokenCache::new(CachePolicy::default()),
+        );
+        assert_eq!(a.key("token"), a.key("token"));
+        assert_ne!(a.key("token"), a.key("token2"));
+        // Another cache, another secret: the same token hashes differently.
+        assert_ne!(a.key("token"), b.key("token"));
     }
 }

@@ -84,7 +84,7 @@ mod verify;
 
 pub use crate::http_client::{AsClient, HttpError};
 pub use apikey::{ApiKeys, ApiKeysError};
-pub use cache::{CachePolicy, TokenCache};
+pub use cache::{CacheKey, CachePolicy, TokenCache};
 pub use credentials::{
     ClientCredentialsSource, CredentialError, TokenExchangeSource, TokenSource,
     UpstreamCredentials, ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT,

@@ -1,6 +1,6 @@
 //! The [`OAuthGuard`] service: authentication and authorization of each call.
 
-use super::cache::{key, TokenCache};
+use super::cache::TokenCache;
 use super::credentials::{CredentialError, UpstreamCredentials};
 use super::permissions::{ListFilter, Permissions, Target};
 use super::verify::{TokenVerifier, Verified, VerifyError};
@@ -347,7 +347,7 @@ impl Govern for Governor {
             let d = g.unauthenticated(Some("invalid_token"), "malformed bearer token");
             return Decision::Refuse(g.refuse(d, x));
         };
-        let k = key(token);
+        let k = g.cache.key(token);
         if let Some(answer) = g.cache.get(&k) {
             // The same token again: a hash and a lookup, no future.
             return self.after_verify(req, value, answer, x);
