@@ -139,13 +139,7 @@ fn answer(req: &Request<Incoming>, router: &Router, ready: &AtomicBool) -> Respo
     }
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
-    let _ = writeln!(out, "{name} {value}");
-}
-
-/// Everything `/metrics` shows.
+/// Everything `/metrics` shows: the gateway's own gauges, then each layer's metrics.
 fn render(router: &Router, out: &mut String) {
     let _ = writeln!(out, "# HELP mcp_gateway_up 1 while the gateway serves.");
     let _ = writeln!(out, "# TYPE mcp_gateway_up gauge");
@@ -161,40 +155,12 @@ fn render(router: &Router, out: &mut String) {
         t.metrics().render_prometheus(out);
     }
     if let Some(a) = router.audit() {
-        let s = a.stats();
-        counter(
-            out,
-            "mcp_gateway_audit_records_written_total",
-            "Audit records written to the sink.",
-            s.written,
-        );
-        counter(
-            out,
-            "mcp_gateway_audit_records_dropped_total",
-            "Audit records that could not be kept (their requests were refused).",
-            s.dropped,
-        );
-        counter(
-            out,
-            "mcp_gateway_audit_sink_errors_total",
-            "Audit sink failures (each retried).",
-            s.sink_errors,
-        );
+        a.stats().render_prometheus(out);
     }
     if let Some(l) = router.limits() {
-        counter(
-            out,
-            "mcp_gateway_limits_store_errors_total",
-            "Rate-limit decisions the shared store could not make.",
-            l.store_errors(),
-        );
+        l.render_prometheus(out);
     }
     if let Some(s) = router.sessions() {
-        counter(
-            out,
-            "mcp_gateway_sessions_store_errors_total",
-            "Session store operations that failed (sessions still route).",
-            s.store_errors(),
-        );
+        s.render_prometheus(out);
     }
 }

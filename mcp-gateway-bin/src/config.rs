@@ -37,18 +37,18 @@
 //! listen = "127.0.0.1:9464"         # /metrics, /healthz, /readyz
 //! ```
 //!
-//! This module has `[server]`, `[log]`, `[upstreams.NAME]` and `[admin]`. Each governing
+//! This module has `[server]`, `[log]` and `[admin]`, and the list of sections. Each
 //! capability's section — its keys, defaults and checks — is the `config` module of the layers
-//! crate's capability: `[auth]` and `[upstreams.NAME.credentials]` in
-//! [`mcp_gateway_layers::auth::config`], `[limits]` in [`mcp_gateway_layers::limits::config`],
-//! `[audit]` in [`mcp_gateway_layers::audit::config`], `[sessions]` in
-//! [`mcp_gateway_layers::sessions::config`], `[telemetry]` in
+//! crate's capability: `[upstreams.NAME]` in [`mcp_gateway_layers::upstream::config`], `[auth]`
+//! and `[upstreams.NAME.credentials]` in [`mcp_gateway_layers::auth::config`], `[limits]` in
+//! [`mcp_gateway_layers::limits::config`], `[audit]` in [`mcp_gateway_layers::audit::config`],
+//! `[sessions]` in [`mcp_gateway_layers::sessions::config`], `[telemetry]` in
 //! [`mcp_gateway_layers::telemetry::config`].
 //!
 //! Unknown keys are errors, and every error names the file, line and column it comes from.
 
 use mcp_gateway_layers::audit::config::{AuditConfig, AuditSpec};
-use mcp_gateway_layers::auth::config::{AuthConfig, AuthSpec, CredentialsConfig, CredentialsSpec};
+use mcp_gateway_layers::auth::config::{AuthConfig, AuthSpec};
 use mcp_gateway_layers::config::{from_toml, resolve, Diagnostics};
 use mcp_gateway_layers::limits::config::{LimitsConfig, LimitsSpec};
 use mcp_gateway_layers::sessions::config::{SessionsConfig, SessionsSpec};
@@ -65,6 +65,7 @@ use toml::Spanned;
 pub use mcp_gateway_layers::config::{
     check_url, parse_duration, parse_size, ConfigError, Dur, Size,
 };
+pub use mcp_gateway_layers::upstream::config::{parse_upstream_flag, UpstreamEntry, UpstreamSpec};
 
 /// The whole configuration.
 #[derive(Debug, Deserialize, Default)]
@@ -271,47 +272,6 @@ fn default_level() -> String {
     "info".into()
 }
 
-/// `[upstreams.NAME]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamEntry {
-    /// One instance URL.
-    #[serde(default)]
-    pub url: Option<Spanned<String>>,
-    /// Several instance URLs of the same server.
-    #[serde(default)]
-    pub urls: Vec<Spanned<String>>,
-    /// Connect timeout. Default 5 s.
-    #[serde(default)]
-    pub connect_timeout: Option<Dur>,
-    /// Response-start timeout. Default 60 s.
-    #[serde(default)]
-    pub response_timeout: Option<Dur>,
-    /// PEM file of CA certificates trusted for `https://` instances, besides the system's.
-    #[serde(default)]
-    pub ca_file: Option<Spanned<PathBuf>>,
-    /// What the gateway presents to this upstream (never the caller's token).
-    #[serde(default)]
-    pub credentials: Option<CredentialsConfig>,
-}
-
-/// A checked upstream.
-#[derive(Debug, Clone)]
-pub struct UpstreamSpec {
-    /// Name (route `/mcp/NAME`).
-    pub name: String,
-    /// Instance URLs.
-    pub urls: Vec<http::Uri>,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
-    /// Response-start timeout.
-    pub response_timeout: Duration,
-    /// Extra CA certificates (PEM file) for `https://` instances.
-    pub ca_file: Option<PathBuf>,
-    /// Credentials presented to the upstream.
-    pub credentials: Option<CredentialsSpec>,
-}
-
 /// A checked configuration, ready to run.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -453,73 +413,12 @@ pub fn check(
         }
         (cert, key)
     });
-    let mut upstreams = Vec::new();
-    if config.upstreams.is_empty() {
-        errors.error(
-            None,
-            "no upstreams: add an [upstreams.NAME] table with a url",
-        );
-    }
-    for (spanned_name, entry) in &config.upstreams {
-        let name = spanned_name.get_ref();
-        if !valid_name(name) {
-            errors.error(
-                Some(spanned_name.span()),
-                format!("upstream name {name:?} must use only letters, digits, '-', '_' and '.'"),
-            );
-        }
-        let mut raw: Vec<&Spanned<String>> = entry.url.iter().collect();
-        raw.extend(entry.urls.iter());
-        if raw.is_empty() {
-            errors.error(
-                Some(spanned_name.span()),
-                format!("upstream {name:?} needs url or urls"),
-            );
-        }
-        if entry.url.is_some() && !entry.urls.is_empty() {
-            errors.error(
-                entry.url.as_ref().map(Spanned::span),
-                format!("upstream {name:?}: give url or urls, not both"),
-            );
-        }
-        let mut urls = Vec::new();
-        for u in raw {
-            match check_url(u.get_ref()) {
-                Ok(uri) => urls.push(uri),
-                Err(m) => errors.error(Some(u.span()), format!("upstream {name:?}: {m}")),
-            }
-        }
-        let ca_file = entry.ca_file.as_ref().map(|p| {
-            let full = resolve(base, p.get_ref());
-            if let Err(e) = crate::tls::load_certs(&full) {
-                errors.error(Some(p.span()), format!("upstream {name:?}: ca_file: {e}"));
-            }
-            full
-        });
-        let credentials = entry.credentials.as_ref().and_then(|c| {
-            let default_resource = urls.first().map(ToString::to_string);
-            mcp_gateway_layers::auth::config::check_credentials(
-                name,
-                c,
-                config.auth.as_ref(),
-                default_resource,
-                base,
-                &mut errors,
-            )
-        });
-        upstreams.push(UpstreamSpec {
-            name: name.clone(),
-            ca_file,
-            credentials,
-            urls,
-            connect_timeout: entry
-                .connect_timeout
-                .map_or(Duration::from_secs(5), |d| d.0),
-            response_timeout: entry
-                .response_timeout
-                .map_or(Duration::from_secs(60), |d| d.0),
-        });
-    }
+    let upstreams = mcp_gateway_layers::upstream::config::check_with_auth(
+        &config.upstreams,
+        config.auth.as_ref(),
+        base,
+        &mut errors,
+    );
     let public_url = config
         .server
         .public_url
@@ -602,48 +501,6 @@ pub fn check(
     })
 }
 
-/// Whether `name` can be an upstream name (and so a `/mcp/NAME` route).
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
-/// Parses a `--upstream NAME=URL[,URL…]` flag.
-pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
-    let bad = |message: String| ConfigError {
-        source: "--upstream".into(),
-        location: None,
-        message,
-    };
-    let (name, urls) = flag
-        .split_once('=')
-        .ok_or_else(|| bad(format!("{flag:?}: expected NAME=URL[,URL...]")))?;
-    let name = name.trim();
-    if !valid_name(name) {
-        return Err(bad(format!(
-            "upstream name {name:?} must use only letters, digits, '-', '_' and '.'"
-        )));
-    }
-    let urls = urls
-        .split(',')
-        .filter(|u| !u.trim().is_empty())
-        .map(|u| check_url(u).map_err(&bad))
-        .collect::<Result<Vec<_>, _>>()?;
-    if urls.is_empty() {
-        return Err(bad(format!("upstream {name:?} has no URL")));
-    }
-    Ok(UpstreamSpec {
-        name: name.to_owned(),
-        urls,
-        connect_timeout: Duration::from_secs(5),
-        response_timeout: Duration::from_secs(60),
-        ca_file: None,
-        credentials: None,
-    })
-}
-
 impl Settings {
     /// Adds the upstreams given as `--upstream` flags. A flag replaces a configured upstream of
     /// the same name (the names replaced are returned, to warn about); the same name in two
@@ -652,28 +509,7 @@ impl Settings {
         &mut self,
         flags: Vec<UpstreamSpec>,
     ) -> Result<Vec<String>, ConfigError> {
-        let mut seen = std::collections::BTreeSet::new();
-        let mut replaced = Vec::new();
-        for spec in flags {
-            if !seen.insert(spec.name.clone()) {
-                return Err(ConfigError {
-                    source: "--upstream".into(),
-                    location: None,
-                    message: format!(
-                        "upstream {:?} is given twice; give each name once (several instances: \
-                         NAME=URL,URL)",
-                        spec.name
-                    ),
-                });
-            }
-            let before = self.upstreams.len();
-            self.upstreams.retain(|u| u.name != spec.name);
-            if self.upstreams.len() != before {
-                replaced.push(spec.name.clone());
-            }
-            self.upstreams.push(spec);
-        }
-        Ok(replaced)
+        mcp_gateway_layers::upstream::config::add_flag_upstreams(&mut self.upstreams, flags)
     }
 
     /// Settings from flags alone: one listener, the given upstreams, defaults elsewhere.
@@ -765,16 +601,9 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
             e[0].starts_with("gw.toml:3:1: unknown field `bogus`"),
             "{e:?}"
         );
-        let e = errs("[upstreams.a]\nurl = \"ftp://x/mcp\"\n");
-        assert!(e[0].starts_with("gw.toml:2:7: upstream \"a\""), "{e:?}");
-        let e = errs("[upstreams.a]\nurl = \"http://x/mcp\"\nconnect_timeout = \"5 parsecs\"\n");
-        assert!(e[0].starts_with("gw.toml:3:"), "{e:?}");
-        assert!(e[0].contains("invalid duration unit"), "{e:?}");
         let e =
             errs("[server]\nallowed_origins = [\"nope\"]\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
         assert!(e[0].starts_with("gw.toml:2:20: invalid origin"), "{e:?}");
-        let e = errs("");
-        assert!(e[0].contains("no upstreams"), "{e:?}");
         let e = errs("[server]\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
         assert_eq!(e.len(), 2, "{e:?}");
         // A key that is not the certificate's is caught by `check`, at the key.
@@ -795,39 +624,6 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         std::fs::write(dir.join("k.pem"), a.signing_key.serialize_pem()).unwrap();
         assert!(parse(text, "gw.toml", &dir).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
-        let e = errs("[upstreams.\"a b\"]\nurl = \"http://x/mcp\"\n");
-        assert!(e[0].contains("must use only"), "{e:?}");
-    }
-
-    /// The 1-based line and column of the first occurrence of `needle` in `text`.
-    fn at(text: &str, needle: &str) -> String {
-        let (l, c) = mcp_gateway_layers::config::line_col(text, text.find(needle).unwrap());
-        format!("gw.toml:{l}:{c}: ")
-    }
-
-    #[test]
-    fn whole_table_errors_point_at_the_upstream_name() {
-        let text = "[upstreams.good]\nurl = \"http://x/mcp\"\n\n[upstreams.\"bad name\"]\nurl = \"http://y/mcp\"\n";
-        let e = errs(text);
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with(&at(text, "\"bad name\"")), "{e:?}");
-        assert!(e[0].starts_with("gw.toml:4:12: "), "{e:?}");
-        assert!(
-            e[0].contains("upstream name \"bad name\" must use only"),
-            "{e:?}"
-        );
-
-        let text =
-            "[upstreams.a]\nurl = \"http://x/mcp\"\n[upstreams.e]\nconnect_timeout = \"1s\"\n";
-        let e = errs(text);
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("gw.toml:3:12: "), "{e:?}");
-        assert!(e[0].ends_with("upstream \"e\" needs url or urls"), "{e:?}");
-
-        // A dotted key names the upstream too.
-        let text = "upstreams.e.connect_timeout = \"1s\"\n";
-        let e = errs(text);
-        assert!(e[0].starts_with("gw.toml:1:11: "), "{e:?}");
     }
 
     #[test]
@@ -929,47 +725,5 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         assert!(s.limits.is_some() && s.sessions.is_some() && s.telemetry.is_some());
         assert!(s.auth.is_none() && s.audit.is_none());
         assert_eq!(s.admin.unwrap().listen.port(), 0);
-    }
-
-    #[test]
-    fn flags() {
-        let u = parse_upstream_flag("demo=http://127.0.0.1:3001/mcp,http://127.0.0.1:3002/mcp")
-            .unwrap();
-        assert_eq!(u.urls.len(), 2);
-        assert!(parse_upstream_flag("demo").is_err());
-        assert!(parse_upstream_flag("=http://x").is_err());
-        assert!(parse_upstream_flag("d=ftp://x").is_err());
-        assert!(parse_upstream_flag("d=").is_err());
-    }
-
-    #[test]
-    fn flag_upstreams_replace_configured_ones_and_must_not_repeat() {
-        let mut s = parse(
-            "[upstreams.demo]\nurl = \"http://config/mcp\"\n[upstreams.other]\nurl = \"http://o/mcp\"\n",
-            "gw.toml",
-            Path::new("."),
-        )
-        .unwrap();
-        let replaced = s
-            .add_flag_upstreams(vec![
-                parse_upstream_flag("demo=http://flag/mcp").unwrap(),
-                parse_upstream_flag("new=http://n/mcp").unwrap(),
-            ])
-            .unwrap();
-        assert_eq!(replaced, ["demo"]);
-        let demo: Vec<_> = s.upstreams.iter().filter(|u| u.name == "demo").collect();
-        assert_eq!(demo.len(), 1);
-        assert_eq!(demo[0].urls[0].host(), Some("flag"));
-        assert_eq!(s.upstreams.len(), 3);
-
-        let mut s = Settings::from_flags(default_listen(), Vec::new());
-        let e = s
-            .add_flag_upstreams(vec![
-                parse_upstream_flag("demo=http://a/mcp").unwrap(),
-                parse_upstream_flag("demo=http://b/mcp").unwrap(),
-            ])
-            .unwrap_err();
-        assert_eq!(e.source, "--upstream");
-        assert!(e.message.contains("\"demo\" is given twice"), "{e}");
     }
 }

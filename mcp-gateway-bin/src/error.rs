@@ -46,13 +46,8 @@ pub enum StartError {
 #[non_exhaustive]
 pub enum TlsError {
     /// The certificate file could not be read or holds no certificate.
-    #[error("certificate {path}: {reason}")]
-    Cert {
-        /// The file.
-        path: String,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Cert(#[from] mcp_gateway_layers::upstream::config::CertError),
     /// The key file could not be read or holds no private key.
     #[error("private key {path}: {reason}")]
     Key {

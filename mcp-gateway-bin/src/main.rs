@@ -103,31 +103,20 @@ enum AuditCommand {
 
 fn audit(command: AuditCommand) -> ExitCode {
     use mcp_gateway_layers::audit::{self, Output, Query, VerifyError};
-    match command {
+    let failed = match command {
         AuditCommand::Verify { files } => match audit::verify(&files) {
             Ok(report) => {
                 for note in &report.notes {
                     eprintln!("note: {note}");
                 }
-                let seqs = report
-                    .seqs
-                    .map_or_else(String::new, |(a, b)| format!(", seq {a}..{b}"));
-                let head = if report.head.is_some() {
-                    ", head checked"
-                } else {
-                    ", no .head file found: a cut-off tail cannot be detected"
-                };
-                println!("ok: {} records{seqs}{head}", report.records);
-                ExitCode::SUCCESS
+                println!("{report}");
+                return ExitCode::SUCCESS;
             }
             Err(e @ VerifyError::Broken { .. }) => {
                 eprintln!("error: {e}");
-                ExitCode::from(1)
+                return ExitCode::from(1);
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
+            Err(e) => e.to_string(),
         },
         AuditCommand::Query {
             files,
@@ -137,29 +126,19 @@ fn audit(command: AuditCommand) -> ExitCode {
             outcome,
             json,
         } => {
-            let mut q = Query::default();
-            q.agent = agent;
-            q.tool = tool;
-            q.outcome = outcome;
-            if let Some(s) = since {
-                match audit::query::parse_since(&s, std::time::SystemTime::now()) {
-                    Ok(t) => q.since = Some(t),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
-                    }
-                }
-            }
+            let now = std::time::SystemTime::now();
             let output = if json { Output::Json } else { Output::Table };
-            match audit::query(&files, &q, output, &mut std::io::stdout().lock()) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
+            match Query::from_flags(agent, tool, since.as_deref(), outcome, now).and_then(|q| {
+                audit::query(&files, &q, output, &mut std::io::stdout().lock())
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(_) => return ExitCode::SUCCESS,
+                Err(e) => e,
             }
         }
-    }
+    };
+    eprintln!("error: {failed}");
+    ExitCode::from(2)
 }
 
 fn report(errors: &[config::ConfigError]) -> ExitCode {

@@ -25,7 +25,7 @@ use mcp_gateway_layers::govern::{Chain, GovernedFuture};
 use mcp_gateway_layers::limits::TokenBucket2DLayer;
 use mcp_gateway_layers::sessions::{AffinityBody, SessionAffinity, SessionAffinityLayer};
 use mcp_gateway_layers::telemetry::TraceInjectLayer;
-use mcp_gateway_layers::upstream::{Upstream, UpstreamBody, UpstreamConfig};
+use mcp_gateway_layers::upstream::{Upstream, UpstreamBody};
 use mcp_gateway_layers::{
     OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, Refused, ResponseBody,
 };
@@ -178,15 +178,7 @@ impl Router {
             None => None,
         };
         for spec in &settings.upstreams {
-            let roots = match &spec.ca_file {
-                Some(path) => crate::tls::load_certs(path)?,
-                None => Vec::new(),
-            };
-            let config = UpstreamConfig::default()
-                .connect_timeout(spec.connect_timeout)
-                .response_timeout(spec.response_timeout)
-                .trust(roots);
-            let upstream = Upstream::new(&spec.name, spec.urls.iter().cloned(), config)?;
+            let upstream = mcp_gateway_layers::upstream::config::build(spec)?;
             let guard = match &auth {
                 Some(a) => Some(a.layer(
                     &spec.name,

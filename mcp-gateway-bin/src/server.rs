@@ -185,15 +185,7 @@ impl Gateway {
             admin.stop().await;
         }
         if let Some(audit) = &self.audit {
-            if tokio::time::timeout(Duration::from_secs(10), audit.flush())
-                .await
-                .is_err()
-            {
-                let n = audit.stats().in_flight;
-                audit.dropped(n, "the audit sink did not take them before shutdown");
-            }
-            let s = audit.stats();
-            tracing::info!(target: "mcp_gateway::audit", written = s.written, dropped = s.dropped, sink_errors = s.sink_errors, "audit log flushed");
+            mcp_gateway_layers::audit::config::shutdown(audit, Duration::from_secs(10)).await;
         }
     }
 

@@ -1,28 +1,13 @@
 //! TLS termination with rustls.
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use std::path::Path;
 use std::sync::Arc;
 
 pub use crate::error::TlsError;
-
-/// The certificates of a PEM file (at least one).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Cert {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Cert {
-            path: path.display().to_string(),
-            reason: "no PEM certificate found".into(),
-        });
-    }
-    Ok(certs)
-}
+/// The certificates of a PEM file (at least one): an upstream's `ca_file` loads them alike.
+pub use mcp_gateway_layers::upstream::config::load_certs;
 
 /// A rustls server configuration from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {

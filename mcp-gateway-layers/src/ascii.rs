@@ -54,6 +54,15 @@ pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
+/// Appends one Prometheus counter, with its `HELP` and `TYPE` lines: how the layers' own
+/// counters (audit records, store errors) appear on the gateway's `/metrics`.
+pub(crate) fn push_counter(out: &mut String, name: &str, help: &str, value: u64) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// `bytes` in lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -88,5 +97,15 @@ mod tests {
             push_ip(&mut out, ip);
             assert_eq!(out, ip.to_string().into_bytes());
         }
+    }
+
+    #[test]
+    fn prometheus_counter() {
+        let mut out = String::new();
+        push_counter(&mut out, "x_total", "Things.", 3);
+        assert_eq!(
+            out,
+            "# HELP x_total Things.\n# TYPE x_total counter\nx_total 3\n"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! as written in TOML, paths and URLs, and the `store = "memory" | "redis"` keys.
 //!
 //! Each capability has its section's settings in its own `config` module (`auth::config`,
-//! `limits::config`, `sessions::config`, `telemetry::config`, `audit::config`, by feature):
+//! `limits::config`, `sessions::config`, `telemetry::config`, `audit::config`,
+//! `upstream::config`, by feature):
 //! the serde types as written (each value that can be wrong keeps its place in the file,
 //! [`Spanned`]), a `check` that turns them into a checked spec and reports every problem with
 //! its file, line and column to a [`Diagnostics`], and the function that builds the layer from

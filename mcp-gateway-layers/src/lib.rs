@@ -171,7 +171,8 @@ pub mod body;
     feature = "limits",
     feature = "sessions",
     feature = "telemetry",
-    feature = "audit"
+    feature = "audit",
+    feature = "upstream"
 ))]
 pub mod config;
 pub mod govern;

@@ -241,6 +241,18 @@ pub fn writer(spec: &AuditSpec) -> std::io::Result<AuditWriter> {
     }
 }
 
+/// Flushes `writer` at shutdown: waits at most `timeout` for every record to be written and
+/// synced (what the sink did not take by then is counted as dropped, and logged), then logs
+/// the counters.
+pub async fn shutdown(writer: &AuditWriter, timeout: Duration) {
+    if tokio::time::timeout(timeout, writer.flush()).await.is_err() {
+        let n = writer.stats().in_flight;
+        writer.dropped(n, "the audit sink did not take them before shutdown");
+    }
+    let s = writer.stats();
+    tracing::info!(target: "mcp_gateway::audit", written = s.written, dropped = s.dropped, sink_errors = s.sink_errors, "audit log flushed");
+}
+
 /// The audit layer writing to `writer`, reading request bodies up to `body_limit` bytes. One
 /// writer serves every route; each route may have its own layer.
 pub fn layer(writer: &AuditWriter, body_limit: usize) -> AuditLogLayer {

@@ -25,6 +25,25 @@ pub struct Query {
     pub outcome: Option<String>,
 }
 
+impl Query {
+    /// The filters as `audit query` takes them from its command line: `since` is read by
+    /// [`parse_since`] against `now`, whose message is the error.
+    pub fn from_flags(
+        agent: Option<String>,
+        tool: Option<String>,
+        since: Option<&str>,
+        outcome: Option<String>,
+        now: SystemTime,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            agent,
+            tool,
+            since: since.map(|s| parse_since(s, now)).transpose()?,
+            outcome,
+        })
+    }
+}
+
 /// How matches are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -249,4 +268,29 @@ pub fn query(
     }
     out.flush().map_err(werr)?;
     Ok(matched)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_from_flags() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        let q =
+            Query::from_flags(Some("a".into()), None, Some("90s"), Some("ok".into()), now).unwrap();
+        assert_eq!(q.agent.as_deref(), Some("a"));
+        assert_eq!(q.tool, None);
+        assert_eq!(q.since, Some(now - Duration::from_secs(90)));
+        assert_eq!(q.outcome.as_deref(), Some("ok"));
+        assert!(Query::from_flags(None, None, None, None, now)
+            .unwrap()
+            .since
+            .is_none());
+        assert_eq!(
+            Query::from_flags(None, None, Some("5y"), None, now).unwrap_err(),
+            "--since \"5y\": the unit must be s, m, h or d"
+        );
+    }
 }

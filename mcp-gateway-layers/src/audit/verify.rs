@@ -46,6 +46,22 @@ pub enum VerifyError {
     },
 }
 
+/// The `audit verify` summary: `ok: N records, seq A..B, head checked` (the notes are not
+/// included).
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ok: {} records", self.records)?;
+        if let Some((a, b)) = self.seqs {
+            write!(f, ", seq {a}..{b}")?;
+        }
+        f.write_str(if self.head.is_some() {
+            ", head checked"
+        } else {
+            ", no .head file found: a cut-off tail cannot be detected"
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct Link<'a> {
     seq: u64,
@@ -264,4 +280,27 @@ pub fn is_audit_file(path: &Path) -> bool {
                 .map(|l| l.seq)
         })
         .is_some()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_line() {
+        let mut r = VerifyReport {
+            records: 3,
+            seqs: Some((4, 6)),
+            ..VerifyReport::default()
+        };
+        assert_eq!(
+            r.to_string(),
+            "ok: 3 records, seq 4..6, no .head file found: a cut-off tail cannot be detected"
+        );
+        r.seqs = None;
+        r.head = Head::parse(&format!("{{\"seq\":6,\"hash\":\"{}\"}}", "0".repeat(64)));
+        assert!(r.head.is_some());
+        assert_eq!(r.to_string(), "ok: 3 records, head checked");
+    }
 }

@@ -76,6 +76,31 @@ pub struct AuditStats {
     pub in_flight: u64,
 }
 
+impl AuditStats {
+    /// Appends the counters in the Prometheus text format, as the gateway's `/metrics` shows
+    /// them: records written and dropped, sink errors (`mcp_gateway_audit_*_total`).
+    pub fn render_prometheus(&self, out: &mut String) {
+        crate::ascii::push_counter(
+            out,
+            "mcp_gateway_audit_records_written_total",
+            "Audit records written to the sink.",
+            self.written,
+        );
+        crate::ascii::push_counter(
+            out,
+            "mcp_gateway_audit_records_dropped_total",
+            "Audit records that could not be kept (their requests were refused).",
+            self.dropped,
+        );
+        crate::ascii::push_counter(
+            out,
+            "mcp_gateway_audit_sink_errors_total",
+            "Audit sink failures (each retried).",
+            self.sink_errors,
+        );
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     written: AtomicU64,

@@ -82,6 +82,18 @@ impl TokenBucket2DLayer {
         self.governor.budgets.store_errors.load(Ordering::Relaxed)
     }
 
+    /// Appends the layer's counter in the Prometheus text format, as the gateway's `/metrics`
+    /// shows it: the decisions the store could not make
+    /// (`mcp_gateway_limits_store_errors_total`).
+    pub fn render_prometheus(&self, out: &mut String) {
+        crate::ascii::push_counter(
+            out,
+            "mcp_gateway_limits_store_errors_total",
+            "Rate-limit decisions the shared store could not make.",
+            self.store_errors(),
+        );
+    }
+
     /// The deciding part, to stack in a [`Chain`](crate::govern::Chain).
     pub fn governor(&self) -> &Governor {
         &self.governor

@@ -114,6 +114,17 @@ impl SessionAffinityLayer {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Appends the layer's counter in the Prometheus text format, as the gateway's `/metrics`
+    /// shows it: the store operations that failed (`mcp_gateway_sessions_store_errors_total`).
+    pub fn render_prometheus(&self, out: &mut String) {
+        crate::ascii::push_counter(
+            out,
+            "mcp_gateway_sessions_store_errors_total",
+            "Session store operations that failed (sessions still route).",
+            self.store_errors(),
+        );
+    }
+
     /// A service over `instances`, each a `(name, service)` pair. Names must be the same on
     /// every replica (the instance URL, say): sealed ids carry a digest of the name.
     pub fn service<I, K, S>(&self, instances: I) -> SessionAffinity<S>

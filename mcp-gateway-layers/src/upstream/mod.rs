@@ -51,6 +51,7 @@ use tower_service::Service;
 
 /// The body type the upstream client sends.
 pub type UpstreamRequestBody = UnsyncBoxBody<Bytes, BoxError>;
+pub mod config;
 mod pool;
 
 pub use pool::PooledBody;
@@ -165,6 +166,9 @@ pub enum UpstreamError {
         /// The offending URL.
         url: String,
     },
+    /// The certificates to trust (an upstream's `ca_file`) cannot be loaded.
+    #[error(transparent)]
+    Certificates(#[from] config::CertError),
 }
 
 #[derive(Clone)]

@@ -1,0 +1,487 @@
+//! `[upstreams.NAME]`: the MCP servers the gateway forwards to, as written in its configuration
+//! file (or given as `--upstream NAME=URL` flags), checked with a location for every error, and
+//! built into an [`Upstream`] each.
+//!
+//! ```toml
+//! [upstreams.demo]                      # served at /mcp/demo
+//! url = "http://127.0.0.1:3001/mcp"     # or urls = ["http://a/mcp", "http://b/mcp"]
+//! connect_timeout = "5s"
+//! response_timeout = "60s"
+//! # ca_file = "internal-ca.pem"         # trusted for https:// instances, besides the system's
+//! # credentials = { type = "static", secret_env = "DEMO_TOKEN" }   # feature `auth`
+//! ```
+//!
+//! A problem with a whole upstream (its name, a missing `url`) is reported at the name in its
+//! `[upstreams.NAME]` header; a bad value at the value.
+
+use super::{CertificateDer, Upstream, UpstreamConfig, UpstreamError};
+#[cfg(feature = "auth")]
+use crate::auth::config::{AuthConfig, CredentialsConfig, CredentialsSpec};
+use crate::config::{check_url, resolve, ConfigError, Diagnostics, Dur, Spanned};
+use rustls::pki_types::pem::PemObject;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `[upstreams.NAME]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamEntry {
+    /// One instance URL.
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    /// Several instance URLs of the same server.
+    #[serde(default)]
+    pub urls: Vec<Spanned<String>>,
+    /// Connect timeout. Default 5 s.
+    #[serde(default)]
+    pub connect_timeout: Option<Dur>,
+    /// Response-start timeout. Default 60 s.
+    #[serde(default)]
+    pub response_timeout: Option<Dur>,
+    /// PEM file of CA certificates trusted for `https://` instances, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// What the gateway presents to this upstream (never the caller's token).
+    #[cfg(feature = "auth")]
+    #[serde(default)]
+    pub credentials: Option<CredentialsConfig>,
+}
+
+/// A checked upstream.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UpstreamSpec {
+    /// Name (route `/mcp/NAME`).
+    pub name: String,
+    /// Instance URLs.
+    pub urls: Vec<http::Uri>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Response-start timeout.
+    pub response_timeout: Duration,
+    /// Extra CA certificates (PEM file) for `https://` instances.
+    pub ca_file: Option<PathBuf>,
+    /// Credentials presented to the upstream.
+    #[cfg(feature = "auth")]
+    pub credentials: Option<CredentialsSpec>,
+}
+
+/// The file's `[auth]`, which `credentials` take their defaults from (nothing without `auth`).
+#[cfg(feature = "auth")]
+type AuthSection<'a> = Option<&'a AuthConfig>;
+#[cfg(not(feature = "auth"))]
+type AuthSection<'a> = std::marker::PhantomData<&'a ()>;
+
+/// Checks the `[upstreams]` table (a relative `ca_file` is relative to `base`, the
+/// configuration file's folder): at least one upstream, valid names, each with `url` or `urls`
+/// (not both) of absolute `http(s)://` URLs, a readable `ca_file`. Every problem is reported,
+/// upstream by upstream; the specs returned are only meaningful when none was. With the `auth`
+/// feature, `credentials` are checked too, as in a file without `[auth]`
+/// (`check_with_auth` takes the file's).
+pub fn check(
+    upstreams: &BTreeMap<Spanned<String>, UpstreamEntry>,
+    base: &Path,
+    errors: &mut Diagnostics<'_>,
+) -> Vec<UpstreamSpec> {
+    check_table(upstreams, AuthSection::default(), base, errors)
+}
+
+/// [`check`], with each upstream's `credentials` checked against the file's `[auth]` (whose
+/// introspection client and issuer are their defaults), in place: after the upstream's other
+/// keys, before the next upstream.
+#[cfg(feature = "auth")]
+pub fn check_with_auth(
+    upstreams: &BTreeMap<Spanned<String>, UpstreamEntry>,
+    auth: Option<&AuthConfig>,
+    base: &Path,
+    errors: &mut Diagnostics<'_>,
+) -> Vec<UpstreamSpec> {
+    check_table(upstreams, auth, base, errors)
+}
+
+#[cfg_attr(not(feature = "auth"), allow(unused_variables))]
+fn check_table(
+    upstreams: &BTreeMap<Spanned<String>, UpstreamEntry>,
+    auth: AuthSection<'_>,
+    base: &Path,
+    errors: &mut Diagnostics<'_>,
+) -> Vec<UpstreamSpec> {
+    if upstreams.is_empty() {
+        errors.error(
+            None,
+            "no upstreams: add an [upstreams.NAME] table with a url",
+        );
+    }
+    let mut specs = Vec::with_capacity(upstreams.len());
+    for (spanned_name, entry) in upstreams {
+        let name = spanned_name.get_ref();
+        if !valid_name(name) {
+            errors.error(
+                Some(spanned_name.span()),
+                format!("upstream name {name:?} must use only letters, digits, '-', '_' and '.'"),
+            );
+        }
+        let mut raw: Vec<&Spanned<String>> = entry.url.iter().collect();
+        raw.extend(entry.urls.iter());
+        if raw.is_empty() {
+            errors.error(
+                Some(spanned_name.span()),
+                format!("upstream {name:?} needs url or urls"),
+            );
+        }
+        if entry.url.is_some() && !entry.urls.is_empty() {
+            errors.error(
+                entry.url.as_ref().map(Spanned::span),
+                format!("upstream {name:?}: give url or urls, not both"),
+            );
+        }
+        let mut urls = Vec::new();
+        for u in raw {
+            match check_url(u.get_ref()) {
+                Ok(uri) => urls.push(uri),
+                Err(m) => errors.error(Some(u.span()), format!("upstream {name:?}: {m}")),
+            }
+        }
+        let ca_file = entry.ca_file.as_ref().map(|p| {
+            let full = resolve(base, p.get_ref());
+            if let Err(e) = load_certs(&full) {
+                errors.error(Some(p.span()), format!("upstream {name:?}: ca_file: {e}"));
+            }
+            full
+        });
+        #[cfg(feature = "auth")]
+        let credentials = entry.credentials.as_ref().and_then(|c| {
+            let default_resource = urls.first().map(ToString::to_string);
+            crate::auth::config::check_credentials(name, c, auth, default_resource, base, errors)
+        });
+        specs.push(UpstreamSpec {
+            name: name.clone(),
+            ca_file,
+            #[cfg(feature = "auth")]
+            credentials,
+            urls,
+            connect_timeout: entry
+                .connect_timeout
+                .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+            response_timeout: entry
+                .response_timeout
+                .map_or(DEFAULT_RESPONSE_TIMEOUT, |d| d.0),
+        });
+    }
+    specs
+}
+
+/// Whether `name` can be an upstream name (and so a `/mcp/NAME` route): letters, digits, `-`,
+/// `_` and `.`, at least one.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Parses a `--upstream NAME=URL[,URL…]` flag: an upstream with the default timeouts. Errors
+/// name `--upstream` as their source.
+pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
+    let bad = |message: String| ConfigError {
+        source: "--upstream".into(),
+        location: None,
+        message,
+    };
+    let (name, urls) = flag
+        .split_once('=')
+        .ok_or_else(|| bad(format!("{flag:?}: expected NAME=URL[,URL...]")))?;
+    let name = name.trim();
+    if !valid_name(name) {
+        return Err(bad(format!(
+            "upstream name {name:?} must use only letters, digits, '-', '_' and '.'"
+        )));
+    }
+    let urls = urls
+        .split(',')
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| check_url(u).map_err(&bad))
+        .collect::<Result<Vec<_>, _>>()?;
+    if urls.is_empty() {
+        return Err(bad(format!("upstream {name:?} has no URL")));
+    }
+    Ok(UpstreamSpec {
+        name: name.to_owned(),
+        urls,
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        ca_file: None,
+        #[cfg(feature = "auth")]
+        credentials: None,
+    })
+}
+
+/// Adds the upstreams given as `--upstream` flags to `upstreams`. A flag replaces an upstream
+/// of the same name (the names replaced are returned, to warn about); the same name in two
+/// flags is an error, not a silent "last one wins".
+pub fn add_flag_upstreams(
+    upstreams: &mut Vec<UpstreamSpec>,
+    flags: Vec<UpstreamSpec>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut seen = BTreeSet::new();
+    let mut replaced = Vec::new();
+    for spec in flags {
+        if !seen.insert(spec.name.clone()) {
+            return Err(ConfigError {
+                source: "--upstream".into(),
+                location: None,
+                message: format!(
+                    "upstream {:?} is given twice; give each name once (several instances: \
+                     NAME=URL,URL)",
+                    spec.name
+                ),
+            });
+        }
+        let before = upstreams.len();
+        upstreams.retain(|u| u.name != spec.name);
+        if upstreams.len() != before {
+            replaced.push(spec.name.clone());
+        }
+        upstreams.push(spec);
+    }
+    Ok(replaced)
+}
+
+/// A PEM file of certificates that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("certificate {path}: {reason}")]
+pub struct CertError {
+    /// The file.
+    pub path: String,
+    /// Why: it could not be read or parsed, or holds no certificate.
+    pub reason: String,
+}
+
+/// The certificates of a PEM file (at least one): an upstream's `ca_file`, or a listener's
+/// certificate chain.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let error = |reason: String| CertError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(error("no PEM certificate found".into()));
+    }
+    Ok(certs)
+}
+
+/// Builds the [`Upstream`] of a checked spec: its instances, its timeouts, and the
+/// certificates of its `ca_file` trusted besides the system's.
+pub fn build(spec: &UpstreamSpec) -> Result<Upstream, UpstreamError> {
+    let roots = match &spec.ca_file {
+        Some(path) => load_certs(path)?,
+        None => Vec::new(),
+    };
+    let config = UpstreamConfig::default()
+        .connect_timeout(spec.connect_timeout)
+        .response_timeout(spec.response_timeout)
+        .trust(roots);
+    Upstream::new(&spec.name, spec.urls.iter().cloned(), config)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::testing::run;
+
+    #[derive(Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        upstreams: BTreeMap<Spanned<String>, UpstreamEntry>,
+    }
+
+    fn parse(text: &str) -> Result<Vec<UpstreamSpec>, Vec<String>> {
+        run(text, |d: &Doc, e| {
+            Some(check(&d.upstreams, Path::new("."), e))
+        })
+    }
+
+    fn errs(text: &str) -> Vec<String> {
+        parse(text).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn upstreams_are_checked() {
+        let s = parse(
+            "[upstreams.a]\nurl = \"http://127.0.0.1:3001/mcp\"\nresponse_timeout = 5\n\
+             [upstreams.b]\nurls = [\"http://h1/mcp\", \"https://h2:8443/mcp\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].response_timeout, Duration::from_secs(5));
+        assert_eq!(s[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(s[1].urls.len(), 2);
+        assert_eq!(s[1].response_timeout, DEFAULT_RESPONSE_TIMEOUT);
+        assert!(build(&s[1]).is_ok());
+
+        let e = errs("[upstreams.a]\nurl = \"ftp://x/mcp\"\n");
+        assert!(e[0].starts_with("gw.toml:2:7: upstream \"a\""), "{e:?}");
+        let e = errs("[upstreams.a]\nurl = \"http://x/mcp\"\nconnect_timeout = \"5 parsecs\"\n");
+        assert!(e[0].starts_with("gw.toml:3:"), "{e:?}");
+        assert!(e[0].contains("invalid duration unit"), "{e:?}");
+        let e = errs("");
+        assert_eq!(
+            e,
+            ["gw.toml: no upstreams: add an [upstreams.NAME] table with a url"]
+        );
+        let e = errs("[upstreams.\"a b\"]\nurl = \"http://x/mcp\"\n");
+        assert!(e[0].contains("must use only"), "{e:?}");
+        let e = errs("[upstreams.a]\nurl = \"http://x/mcp\"\nurls = [\"http://y/mcp\"]\n");
+        assert_eq!(
+            e,
+            ["gw.toml:2:7: upstream \"a\": give url or urls, not both"]
+        );
+    }
+
+    #[test]
+    fn whole_table_errors_point_at_the_upstream_name() {
+        let text = "[upstreams.good]\nurl = \"http://x/mcp\"\n\n[upstreams.\"bad name\"]\nurl = \"http://y/mcp\"\n";
+        let e = errs(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("gw.toml:4:12: "), "{e:?}");
+        assert!(
+            e[0].contains("upstream name \"bad name\" must use only"),
+            "{e:?}"
+        );
+
+        let text =
+            "[upstreams.a]\nurl = \"http://x/mcp\"\n[upstreams.e]\nconnect_timeout = \"1s\"\n";
+        let e = errs(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("gw.toml:3:12: "), "{e:?}");
+        assert!(e[0].ends_with("upstream \"e\" needs url or urls"), "{e:?}");
+
+        // A dotted key names the upstream too.
+        let text = "upstreams.e.connect_timeout = \"1s\"\n";
+        let e = errs(text);
+        assert!(e[0].starts_with("gw.toml:1:11: "), "{e:?}");
+    }
+
+    #[test]
+    fn ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[upstreams.a]\nurl = \"https://x/mcp\"\nca_file = \"ca.pem\"\n";
+        let check_in =
+            |dir: &Path| run(text, |d: &Doc, e| Some(check(&d.upstreams, dir, e))).map(|s| s.len());
+        let e = check_in(dir.path()).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("gw.toml:3:11: upstream \"a\": ca_file: certificate "),
+            "{e:?}"
+        );
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+        let e = check_in(dir.path()).unwrap_err();
+        assert!(e[0].ends_with(": no PEM certificate found"), "{e:?}");
+        let err = load_certs(&dir.path().join("ca.pem")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "certificate {}: no PEM certificate found",
+                dir.path().join("ca.pem").display()
+            )
+        );
+    }
+
+    #[cfg(feature = "auth")]
+    #[test]
+    fn credentials_are_checked_in_place() {
+        #[derive(Deserialize)]
+        struct WithAuth {
+            auth: Option<AuthConfig>,
+            upstreams: BTreeMap<Spanned<String>, UpstreamEntry>,
+        }
+        let text = "[upstreams.a]\nurl = \"ftp://x/mcp\"\ncredentials = { type = \"magic\" }\n\
+                    [upstreams.b]\nurl = \"http://y/mcp\"\n\
+                    credentials = { type = \"static\", secret_env = \"MCPGW_TEST_SURELY_UNSET\" }\n\
+                    [auth]\nissuer = \"https://as\"\n";
+        let e = run(text, |d: &WithAuth, e| {
+            Some(check_with_auth(
+                &d.upstreams,
+                d.auth.as_ref(),
+                Path::new("."),
+                e,
+            ))
+        })
+        .unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with("gw.toml:2:7: upstream \"a\": URL"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("gw.toml:3:24: upstreams.a.credentials: unknown type \"magic\""),
+            "{e:?}"
+        );
+        assert!(e[2].starts_with("gw.toml:6:"), "{e:?}");
+        assert!(e[2].contains("upstreams.b.credentials"), "{e:?}");
+        let s = run(
+            "[upstreams.a]\nurl = \"http://x/mcp\"\ncredentials = { type = \"static\", secret_env = \"PATH\" }\n",
+            |d: &WithAuth, e| Some(check(&d.upstreams, Path::new("."), e)),
+        )
+        .unwrap();
+        assert!(s[0].credentials.is_some());
+    }
+
+    #[test]
+    fn flags() {
+        let u = parse_upstream_flag("demo=http://127.0.0.1:3001/mcp,http://127.0.0.1:3002/mcp")
+            .unwrap();
+        assert_eq!(u.urls.len(), 2);
+        assert_eq!(u.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert!(parse_upstream_flag("demo").is_err());
+        assert!(parse_upstream_flag("=http://x").is_err());
+        assert!(parse_upstream_flag("d=ftp://x").is_err());
+        assert!(parse_upstream_flag("d=").is_err());
+        assert_eq!(
+            parse_upstream_flag("a b=http://x").unwrap_err().to_string(),
+            "--upstream: upstream name \"a b\" must use only letters, digits, '-', '_' and '.'"
+        );
+    }
+
+    #[test]
+    fn flag_upstreams_replace_configured_ones_and_must_not_repeat() {
+        let mut list = parse(
+            "[upstreams.demo]\nurl = \"http://config/mcp\"\n[upstreams.other]\nurl = \"http://o/mcp\"\n",
+        )
+        .unwrap();
+        let replaced = add_flag_upstreams(
+            &mut list,
+            vec![
+                parse_upstream_flag("demo=http://flag/mcp").unwrap(),
+                parse_upstream_flag("new=http://n/mcp").unwrap(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(replaced, ["demo"]);
+        let demo: Vec<_> = list.iter().filter(|u| u.name == "demo").collect();
+        assert_eq!(demo.len(), 1);
+        assert_eq!(demo[0].urls[0].host(), Some("flag"));
+        assert_eq!(list.len(), 3);
+
+        let e = add_flag_upstreams(
+            &mut Vec::new(),
+            vec![
+                parse_upstream_flag("demo=http://a/mcp").unwrap(),
+                parse_upstream_flag("demo=http://b/mcp").unwrap(),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e.source, "--upstream");
+        assert!(e.message.contains("\"demo\" is given twice"), "{e}");
+    }
+}
