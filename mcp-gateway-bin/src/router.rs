@@ -25,6 +25,7 @@ use mcp_gateway_layers::govern::{Chain, GovernedFuture};
 use mcp_gateway_layers::limits::TokenBucket2DLayer;
 use mcp_gateway_layers::sessions::{AffinityBody, SessionAffinity, SessionAffinityLayer};
 use mcp_gateway_layers::telemetry::TraceInjectLayer;
+pub use mcp_gateway_layers::upstream::ConnInfo;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody};
 use mcp_gateway_layers::{
     OriginGuard, OriginGuardLayer, ParseMcp, ParseMcpLayer, Refused, ResponseBody,
@@ -307,10 +308,10 @@ impl Router {
                 if let Some(refusal) = route.stack.refusal(req.headers()) {
                     (Some(name), wrap(refusal))
                 } else {
-                    add_forwarded(&mut req, conn);
+                    conn.forward(&mut req);
                     if self.governed {
                         let ext = req.extensions_mut();
-                        if started.is_some() {
+                        if let Some(started) = started {
                             // The line is written when the exchange ends, with its outcome.
                             let x = Exchange::new();
                             x.update(|r| {
@@ -321,7 +322,8 @@ impl Router {
                                 peer: conn.peer,
                                 method: method.clone(),
                                 path: path.to_owned(),
-                                exchange: x.clone(),
+                                started,
+                                exchange: Some(x.clone()),
                             });
                             ext.insert(x);
                         }
@@ -373,103 +375,84 @@ impl Router {
             }
         };
         if let Some(started) = started {
-            access_log(conn, &method, path, upstream, &resp, started);
+            let mut record = mcp_gateway_core::exchange::Record::default();
+            record.http_method = Some(method.clone());
+            let end = Ending::new(EndReason::Completed, resp.status());
+            let line = AccessLine {
+                peer: conn.peer,
+                method,
+                path: path.to_owned(),
+                started,
+                exchange: None,
+            };
+            let view = McpRequest::from_extensions(resp.extensions());
+            line.write(upstream, view, None, &end, outcome::outcome(&record, &end));
         }
         Ok(resp)
     }
 }
 
-/// One access log line, written when the response head is ready: what the call was, from
-/// the view ParseMcp put on the response (no second parse). Without governing layers the
-/// outcome comes from the status alone.
-fn access_log(
-    conn: &ConnInfo,
-    method: &Method,
-    path: &str,
-    upstream: Option<&str>,
-    resp: &Response<GatewayBody>,
-    started: Instant,
-) {
-    let view = McpRequest::from_extensions(resp.extensions());
-    let mut record = mcp_gateway_core::exchange::Record::default();
-    record.http_method = Some(method.clone());
-    let outcome = outcome::outcome(&record, &Ending::new(EndReason::Completed, resp.status()));
-    log_line(
-        conn.peer,
-        method,
-        path,
-        upstream,
-        view,
-        None,
-        resp.status(),
-        outcome,
-        started,
-    );
-}
-
-/// The access log line of a governed exchange, written when it ends: who made the call, from
-/// the per-request record, and how it ended, by the one classification the audit log and the
-/// metrics use.
+/// One access log line: written when the exchange ends, with its outcome by the one
+/// classification the audit log and the metrics use — or, for the pass-through (no record),
+/// when the response head is ready, with the outcome its status gives.
 struct AccessLine {
     peer: SocketAddr,
     method: Method,
     path: String,
-    exchange: Exchange,
+    started: Instant,
+    /// The record of a governed exchange, read at its end.
+    exchange: Option<Exchange>,
 }
 
-impl Observer for AccessLine {
-    fn on_end(&mut self, end: &Ending) {
-        let (view, agent, route, outcome) = self.exchange.update(|r| {
-            (
-                r.request.clone(),
-                r.principal.as_ref().map(|p| p.agent_key().to_owned()),
-                r.route.clone(),
-                outcome::outcome(r, end),
-            )
-        });
-        log_line(
-            self.peer,
-            &self.method,
-            &self.path,
-            route.as_deref(),
-            view.as_ref(),
-            agent.as_deref(),
-            end.status,
-            outcome,
-            self.exchange.started(),
+impl AccessLine {
+    fn write(
+        &self,
+        upstream: Option<&str>,
+        view: Option<&McpRequest>,
+        agent: Option<&str>,
+        end: &Ending,
+        outcome: Outcome,
+    ) {
+        let msg = view.and_then(McpRequest::single);
+        tracing::info!(
+            target: "mcp_gateway::access",
+            client = %self.peer,
+            method = %self.method,
+            path = %self.path,
+            upstream = upstream.unwrap_or("-"),
+            mcp_method = msg.and_then(McpMessage::method).unwrap_or("-"),
+            target_name = msg.and_then(McpMessage::target).unwrap_or("-"),
+            id = msg.and_then(McpMessage::id).map_or("-", RequestId::as_raw),
+            era = view.map_or("-", |v| era_name(v.protocol())),
+            agent = agent.unwrap_or("-"),
+            status = end.status.as_u16(),
+            outcome = outcome.as_str(),
+            latency_us = self.started.elapsed().as_micros() as u64,
+            "request"
         );
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn log_line(
-    peer: SocketAddr,
-    method: &Method,
-    path: &str,
-    upstream: Option<&str>,
-    view: Option<&McpRequest>,
-    agent: Option<&str>,
-    status: StatusCode,
-    outcome: Outcome,
-    started: Instant,
-) {
-    let msg = view.and_then(McpRequest::single);
-    tracing::info!(
-        target: "mcp_gateway::access",
-        client = %peer,
-        %method,
-        path = %path,
-        upstream = upstream.unwrap_or("-"),
-        mcp_method = msg.and_then(McpMessage::method).unwrap_or("-"),
-        target_name = msg.and_then(McpMessage::target).unwrap_or("-"),
-        id = msg.and_then(McpMessage::id).map_or("-", RequestId::as_raw),
-        era = view.map_or("-", |v| era_name(v.protocol())),
-        agent = agent.unwrap_or("-"),
-        status = status.as_u16(),
-        outcome = outcome.as_str(),
-        latency_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
+impl Observer for AccessLine {
+    fn on_end(&mut self, end: &Ending) {
+        let Some(x) = &self.exchange else { return };
+        let (view, agent, route, outcome) = x.update(|r| {
+            let agent = r.principal.as_ref().map(|p| p.agent_key().to_owned());
+            (
+                r.request.clone(),
+                agent,
+                r.route.clone(),
+                outcome::outcome(r, end),
+            )
+        });
+        self.write(
+            route.as_deref(),
+            view.as_ref(),
+            agent.as_deref(),
+            end,
+            outcome,
+        );
+    }
 }
 
 /// The protocol era as the access log names it: the declared version, or `legacy`.
@@ -514,58 +497,4 @@ fn plain(status: StatusCode, text: &'static str) -> Response<GatewayBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     wrap(resp)
-}
-
-static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
-
-/// What the router knows of the connection a request arrived on.
-#[derive(Clone, Debug)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The client's IP, ready to go into `X-Forwarded-For`.
-    peer_ip: HeaderValue,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-}
-
-impl ConnInfo {
-    /// Information for a new connection.
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { peer, peer_ip, tls }
-    }
-}
-
-/// Appends the client to `X-Forwarded-For` and records the scheme and host it used, as reverse
-/// proxies conventionally do, so upstream logs can name the real client.
-fn add_forwarded<B>(req: &mut Request<B>, conn: &ConnInfo) {
-    // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header.
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let headers = req.headers_mut();
-    let chain = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prior) if !prior.trim_ascii().is_empty() => {
-            let mut joined = Vec::with_capacity(prior.len() + 2 + conn.peer_ip.len());
-            joined.extend_from_slice(prior);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(conn.peer_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| conn.peer_ip.clone())
-        }
-        _ => conn.peer_ip.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), chain);
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
 }

@@ -68,6 +68,7 @@
 //! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) |
 //! | [`toggle`] | a layer switched on or off when the stack is built |
 //! | [`body`] | the response bodies: a governed answer, observed once per stack, or a refusal |
+//! | `rt` | a cheap timer for hyper's header-read timeout, for serving the layers with hyper (`upstream`) |
 //! | `config` | what the capabilities' configuration sections share: located errors, durations, sizes, stores (compiled with any capability) |
 //! | `http_client` | the small HTTP client of OAuth discovery, introspection and span export (`auth`, `telemetry-otlp`) |
 //!
@@ -185,6 +186,8 @@ pub mod origin;
 pub mod parse;
 #[cfg(any(feature = "limits-redis", feature = "sessions-redis"))]
 mod redis_link;
+#[cfg(feature = "upstream")]
+pub mod rt;
 #[cfg(feature = "sessions")]
 pub mod sessions;
 #[cfg(feature = "telemetry")]

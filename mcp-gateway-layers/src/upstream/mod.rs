@@ -54,6 +54,8 @@ pub type UpstreamRequestBody = UnsyncBoxBody<Bytes, BoxError>;
 pub mod config;
 mod pool;
 
+mod forwarded;
+pub use forwarded::ConnInfo;
 pub use pool::PooledBody;
 use pool::{ConnectError, InstancePool};
 /// A DER-encoded X.509 certificate, as [`UpstreamConfig::trust`] takes it (re-exported from
