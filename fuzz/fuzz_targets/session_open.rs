@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcp_gateway_layers::session::{Keyring, SessionKey};
+use mcp_gateway_layers::sessions::{Keyring, SessionKey};
 use std::sync::OnceLock;
 
 fn ring() -> &'static Keyring {
