@@ -22,6 +22,7 @@ use mcp_gateway_core::outcome::{self, Outcome};
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::audit::AuditWriter;
 use mcp_gateway_layers::govern::{Chain, GovernedFuture};
+use mcp_gateway_layers::head::HeadCheck;
 use mcp_gateway_layers::limits::TokenBucket2DLayer;
 use mcp_gateway_layers::sessions::{AffinityBody, SessionAffinity, SessionAffinityLayer};
 use mcp_gateway_layers::telemetry::TraceInjectLayer;
@@ -128,6 +129,8 @@ pub struct Router {
     governed: bool,
     /// Whether access log lines are written (decided once: the log filter is fixed at start).
     access_log: bool,
+    /// The checks of every request head, before routing.
+    head: HeadCheck,
     /// The limits layer, when `[limits]` is configured: one for all routes, so a key's
     /// budget is the same whichever upstream it calls.
     limits: Option<TokenBucket2DLayer>,
@@ -259,6 +262,7 @@ impl Router {
                 || sessions.is_some()
                 || telemetry.is_some(),
             access_log,
+            head: HeadCheck::new(),
             limits,
             audit,
             sessions,
@@ -302,8 +306,12 @@ impl Router {
         let route = path
             .strip_prefix("/mcp/")
             .map(|r| r.strip_suffix('/').unwrap_or(r));
-        let (upstream, resp) = match (route, path) {
-            (Some(name), _) if self.routes.contains_key(name) => {
+        // HTTP's own checks of the head (Host), whatever the path: a request failing them is
+        // refused before it is routed, so nothing is forwarded for it.
+        let refusal = self.head.refusal(&req);
+        let (upstream, resp) = match (refusal, route, path) {
+            (Some(refusal), _, _) => (None, wrap(refusal)),
+            (None, Some(name), _) if self.routes.contains_key(name) => {
                 let route = &self.routes[name];
                 if let Some(refusal) = route.stack.refusal(req.headers()) {
                     (Some(name), wrap(refusal))
@@ -339,7 +347,7 @@ impl Router {
                     (Some(name), resp)
                 }
             }
-            (_, p)
+            (None, _, p)
                 if p.starts_with(PRM_PREFIX)
                     && (method == Method::GET || method == Method::HEAD) =>
             {
@@ -356,10 +364,10 @@ impl Router {
                     }
                 }
             }
-            (_, "/healthz") if method == Method::GET || method == Method::HEAD => {
+            (None, _, "/healthz") if method == Method::GET || method == Method::HEAD => {
                 (None, plain(StatusCode::OK, "ok\n"))
             }
-            (_, "/readyz") if method == Method::GET || method == Method::HEAD => {
+            (None, _, "/readyz") if method == Method::GET || method == Method::HEAD => {
                 if self.ready.load(Ordering::Relaxed) {
                     (None, plain(StatusCode::OK, "ready\n"))
                 } else {

@@ -9,16 +9,20 @@ use common::*;
 use http::Response;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An upstream answering every call with an empty JSON-RPC result, counting the calls.
-async fn upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = calls.clone();
-    let up = raw_upstream(move |_req| {
-        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+/// The heads of the requests an upstream received.
+type Seen = Arc<Mutex<Vec<http::HeaderMap>>>;
+
+/// An upstream answering every call with an empty JSON-RPC result, keeping the heads it got.
+async fn upstream() -> (SocketAddr, Seen) {
+    let seen = Seen::default();
+    let heads = seen.clone();
+    let up = raw_upstream(move |req| {
+        heads.lock().unwrap().push(req.headers().clone());
         async {
             Response::builder()
                 .header("content-type", "application/json")
@@ -27,14 +31,14 @@ async fn upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsiz
         }
     })
     .await;
-    (up, calls)
+    (up, seen)
 }
 
 /// Two gateways in front of one upstream, with the `[server]` keys `server`: one whose route
 /// `/mcp/plain` has no governing layer (the pass-through), one whose route `/mcp/governed` runs
 /// the governing chain (`[limits]`).
-async fn gateways(server: &str) -> (Vec<(mcp_gateway::Gateway, &'static str)>, SocketAddr) {
-    let (up, _) = upstream().await;
+async fn gateways(server: &str) -> (Vec<(mcp_gateway::Gateway, &'static str)>, Seen) {
+    let (up, seen) = upstream().await;
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[upstreams.plain]\nurl = \"http://{up}/mcp\"\n"
     );
@@ -49,7 +53,7 @@ async fn gateways(server: &str) -> (Vec<(mcp_gateway::Gateway, &'static str)>, S
             (gateway(plain).await, "/mcp/plain"),
             (gateway(governed).await, "/mcp/governed"),
         ],
-        up,
+        seen,
     )
 }
 
@@ -158,6 +162,113 @@ async fn expect_continue_over_the_body_limit_is_answered_413_at_once() {
         conn.write_all(PING.as_bytes()).await.unwrap();
         let answer = read_answer(&mut conn).await;
         assert_eq!(answer.status, 200, "{path}: {}", answer.head);
+    }
+    for (gw, _) in gws {
+        gw.shutdown().await;
+    }
+}
+
+/// An HTTP/2 (prior knowledge, h2c) connection to `addr`.
+async fn h2(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// An HTTP/2 POST of `PING` to `uri` (its authority is `:authority`) with the `Host` headers
+/// `hosts`: the status and the JSON-RPC error code, if any.
+async fn h2_post(addr: SocketAddr, uri: &str, hosts: &[&str]) -> (u16, Option<i64>) {
+    use http_body_util::BodyExt;
+    let mut send = h2(addr).await;
+    let mut req = http::Request::post(uri).header("content-type", "application/json");
+    for h in hosts {
+        req = req.header("host", *h);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            PING.as_bytes(),
+        )))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    (status, v["error"]["code"].as_i64())
+}
+
+/// Finding 8: HTTP/1.1 without `Host`, with two, or with one that is not `host[:port]` is
+/// answered 400 (RFC 9112 §3.2) and never forwarded; HTTP/1.0 without `Host` is served; an
+/// HTTP/2 `Host` that names another host than `:authority` is answered 400. The upstream's
+/// `X-Forwarded-Host` is the valid host, or absent — never the client's made-up value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_duplicate_and_invalid_hosts_are_answered_400() {
+    let (gws, seen) = gateways("").await;
+    let ping_head = |path: &str, version: &str, hosts: &[&str]| {
+        let mut head = format!("POST {path} HTTP/{version}\r\n");
+        for h in hosts {
+            head.push_str(&format!("host: {h}\r\n"));
+        }
+        format!(
+            "{head}x-forwarded-host: client-said\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{PING}",
+            PING.len()
+        )
+    };
+    for (gw, path) in &gws {
+        let addr = gw.local_addr();
+        for hosts in [
+            &[][..],
+            &["gw", "gw"][..],
+            &["gw", "other"][..],
+            &["a, b"][..],
+            &["user@gw"][..],
+            &["gw/mcp"][..],
+            &["gw:http"][..],
+            &[""][..],
+        ] {
+            let answer = exchange(addr, ping_head(path, "1.1", hosts).as_bytes()).await;
+            assert_eq!(answer.status, 400, "{path} {hosts:?}: {}", answer.head);
+            assert_eq!(answer.jsonrpc_code(), -32600, "{path} {hosts:?}");
+        }
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "a refused request was forwarded"
+        );
+        // /healthz is held to HTTP's rules too.
+        let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+        assert_eq!(answer.status, 400, "{}", answer.head);
+
+        // Served: a valid Host is what the upstream learns; HTTP/1.0 may omit it.
+        let answer = exchange(
+            addr,
+            ping_head(path, "1.1", &["GW.example:8080"]).as_bytes(),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.head);
+        let answer = exchange(addr, ping_head(path, "1.0", &[]).as_bytes()).await;
+        assert_eq!(answer.status, 200, "{}", answer.head);
+        let heads: Vec<_> = seen.lock().unwrap().drain(..).collect();
+        assert_eq!(heads.len(), 2);
+        assert_eq!(heads[0]["x-forwarded-host"], "GW.example:8080");
+        assert!(heads[1].get("x-forwarded-host").is_none(), "{:?}", heads[1]);
+
+        // HTTP/2: `:authority` decides; a Host that disagrees is refused.
+        let uri = format!("http://gw.example{path}");
+        assert_eq!(h2_post(addr, &uri, &[]).await, (200, None));
+        assert_eq!(h2_post(addr, &uri, &["gw.example"]).await, (200, None));
+        assert_eq!(
+            h2_post(addr, &uri, &["evil.example"]).await,
+            (400, Some(-32600))
+        );
+        let heads: Vec<_> = seen.lock().unwrap().drain(..).collect();
+        assert_eq!(heads.len(), 2);
+        assert_eq!(heads[0]["x-forwarded-host"], "gw.example");
     }
     for (gw, _) in gws {
         gw.shutdown().await;
