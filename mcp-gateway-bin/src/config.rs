@@ -4,6 +4,7 @@
 //! [server]
 //! listen = "127.0.0.1:8080"
 //! body_limit = "4MiB"
+//! max_header_bytes = "64KiB"
 //! shutdown_grace = "30s"
 //! allowed_origins = ["https://app.example.com"]
 //! allow_localhost_origins = true
@@ -111,6 +112,9 @@ pub struct ServerConfig {
     /// Largest request body. Default 4 MiB.
     #[serde(default = "default_body_limit")]
     pub body_limit: Spanned<Size>,
+    /// Largest request head (request line and header fields). Default 64 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: Spanned<Size>,
     /// How long SIGTERM/Ctrl-C waits for in-flight requests and open streams. Default 30 s.
     #[serde(default = "default_grace")]
     pub shutdown_grace: Dur,
@@ -146,6 +150,7 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             body_limit: default_body_limit(),
+            max_header_bytes: default_max_header_bytes(),
             shutdown_grace: default_grace(),
             header_read_timeout: default_grace(),
             allowed_origins: Vec::new(),
@@ -164,6 +169,12 @@ fn default_listen() -> SocketAddr {
 fn default_body_limit() -> Spanned<Size> {
     // Not in the file, so no place in it; a default is never wrong, so never reported.
     Spanned::new(0..0, Size(mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT))
+}
+fn default_max_header_bytes() -> Spanned<Size> {
+    Spanned::new(
+        0..0,
+        Size(mcp_gateway_layers::head::DEFAULT_MAX_HEADER_BYTES),
+    )
 }
 
 /// Parses a listen address, `IP:PORT`, saying what is wrong when it is not one.
@@ -279,6 +290,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Body limit in bytes.
     pub body_limit: usize,
+    /// Largest request head in bytes.
+    pub max_header_bytes: usize,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// HTTP/1 request-head read timeout.
@@ -328,6 +341,11 @@ pub struct AdminSpec {
     pub listen: SocketAddr,
 }
 
+/// The smallest `server.max_header_bytes`: a request line and a few headers.
+const MIN_HEADER_BYTES: usize = 1024;
+/// The largest `server.max_header_bytes` (the HTTP/2 bound, twice it, must fit 32 bits).
+const MAX_HEADER_BYTES: usize = 16 << 20;
+
 /// Reads and checks a configuration file.
 pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
     let source = path.display().to_string();
@@ -375,6 +393,13 @@ pub fn check(
     }
     if config.server.header_read_timeout.0.is_zero() {
         errors.error(None, "server.header_read_timeout must be greater than 0");
+    }
+    let head = config.server.max_header_bytes.get_ref().0;
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&head) {
+        errors.error(
+            Some(config.server.max_header_bytes.span()),
+            "server.max_header_bytes must be between 1KiB and 16MiB",
+        );
     }
     if config.server.body_limit.get_ref().0 == 0 {
         errors.error(
@@ -489,6 +514,7 @@ pub fn check(
         audit,
         listen: config.server.listen,
         body_limit: config.server.body_limit.get_ref().0,
+        max_header_bytes: head,
         shutdown_grace: config.server.shutdown_grace.0,
         header_read_timeout: config.server.header_read_timeout.0,
         origins,
@@ -517,6 +543,7 @@ impl Settings {
         Self {
             listen,
             body_limit: mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT,
+            max_header_bytes: mcp_gateway_layers::head::DEFAULT_MAX_HEADER_BYTES,
             shutdown_grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             origins: mcp_gateway_layers::AllowedOrigins::default(),
@@ -648,6 +675,7 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         .unwrap();
         assert_eq!(s.worker_threads, Some(1));
         assert_eq!(s.body_limit, mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT);
+        assert_eq!(s.max_header_bytes, 64 * 1024);
         assert_eq!(s.runtime, RuntimeMode::Shared);
         let s = parse(
             "[server]\nruntime = \"per-core\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n",
@@ -662,6 +690,22 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
             Path::new("."),
         )
         .is_err());
+    }
+
+    #[test]
+    fn listener_bounds_are_checked() {
+        let e = errs("[server]\nmax_header_bytes = 100\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
+        assert_eq!(
+            e,
+            ["gw.toml:2:20: server.max_header_bytes must be between 1KiB and 16MiB"]
+        );
+        let s = parse(
+            "[server]\nmax_header_bytes = \"16KiB\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n",
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.max_header_bytes, 16 * 1024);
     }
 
     #[test]

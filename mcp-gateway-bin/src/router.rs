@@ -129,7 +129,7 @@ pub struct Router {
     governed: bool,
     /// Whether access log lines are written (decided once: the log filter is fixed at start).
     access_log: bool,
-    /// The checks of every request head, before routing.
+    /// The checks of every request head (its size, its Host), before routing.
     head: HeadCheck,
     /// The limits layer, when `[limits]` is configured: one for all routes, so a key's
     /// budget is the same whichever upstream it calls.
@@ -262,7 +262,7 @@ impl Router {
                 || sessions.is_some()
                 || telemetry.is_some(),
             access_log,
-            head: HeadCheck::new(),
+            head: HeadCheck::new().max_header_bytes(settings.max_header_bytes),
             limits,
             audit,
             sessions,
@@ -306,7 +306,7 @@ impl Router {
         let route = path
             .strip_prefix("/mcp/")
             .map(|r| r.strip_suffix('/').unwrap_or(r));
-        // HTTP's own checks of the head (Host), whatever the path: a request failing them is
+        // HTTP's own checks of the head (size, Host), whatever the path: a request failing them is
         // refused before it is routed, so nothing is forwarded for it.
         let refusal = self.head.refusal(&req);
         let (upstream, resp) = match (refusal, route, path) {

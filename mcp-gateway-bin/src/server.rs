@@ -103,6 +103,9 @@ impl Gateway {
         let grace = Timeouts {
             grace: settings.shutdown_grace,
             header_read: settings.header_read_timeout,
+            head_cap: mcp_gateway_layers::head::HeadCheck::new()
+                .max_header_bytes(settings.max_header_bytes)
+                .parser_cap(),
         };
         let mut workers_done = Vec::with_capacity(more.len());
         for (i, std_listener) in more.into_iter().enumerate() {
@@ -233,6 +236,10 @@ struct Timeouts {
     grace: Duration,
     /// How long a client may take to send a request head.
     header_read: Duration,
+    /// Where hyper stops reading a request head (with a bare 431): above
+    /// `server.max_header_bytes`, so that the router's check answers the heads in between
+    /// with a JSON-RPC error.
+    head_cap: usize,
 }
 
 async fn accept_loop(
@@ -256,8 +263,12 @@ async fn accept_loop(
     builder
         .http1()
         .timer(mcp_gateway_layers::rt::CoarseTimer)
-        .header_read_timeout(timeouts.header_read);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(timeouts.header_read)
+        .max_buf_size(timeouts.head_cap);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(timeouts.head_cap).unwrap_or(u32::MAX));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -274,3 +274,90 @@ async fn missing_duplicate_and_invalid_hosts_are_answered_400() {
         gw.shutdown().await;
     }
 }
+
+/// Sends `bytes` on a new connection (from a task: the gateway may stop reading) and reads the
+/// answer, or `None` when the connection was closed or reset without one.
+async fn exchange_or_reset(addr: SocketAddr, bytes: Vec<u8>) -> Option<u16> {
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = conn.into_split();
+    tokio::spawn(async move {
+        let _ = wr.write_all(&bytes).await;
+        // Kept open (not shut down) until the task ends with the test.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(wr);
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 16384];
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer and not closed within 10 s");
+    let head = String::from_utf8_lossy(&got);
+    head.get(9..12).and_then(|s| s.parse().ok())
+}
+
+/// Finding 6: a request head over `max_header_bytes` (64 KiB by default) is answered 431 with
+/// a JSON-RPC error on HTTP/1.1 and HTTP/2, and not forwarded; smaller heads are served; a
+/// head far over the limit is cut by the parser (at twice the limit) with a bare 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_over_max_header_bytes_get_431() {
+    let (gws, seen) = gateways("").await;
+    let padded =
+        |path: &str, pad: usize| post(path, &format!("x-pad: {}\r\n", "a".repeat(pad))).to_vec();
+    for (gw, path) in &gws {
+        let addr = gw.local_addr();
+        let answer = exchange(addr, &padded(path, 50_000)).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.head);
+        let answer = exchange(addr, &padded(path, 70_000)).await;
+        assert_eq!(answer.status, 431, "{path}: {}", answer.head);
+        assert_eq!(answer.jsonrpc_code(), -32600);
+        let v: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(v["error"]["data"]["limit"], 65536);
+        // Far over the limit: hyper stops reading at 128 KiB and answers itself (or resets
+        // the connection with the rest of the head unread).
+        let status = exchange_or_reset(addr, padded(path, 1 << 20)).await;
+        assert!(matches!(status, None | Some(431)), "{status:?}");
+        // HTTP/2: the same limit.
+        use http_body_util::BodyExt;
+        let mut send = h2(addr).await;
+        let req = http::Request::post(format!("http://gw{path}"))
+            .header("content-type", "application/json")
+            .header("x-pad", "a".repeat(70_000))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                PING.as_bytes(),
+            )))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 431);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], -32600);
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "only the small heads are forwarded"
+    );
+    for (gw, _) in gws {
+        gw.shutdown().await;
+    }
+    // The limit is the configured one.
+    let (gws, _) = gateways("max_header_bytes = \"16KiB\"").await;
+    for (gw, path) in &gws {
+        let answer = exchange(gw.local_addr(), &padded(path, 20_000)).await;
+        assert_eq!(answer.status, 431, "{path}: {}", answer.head);
+        assert_eq!(answer.jsonrpc_code(), -32600);
+    }
+    for (gw, _) in gws {
+        gw.shutdown().await;
+    }
+}

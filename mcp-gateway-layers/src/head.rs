@@ -5,6 +5,7 @@
 //!
 //! | input | status | JSON-RPC code |
 //! |---|---|---|
+//! | a head larger than [`HeadCheck::max_header_bytes`] (`data.limit` gives it) | 431 | -32600 |
 //! | HTTP/1.1 request without `Host` (RFC 9112 §3.2) | 400 | -32600 |
 //! | more than one `Host` header | 400 | -32600 |
 //! | a `Host` that is not `host[:port]` ([`is_valid_host`]) | 400 | -32600 |
@@ -13,10 +14,19 @@
 //!
 //! An HTTP/1.0 request may come without `Host` (HTTP/1.0 did not require it).
 //!
+//! The size is counted on the parsed head, as the request line and each header field's name
+//! and value plus 4 bytes (`: ` and CRLF), for HTTP/1.1 and HTTP/2 alike: the server's
+//! parser must also stop reading a head somewhere, and the size it answers there is its own
+//! (hyper answers a bare 431); [`HeadCheck::parser_cap`] is a bound for it that leaves this
+//! check to answer first.
+//!
 //! ```
 //! use mcp_gateway_layers::head::HeadCheck;
 //!
-//! let check = HeadCheck::new();
+//! let check = HeadCheck::new().max_header_bytes(8 * 1024);
+//! let big = "a".repeat(10_000);
+//! let req = http::Request::post("/mcp").header("host", "gw").header("x-big", big).body(()).unwrap();
+//! assert_eq!(check.refusal(&req).unwrap().status(), 431);
 //! let req = http::Request::post("/mcp").header("host", "gw.example").body(()).unwrap();
 //! assert!(check.refusal(&req).is_none());
 //! let req = http::Request::post("/mcp").header("host", "user@gw.example").body(()).unwrap();
@@ -29,26 +39,87 @@ use http_body_util::Full;
 use mcp_gateway_core::headers::is_valid_host;
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 
+/// The default largest request head: 64 KiB (Envoy allows 60 KiB, nginx 4 × 8 KiB by
+/// default), room for several large tokens and cookies.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// The checks of a request head made before routing. See the module docs.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct HeadCheck {
-    _private: (),
+    max_header_bytes: usize,
+}
+
+impl Default for HeadCheck {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl HeadCheck {
-    /// The checks HTTP requires of every server (`Host`).
+    /// The checks HTTP requires of every server (`Host`), with heads up to
+    /// [`DEFAULT_MAX_HEADER_BYTES`].
     pub const fn new() -> Self {
-        Self { _private: () }
+        Self {
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        }
+    }
+
+    /// Sets the largest request head accepted, in bytes (counted as the module docs say).
+    pub const fn max_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes;
+        self
+    }
+
+    /// The largest request head accepted, in bytes.
+    pub const fn limit(&self) -> usize {
+        self.max_header_bytes
+    }
+
+    /// Where a server's parser should stop reading a head (hyper's HTTP/1 `max_buf_size`, its
+    /// HTTP/2 `max_header_list_size`): twice the limit, and at least 8 KiB (hyper's smallest
+    /// buffer). A head between the limit and this cap gets this check's JSON-RPC answer; a
+    /// larger one, the parser's bare 431 — and that is all the memory a head can take.
+    pub const fn parser_cap(&self) -> usize {
+        let cap = self.max_header_bytes.saturating_mul(2);
+        if cap < 8192 {
+            8192
+        } else {
+            cap
+        }
     }
 
     /// The answer for a request whose head fails a check; `None` when it may pass.
     pub fn refusal<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        let size = head_size(req);
+        if size > self.max_header_bytes {
+            let limit = self.max_header_bytes;
+            return Some(
+                JsonRpcError::new(
+                    ErrorCode::INVALID_REQUEST,
+                    format!("request header fields exceed the limit of {limit} bytes"),
+                )
+                .with_data(serde_json::json!({ "limit": limit }))
+                .into_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, None),
+            );
+        }
         let why = bad_host(req.version(), req.uri(), req.headers())?;
         Some(
             JsonRpcError::new(ErrorCode::INVALID_REQUEST, why)
                 .into_response(StatusCode::BAD_REQUEST, None),
         )
     }
+}
+
+/// The size of a request head: the request line (`METHOD target HTTP/1.1` and CRLF), each
+/// header field's name and value plus `: ` and CRLF, and the empty line.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + 11;
+    req.headers()
+        .iter()
+        .fold(line + 2, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 /// What is wrong with the request's `Host` (or HTTP/2 `:authority`), if anything.
@@ -141,6 +212,26 @@ mod tests {
         );
         assert_eq!(refused(&req(V::HTTP_2, "/mcp", &["gw"])), None);
         assert_eq!(refused(&req(V::HTTP_2, "/mcp", &[])), Some(400));
+    }
+
+    #[test]
+    fn heads_over_the_limit_get_431() {
+        let check = HeadCheck::new().max_header_bytes(1000);
+        let sized = |value: usize| {
+            Request::post("/mcp")
+                .header(header::HOST, "gw")
+                .header("x-pad", "a".repeat(value))
+                .body(())
+                .unwrap()
+        };
+        // `POST /mcp HTTP/1.1` CRLF (20), `host: gw` CRLF (10), `x-pad: …` CRLF (9 + value),
+        // CRLF (2): the bytes an HTTP/1.1 client sends.
+        assert_eq!(head_size(&sized(100)), 20 + 10 + 109 + 2);
+        assert!(check.refusal(&sized(1000 - 41)).is_none());
+        let resp = check.refusal(&sized(1000 - 40)).unwrap();
+        assert_eq!(resp.status(), 431);
+        assert_eq!(check.parser_cap(), 8192);
+        assert_eq!(HeadCheck::new().parser_cap(), 128 * 1024);
     }
 
     #[test]

@@ -64,7 +64,7 @@
 //! |---|---|
 //! | [`govern`] | the one service skeleton: read the request once, ask the governor, call the inner service, attach the response observers once; a [`Chain`] runs several governors as one future |
 //! | [`parse`] | reads the request body up to a limit, classifies it once, checks the 2026-07-28 headers, and puts an [`McpRequest`] in the request extensions |
-//! | [`head`] | the checks of a request head every server makes before routing it: `Host` (400) |
+//! | [`head`] | the checks of a request head every server makes before routing it: its size (431), `Host` (400) |
 //! | [`origin`] | refuses browser requests from origins that are not allowed (DNS-rebinding defence) |
 //! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) |
 //! | [`toggle`] | a layer switched on or off when the stack is built |
