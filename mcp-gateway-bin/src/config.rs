@@ -5,6 +5,7 @@
 //! listen = "127.0.0.1:8080"
 //! body_limit = "4MiB"
 //! max_header_bytes = "64KiB"
+//! body_read_timeout = "60s"
 //! shutdown_grace = "30s"
 //! allowed_origins = ["https://app.example.com"]
 //! allow_localhost_origins = true
@@ -122,6 +123,10 @@ pub struct ServerConfig {
     /// closed: the bound on slow or idle clients holding connections. Default 30 s.
     #[serde(default = "default_grace")]
     pub header_read_timeout: Dur,
+    /// How long a request body may go without sending anything before it is answered 408.
+    /// Default 60 s.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: Dur,
     /// Browser origins allowed besides localhost (`*` for any).
     #[serde(default)]
     pub allowed_origins: Vec<Spanned<String>>,
@@ -153,6 +158,7 @@ impl Default for ServerConfig {
             max_header_bytes: default_max_header_bytes(),
             shutdown_grace: default_grace(),
             header_read_timeout: default_grace(),
+            body_read_timeout: default_body_read_timeout(),
             allowed_origins: Vec::new(),
             allow_localhost_origins: true,
             tls: None,
@@ -217,6 +223,9 @@ fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
 }
 fn default_grace() -> Dur {
     Dur(Duration::from_secs(30))
+}
+fn default_body_read_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 fn yes() -> bool {
     true
@@ -296,6 +305,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// HTTP/1 request-head read timeout.
     pub header_read_timeout: Duration,
+    /// The longest wait for the next piece of a request body.
+    pub body_read_timeout: Duration,
     /// Allowed origins.
     pub origins: mcp_gateway_layers::AllowedOrigins,
     /// TLS files.
@@ -393,6 +404,9 @@ pub fn check(
     }
     if config.server.header_read_timeout.0.is_zero() {
         errors.error(None, "server.header_read_timeout must be greater than 0");
+    }
+    if config.server.body_read_timeout.0.is_zero() {
+        errors.error(None, "server.body_read_timeout must be greater than 0");
     }
     let head = config.server.max_header_bytes.get_ref().0;
     if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&head) {
@@ -517,6 +531,7 @@ pub fn check(
         max_header_bytes: head,
         shutdown_grace: config.server.shutdown_grace.0,
         header_read_timeout: config.server.header_read_timeout.0,
+        body_read_timeout: config.server.body_read_timeout.0,
         origins,
         tls,
         log_format: config.log.format,
@@ -546,6 +561,7 @@ impl Settings {
             max_header_bytes: mcp_gateway_layers::head::DEFAULT_MAX_HEADER_BYTES,
             shutdown_grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
             origins: mcp_gateway_layers::AllowedOrigins::default(),
             tls: None,
             log_format: LogFormat::Text,
@@ -706,6 +722,13 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         )
         .unwrap();
         assert_eq!(s.max_header_bytes, 16 * 1024);
+        assert_eq!(s.body_read_timeout, Duration::from_secs(60));
+        let e =
+            errs("[server]\nbody_read_timeout = \"0s\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
+        assert_eq!(
+            e,
+            ["gw.toml: server.body_read_timeout must be greater than 0"]
+        );
     }
 
     #[test]

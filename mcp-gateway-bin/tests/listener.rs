@@ -169,9 +169,11 @@ async fn expect_continue_over_the_body_limit_is_answered_413_at_once() {
 }
 
 /// An HTTP/2 (prior knowledge, h2c) connection to `addr`.
-async fn h2(
-    addr: SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+async fn h2<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
     let (send, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
@@ -357,6 +359,71 @@ async fn request_heads_over_max_header_bytes_get_431() {
         assert_eq!(answer.status, 431, "{path}: {}", answer.head);
         assert_eq!(answer.jsonrpc_code(), -32600);
     }
+    for (gw, _) in gws {
+        gw.shutdown().await;
+    }
+}
+
+/// Finding 2: a request body that stalls is answered 408 with a JSON-RPC error after
+/// `body_read_timeout` (here 300 ms) without data, on HTTP/1.1 and HTTP/2, on both kinds of
+/// route; a body that keeps coming is read whole and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_get_408() {
+    let (gws, seen) = gateways("body_read_timeout = \"300ms\"").await;
+    for (gw, path) in &gws {
+        let addr = gw.local_addr();
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            PING.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&PING.as_bytes()[..11]).await.unwrap();
+        let started = Instant::now();
+        // Then silence.
+        let answer = read_answer(&mut conn).await;
+        let took = started.elapsed();
+        assert_eq!(answer.status, 408, "{path}: {}", answer.head);
+        assert_eq!(answer.jsonrpc_code(), -32600);
+        assert!(took < Duration::from_secs(5), "{path}: {took:?}");
+
+        // HTTP/2: the body's first DATA frame, then nothing (the stream stays open).
+        let mut send = h2(addr).await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<
+            Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+        >(1);
+        tx.try_send(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            &PING.as_bytes()[..11],
+        ))))
+        .unwrap();
+        let rx = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let req = http::Request::post(format!("http://gw{path}"))
+            .header("content-type", "application/json")
+            .body(http_body_util::StreamBody::new(rx))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+            .await
+            .expect("no answer to a stalled HTTP/2 body")
+            .unwrap();
+        assert_eq!(resp.status(), 408, "{path}");
+        drop(tx);
+
+        // A body sent in pieces, each within the limit, is served.
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        for piece in PING.as_bytes().chunks(10) {
+            conn.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let answer = read_answer(&mut conn).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.head);
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "only whole bodies are forwarded"
+    );
     for (gw, _) in gws {
         gw.shutdown().await;
     }

@@ -1,5 +1,8 @@
 //! Runtime helpers for serving the layers with hyper: [`CoarseTimer`], a cheap timer for
-//! hyper's HTTP/1 header-read timeout, which the `mcp-gateway` binary's listener uses.
+//! hyper's HTTP/1 header-read timeout, which the `mcp-gateway` binary's listener uses, and
+//! [`ReadTimeout`], a request body that fails with [`BodyReadTimeout`] when the client
+//! stops sending it (the read of [`ParseMcp`](crate::ParseMcp) and of the governing chain
+//! then answers 408).
 //!
 //! hyper arms that timeout for every request head it waits for (an idle keep-alive connection
 //! included) and drops it once the head has arrived, so with tokio's timer each request pays
@@ -18,7 +21,11 @@
 //! http1.timer(CoarseTimer).header_read_timeout(std::time::Duration::from_secs(30));
 //! # }
 //! ```
+use crate::parse::BodyReadTimeout;
+use crate::BoxError;
+use http_body::{Body, Frame, SizeHint};
 use hyper::rt::{Sleep, Timer};
+use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -135,11 +142,7 @@ impl Timer for CoarseTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        let clock = clock();
-        Box::pin(CoarseSleep {
-            deadline: clock.tick_of(deadline),
-            slot: None,
-        })
+        Box::pin(CoarseSleep::until(deadline))
     }
 
     /// The ticker's time (up to one tick behind): no clock read per request.
@@ -154,6 +157,15 @@ struct CoarseSleep {
     deadline: u64,
     /// Shard and slot once registered.
     slot: Option<(usize, usize)>,
+}
+
+impl CoarseSleep {
+    fn until(deadline: Instant) -> Self {
+        Self {
+            deadline: clock().tick_of(deadline),
+            slot: None,
+        }
+    }
 }
 
 impl Sleep for CoarseSleep {}
@@ -210,6 +222,88 @@ impl Drop for CoarseSleep {
     }
 }
 
+pin_project! {
+    /// A request body that fails with [`BodyReadTimeout`] when no frame arrives for `after`
+    /// while it is being read: the bound on a client that starts a body and stalls (nginx's
+    /// `client_body_timeout`). The time runs only while the body is polled and has nothing,
+    /// so a body read at once — the common case, in the same packets as the head — arms no
+    /// timer; it fires up to a quarter second late, never early. Needs a [`Ticker`] on the
+    /// runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo(req: http::Request<hyper::body::Incoming>) {
+    /// use mcp_gateway_layers::rt::ReadTimeout;
+    /// let req = req.map(|b| ReadTimeout::new(b, std::time::Duration::from_secs(60)));
+    /// let read = mcp_gateway_layers::parse::read_request(req, 4 << 20).await; // 408 if it stalls
+    /// # }
+    /// ```
+    #[derive(Debug)]
+    pub struct ReadTimeout<B> {
+        #[pin]
+        body: B,
+        after: Duration,
+        sleep: Option<CoarseSleep>,
+    }
+}
+
+impl std::fmt::Debug for CoarseSleep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoarseSleep")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> ReadTimeout<B> {
+    /// `body`, failing when it gives nothing for `after`.
+    pub fn new(body: B, after: Duration) -> Self {
+        Self {
+            body,
+            after,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> Body for ReadTimeout<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            // Something came: the next wait starts afresh.
+            *this.sleep = None;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let after = *this.after;
+        // The real clock, not the ticker's lagging one, so that the limit is never cut short.
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| CoarseSleep::until(Instant::now() + after));
+        if Pin::new(sleep).poll(cx).is_ready() {
+            *this.sleep = None;
+            return Poll::Ready(Some(Err(Box::new(BodyReadTimeout(after)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -240,5 +334,46 @@ mod tests {
             .map(|s| s.lock().unwrap().free.len())
             .sum();
         assert!(free >= 1);
+    }
+
+    /// A body that never sends anything.
+    struct Stalled;
+
+    impl Body for Stalled {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_fails_with_body_read_timeout() {
+        use http_body_util::BodyExt;
+        let _ticker = Ticker::start();
+        let started = Instant::now();
+        let mut body = ReadTimeout::new(Stalled, Duration::from_millis(300));
+        let err = body.frame().await.unwrap().unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(
+            err.downcast_ref::<BodyReadTimeout>(),
+            Some(&BodyReadTimeout(Duration::from_millis(300)))
+        );
+        // Never early; up to a tick or two late.
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_millis(300) + 3 * TICK, "{took:?}");
+        // A body that has its data is passed through, no timer armed.
+        let mut body = ReadTimeout::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"x")),
+            Duration::from_millis(1),
+        );
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "x"
+        );
+        assert!(body.sleep.is_none());
     }
 }
