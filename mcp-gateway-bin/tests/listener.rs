@@ -428,3 +428,108 @@ async fn stalled_request_bodies_get_408() {
         gw.shutdown().await;
     }
 }
+
+/// How long until the gateway closes a connection on which `sent` was written and nothing
+/// more (read to the end; at most 10 s).
+async fn closed_after(
+    conn: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    sent: &[u8],
+) -> Duration {
+    conn.write_all(sent).await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "still open after 10 s");
+    started.elapsed()
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+/// A HEADERS frame on stream 1 that ends the stream but not the header block (a CONTINUATION
+/// must follow), with one field (`:method: GET`, HPACK index 2).
+const H2_HALF_HEADERS: &[u8] = b"\0\0\x01\x01\x01\0\0\0\x01\x82";
+
+/// Finding 3: an HTTP/2 connection that sent only its preface and SETTINGS, or stopped in the
+/// middle of a HEADERS block, is closed once no request has been in progress on it for
+/// `header_read_timeout` (here 1 s; the last step may take another), as HTTP/1.1 ones are;
+/// one whose requests keep coming is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_stuck_http2_connections_close_after_the_header_read_timeout() {
+    let (up, seen) = upstream().await;
+    let mut s = settings(&[format!("plain=http://{up}/mcp")]);
+    s.header_read_timeout = Duration::from_secs(1);
+    let gw = gateway(s).await;
+    let addr = gw.local_addr();
+    for (what, sent) in [
+        ("preface and SETTINGS", H2_PREFACE.to_vec()),
+        (
+            "an unfinished HEADERS block",
+            [H2_PREFACE, H2_HALF_HEADERS].concat(),
+        ),
+    ] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let took = closed_after(&mut conn, &sent).await;
+        assert!(took >= Duration::from_millis(700), "{what}: {took:?}");
+        assert!(took < Duration::from_secs(5), "{what}: {took:?}");
+    }
+    // Requests 600 ms apart keep an HTTP/2 connection open past the timeout.
+    use http_body_util::BodyExt;
+    let mut send = h2(addr).await;
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let req = http::Request::post("http://gw/mcp/plain")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                PING.as_bytes(),
+            )))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        resp.into_body().collect().await.unwrap();
+    }
+    assert_eq!(seen.lock().unwrap().len(), 4);
+    gw.shutdown().await;
+}
+
+/// The same bound holds over TLS, where a client that completed the handshake and then sent
+/// nothing was held open (hyper's header-read timeout starts only once it has seen the first
+/// bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_that_send_nothing_close_after_the_header_read_timeout() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let (up, _) = upstream().await;
+    let mut s = settings(&[format!("plain=http://{up}/mcp")]);
+    s.header_read_timeout = Duration::from_secs(1);
+    s.tls = Some((cert_path, key_path));
+    let gw = gateway(s).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut config = config.clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = TcpStream::connect(gw.local_addr()).await.unwrap();
+        let mut conn = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let sent: &[u8] = if alpn == b"h2" { H2_PREFACE } else { b"" };
+        let took = closed_after(&mut conn, sent).await;
+        let alpn = String::from_utf8_lossy(alpn);
+        assert!(took >= Duration::from_millis(700), "{alpn}: {took:?}");
+        assert!(took < Duration::from_secs(5), "{alpn}: {took:?}");
+    }
+    gw.shutdown().await;
+}

@@ -69,7 +69,7 @@
 //! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) |
 //! | [`toggle`] | a layer switched on or off when the stack is built |
 //! | [`body`] | the response bodies: a governed answer, observed once per stack, or a refusal |
-//! | `rt` | a cheap timer for hyper's header-read timeout, for serving the layers with hyper (`upstream`) |
+//! | `rt` | for serving the layers with hyper (`upstream`): a cheap timer for hyper's header-read timeout, a request body that fails when it stalls (answered 408), the activity of a connection for closing it when idle |
 //! | `config` | what the capabilities' configuration sections share: located errors, durations, sizes, stores (compiled with any capability) |
 //! | `http_client` | the small HTTP client of OAuth discovery, introspection and span export (`auth`, `telemetry-otlp`) |
 //!

@@ -2,7 +2,8 @@
 //! hyper's HTTP/1 header-read timeout, which the `mcp-gateway` binary's listener uses, and
 //! [`ReadTimeout`], a request body that fails with [`BodyReadTimeout`] when the client
 //! stops sending it (the read of [`ParseMcp`](crate::ParseMcp) and of the governing chain
-//! then answers 408).
+//! then answers 408), and [`Activity`], what a connection is doing, for closing it once it
+//! has carried no request for a while (HTTP/2 has no header-read timeout of its own).
 //!
 //! hyper arms that timeout for every request head it waits for (an idle keep-alive connection
 //! included) and drops it once the head has arrived, so with tokio's timer each request pays
@@ -29,7 +30,7 @@ use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -304,6 +305,122 @@ where
     }
 }
 
+/// What one connection is doing: the requests in progress on it, and when that last changed.
+/// A listener closes a connection that has had none in progress for its idle limit — for
+/// HTTP/2, which hyper bounds by no header-read timeout: a client that sent its preface and
+/// nothing more, or stopped in the middle of a HEADERS block (no request has started), or
+/// keeps an idle connection. Each request holds a [`Busy`] until its response body is done
+/// ([`BusyBody`]).
+///
+/// ```no_run
+/// # async fn demo() {
+/// use mcp_gateway_layers::rt::Activity;
+/// let activity = Activity::new();
+/// let busy = activity.begin(); // a request starts; dropped when its answer is sent
+/// drop(busy);
+/// activity.idle(std::time::Duration::from_secs(30)).await; // nothing for 30 s: close it
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Activity {
+    active: AtomicUsize,
+    /// The ticker's tick when a request last started or ended (or the connection opened).
+    last: AtomicU64,
+}
+
+impl Activity {
+    /// A connection that has just opened.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            active: AtomicUsize::new(0),
+            last: AtomicU64::new(clock().now_tick()),
+        })
+    }
+
+    /// A request starts: the connection is busy until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.last.store(clock().now_tick(), Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// Resolves once no request has been in progress for `after` (up to a quarter second
+    /// late, never early). Needs a [`Ticker`] on the runtime.
+    pub async fn idle(&self, after: Duration) {
+        let clock = clock();
+        // Rounded up, and one more for the ticker's lag behind the real time.
+        let ticks = u64::try_from(after.as_nanos().div_ceil(u128::from(TICK_NANOS)))
+            .unwrap_or(u64::MAX / 2)
+            .saturating_add(1);
+        loop {
+            let last = self.last.load(Ordering::SeqCst);
+            let from = if self.active.load(Ordering::SeqCst) > 0 {
+                clock.now_tick()
+            } else {
+                last
+            };
+            CoarseSleep {
+                deadline: from.saturating_add(ticks),
+                slot: None,
+            }
+            .await;
+            if self.active.load(Ordering::SeqCst) == 0 && self.last.load(Ordering::SeqCst) == last {
+                return;
+            }
+        }
+    }
+}
+
+/// A request in progress on a connection ([`Activity::begin`]).
+#[derive(Debug)]
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // The time first: whoever sees the count drop also sees the new time.
+        self.0.last.store(clock().now_tick(), Ordering::SeqCst);
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its connection busy ([`Activity`]) until the server is done
+    /// with it (sent or dropped).
+    #[derive(Debug)]
+    pub struct BusyBody<B> {
+        #[pin]
+        body: B,
+        busy: Busy,
+    }
+}
+
+impl<B> BusyBody<B> {
+    /// `body`, holding `busy` until it is dropped.
+    pub fn new(body: B, busy: Busy) -> Self {
+        Self { body, busy }
+    }
+}
+
+impl<B: Body> Body for BusyBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -375,5 +492,21 @@ mod tests {
             "x"
         );
         assert!(body.sleep.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_idle_after_its_last_request_ends() {
+        let _ticker = Ticker::start();
+        let activity = Activity::new();
+        let busy = activity.begin();
+        // Busy: not idle, however long it takes.
+        let waited = tokio::time::timeout(Duration::from_millis(800), activity.idle(TICK)).await;
+        assert!(waited.is_err());
+        drop(busy);
+        let started = Instant::now();
+        activity.idle(Duration::from_millis(500)).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_millis(500) + 4 * TICK, "{took:?}");
     }
 }
