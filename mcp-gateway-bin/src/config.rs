@@ -4,6 +4,8 @@
 //! [server]
 //! listen = "127.0.0.1:8080"
 //! body_limit = "4MiB"
+//! max_header_bytes = "64KiB"
+//! body_read_timeout = "60s"
 //! shutdown_grace = "30s"
 //! allowed_origins = ["https://app.example.com"]
 //! allow_localhost_origins = true
@@ -111,6 +113,9 @@ pub struct ServerConfig {
     /// Largest request body. Default 4 MiB.
     #[serde(default = "default_body_limit")]
     pub body_limit: Spanned<Size>,
+    /// Largest request head (request line and header fields). Default 64 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: Spanned<Size>,
     /// How long SIGTERM/Ctrl-C waits for in-flight requests and open streams. Default 30 s.
     #[serde(default = "default_grace")]
     pub shutdown_grace: Dur,
@@ -118,6 +123,10 @@ pub struct ServerConfig {
     /// closed: the bound on slow or idle clients holding connections. Default 30 s.
     #[serde(default = "default_grace")]
     pub header_read_timeout: Dur,
+    /// How long a request body may go without sending anything before it is answered 408.
+    /// Default 60 s.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: Dur,
     /// Browser origins allowed besides localhost (`*` for any).
     #[serde(default)]
     pub allowed_origins: Vec<Spanned<String>>,
@@ -146,8 +155,10 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             body_limit: default_body_limit(),
+            max_header_bytes: default_max_header_bytes(),
             shutdown_grace: default_grace(),
             header_read_timeout: default_grace(),
+            body_read_timeout: default_body_read_timeout(),
             allowed_origins: Vec::new(),
             allow_localhost_origins: true,
             tls: None,
@@ -164,6 +175,12 @@ fn default_listen() -> SocketAddr {
 fn default_body_limit() -> Spanned<Size> {
     // Not in the file, so no place in it; a default is never wrong, so never reported.
     Spanned::new(0..0, Size(mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT))
+}
+fn default_max_header_bytes() -> Spanned<Size> {
+    Spanned::new(
+        0..0,
+        Size(mcp_gateway_layers::head::DEFAULT_MAX_HEADER_BYTES),
+    )
 }
 
 /// Parses a listen address, `IP:PORT`, saying what is wrong when it is not one.
@@ -206,6 +223,9 @@ fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
 }
 fn default_grace() -> Dur {
     Dur(Duration::from_secs(30))
+}
+fn default_body_read_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 fn yes() -> bool {
     true
@@ -279,10 +299,14 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Body limit in bytes.
     pub body_limit: usize,
+    /// Largest request head in bytes.
+    pub max_header_bytes: usize,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// HTTP/1 request-head read timeout.
     pub header_read_timeout: Duration,
+    /// The longest wait for the next piece of a request body.
+    pub body_read_timeout: Duration,
     /// Allowed origins.
     pub origins: mcp_gateway_layers::AllowedOrigins,
     /// TLS files.
@@ -327,6 +351,11 @@ pub struct AdminSpec {
     /// Listen address.
     pub listen: SocketAddr,
 }
+
+/// The smallest `server.max_header_bytes`: a request line and a few headers.
+const MIN_HEADER_BYTES: usize = 1024;
+/// The largest `server.max_header_bytes` (the HTTP/2 bound, twice it, must fit 32 bits).
+const MAX_HEADER_BYTES: usize = 16 << 20;
 
 /// Reads and checks a configuration file.
 pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
@@ -375,6 +404,16 @@ pub fn check(
     }
     if config.server.header_read_timeout.0.is_zero() {
         errors.error(None, "server.header_read_timeout must be greater than 0");
+    }
+    if config.server.body_read_timeout.0.is_zero() {
+        errors.error(None, "server.body_read_timeout must be greater than 0");
+    }
+    let head = config.server.max_header_bytes.get_ref().0;
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&head) {
+        errors.error(
+            Some(config.server.max_header_bytes.span()),
+            "server.max_header_bytes must be between 1KiB and 16MiB",
+        );
     }
     if config.server.body_limit.get_ref().0 == 0 {
         errors.error(
@@ -489,8 +528,10 @@ pub fn check(
         audit,
         listen: config.server.listen,
         body_limit: config.server.body_limit.get_ref().0,
+        max_header_bytes: head,
         shutdown_grace: config.server.shutdown_grace.0,
         header_read_timeout: config.server.header_read_timeout.0,
+        body_read_timeout: config.server.body_read_timeout.0,
         origins,
         tls,
         log_format: config.log.format,
@@ -517,8 +558,10 @@ impl Settings {
         Self {
             listen,
             body_limit: mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT,
+            max_header_bytes: mcp_gateway_layers::head::DEFAULT_MAX_HEADER_BYTES,
             shutdown_grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
             origins: mcp_gateway_layers::AllowedOrigins::default(),
             tls: None,
             log_format: LogFormat::Text,
@@ -648,6 +691,7 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         .unwrap();
         assert_eq!(s.worker_threads, Some(1));
         assert_eq!(s.body_limit, mcp_gateway_layers::parse::DEFAULT_BODY_LIMIT);
+        assert_eq!(s.max_header_bytes, 64 * 1024);
         assert_eq!(s.runtime, RuntimeMode::Shared);
         let s = parse(
             "[server]\nruntime = \"per-core\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n",
@@ -662,6 +706,29 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
             Path::new("."),
         )
         .is_err());
+    }
+
+    #[test]
+    fn listener_bounds_are_checked() {
+        let e = errs("[server]\nmax_header_bytes = 100\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
+        assert_eq!(
+            e,
+            ["gw.toml:2:20: server.max_header_bytes must be between 1KiB and 16MiB"]
+        );
+        let s = parse(
+            "[server]\nmax_header_bytes = \"16KiB\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n",
+            "gw.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.max_header_bytes, 16 * 1024);
+        assert_eq!(s.body_read_timeout, Duration::from_secs(60));
+        let e =
+            errs("[server]\nbody_read_timeout = \"0s\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
+        assert_eq!(
+            e,
+            ["gw.toml: server.body_read_timeout must be greater than 0"]
+        );
     }
 
     #[test]

@@ -22,7 +22,9 @@ use mcp_gateway_core::outcome::{self, Outcome};
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::audit::AuditWriter;
 use mcp_gateway_layers::govern::{Chain, GovernedFuture};
+use mcp_gateway_layers::head::HeadCheck;
 use mcp_gateway_layers::limits::TokenBucket2DLayer;
+use mcp_gateway_layers::rt::ReadTimeout;
 use mcp_gateway_layers::sessions::{AffinityBody, SessionAffinity, SessionAffinityLayer};
 use mcp_gateway_layers::telemetry::TraceInjectLayer;
 pub use mcp_gateway_layers::upstream::ConnInfo;
@@ -86,7 +88,7 @@ pub type StackBody = Either<Refused<UpstreamBody>, ResponseBody<TargetBody>>;
 impl Stack {
     /// Serves one request: one inline future, with no boxed future, service clone or
     /// `Oneshot` on either shape.
-    pub async fn serve(&self, req: Request<Incoming>) -> Response<StackBody> {
+    pub async fn serve(&self, req: Request<RequestBody>) -> Response<StackBody> {
         match self {
             Self::Plain(parse) => parse.serve(req).await.map(Either::Left),
             Self::Governed {
@@ -103,6 +105,10 @@ impl Stack {
         }
     }
 }
+
+/// The body of a request as routes read it: the client's, failing when it stalls for
+/// `server.body_read_timeout` (the read then answers 408).
+pub type RequestBody = ReadTimeout<Incoming>;
 
 /// The body of every gateway response: a route's, or the router's own.
 pub type GatewayBody = Either<StackBody, Full<Bytes>>;
@@ -128,6 +134,10 @@ pub struct Router {
     governed: bool,
     /// Whether access log lines are written (decided once: the log filter is fixed at start).
     access_log: bool,
+    /// The checks of every request head (its size, its Host), before routing.
+    head: HeadCheck,
+    /// The longest wait for the next piece of a request body.
+    body_read_timeout: std::time::Duration,
     /// The limits layer, when `[limits]` is configured: one for all routes, so a key's
     /// budget is the same whichever upstream it calls.
     limits: Option<TokenBucket2DLayer>,
@@ -259,6 +269,8 @@ impl Router {
                 || sessions.is_some()
                 || telemetry.is_some(),
             access_log,
+            head: HeadCheck::new().max_header_bytes(settings.max_header_bytes),
+            body_read_timeout: settings.body_read_timeout,
             limits,
             audit,
             sessions,
@@ -290,9 +302,13 @@ impl Router {
     /// Serves one request.
     pub async fn serve(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         conn: &ConnInfo,
     ) -> Result<Response<GatewayBody>, Infallible> {
+        // Wherever a route reads the body (ParseMcp, or the governing chain), a client that
+        // stops sending it is answered 408 instead of holding the exchange open.
+        let timeout = self.body_read_timeout;
+        let mut req = req.map(|body| ReadTimeout::new(body, timeout));
         // The clock is read only for the access log's latency.
         let started = self.access_log.then(Instant::now);
         let method = req.method().clone();
@@ -302,8 +318,12 @@ impl Router {
         let route = path
             .strip_prefix("/mcp/")
             .map(|r| r.strip_suffix('/').unwrap_or(r));
-        let (upstream, resp) = match (route, path) {
-            (Some(name), _) if self.routes.contains_key(name) => {
+        // HTTP's own checks of the head (size, Host), whatever the path: a request failing them is
+        // refused before it is routed, so nothing is forwarded for it.
+        let refusal = self.head.refusal(&req);
+        let (upstream, resp) = match (refusal, route, path) {
+            (Some(refusal), _, _) => (None, wrap(refusal)),
+            (None, Some(name), _) if self.routes.contains_key(name) => {
                 let route = &self.routes[name];
                 if let Some(refusal) = route.stack.refusal(req.headers()) {
                     (Some(name), wrap(refusal))
@@ -339,7 +359,7 @@ impl Router {
                     (Some(name), resp)
                 }
             }
-            (_, p)
+            (None, _, p)
                 if p.starts_with(PRM_PREFIX)
                     && (method == Method::GET || method == Method::HEAD) =>
             {
@@ -356,10 +376,10 @@ impl Router {
                     }
                 }
             }
-            (_, "/healthz") if method == Method::GET || method == Method::HEAD => {
+            (None, _, "/healthz") if method == Method::GET || method == Method::HEAD => {
                 (None, plain(StatusCode::OK, "ok\n"))
             }
-            (_, "/readyz") if method == Method::GET || method == Method::HEAD => {
+            (None, _, "/readyz") if method == Method::GET || method == Method::HEAD => {
                 if self.ready.load(Ordering::Relaxed) {
                     (None, plain(StatusCode::OK, "ready\n"))
                 } else {

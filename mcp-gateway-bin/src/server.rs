@@ -3,10 +3,12 @@
 
 use crate::config::Settings;
 use crate::router::Router;
+use hyper::rt::Timer;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use mcp_gateway_core::observe::Cutoff;
+use mcp_gateway_layers::rt::BusyBody;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -103,6 +105,9 @@ impl Gateway {
         let grace = Timeouts {
             grace: settings.shutdown_grace,
             header_read: settings.header_read_timeout,
+            head_cap: mcp_gateway_layers::head::HeadCheck::new()
+                .max_header_bytes(settings.max_header_bytes)
+                .parser_cap(),
         };
         let mut workers_done = Vec::with_capacity(more.len());
         for (i, std_listener) in more.into_iter().enumerate() {
@@ -233,6 +238,10 @@ struct Timeouts {
     grace: Duration,
     /// How long a client may take to send a request head.
     header_read: Duration,
+    /// Where hyper stops reading a request head (with a bare 431): above
+    /// `server.max_header_bytes`, so that the router's check answers the heads in between
+    /// with a JSON-RPC error.
+    head_cap: usize,
 }
 
 async fn accept_loop(
@@ -245,19 +254,29 @@ async fn accept_loop(
     cutoff: Cutoff,
 ) {
     let grace = timeouts.grace;
-    let graceful = GracefulShutdown::new();
-    // Advances the header-read timer's clock while this listener and its connections live.
+    // Advances the coarse timers' clock (header reads, body reads, idle connections) while
+    // this listener and its connections live.
     let _ticker = mcp_gateway_layers::rt::Ticker::start();
-    // Every connection task, so that those still open when the grace period is over can be
-    // cut (aborted: nothing is polled per request for this), and the exchanges they carried
-    // end as "cut at shutdown".
+    // Every connection task, so that shutdown can wait for them to drain and cut those still
+    // open when the grace period is over (aborted: nothing is polled per request for this),
+    // and the exchanges they carried end as "cut at shutdown".
     let mut conns = tokio::task::JoinSet::new();
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(mcp_gateway_layers::rt::CoarseTimer)
-        .header_read_timeout(timeouts.header_read);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(timeouts.header_read)
+        .max_buf_size(timeouts.head_cap);
+    // HTTP/2 has no header-read timeout: a connection with no request in progress is closed
+    // by `serve` below after `header_read`, and a peer that stops answering PINGs (dead, or
+    // stuck in the middle of a HEADERS block, where it may send nothing else) after
+    // `header_read` twice.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(timeouts.header_read)
+        .keep_alive_timeout(timeouts.header_read)
+        .max_header_list_size(u32::try_from(timeouts.head_cap).unwrap_or(u32::MAX));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -276,17 +295,23 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let info = Arc::new(crate::router::ConnInfo::new(peer, tls.is_some()));
+        let activity = mcp_gateway_layers::rt::Activity::new();
+        let requests = activity.clone();
         let svc = hyper::service::service_fn(move |req| {
             let router = router.clone();
             let info = info.clone();
-            async move { router.serve(req, &info).await }
+            // The connection is busy from the request's start until its answer is sent.
+            let busy = requests.begin();
+            async move {
+                let resp = router.serve(req, &info).await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| BusyBody::new(body, busy)))
+            }
         });
+        let builder = builder.clone();
+        let mut stopping = stopped.clone();
+        let header_read = timeouts.header_read;
         match &tls {
             None => {
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let mut stopping = stopped.clone();
-                let header_read = timeouts.header_read;
                 conns.spawn(async move {
                     // hyper bounds the wait for a request head only once it knows the
                     // protocol, which takes the first bytes: a client that connects and sends
@@ -301,20 +326,21 @@ async fn accept_loop(
                         tracing::debug!(client = %peer, "no request within header_read_timeout");
                         return;
                     }
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned();
+                    if let Err(e) = serve(conn, stopping, &activity, header_read).await {
                         tracing::debug!(client = %peer, error = %e, "connection ended with error");
                     }
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
                 conns.spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                            .await;
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)) => r,
+                        _ = stopping.changed() => return,
+                    };
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -326,8 +352,10 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned();
+                    if let Err(e) = serve(conn, stopping, &activity, header_read).await {
                         tracing::debug!(client = %peer, error = %e, "connection ended with error");
                     }
                 });
@@ -336,14 +364,51 @@ async fn accept_loop(
     }
     ready.store(false, Ordering::Relaxed);
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Every connection task closes gracefully on `stopped` (see `serve`): wait for them.
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(grace = ?grace, "shutdown grace period over: closing remaining connections");
         cutoff.trigger();
         conns.abort_all();
     }
     // Wait for the aborted tasks to be dropped, so their streams' ends are reported.
     while conns.join_next().await.is_some() {}
+}
+
+/// Serves one connection until it ends, closing it gracefully (HTTP/2: GOAWAY; HTTP/1.1: once
+/// the response in progress is sent) when the listener stops or when no request has been in
+/// progress on it for `idle` — the bound hyper does not put on HTTP/2 connections (preface
+/// only, an unfinished HEADERS block, an idle connection), which HTTP/1.1 ones get from the
+/// header-read timeout. A connection closed for idleness that is still open another `idle`
+/// later, still without a request in progress (an HTTP/2 peer that does not acknowledge the
+/// GOAWAY's PING), is dropped.
+async fn serve<C>(
+    conn: C,
+    mut stopping: watch::Receiver<bool>,
+    activity: &mcp_gateway_layers::rt::Activity,
+    idle: Duration,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
+    let stopped = tokio::select! {
+        ended = conn.as_mut() => return ended,
+        _ = stopping.changed() => true,
+        () = activity.idle(idle) => false,
+    };
+    conn.as_mut().graceful_shutdown();
+    if stopped {
+        // The shutdown's grace period bounds the rest.
+        return conn.await;
+    }
+    tracing::debug!("no request in progress for header_read_timeout: closing");
+    let cut = async {
+        mcp_gateway_layers::rt::CoarseTimer.sleep(idle).await;
+        activity.idle(idle).await;
+    };
+    tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = cut => Ok(()),
+    }
 }

@@ -64,11 +64,12 @@
 //! |---|---|
 //! | [`govern`] | the one service skeleton: read the request once, ask the governor, call the inner service, attach the response observers once; a [`Chain`] runs several governors as one future |
 //! | [`parse`] | reads the request body up to a limit, classifies it once, checks the 2026-07-28 headers, and puts an [`McpRequest`] in the request extensions |
+//! | [`head`] | the checks of a request head every server makes before routing it: its size (431), `Host` (400) |
 //! | [`origin`] | refuses browser requests from origins that are not allowed (DNS-rebinding defence) |
 //! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) |
 //! | [`toggle`] | a layer switched on or off when the stack is built |
 //! | [`body`] | the response bodies: a governed answer, observed once per stack, or a refusal |
-//! | `rt` | a cheap timer for hyper's header-read timeout, for serving the layers with hyper (`upstream`) |
+//! | `rt` | for serving the layers with hyper (`upstream`): a cheap timer for hyper's header-read timeout, a request body that fails when it stalls (answered 408), the activity of a connection for closing it when idle |
 //! | `config` | what the capabilities' configuration sections share: located errors, durations, sizes, stores (compiled with any capability) |
 //! | `http_client` | the small HTTP client of OAuth discovery, introspection and span export (`auth`, `telemetry-otlp`) |
 //!
@@ -177,6 +178,7 @@ pub mod body;
 ))]
 pub mod config;
 pub mod govern;
+pub mod head;
 #[cfg(any(feature = "auth", feature = "telemetry-otlp"))]
 pub mod http_client;
 #[cfg(feature = "limits")]

@@ -9,7 +9,8 @@
 //!
 //! | input | status | JSON-RPC code |
 //! |---|---|---|
-//! | body over the limit | 413 | -32600 |
+//! | body over the limit (declared with `Expect: 100-continue`: answered before the body is asked for) | 413 | -32600 |
+//! | body stalled: the body reported [`BodyReadTimeout`] (see `rt::ReadTimeout`) | 408 | -32600 |
 //! | not JSON | 400 | -32700 |
 //! | JSON but not JSON-RPC 2.0 | 400 | -32600 |
 //! | 2026-07-28 headers disagree with the body | 400 | -32020 |
@@ -62,6 +63,12 @@ use tower_service::Service;
 
 /// The default request body limit: 4 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The error a request body reports when the client sent nothing for too long (what
+/// `rt::ReadTimeout` yields, with the `upstream` feature): [`ReadRequest`] answers it 408.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no request body data for {}ms", .0.as_millis())]
+pub struct BodyReadTimeout(pub std::time::Duration);
 
 /// How much of an oversized body is read and thrown away before answering 413, so that a
 /// client still writing its body receives the answer instead of a reset connection.
@@ -294,6 +301,13 @@ impl<B> ReadRequest<B> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         this.step = if declared.is_some_and(|n| n > limit as u64) {
+            if expects_continue(&parts.headers) {
+                // The client waits for `100 Continue` before sending its body, and hyper sends
+                // it when the body is first polled: answering without polling it spares the
+                // client an upload that could only end in 413.
+                this.step = Step::Done(Some(Err(too_large(limit))));
+                return this.recorded();
+            }
             Step::Drain { seen: 0 }
         } else {
             Step::Collect {
@@ -313,6 +327,16 @@ impl<B> ReadRequest<B> {
         }
         self
     }
+}
+
+/// Whether the request waits for `100 Continue` before sending its body (RFC 9110 §10.1.1:
+/// the only expectation defined, compared case-insensitively).
+fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::EXPECT).iter().any(|v| {
+        v.as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"100-continue")
+    })
 }
 
 /// Writes the view, or the refusal, to the per-request record.
@@ -414,6 +438,16 @@ where
                         }
                         Some(Err(e)) => {
                             let e: BoxError = e.into();
+                            if let Some(stalled) = e.downcast_ref::<BodyReadTimeout>() {
+                                break Err(refuse(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    JsonRpcError::new(
+                                        ErrorCode::INVALID_REQUEST,
+                                        format!("the request body stalled: {stalled}"),
+                                    ),
+                                    None,
+                                ));
+                            }
                             break Err(refuse(
                                 StatusCode::BAD_REQUEST,
                                 JsonRpcError::new(

@@ -1,5 +1,9 @@
 //! Runtime helpers for serving the layers with hyper: [`CoarseTimer`], a cheap timer for
-//! hyper's HTTP/1 header-read timeout, which the `mcp-gateway` binary's listener uses.
+//! hyper's HTTP/1 header-read timeout, which the `mcp-gateway` binary's listener uses, and
+//! [`ReadTimeout`], a request body that fails with [`BodyReadTimeout`] when the client
+//! stops sending it (the read of [`ParseMcp`](crate::ParseMcp) and of the governing chain
+//! then answers 408), and [`Activity`], what a connection is doing, for closing it once it
+//! has carried no request for a while (HTTP/2 has no header-read timeout of its own).
 //!
 //! hyper arms that timeout for every request head it waits for (an idle keep-alive connection
 //! included) and drops it once the head has arrived, so with tokio's timer each request pays
@@ -18,11 +22,15 @@
 //! http1.timer(CoarseTimer).header_read_timeout(std::time::Duration::from_secs(30));
 //! # }
 //! ```
+use crate::parse::BodyReadTimeout;
+use crate::BoxError;
+use http_body::{Body, Frame, SizeHint};
 use hyper::rt::{Sleep, Timer};
+use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -135,11 +143,7 @@ impl Timer for CoarseTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        let clock = clock();
-        Box::pin(CoarseSleep {
-            deadline: clock.tick_of(deadline),
-            slot: None,
-        })
+        Box::pin(CoarseSleep::until(deadline))
     }
 
     /// The ticker's time (up to one tick behind): no clock read per request.
@@ -154,6 +158,15 @@ struct CoarseSleep {
     deadline: u64,
     /// Shard and slot once registered.
     slot: Option<(usize, usize)>,
+}
+
+impl CoarseSleep {
+    fn until(deadline: Instant) -> Self {
+        Self {
+            deadline: clock().tick_of(deadline),
+            slot: None,
+        }
+    }
 }
 
 impl Sleep for CoarseSleep {}
@@ -210,6 +223,204 @@ impl Drop for CoarseSleep {
     }
 }
 
+pin_project! {
+    /// A request body that fails with [`BodyReadTimeout`] when no frame arrives for `after`
+    /// while it is being read: the bound on a client that starts a body and stalls (nginx's
+    /// `client_body_timeout`). The time runs only while the body is polled and has nothing,
+    /// so a body read at once — the common case, in the same packets as the head — arms no
+    /// timer; it fires up to a quarter second late, never early. Needs a [`Ticker`] on the
+    /// runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo(req: http::Request<hyper::body::Incoming>) {
+    /// use mcp_gateway_layers::rt::ReadTimeout;
+    /// let req = req.map(|b| ReadTimeout::new(b, std::time::Duration::from_secs(60)));
+    /// let read = mcp_gateway_layers::parse::read_request(req, 4 << 20).await; // 408 if it stalls
+    /// # }
+    /// ```
+    #[derive(Debug)]
+    pub struct ReadTimeout<B> {
+        #[pin]
+        body: B,
+        after: Duration,
+        sleep: Option<CoarseSleep>,
+    }
+}
+
+impl std::fmt::Debug for CoarseSleep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoarseSleep")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> ReadTimeout<B> {
+    /// `body`, failing when it gives nothing for `after`.
+    pub fn new(body: B, after: Duration) -> Self {
+        Self {
+            body,
+            after,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> Body for ReadTimeout<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            // Something came: the next wait starts afresh.
+            *this.sleep = None;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let after = *this.after;
+        // The real clock, not the ticker's lagging one, so that the limit is never cut short.
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| CoarseSleep::until(Instant::now() + after));
+        if Pin::new(sleep).poll(cx).is_ready() {
+            *this.sleep = None;
+            return Poll::Ready(Some(Err(Box::new(BodyReadTimeout(after)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// What one connection is doing: the requests in progress on it, and when that last changed.
+/// A listener closes a connection that has had none in progress for its idle limit — for
+/// HTTP/2, which hyper bounds by no header-read timeout: a client that sent its preface and
+/// nothing more, or stopped in the middle of a HEADERS block (no request has started), or
+/// keeps an idle connection. Each request holds a [`Busy`] until its response body is done
+/// ([`BusyBody`]).
+///
+/// ```no_run
+/// # async fn demo() {
+/// use mcp_gateway_layers::rt::Activity;
+/// let activity = Activity::new();
+/// let busy = activity.begin(); // a request starts; dropped when its answer is sent
+/// drop(busy);
+/// activity.idle(std::time::Duration::from_secs(30)).await; // nothing for 30 s: close it
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Activity {
+    active: AtomicUsize,
+    /// The ticker's tick when a request last started or ended (or the connection opened).
+    last: AtomicU64,
+}
+
+impl Activity {
+    /// A connection that has just opened.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            active: AtomicUsize::new(0),
+            last: AtomicU64::new(clock().now_tick()),
+        })
+    }
+
+    /// A request starts: the connection is busy until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.last.store(clock().now_tick(), Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// Resolves once no request has been in progress for `after` (up to a quarter second
+    /// late, never early). Needs a [`Ticker`] on the runtime.
+    pub async fn idle(&self, after: Duration) {
+        let clock = clock();
+        // Rounded up, and one more for the ticker's lag behind the real time.
+        let ticks = u64::try_from(after.as_nanos().div_ceil(u128::from(TICK_NANOS)))
+            .unwrap_or(u64::MAX / 2)
+            .saturating_add(1);
+        loop {
+            let last = self.last.load(Ordering::SeqCst);
+            let from = if self.active.load(Ordering::SeqCst) > 0 {
+                clock.now_tick()
+            } else {
+                last
+            };
+            CoarseSleep {
+                deadline: from.saturating_add(ticks),
+                slot: None,
+            }
+            .await;
+            if self.active.load(Ordering::SeqCst) == 0 && self.last.load(Ordering::SeqCst) == last {
+                return;
+            }
+        }
+    }
+}
+
+/// A request in progress on a connection ([`Activity::begin`]).
+#[derive(Debug)]
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // The time first: whoever sees the count drop also sees the new time.
+        self.0.last.store(clock().now_tick(), Ordering::SeqCst);
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its connection busy ([`Activity`]) until the server is done
+    /// with it (sent or dropped).
+    #[derive(Debug)]
+    pub struct BusyBody<B> {
+        #[pin]
+        body: B,
+        busy: Busy,
+    }
+}
+
+impl<B> BusyBody<B> {
+    /// `body`, holding `busy` until it is dropped.
+    pub fn new(body: B, busy: Busy) -> Self {
+        Self { body, busy }
+    }
+}
+
+impl<B: Body> Body for BusyBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -240,5 +451,62 @@ mod tests {
             .map(|s| s.lock().unwrap().free.len())
             .sum();
         assert!(free >= 1);
+    }
+
+    /// A body that never sends anything.
+    struct Stalled;
+
+    impl Body for Stalled {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_fails_with_body_read_timeout() {
+        use http_body_util::BodyExt;
+        let _ticker = Ticker::start();
+        let started = Instant::now();
+        let mut body = ReadTimeout::new(Stalled, Duration::from_millis(300));
+        let err = body.frame().await.unwrap().unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(
+            err.downcast_ref::<BodyReadTimeout>(),
+            Some(&BodyReadTimeout(Duration::from_millis(300)))
+        );
+        // Never early; up to a tick or two late.
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_millis(300) + 3 * TICK, "{took:?}");
+        // A body that has its data is passed through, no timer armed.
+        let mut body = ReadTimeout::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"x")),
+            Duration::from_millis(1),
+        );
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "x"
+        );
+        assert!(body.sleep.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_idle_after_its_last_request_ends() {
+        let _ticker = Ticker::start();
+        let activity = Activity::new();
+        let busy = activity.begin();
+        // Busy: not idle, however long it takes.
+        let waited = tokio::time::timeout(Duration::from_millis(800), activity.idle(TICK)).await;
+        assert!(waited.is_err());
+        drop(busy);
+        let started = Instant::now();
+        activity.idle(Duration::from_millis(500)).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_millis(500) + 4 * TICK, "{took:?}");
     }
 }

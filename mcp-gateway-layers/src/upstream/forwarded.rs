@@ -37,12 +37,17 @@ impl ConnInfo {
 }
 
 fn forwarded<B>(req: &mut Request<B>, conn: &ConnInfo) {
-    // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header.
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
+    // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header. Only a
+    // valid `host[:port]` is passed on: a value the client made up (a list, a path, user
+    // information) would otherwise reach the upstream as the gateway's word.
+    let host = match req.headers().get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
             .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
+    .filter(|h| mcp_gateway_core::headers::is_valid_host(h.as_bytes()));
     let headers = req.headers_mut();
     let chain = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(prior) if !prior.trim_ascii().is_empty() => {
@@ -59,7 +64,41 @@ fn forwarded<B>(req: &mut Request<B>, conn: &ConnInfo) {
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    // The gateway speaks for `X-Forwarded-Host`: without a valid host of its own, a client's
+    // copy is removed rather than passed on.
+    match host {
+        Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn forwarded_host(req: http::request::Builder) -> Option<String> {
+        let mut req = req.body(()).unwrap();
+        ConnInfo::new("127.0.0.1:1".parse().unwrap(), false).forward(&mut req);
+        req.headers()
+            .get(&X_FORWARDED_HOST)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn only_a_valid_host_is_forwarded() {
+        let b = || Request::post("/mcp").header(&X_FORWARDED_HOST, "client-said");
+        assert_eq!(
+            forwarded_host(b().header(header::HOST, "gw.example:8080")).as_deref(),
+            Some("gw.example:8080")
+        );
+        assert_eq!(
+            forwarded_host(Request::post("http://gw.example/mcp")).as_deref(),
+            Some("gw.example")
+        );
+        // Invalid or absent: neither the bad value nor the client's own header goes on.
+        assert_eq!(forwarded_host(b().header(header::HOST, "a, b")), None);
+        assert_eq!(forwarded_host(b().header(header::HOST, "u@gw")), None);
+        assert_eq!(forwarded_host(b()), None);
     }
 }
