@@ -3,13 +3,13 @@
 
 use crate::config::Settings;
 use crate::router::Router;
-use hyper::rt::Timer;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulConnection;
 use mcp_gateway_core::observe::Cutoff;
 use mcp_gateway_layers::rt::BusyBody;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -310,6 +310,22 @@ async fn accept_loop(
         let builder = builder.clone();
         let mut stopping = stopped.clone();
         let header_read = timeouts.header_read;
+        // Serves the connection (plain or TLS) until it ends, closing it on shutdown or once it
+        // has carried no request for `header_read` (HTTP/2 has no header-read timeout).
+        macro_rules! serve_io {
+            ($stream:expr) => {{
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new($stream), svc)
+                    .into_owned();
+                let stop = async move {
+                    let _ = stopping.changed().await;
+                };
+                let shut = |c: Pin<&mut _>| GracefulConnection::graceful_shutdown(c);
+                if let Err(e) = activity.drive(conn, shut, stop, header_read).await {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with error");
+                }
+            }};
+        }
         match &tls {
             None => {
                 conns.spawn(async move {
@@ -326,12 +342,7 @@ async fn accept_loop(
                         tracing::debug!(client = %peer, "no request within header_read_timeout");
                         return;
                     }
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .into_owned();
-                    if let Err(e) = serve(conn, stopping, &activity, header_read).await {
-                        tracing::debug!(client = %peer, error = %e, "connection ended with error");
-                    }
+                    serve_io!(stream);
                 });
             }
             Some(acceptor) => {
@@ -352,12 +363,7 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .into_owned();
-                    if let Err(e) = serve(conn, stopping, &activity, header_read).await {
-                        tracing::debug!(client = %peer, error = %e, "connection ended with error");
-                    }
+                    serve_io!(stream);
                 });
             }
         }
@@ -373,42 +379,4 @@ async fn accept_loop(
     }
     // Wait for the aborted tasks to be dropped, so their streams' ends are reported.
     while conns.join_next().await.is_some() {}
-}
-
-/// Serves one connection until it ends, closing it gracefully (HTTP/2: GOAWAY; HTTP/1.1: once
-/// the response in progress is sent) when the listener stops or when no request has been in
-/// progress on it for `idle` — the bound hyper does not put on HTTP/2 connections (preface
-/// only, an unfinished HEADERS block, an idle connection), which HTTP/1.1 ones get from the
-/// header-read timeout. A connection closed for idleness that is still open another `idle`
-/// later, still without a request in progress (an HTTP/2 peer that does not acknowledge the
-/// GOAWAY's PING), is dropped.
-async fn serve<C>(
-    conn: C,
-    mut stopping: watch::Receiver<bool>,
-    activity: &mcp_gateway_layers::rt::Activity,
-    idle: Duration,
-) -> Result<(), C::Error>
-where
-    C: GracefulConnection,
-{
-    tokio::pin!(conn);
-    let stopped = tokio::select! {
-        ended = conn.as_mut() => return ended,
-        _ = stopping.changed() => true,
-        () = activity.idle(idle) => false,
-    };
-    conn.as_mut().graceful_shutdown();
-    if stopped {
-        // The shutdown's grace period bounds the rest.
-        return conn.await;
-    }
-    tracing::debug!("no request in progress for header_read_timeout: closing");
-    let cut = async {
-        mcp_gateway_layers::rt::CoarseTimer.sleep(idle).await;
-        activity.idle(idle).await;
-    };
-    tokio::select! {
-        ended = conn.as_mut() => ended,
-        () = cut => Ok(()),
-    }
 }

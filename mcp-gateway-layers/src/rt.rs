@@ -371,6 +371,60 @@ impl Activity {
     }
 }
 
+impl Activity {
+    /// Serves one connection (`conn`, a hyper connection future) until it ends, closing it
+    /// gracefully with `shutdown` (hyper's `graceful_shutdown`: GOAWAY on HTTP/2, after the
+    /// response in progress on HTTP/1.1) when `stop` resolves or when no request has been in
+    /// progress for `idle`. A connection closed for idleness that is still open another `idle`
+    /// later, still without a request in progress (an HTTP/2 peer that does not acknowledge
+    /// the GOAWAY's PING), is dropped. After `stop`, the caller's own grace period bounds the
+    /// rest.
+    pub async fn drive<C, E>(
+        &self,
+        conn: C,
+        shutdown: impl FnOnce(Pin<&mut C>),
+        stop: impl Future<Output = ()>,
+        idle: Duration,
+    ) -> Result<(), E>
+    where
+        C: Future<Output = Result<(), E>>,
+    {
+        let mut conn = std::pin::pin!(conn);
+        let mut stop = std::pin::pin!(stop);
+        let mut waiting = std::pin::pin!(self.idle(idle));
+        let stopped = std::future::poll_fn(|cx| {
+            if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Err(ended));
+            }
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(true));
+            }
+            waiting.as_mut().poll(cx).map(|()| Ok(false))
+        })
+        .await;
+        let stopped = match stopped {
+            Ok(stopped) => stopped,
+            Err(ended) => return ended,
+        };
+        shutdown(conn.as_mut());
+        if stopped {
+            return conn.await;
+        }
+        tracing::debug!("no request in progress for header_read_timeout: closing");
+        let mut cut = std::pin::pin!(async {
+            CoarseTimer.sleep(idle).await;
+            self.idle(idle).await;
+        });
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
+                return Poll::Ready(ended);
+            }
+            cut.as_mut().poll(cx).map(|()| Ok(()))
+        })
+        .await
+    }
+}
+
 /// A request in progress on a connection ([`Activity::begin`]).
 #[derive(Debug)]
 pub struct Busy(Arc<Activity>);
