@@ -236,23 +236,60 @@ async fn usage_reported_by_the_server_wins_over_the_estimate() {
     assert_eq!(h["retry-after"], "1");
 }
 
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
+const NOTE: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+
 #[tokio::test]
-async fn notifications_initialize_and_other_methods() {
-    let rig = Rig::new(limits().requests_per_minute(1).tokens_per_minute(10));
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
-    let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    for _ in 0..3 {
-        assert_eq!(rig.send(request("a", init)).await.0, 200);
-        assert_eq!(rig.send(request("a", note)).await.0, 200);
-    }
+async fn initialize_and_notifications_are_bounded_for_an_agent_over_its_budget() {
+    // `initialize` is a request (it creates state on the server): it takes the request budget,
+    // and once that is spent the agent reaches the server with nothing more.
+    let rig = Rig::new(limits().requests_per_minute(2).tokens_per_minute(10));
+    assert_eq!(rig.send(request("a", INIT)).await.0, 200);
     // tools/list is a request (charged) but spends no tokens.
     let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
     assert_eq!(rig.send(request("a", list)).await.0, 200);
-    assert_eq!(rig.send(request("a", list)).await.0, 429);
+    let (status, h, _, x) = rig.send(request("a", INIT)).await;
+    assert_eq!(status, 429);
+    assert!(h.contains_key("retry-after"));
+    assert_eq!(x.snapshot().denial.unwrap().kind, DenialKind::RateLimited);
+    // Notifications have their own budget, ten times the request budget by default.
+    for i in 0..20 {
+        assert_eq!(
+            rig.send(request("a", NOTE)).await.0,
+            200,
+            "notification {i}"
+        );
+    }
+    let (status, _, body, _) = rig.send(request("a", NOTE)).await;
+    assert_eq!(status, 429);
+    assert!(body.contains("\"budget\":\"notifications\""), "{body}");
+    // Another key is untouched.
+    assert_eq!(rig.send(request("b", INIT)).await.0, 200);
     // A body that is not JSON is refused by the parse step, and never charged.
-    let (status, _, _, x) = rig.send(request("b", "nope")).await;
+    let (status, _, _, x) = rig.send(request("c", "nope")).await;
     assert_eq!(status, 400);
     assert_eq!(x.snapshot().denial.unwrap().kind, DenialKind::BadRequest);
+}
+
+#[tokio::test]
+async fn the_notification_budget_can_be_set_or_lifted() {
+    let rig = Rig::new(limits().requests_per_minute(1).notifications_per_minute(3));
+    for _ in 0..3 {
+        assert_eq!(rig.send(request("a", NOTE)).await.0, 200);
+    }
+    assert_eq!(rig.send(request("a", NOTE)).await.0, 429);
+    // 0: unlimited (the request budget still applies to requests).
+    let rig = Rig::new(limits().requests_per_minute(1).notifications_per_minute(0));
+    for _ in 0..50 {
+        assert_eq!(rig.send(request("a", NOTE)).await.0, 200);
+    }
+    assert_eq!(rig.send(request("a", INIT)).await.0, 200);
+    assert_eq!(rig.send(request("a", INIT)).await.0, 429);
+    // Without a request budget, notifications are unlimited unless a budget is set.
+    let rig = Rig::new(limits().tokens_per_minute(10));
+    for _ in 0..50 {
+        assert_eq!(rig.send(request("a", NOTE)).await.0, 200);
+    }
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //! key = "agent"                     # or "ip", or "header:x-agent-id"
 //! requests_per_minute = 600
 //! tokens_per_minute = 200000
+//! # notifications_per_minute = 6000  # default: 10 × requests_per_minute; 0: unlimited
 //! store = "memory"                  # or "redis" (feature `limits-redis`)
 //! # redis_url = "redis://127.0.0.1:6379/0"
 //! # redis_timeout = "100ms"
@@ -36,6 +37,10 @@ pub struct LimitsConfig {
     /// Tokens (input + output of tool calls) per minute per key.
     #[serde(default)]
     pub tokens_per_minute: Option<Spanned<u64>>,
+    /// Client notifications per minute per key. Default: ten times `requests_per_minute`
+    /// (unlimited without it); 0: unlimited.
+    #[serde(default)]
+    pub notifications_per_minute: Option<u64>,
     /// `memory` (default) or `redis`.
     #[serde(default)]
     pub store: Option<Spanned<String>>,
@@ -135,6 +140,9 @@ pub fn check(
         } else {
             limits = limits.tokens_per_minute(*n.get_ref());
         }
+    }
+    if let Some(n) = l.notifications_per_minute {
+        limits = limits.notifications_per_minute(n);
     }
     if l.requests_per_minute.is_none() && l.tokens_per_minute.is_none() && l.rules.is_empty() {
         errors.error(

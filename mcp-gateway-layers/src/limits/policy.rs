@@ -124,6 +124,7 @@ pub struct Limits {
     pub(crate) key: KeySource,
     pub(crate) requests_per_minute: Option<NonZeroU32>,
     pub(crate) tokens_per_minute: Option<u64>,
+    pub(crate) notifications_per_minute: Option<u64>,
     pub(crate) rules: Vec<Rule>,
     pub(crate) on_store_error: OnStoreError,
     pub(crate) policy_header: Option<HeaderValue>,
@@ -142,6 +143,7 @@ impl Limits {
             key: KeySource::Agent,
             requests_per_minute: None,
             tokens_per_minute: None,
+            notifications_per_minute: None,
             rules: Vec::new(),
             on_store_error: OnStoreError::Local,
             policy_header: None,
@@ -165,6 +167,26 @@ impl Limits {
     pub fn tokens_per_minute(mut self, n: u64) -> Self {
         self.tokens_per_minute = (n > 0).then_some(n);
         self.with_policy_header()
+    }
+
+    /// Client notifications (`notifications/initialized`, `…/cancelled`, `…/progress`, …) per
+    /// minute per key: their own budget, so that a key over its request budget cannot keep
+    /// sending them to the server. Unset, it is ten times `requests_per_minute` (and
+    /// unlimited when that is unset too); 0 leaves notifications unlimited.
+    pub fn notifications_per_minute(mut self, n: u64) -> Self {
+        self.notifications_per_minute = Some(n);
+        self
+    }
+
+    /// The notification budget in force (see [`Limits::notifications_per_minute`]).
+    pub(crate) fn notification_budget(&self) -> Option<u64> {
+        match self.notifications_per_minute {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => self
+                .requests_per_minute
+                .map(|r| u64::from(r.get()).saturating_mul(10)),
+        }
     }
 
     /// Adds a finer rule. At most 254 rules are applied.

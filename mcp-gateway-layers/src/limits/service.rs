@@ -98,7 +98,8 @@ impl Budgets {
         })
     }
 
-    /// None: nothing here is charged (notifications, responses, `initialize`, GET, DELETE).
+    /// None: nothing here is charged (responses, GET, DELETE, or notifications when they have
+    /// no budget). `initialize` is a request like any other: it creates server state.
     fn plan(&self, view: Option<&McpRequest>, key: Arc<str>, route: Option<&str>) -> Option<Plan> {
         let body = view?.body()?;
         let parsed = view?.parsed()?;
@@ -107,8 +108,13 @@ impl Budgets {
         let mut tool: Option<Arc<str>> = None;
         let mut rule_cost = vec![0u64; self.limits.rules.len()];
         let mut tool_calls = false;
+        let mut notifications = 0u64;
         for msg in parsed.messages() {
-            if msg.kind() != MessageKind::Request || msg.method() == Some("initialize") {
+            if msg.kind() == MessageKind::Notification {
+                notifications += 1;
+                continue;
+            }
+            if msg.kind() != MessageKind::Request {
                 continue;
             }
             requests = requests.saturating_add(1);
@@ -130,10 +136,18 @@ impl Budgets {
                 }
             }
         }
-        if requests == 0 {
+        let notification_budget = self.limits.notification_budget();
+        if requests == 0 && (notifications == 0 || notification_budget.is_none()) {
             return None;
         }
         let mut tokens = Vec::new();
+        if let Some(per_minute) = notification_budget.filter(|_| notifications > 0) {
+            tokens.push(TokenCheck {
+                bucket: NOTIFICATIONS,
+                per_minute,
+                cost: notifications,
+            });
+        }
         if tool_calls {
             if let Some(per_minute) = self.limits.tokens_per_minute {
                 tokens.push(TokenCheck {
@@ -313,11 +327,15 @@ impl Meter {
     }
 }
 
+/// The token-bucket id of the notification budget (rules take 1 to 254).
+const NOTIFICATIONS: u8 = u8::MAX;
+
 fn refusal(budgets: &Budgets, verdict: &Verdict) -> Refusal {
     let secs = ceil_secs(verdict.retry_after).max(1);
     let budget = match verdict.denied_by {
         Some(Dimension::Requests) => "requests".to_owned(),
         Some(Dimension::Tokens(0)) => "tokens".to_owned(),
+        Some(Dimension::Tokens(NOTIFICATIONS)) => "notifications".to_owned(),
         Some(Dimension::Tokens(i)) => format!("rule {}", i - 1),
         None => "-".to_owned(),
     };
@@ -374,6 +392,7 @@ impl Governor {
                     plan.demand.key,
                     match verdict.denied_by {
                         Some(Dimension::Requests) => "request",
+                        Some(Dimension::Tokens(NOTIFICATIONS)) => "notification",
                         _ => "token",
                     },
                     verdict.retry_after
