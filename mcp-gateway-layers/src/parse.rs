@@ -49,7 +49,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{Either, Full};
-use mcp_gateway_core::era::detect;
+use mcp_gateway_core::era::{detect, Era, ProtocolInfo};
 use mcp_gateway_core::exchange::{Denial, DenialKind, Exchange};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 use mcp_gateway_core::message::classify;
@@ -358,7 +358,7 @@ fn record(x: &Exchange, result: &ReadResult) {
 // The error is the answer to send, as large as any response: boxing it would cost an
 // allocation per refusal.
 #[allow(clippy::result_large_err)]
-fn finish(parts: http::request::Parts, bytes: Bytes) -> ReadResult {
+fn finish(parts: http::request::Parts, bytes: Bytes, exchange: Option<&Exchange>) -> ReadResult {
     let parsed = match classify(&bytes) {
         Ok(p) => p,
         Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e.to_jsonrpc(), None)),
@@ -367,7 +367,23 @@ fn finish(parts: http::request::Parts, bytes: Bytes) -> ReadResult {
         Ok(p) => p,
         Err(e) => {
             let (status, err) = e.to_jsonrpc();
-            return Err(refuse(status, err, parsed.reply_id()));
+            let answer = refuse(status, err, parsed.reply_id());
+            // The body was understood, its headers were not (an unknown protocol version, a
+            // session id that is not visible ASCII): the record still names the request's id
+            // and method, as the answer does. Its protocol is unknown, so none is claimed.
+            if let Some(x) = exchange {
+                let view = McpRequest::from_parts(
+                    Some(bytes),
+                    Some(parsed),
+                    ProtocolInfo {
+                        era: Era::Legacy,
+                        version: None,
+                        session_id: None,
+                    },
+                );
+                x.update(|r| r.request = Some(view));
+            }
+            return Err(answer);
         }
     };
     let view = McpRequest::from_parts(Some(bytes.clone()), Some(parsed), protocol);
@@ -415,7 +431,7 @@ where
                             let Some(parts) = this.parts.take() else {
                                 continue;
                             };
-                            break finish(parts, bytes);
+                            break finish(parts, bytes, this.exchange.as_ref());
                         }
                         Some(Ok(frame)) => {
                             let Ok(data) = frame.into_data() else {
@@ -596,6 +612,41 @@ where
                 }
                 ParseStateProj::Done => return Poll::Pending,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request whose body is understood but whose headers are not is refused with its id,
+    /// and recorded with its id and method (audit and spans read the record).
+    #[tokio::test]
+    async fn a_refusal_of_a_parsed_request_records_its_id_and_method() {
+        let body = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo"}}"#;
+        for (header, value) in [
+            ("mcp-protocol-version", "2099-01-01"),
+            ("mcp-session-id", "caf\u{e9}"),
+        ] {
+            let x = Exchange::new();
+            let mut req = Request::post("/mcp")
+                .header("content-type", "application/json")
+                .header(header, HeaderValue::from_bytes(value.as_bytes()).unwrap())
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap();
+            req.extensions_mut().insert(x.clone());
+            let resp = read_request(req, 1 << 20).await.unwrap_err();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{header}");
+            let record = x.snapshot();
+            let view = record.request.expect("the request is recorded");
+            let msg = view.single().unwrap();
+            assert_eq!(msg.method(), Some("tools/call"), "{header}");
+            assert_eq!(
+                view.reply_id().map(ToString::to_string).as_deref(),
+                Some("42")
+            );
+            assert!(record.denial.is_some());
         }
     }
 }
