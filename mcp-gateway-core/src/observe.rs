@@ -141,6 +141,10 @@ pub struct Ending {
     pub messages: u64,
     /// True when some of the body could not be decoded (too large, not JSON-RPC).
     pub undecoded: bool,
+    /// True when a successful answer was not MCP at all: a JSON body that is not JSON-RPC,
+    /// or a body in another format than JSON or SSE (an HTML page, say). Unlike
+    /// [`Ending::undecoded`], never set for a message that was only too large to decode.
+    pub malformed: bool,
     /// The error, for [`EndReason::UpstreamFailed`].
     pub error: Option<String>,
     /// Answers (responses and error responses) that went to the client.
@@ -161,6 +165,7 @@ impl Ending {
             body_bytes: 0,
             messages: 0,
             undecoded: false,
+            malformed: false,
             error: None,
             answers: 0,
             error_code: None,
@@ -488,6 +493,7 @@ impl Observation {
         self.expected_len = None;
         let Ok(parsed) = classify(&body) else {
             self.ending.undecoded = !body.is_empty();
+            self.ending.malformed = !body.is_empty();
             return body;
         };
         let mut replaced: Vec<Option<Bytes>> = vec![None; parsed.messages().len()];
@@ -564,7 +570,10 @@ impl Observation {
     fn decode_json(&mut self, text: &[u8]) {
         match classify(text) {
             Ok(parsed) => self.deliver_all(text, &parsed),
-            Err(_) => self.ending.undecoded = !text.is_empty(),
+            Err(_) => {
+                self.ending.undecoded = !text.is_empty();
+                self.ending.malformed = !text.is_empty();
+            }
         }
     }
 
@@ -622,7 +631,17 @@ impl Observation {
         self.polled = true;
         let mut mode = std::mem::replace(&mut self.mode, Mode::Opaque);
         let out = match &mut mode {
-            Mode::Opaque => Ok(Some(data)),
+            Mode::Opaque => {
+                // A successful answer in neither JSON nor SSE is not MCP.
+                if self.format == Format::Other
+                    && self.status.is_success()
+                    && self.status != StatusCode::ACCEPTED
+                    && !data.is_empty()
+                {
+                    self.ending.malformed = true;
+                }
+                Ok(Some(data))
+            }
             Mode::Json { chunks, size } => {
                 *size = size.saturating_add(data.len());
                 if *size <= self.max {

@@ -193,6 +193,18 @@ pub fn outcome(record: &Record, end: &Ending) -> Outcome {
     {
         return Outcome::UpstreamError;
     }
+    // A successful status over a body that is not MCP (an HTML page, JSON that is not
+    // JSON-RPC) answering a request: the upstream failed, whatever was passed on.
+    if end.malformed
+        && end.status.is_success()
+        && record
+            .http_method
+            .as_ref()
+            .is_none_or(|m| m == Method::POST)
+        && expected_answers(record) > 0
+    {
+        return Outcome::UpstreamError;
+    }
     if end.error_code.is_some() {
         return Outcome::Error;
     }
@@ -281,6 +293,7 @@ mod tests {
         answers: u64,
         code: Option<i64>,
         tool_error: bool,
+        malformed: bool,
         outcome: &'static str,
         error_type: Option<&'static str>,
     }
@@ -297,6 +310,7 @@ mod tests {
             answers: 0,
             code: None,
             tool_error: false,
+            malformed: false,
             outcome: "ok",
             error_type: None,
         }
@@ -315,6 +329,10 @@ mod tests {
         fn tool_error(mut self) -> Self {
             self.tool_error = true;
             self.answers = self.answers.max(1);
+            self
+        }
+        fn malformed(mut self) -> Self {
+            self.malformed = true;
             self
         }
         fn denied(mut self, k: DenialKind) -> Self {
@@ -434,6 +452,21 @@ mod tests {
             row("404 without a session", 404, Completed).is("http_error", Some("404")),
             row("500 without a JSON-RPC error", 500, Completed).is("http_error", Some("500")),
             row("503 from the upstream", 503, Completed).is("http_error", Some("503")),
+            row("200 over HTML or JSON that is not JSON-RPC", 200, Completed)
+                .malformed()
+                .is("upstream_error", Some("upstream_error")),
+            row("the same, client left after the body", 200, ClientGone)
+                .malformed()
+                .is("upstream_error", Some("upstream_error")),
+            row("not MCP, but no answer was expected", 200, Completed)
+                .method(Method::POST, Some(NOTE))
+                .malformed()
+                .is("ok", None),
+            row("DELETE answered with text", 200, Completed)
+                .method(Method::DELETE, None)
+                .session()
+                .malformed()
+                .is("ok", None),
         ];
         for r in rows {
             let mut rec = Record {
@@ -464,6 +497,7 @@ mod tests {
             end.answers = r.answers;
             end.error_code = r.code;
             end.tool_error = r.tool_error;
+            end.malformed = r.malformed;
             let c = classify(&rec, &end);
             assert_eq!(c.outcome.as_str(), r.outcome, "{}", r.what);
             assert_eq!(c.error_type.as_deref(), r.error_type, "{}", r.what);

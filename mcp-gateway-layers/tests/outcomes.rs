@@ -101,6 +101,20 @@ fn upstream() -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, E
                 *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
                 r
             }
+            "html" | "not_json_rpc" => {
+                let (ct, body): (&str, &'static [u8]) = if tool == "html" {
+                    ("text/html", b"<html><body>502 Bad Gateway</body></html>")
+                } else {
+                    ("application/json", b"{\"hello\":\"world\"}")
+                };
+                let mut r = Response::new(
+                    Full::new(Bytes::from_static(body))
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                );
+                r.headers_mut().insert("content-type", ct.parse().unwrap());
+                r
+            }
             "broken" => sse(true),
             "slow" | "cut" => sse(false),
             _ => json(
@@ -388,6 +402,22 @@ async fn audit_spans_and_metrics_agree_on_every_ending() {
             read: Read::Whole,
             outcome: "upstream_error",
             tool: Some("broken"),
+            span: true,
+        },
+        Row {
+            what: "200 over an HTML page",
+            req: call("html", Some("agent-16"), 16),
+            read: Read::Whole,
+            outcome: "upstream_error",
+            tool: Some("html"),
+            span: true,
+        },
+        Row {
+            what: "200 over JSON that is not JSON-RPC",
+            req: call("not_json_rpc", Some("agent-17"), 17),
+            read: Read::Whole,
+            outcome: "upstream_error",
+            tool: Some("not_json_rpc"),
             span: true,
         },
         Row {
