@@ -141,6 +141,12 @@ impl Permissions {
             .collect()
     }
 
+    /// True when some rule applies to `upstream`'s lists of `target`: such a list depends on
+    /// who asks, so it is never marked shareable between callers.
+    pub fn filters(&self, upstream: &str, target: Target) -> bool {
+        self.rules.iter().any(|r| r.applies(upstream, target))
+    }
+
     /// True when some rule for `upstream` and `target` needs a scope `who` lacks: only then
     /// can a list need filtering.
     pub fn may_restrict(&self, upstream: &str, target: Target, who: &Principal) -> bool {
@@ -158,6 +164,10 @@ pub(crate) struct ListFilter {
     pub(crate) upstream: String,
     pub(crate) principal: Principal,
     pub(crate) permissions: std::sync::Arc<Permissions>,
+    /// Whether entries can be removed for this caller (else only the cache scope is set).
+    pub(crate) restricts: bool,
+    /// A 2026-07-28 request: its list result says `cacheScope`, which must be `private`.
+    pub(crate) modern: bool,
 }
 
 impl Observer for ListFilter {
@@ -171,18 +181,30 @@ impl Observer for ListFilter {
         }
         let mut v: serde_json::Value = serde_json::from_slice(msg.text()).ok()?;
         let (list, key) = self.target.list_key();
-        let items = v.get_mut("result")?.get_mut(list)?.as_array_mut()?;
-        let before = items.len();
-        items.retain(|item| {
-            let Some(name) = item.get(key).and_then(|n| n.as_str()) else {
-                return false;
-            };
-            self.permissions
-                .needed(&self.upstream, self.target, name)
-                .iter()
-                .all(|s| self.principal.has_scope(s))
-        });
-        if items.len() == before {
+        let result = v.get_mut("result")?.as_object_mut()?;
+        let mut changed = false;
+        if self.restricts {
+            let items = result.get_mut(list)?.as_array_mut()?;
+            let before = items.len();
+            items.retain(|item| {
+                let Some(name) = item.get(key).and_then(|n| n.as_str()) else {
+                    return false;
+                };
+                self.permissions
+                    .needed(&self.upstream, self.target, name)
+                    .iter()
+                    .all(|s| self.principal.has_scope(s))
+            });
+            changed = items.len() != before;
+        }
+        // The list depends on the caller's permissions, whether or not this caller lost
+        // entries: a shared cache must never hand it to a caller with other permissions.
+        let scope = result.get("cacheScope").and_then(|s| s.as_str());
+        if (self.modern || scope.is_some()) && scope != Some("private") {
+            result.insert("cacheScope".to_owned(), "private".into());
+            changed = true;
+        }
+        if !changed {
             return None;
         }
         serde_json::to_vec(&v).ok().map(Bytes::from)

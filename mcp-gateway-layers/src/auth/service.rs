@@ -241,13 +241,16 @@ impl Guard {
             if let (Some((target, true)), Some(id)) =
                 (msg.method().and_then(Target::of_method), msg.id())
             {
-                if self.permissions.may_restrict(&self.upstream, target, who) {
+                if self.permissions.filters(&self.upstream, target) {
                     x.observe(ListFilter {
                         id: id.clone(),
                         target,
                         upstream: self.upstream.clone(),
                         principal: who.clone(),
                         permissions: self.permissions.clone(),
+                        restricts: self.permissions.may_restrict(&self.upstream, target, who),
+                        modern: view
+                            .is_some_and(|v| v.protocol().era == mcp_gateway_core::Era::Modern),
                     });
                 }
             }
