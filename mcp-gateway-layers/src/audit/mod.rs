@@ -88,4 +88,6 @@ pub use record::{ArgumentPolicy, AuditRecord, Event, Outcome};
 pub use service::{AuditLog, Governor};
 pub use sink::{sink_fn, AuditSink, FileSink, Head, SinkFn, StdoutSink};
 pub use verify::{verify, VerifyError, VerifyReport};
-pub use writer::{AuditStats, AuditWriter, FsyncPolicy, OnFull, Slot, WriterOptions};
+pub use writer::{
+    AuditStats, AuditWriter, FsyncPolicy, OnFull, Slot, WriterOptions, DEFAULT_WRITE_TIMEOUT,
+};
