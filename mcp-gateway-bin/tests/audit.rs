@@ -541,11 +541,18 @@ write_timeout = "500ms"
     std::fs::rename(&folder, &moved).unwrap();
     std::fs::write(&folder, b"not a folder").unwrap();
     let resp = mcp_post(&c, &url, &ping(2)).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "the answer started before the record failed");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the answer started before the record failed"
+    );
     let body = tokio::time::timeout(bound, resp.bytes())
         .await
         .expect("the answer hung behind its audit record");
-    assert!(body.is_err(), "a complete answer whose record is not durable");
+    assert!(
+        body.is_err(),
+        "a complete answer whose record is not durable"
+    );
     readyz_becomes(&c, &base, 503).await;
     let t = std::time::Instant::now();
     let resp = tokio::time::timeout(bound, mcp_post(&c, &url, &ping(3)).send())

@@ -418,7 +418,11 @@ impl AuditSink for DiskFull {
 async fn health_becomes(writer: &AuditWriter, want: bool) {
     let t = Instant::now();
     while writer.healthy() != want {
-        assert!(t.elapsed() < Duration::from_secs(20), "healthy() stayed {}", !want);
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "healthy() stayed {}",
+            !want
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

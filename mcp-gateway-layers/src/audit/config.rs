@@ -341,7 +341,10 @@ mod tests {
             Path::new("."),
         )
         .unwrap();
-        assert_eq!(a.options.write_timeout, std::time::Duration::from_millis(250));
+        assert_eq!(
+            a.options.write_timeout,
+            std::time::Duration::from_millis(250)
+        );
     }
 
     #[test]
@@ -378,7 +381,10 @@ mod tests {
         let e = errs(&format!(
             "{BASE}[audit]\npath = \"a.jsonl\"\nwrite_timeout = \"0s\"\n"
         ));
-        assert!(e[0].starts_with("gw.toml:5:17: audit.write_timeout"), "{e:?}");
+        assert!(
+            e[0].starts_with("gw.toml:5:17: audit.write_timeout"),
+            "{e:?}"
+        );
         let e = errs(&format!("{BASE}[audit]\nfsync = \"always\"\n"));
         assert!(e[0].contains("needs a path"), "{e:?}");
         let e = errs(&format!("{BASE}[audit]\npath = \"a.jsonl\"\nbogus = 1\n"));

@@ -377,7 +377,8 @@ impl<K: AuditSink> Thread<K> {
     }
 
     fn set_healthy(&self, ok: bool) {
-        self.health.send_if_modified(|h| std::mem::replace(h, ok) != ok);
+        self.health
+            .send_if_modified(|h| std::mem::replace(h, ok) != ok);
     }
 
     /// Runs `op` until it succeeds: a record is never given up. Failures are counted and
