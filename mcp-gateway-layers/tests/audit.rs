@@ -461,6 +461,12 @@ async fn a_full_disk_with_fsync_always(on_full: OnFull) {
         .expect("the answer's body hung behind its audit record");
     assert!(body.is_err(), "a complete answer whose record is not kept");
     health_becomes(&writer, false).await;
+    let mut metrics = String::new();
+    writer.stats().render_prometheus(&mut metrics);
+    assert!(
+        metrics.contains("\nmcp_gateway_audit_sink_healthy 0\n"),
+        "{metrics}"
+    );
 
     // A new call is refused before its answer starts, within `write_timeout` and slack.
     let t = Instant::now();

@@ -87,11 +87,14 @@ pub struct AuditStats {
     pub sink_errors: u64,
     /// Records waiting to be written, or whose exchange is still running.
     pub in_flight: u64,
+    /// [`AuditWriter::healthy`]: false while the sink fails.
+    pub healthy: bool,
 }
 
 impl AuditStats {
     /// Appends the counters in the Prometheus text format, as the gateway's `/metrics` shows
-    /// them: records written and dropped, sink errors (`mcp_gateway_audit_*_total`).
+    /// them: records written and dropped, sink errors (`mcp_gateway_audit_*_total`), and
+    /// whether the sink writes (`mcp_gateway_audit_sink_healthy`, a gauge).
     pub fn render_prometheus(&self, out: &mut String) {
         crate::ascii::push_counter(
             out,
@@ -110,6 +113,17 @@ impl AuditStats {
             "mcp_gateway_audit_sink_errors_total",
             "Audit sink failures (each retried).",
             self.sink_errors,
+        );
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP mcp_gateway_audit_sink_healthy 1 while the audit sink writes, 0 while it fails (calls are then refused after write_timeout)."
+        );
+        let _ = writeln!(out, "# TYPE mcp_gateway_audit_sink_healthy gauge");
+        let _ = writeln!(
+            out,
+            "mcp_gateway_audit_sink_healthy {}",
+            u8::from(self.healthy)
         );
     }
 }
@@ -273,6 +287,7 @@ impl AuditWriter {
             dropped: self.counters.dropped.load(Ordering::Relaxed),
             sink_errors: self.counters.sink_errors.load(Ordering::Relaxed),
             in_flight: (self.capacity - self.slots.available_permits()) as u64,
+            healthy: self.healthy(),
         }
     }
 }
