@@ -913,3 +913,49 @@ where
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http_body_util::{BodyExt, Full};
+
+    /// An observer whose gate opens with `Ok`, or refuses with an error.
+    struct Gate(bool);
+
+    impl Observer for Gate {
+        fn gates(&self) -> bool {
+            true
+        }
+        fn gate(&mut self) -> Option<EndGate> {
+            let open = self.0;
+            Some(Box::pin(async move {
+                if open {
+                    Ok(())
+                } else {
+                    Err("record not kept".into())
+                }
+            }))
+        }
+    }
+
+    fn body(open: bool) -> ObservedBody<Full<Bytes>> {
+        let text = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("content-length", HeaderValue::from(text.len()));
+        let obs = Observation::new(vec![Box::new(Gate(open))], StatusCode::OK, &headers);
+        ObservedBody::new(Full::new(text)).with_observation(obs)
+    }
+
+    #[tokio::test]
+    async fn a_gate_that_refuses_cuts_the_body_its_last_frame_included() {
+        let whole = body(true).collect().await.unwrap().to_bytes();
+        assert!(whole.starts_with(b"{\"jsonrpc\""));
+        let mut cut = body(false);
+        let first = cut.frame().await.unwrap();
+        assert_eq!(first.unwrap_err().to_string(), "record not kept");
+        assert!(cut.frame().await.is_none(), "nothing after the error");
+    }
+}
