@@ -6,7 +6,8 @@
 //!   and the gateway's own counters (`mcp_gateway_up`, `mcp_gateway_build_info`, audit
 //!   records written and dropped, store errors of limits and sessions).
 //! - `GET /healthz`: 200 while the process serves.
-//! - `GET /readyz`: 200 while the gateway takes traffic, 503 once it drains at shutdown.
+//! - `GET /readyz`: 200 while the gateway takes traffic, 503 once it drains at shutdown or
+//!   while the audit log cannot be written.
 
 use crate::router::Router;
 use bytes::Bytes;
@@ -125,11 +126,8 @@ fn answer(req: &Request<Incoming>, router: &Router, ready: &AtomicBool) -> Respo
         }
         "/healthz" => text(StatusCode::OK, "ok\n", PLAIN),
         "/readyz" => {
-            if ready.load(Ordering::Relaxed) {
-                text(StatusCode::OK, "ready\n", PLAIN)
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", PLAIN)
-            }
+            let (status, body) = router.readiness(ready.load(Ordering::Relaxed));
+            text(status, body, PLAIN)
         }
         _ => text(
             StatusCode::NOT_FOUND,

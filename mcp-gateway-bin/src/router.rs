@@ -289,6 +289,20 @@ impl Router {
         self.audit.as_ref()
     }
 
+    /// What `/readyz` answers (on the public and the admin listener): 503 `draining` once
+    /// the gateway drains (`ready` false), 503 `audit log unavailable` while the audit sink
+    /// cannot write (calls are then refused with 503 after `[audit] write_timeout`, so a load
+    /// balancer should send them elsewhere), else 200 `ready`.
+    pub fn readiness(&self, ready: bool) -> (StatusCode, &'static str) {
+        if !ready {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else if self.audit.as_ref().is_some_and(|a| !a.healthy()) {
+            (StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable\n")
+        } else {
+            (StatusCode::OK, "ready\n")
+        }
+    }
+
     /// The sessions layer (its store error count), when any route uses it.
     pub fn sessions(&self) -> Option<&SessionAffinityLayer> {
         self.sessions.as_ref()
@@ -380,11 +394,8 @@ impl Router {
                 (None, plain(StatusCode::OK, "ok\n"))
             }
             (None, _, "/readyz") if method == Method::GET || method == Method::HEAD => {
-                if self.ready.load(Ordering::Relaxed) {
-                    (None, plain(StatusCode::OK, "ready\n"))
-                } else {
-                    (None, plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n"))
-                }
+                let (status, text) = self.readiness(self.ready.load(Ordering::Relaxed));
+                (None, plain(status, text))
             }
             _ => {
                 let err = JsonRpcError::new(

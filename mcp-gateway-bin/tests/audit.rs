@@ -458,3 +458,129 @@ async fn start(config: &Path, port: u16) -> std::process::Child {
     let _ = child.wait();
     panic!("the gateway did not start");
 }
+
+/// `GET /readyz` on the public listener: its status.
+async fn readyz(c: &reqwest::Client, base: &str) -> u16 {
+    c.get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Polls `/readyz` until it answers `want` (bounded: generous for a shared CI machine).
+async fn readyz_becomes(c: &reqwest::Client, base: &str, want: u16) {
+    let t = std::time::Instant::now();
+    loop {
+        let got = readyz(c, base).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "/readyz stayed {got}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `fsync = "always"` and an audit folder that stops being writable, for real: the folder is
+/// moved away and a file put at its path (the open log keeps taking bytes, but its `.head`
+/// seal cannot be created, so no record can be made durable — what a full or read-only disk
+/// looks like to the writer; done this way because root ignores folder permissions). The
+/// call in flight is cut off after `write_timeout` instead of hanging behind its 200,
+/// `/readyz` turns 503, new calls get 503 / -32054; once the folder is back, the gateway
+/// recovers by itself: `/readyz` 200, calls flow, every accepted record is written and
+/// `audit verify` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_audit_folder_turns_readyz_503_refuses_calls_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("audit");
+    let moved = dir.path().join("audit.moved");
+    let log = folder.join("audit.jsonl");
+    let up = raw_upstream(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let answer = serde_json::json!({"jsonrpc":"2.0","id":v["id"],"result":{}});
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(full(answer.to_string()))
+            .unwrap()
+    })
+    .await;
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[upstreams.demo]
+url = "http://{up}/mcp"
+[audit]
+path = "{log}"
+fsync = "always"
+write_timeout = "500ms"
+"#,
+        log = log.display()
+    );
+    let s = mcp_gateway::config::parse(&text, "test.toml", Path::new(".")).unwrap();
+    let gw = gateway(s).await;
+    let base = format!("http://{}", gw.local_addr());
+    let url = format!("{base}/mcp/demo");
+    let c = client();
+    let ping = |id: u32| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+    // Generous bounds: what is checked is that nothing hangs, not how fast it fails.
+    let bound = std::time::Duration::from_secs(15);
+
+    let resp = mcp_post(&c, &url, &ping(1)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    assert_eq!(readyz(&c, &base).await, 200);
+
+    // The folder goes.
+    std::fs::rename(&folder, &moved).unwrap();
+    std::fs::write(&folder, b"not a folder").unwrap();
+    let resp = mcp_post(&c, &url, &ping(2)).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the answer started before the record failed"
+    );
+    let body = tokio::time::timeout(bound, resp.bytes())
+        .await
+        .expect("the answer hung behind its audit record");
+    assert!(
+        body.is_err(),
+        "a complete answer whose record is not durable"
+    );
+    readyz_becomes(&c, &base, 503).await;
+    let t = std::time::Instant::now();
+    let resp = tokio::time::timeout(bound, mcp_post(&c, &url, &ping(3)).send())
+        .await
+        .expect("the call hung on the audit log")
+        .unwrap();
+    assert!(t.elapsed() < bound);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_error(resp, 503, -32054, Value::from(3)).await;
+    assert_eq!(readyz(&c, &base).await, 503);
+
+    // The folder is back: the gateway recovers by itself.
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(&moved, &folder).unwrap();
+    readyz_becomes(&c, &base, 200).await;
+    let resp = mcp_post(&c, &url, &ping(4)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+
+    gw.shutdown().await;
+    // Every accepted call's record, the cut-off one included; the refused one is not a record.
+    let ids: Vec<Value> = records(&log).iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(ids, [1, 2, 4]);
+    let out = bin().args(["audit", "verify"]).arg(&log).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("head checked"));
+}

@@ -126,7 +126,8 @@ impl ErrorCode {
     pub const GATEWAY_REFUSED: Self = Self(-32052);
     /// Gateway: no route serves the requested path.
     pub const NO_ROUTE: Self = Self(-32053);
-    /// Gateway: the gateway is shutting down or not ready.
+    /// Gateway: the gateway is shutting down or not ready, or a dependency it needs to
+    /// serve the call is unavailable (the authorization server, the audit log: HTTP 503).
     pub const UNAVAILABLE: Self = Self(-32054);
     /// Gateway: no valid credentials (HTTP 401, with `WWW-Authenticate`).
     pub const UNAUTHORIZED: Self = Self(-32055);

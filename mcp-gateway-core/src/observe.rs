@@ -311,14 +311,17 @@ pub trait Observer: Send + 'static {
     /// Called right after [`on_end`](Self::on_end) when the body ended normally: a future the
     /// body waits for before it releases its last data frame (when it is known to be the
     /// last: the declared `Content-Length` is reached) and its end. An audit log uses it to
-    /// make a record durable before the client has the whole answer.
+    /// make a record durable before the client has the whole answer. When it resolves to an
+    /// error, the body ends with that error instead (the held frame is never sent): the client
+    /// sees the answer cut off, never a complete answer the gate did not let through.
     fn gate(&mut self) -> Option<EndGate> {
         None
     }
 }
 
-/// What [`Observer::gate`] returns: the end of the body waits for it.
-pub type EndGate = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// What [`Observer::gate`] returns: the end of the body waits for it; an error ends the body
+/// with that error instead of its last frame and end.
+pub type EndGate = Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send>>;
 
 /// A flag the server raises when it cuts the remaining streams at shutdown, so that their end
 /// is reported as [`EndReason::Shutdown`] rather than [`EndReason::ClientGone`]. Put one in the
@@ -767,8 +770,9 @@ impl Observation {
             0 => None,
             _ => Some(Box::pin(async move {
                 for g in gates {
-                    g.await;
+                    g.await?;
                 }
+                Ok(())
             })),
         }
     }
@@ -862,8 +866,14 @@ where
         obs.mark_polled();
         loop {
             if let Some(gate) = this.gate.as_mut() {
-                ready!(gate.as_mut().poll(cx));
+                let opened = ready!(gate.as_mut().poll(cx));
                 *this.gate = None;
+                if let Err(e) = opened {
+                    // The end may not go out: cut the body (its held frame included).
+                    *this.held = None;
+                    *this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
             if *this.ended {
                 return Poll::Ready(this.held.take().map(|d| Ok(Frame::data(d))));
@@ -920,5 +930,51 @@ where
             Some(o) if matches!(o.mode, Mode::SseReframe { .. }) => SizeHint::default(),
             _ => self.inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http_body_util::{BodyExt, Full};
+
+    /// An observer whose gate opens with `Ok`, or refuses with an error.
+    struct Gate(bool);
+
+    impl Observer for Gate {
+        fn gates(&self) -> bool {
+            true
+        }
+        fn gate(&mut self) -> Option<EndGate> {
+            let open = self.0;
+            Some(Box::pin(async move {
+                if open {
+                    Ok(())
+                } else {
+                    Err("record not kept".into())
+                }
+            }))
+        }
+    }
+
+    fn body(open: bool) -> ObservedBody<Full<Bytes>> {
+        let text = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("content-length", HeaderValue::from(text.len()));
+        let obs = Observation::new(vec![Box::new(Gate(open))], StatusCode::OK, &headers);
+        ObservedBody::new(Full::new(text)).with_observation(obs)
+    }
+
+    #[tokio::test]
+    async fn a_gate_that_refuses_cuts_the_body_its_last_frame_included() {
+        let whole = body(true).collect().await.unwrap().to_bytes();
+        assert!(whole.starts_with(b"{\"jsonrpc\""));
+        let mut cut = body(false);
+        let first = cut.frame().await.unwrap();
+        assert_eq!(first.unwrap_err().to_string(), "record not kept");
+        assert!(cut.frame().await.is_none(), "nothing after the error");
     }
 }

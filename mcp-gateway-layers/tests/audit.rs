@@ -13,8 +13,9 @@ use mcp_gateway_layers::audit::{
 use mcp_gateway_layers::ParseMcpLayer;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 fn record(i: u64) -> AuditRecord {
@@ -381,6 +382,173 @@ async fn with_fsync_always_the_answer_ends_only_once_its_record_is_written() {
     let bytes = body.await.unwrap().to_bytes();
     assert_eq!(count_lines(&lines), 1);
     assert!(bytes.starts_with(b"{\"jsonrpc\""));
+}
+
+/// The real file sink behind a switch: while `full` is set, every write and sync fails with
+/// ENOSPC before touching the files (what a full disk answers), as the storage boundary would.
+struct DiskFull {
+    inner: FileSink,
+    full: Arc<AtomicBool>,
+}
+
+impl DiskFull {
+    fn check(&self) -> io::Result<()> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+}
+
+impl AuditSink for DiskFull {
+    fn write(&mut self, lines: &[u8]) -> io::Result<()> {
+        self.check()?;
+        self.inner.write(lines)
+    }
+    fn sync(&mut self, head: &Head) -> io::Result<()> {
+        self.check()?;
+        self.inner.sync(head)
+    }
+    fn last_line(&mut self) -> io::Result<Option<Vec<u8>>> {
+        self.inner.last_line()
+    }
+}
+
+/// Waits (bounded) until the writer's health is `want`.
+async fn health_becomes(writer: &AuditWriter, want: bool) {
+    let t = Instant::now();
+    while writer.healthy() != want {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "healthy() stayed {}",
+            !want
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `fsync = "always"` over a disk that fills up and then frees: the call whose answer had
+/// started is cut off (not held forever), later calls get 503 / -32054 after `write_timeout`,
+/// the writer reports itself unhealthy, and once the disk has room every accepted record is
+/// written and the chain verifies.
+async fn a_full_disk_with_fsync_always(on_full: OnFull) {
+    const LIMIT: Duration = Duration::from_millis(300);
+    // Generous: the bound is what matters, not the exact time (a shared CI core is slow).
+    const SLACK: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let full = Arc::new(AtomicBool::new(false));
+    let sink = DiskFull {
+        inner: FileSink::open(&path).unwrap(),
+        full: full.clone(),
+    };
+    let mut o = options(FsyncPolicy::Always, on_full, 16);
+    o.write_timeout = LIMIT;
+    let writer = AuditWriter::spawn(sink, o).unwrap();
+    let svc = stack(writer.clone());
+
+    let resp = svc.clone().oneshot(call(1)).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    assert!(writer.healthy());
+
+    // The disk fills while a call is answered: its head is out, its end waits for the record,
+    // and after `write_timeout` the body fails instead of hanging.
+    full.store(true, Ordering::SeqCst);
+    let resp = svc.clone().oneshot(call(2)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = tokio::time::timeout(LIMIT + SLACK, resp.into_body().collect())
+        .await
+        .expect("the answer's body hung behind its audit record");
+    assert!(body.is_err(), "a complete answer whose record is not kept");
+    health_becomes(&writer, false).await;
+    let mut metrics = String::new();
+    writer.stats().render_prometheus(&mut metrics);
+    assert!(
+        metrics.contains("\nmcp_gateway_audit_sink_healthy 0\n"),
+        "{metrics}"
+    );
+
+    // A new call is refused before its answer starts, within `write_timeout` and slack.
+    let t = Instant::now();
+    let refused = tokio::time::timeout(LIMIT + SLACK, svc.clone().oneshot(call(3)))
+        .await
+        .expect("the call hung on the audit log")
+        .unwrap();
+    assert!(t.elapsed() < LIMIT + SLACK);
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32054);
+    assert_eq!(v["id"], 3);
+    assert!(!writer.healthy());
+
+    // The disk has room again: the writer recovers by itself and calls flow.
+    full.store(false, Ordering::SeqCst);
+    health_becomes(&writer, true).await;
+    let resp = svc.clone().oneshot(call(4)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    writer.flush().await;
+
+    let stats = writer.stats();
+    assert_eq!(stats.dropped, 1, "the refused call, counted: {stats:?}");
+    assert_eq!(stats.written, 3, "{stats:?}");
+    assert!(stats.sink_errors >= 1, "{stats:?}");
+    // Every accepted call's record — the cut-off one included — is on disk, in order, and
+    // the chain (with its .head) verifies.
+    let ids: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].clone())
+        .collect();
+    assert_eq!(ids, [1, 2, 4]);
+    let report = verify(&[path]).unwrap();
+    assert_eq!(report.records, 3);
+    assert!(report.head.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_calls_with_503_and_recovers_losing_nothing() {
+    a_full_disk_with_fsync_always(OnFull::Block).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_with_on_full_refuse_refuses_too_and_recovers_losing_nothing() {
+    a_full_disk_with_fsync_always(OnFull::Refuse).await;
+}
+
+/// A full queue with `on_full = "block"` waits at most `write_timeout`, then refuses.
+#[tokio::test]
+async fn a_full_queue_blocks_at_most_write_timeout_then_answers_503() {
+    let (go, rx) = mpsc::channel();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Stalled {
+        go: rx,
+        lines: lines.clone(),
+    };
+    let mut o = options(
+        FsyncPolicy::Interval(Duration::from_secs(1)),
+        OnFull::Block,
+        1,
+    );
+    o.write_timeout = Duration::from_millis(200);
+    let writer = AuditWriter::spawn(sink, o).unwrap();
+    let svc = stack(writer.clone());
+    let resp = svc.clone().oneshot(call(1)).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), svc.clone().oneshot(call(2)))
+        .await
+        .expect("blocked past write_timeout")
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32054);
+    assert_eq!(writer.stats().dropped, 1);
+    go.send(()).unwrap();
+    writer.flush().await;
+    assert_eq!(count_lines(&lines), 1);
 }
 
 #[test]

@@ -14,6 +14,7 @@
 //! # rotate_age = "24h"               # also rotate a file older than this
 //! # queue = 65536                    # exchanges that may wait for their record
 //! # linger = "2ms"                   # fsync = "interval": batch records for this long
+//! # write_timeout = "5s"             # longest a call waits on a full queue or failing sink
 //! # sink = "file"                    # or "stdout" (then no path)
 //! ```
 
@@ -64,6 +65,11 @@ pub struct AuditConfig {
     /// (`0s`: each record written as it comes). Default 2 ms.
     #[serde(default)]
     pub linger: Option<Spanned<Dur>>,
+    /// The longest a call waits on the audit log (a place in the queue, a failing sink's
+    /// recovery, its record's sync with `fsync = "always"`) before it is refused with 503
+    /// (or, once its answer started, cut off). Default 5 s.
+    #[serde(default)]
+    pub write_timeout: Option<Spanned<Dur>>,
 }
 
 /// Where checked audit records go.
@@ -145,6 +151,13 @@ pub fn check(a: &AuditConfig, base: &Path, e: &mut Diagnostics<'_>) -> Option<Au
             e.error(Some(l.span()), "audit.linger must be at most 1s");
         } else {
             options.linger = l.get_ref().0;
+        }
+    }
+    if let Some(t) = &a.write_timeout {
+        if t.get_ref().0.is_zero() {
+            e.error(Some(t.span()), "audit.write_timeout must be greater than 0");
+        } else {
+            options.write_timeout = t.get_ref().0;
         }
     }
     if let Some(q) = &a.queue {
@@ -322,6 +335,16 @@ mod tests {
         )
         .unwrap();
         assert!(a.options.linger.is_zero());
+        assert_eq!(a.options.write_timeout, std::time::Duration::from_secs(5));
+        let a = parse(
+            &format!("{BASE}[audit]\npath = \"a.jsonl\"\nwrite_timeout = \"250ms\"\n"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            a.options.write_timeout,
+            std::time::Duration::from_millis(250)
+        );
     }
 
     #[test]
@@ -355,6 +378,13 @@ mod tests {
             "{BASE}[audit]\npath = \"a.jsonl\"\nlinger = \"2s\"\n"
         ));
         assert!(e[0].starts_with("gw.toml:5:10: audit.linger"), "{e:?}");
+        let e = errs(&format!(
+            "{BASE}[audit]\npath = \"a.jsonl\"\nwrite_timeout = \"0s\"\n"
+        ));
+        assert!(
+            e[0].starts_with("gw.toml:5:17: audit.write_timeout"),
+            "{e:?}"
+        );
         let e = errs(&format!("{BASE}[audit]\nfsync = \"always\"\n"));
         assert!(e[0].contains("needs a path"), "{e:?}");
         let e = errs(&format!("{BASE}[audit]\npath = \"a.jsonl\"\nbogus = 1\n"));

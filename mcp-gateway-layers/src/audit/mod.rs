@@ -13,7 +13,11 @@
 //! - with [`FsyncPolicy::Always`] the end of each answer waits until its record is synced, so
 //!   a client never holds an answer whose record a crash could lose;
 //! - a failing sink is retried, never skipped; records are dropped only when refused for want
-//!   of room (counted in [`AuditStats::dropped`] and logged).
+//!   of room (counted in [`AuditStats::dropped`] and logged);
+//! - no wait is unbounded: past [`WriterOptions::write_timeout`] a call that has not started
+//!   answering is refused with 503 (JSON-RPC -32054), and an answer that has started ends
+//!   with a body error; while the sink fails, [`AuditWriter::healthy`] is false (the
+//!   gateway's `/readyz` answers 503) and new calls wait for it to recover, then are refused.
 //!
 //! [`verify()`] walks the chain and names the first altered, missing, reordered or inserted
 //! record; [`query()`] streams the records matching filters. The `mcp-gateway audit` commands
@@ -88,4 +92,6 @@ pub use record::{ArgumentPolicy, AuditRecord, Event, Outcome};
 pub use service::{AuditLog, Governor};
 pub use sink::{sink_fn, AuditSink, FileSink, Head, SinkFn, StdoutSink};
 pub use verify::{verify, VerifyError, VerifyReport};
-pub use writer::{AuditStats, AuditWriter, FsyncPolicy, OnFull, Slot, WriterOptions};
+pub use writer::{
+    AuditStats, AuditWriter, FsyncPolicy, OnFull, Slot, WriterOptions, DEFAULT_WRITE_TIMEOUT,
+};

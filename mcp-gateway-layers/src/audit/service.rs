@@ -138,8 +138,17 @@ impl Observer for Auditor {
 
     fn gate(&mut self) -> Option<EndGate> {
         let ack = self.ack.take()?;
+        let limit = self.writer.options().write_timeout;
         Some(Box::pin(async move {
-            let _ = ack.await;
+            match tokio::time::timeout(limit, ack).await {
+                Ok(Ok(())) => Ok(()),
+                // The record is not (yet) durable: the client must not hold a complete answer
+                // as if it were. The record stays queued and is written once the sink recovers.
+                Ok(Err(_)) | Err(_) => {
+                    tracing::warn!(target: "mcp_gateway::audit", timeout = ?limit, "audit record not synced within write_timeout: the answer was cut off");
+                    Err("the audit record of this answer could not be written in time".into())
+                }
+            }
         }))
     }
 }
@@ -156,16 +165,28 @@ impl Governor {
         }
     }
 
-    /// The refusal when the queue is full and `on_full = "refuse"`: 503, -32054.
+    /// The refusal when the queue is full and `on_full = "refuse"` (or stayed full for
+    /// `write_timeout`): 503, -32054.
     fn full(&self) -> Refusal {
         self.writer.dropped(
             1,
             "the audit queue is full; the request was refused with 503",
         );
-        let err = JsonRpcError::new(
-            ErrorCode::UNAVAILABLE,
-            "the audit log cannot keep up; retry shortly",
+        Self::refusal("the audit log cannot keep up; retry shortly")
+    }
+
+    /// The refusal when the sink failed and did not recover within `write_timeout`: 503,
+    /// -32054.
+    fn unavailable(&self) -> Refusal {
+        self.writer.dropped(
+            1,
+            "the audit sink cannot write; the request was refused with 503",
         );
+        Self::refusal("the audit log cannot be written; retry later")
+    }
+
+    fn refusal(message: &str) -> Refusal {
+        let err = JsonRpcError::new(ErrorCode::UNAVAILABLE, message);
         Refusal::new(StatusCode::SERVICE_UNAVAILABLE, err).header(
             http::header::RETRY_AFTER,
             http::HeaderValue::from_static("1"),
@@ -177,27 +198,40 @@ impl Govern for Governor {
     fn enter(&self, head: &http::request::Parts, x: &Exchange) -> Decision<()> {
         // Registered first of all observers, so its end hook runs last: the record sees
         // what every inner layer settled (tokens counted, say).
-        if let Some(slot) = self.writer.try_reserve() {
-            x.observe(self.auditor(slot, head.method.clone(), x));
-            return Decision::Pass(());
-        }
-        match self.writer.options().on_full {
-            OnFull::Refuse => Decision::Refuse(self.full()),
-            OnFull::Block => {
-                let this = self.clone();
-                let x = x.clone();
-                let method = head.method.clone();
-                Decision::Wait(Box::pin(async move {
-                    match this.writer.reserve().await {
-                        Some(slot) => {
-                            x.observe(this.auditor(slot, method, &x));
-                            Ok(())
-                        }
-                        None => Err(this.full()),
-                    }
-                }))
+        let healthy = self.writer.healthy();
+        if healthy {
+            if let Some(slot) = self.writer.try_reserve() {
+                x.observe(self.auditor(slot, head.method.clone(), x));
+                return Decision::Pass(());
+            }
+            if self.writer.options().on_full == OnFull::Refuse {
+                return Decision::Refuse(self.full());
             }
         }
+        // The sink is failing, or the queue is full and `on_full = "block"`: wait for it to
+        // recover and for room — at most `write_timeout`, then refuse before the answer starts
+        // (a call let through now would have its answer held behind a record that cannot be
+        // written).
+        let this = self.clone();
+        let x = x.clone();
+        let method = head.method.clone();
+        Decision::Wait(Box::pin(async move {
+            let writer = &this.writer;
+            let limit = writer.options().write_timeout;
+            let place = async {
+                writer.wait_healthy().await;
+                writer.reserve().await
+            };
+            match tokio::time::timeout(limit, place).await {
+                Ok(Some(slot)) => {
+                    x.observe(this.auditor(slot, method, &x));
+                    Ok(())
+                }
+                Ok(None) => Err(this.full()),
+                Err(_) if writer.healthy() => Err(this.full()),
+                Err(_) => Err(this.unavailable()),
+            }
+        }))
     }
 
     fn admit(&self, req: Request<Full<Bytes>>, _x: &Exchange) -> Decision<Request<Full<Bytes>>> {

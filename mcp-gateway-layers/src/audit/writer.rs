@@ -7,7 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 /// When the sink makes records durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,11 +21,15 @@ pub enum FsyncPolicy {
 /// What happens when the queue is full (the sink is slower than the traffic).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnFull {
-    /// New requests wait for room: back-pressure.
+    /// New requests wait for room, at most [`WriterOptions::write_timeout`] (then 503):
+    /// back-pressure.
     Block,
     /// New requests are refused with 503 (JSON-RPC -32054).
     Refuse,
 }
+
+/// The default [`WriterOptions::write_timeout`]: 5 s.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the writer works.
 #[derive(Clone, Debug)]
@@ -47,6 +51,14 @@ pub struct WriterOptions {
     /// when they are synced. Default 2 ms; zero writes each record as soon as it comes.
     /// [`FsyncPolicy::Always`] never lingers: the answer's end waits for the sync.
     pub linger: Duration,
+    /// The longest a call waits on the audit log: for a place in the queue
+    /// ([`OnFull::Block`]), for a failing sink to recover before it starts, and — with
+    /// [`FsyncPolicy::Always`] — for its record to be synced before the end of its answer.
+    /// Past it, a call that has not started answering is refused with 503 (JSON-RPC -32054,
+    /// `Retry-After`), and an answer that has started is cut off (its body ends with an
+    /// error): never a hang. Records already queued are kept and written once the sink
+    /// recovers. Default 5 s ([`DEFAULT_WRITE_TIMEOUT`]).
+    pub write_timeout: Duration,
 }
 
 impl Default for WriterOptions {
@@ -57,6 +69,7 @@ impl Default for WriterOptions {
             queue: 65_536,
             arguments: ArgumentPolicy::default(),
             linger: Duration::from_millis(2),
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -74,11 +87,14 @@ pub struct AuditStats {
     pub sink_errors: u64,
     /// Records waiting to be written, or whose exchange is still running.
     pub in_flight: u64,
+    /// [`AuditWriter::healthy`]: false while the sink fails.
+    pub healthy: bool,
 }
 
 impl AuditStats {
     /// Appends the counters in the Prometheus text format, as the gateway's `/metrics` shows
-    /// them: records written and dropped, sink errors (`mcp_gateway_audit_*_total`).
+    /// them: records written and dropped, sink errors (`mcp_gateway_audit_*_total`), and
+    /// whether the sink writes (`mcp_gateway_audit_sink_healthy`, a gauge).
     pub fn render_prometheus(&self, out: &mut String) {
         crate::ascii::push_counter(
             out,
@@ -97,6 +113,17 @@ impl AuditStats {
             "mcp_gateway_audit_sink_errors_total",
             "Audit sink failures (each retried).",
             self.sink_errors,
+        );
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP mcp_gateway_audit_sink_healthy 1 while the audit sink writes, 0 while it fails (calls are then refused after write_timeout)."
+        );
+        let _ = writeln!(out, "# TYPE mcp_gateway_audit_sink_healthy gauge");
+        let _ = writeln!(
+            out,
+            "mcp_gateway_audit_sink_healthy {}",
+            u8::from(self.healthy)
         );
     }
 }
@@ -129,6 +156,8 @@ pub struct AuditWriter {
     capacity: usize,
     counters: Arc<Counters>,
     options: Arc<WriterOptions>,
+    /// False from a failed write or sync of the sink until its next successful batch.
+    health: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -157,11 +186,13 @@ impl AuditWriter {
         let capacity = options.queue.clamp(1, Semaphore::MAX_PERMITS);
         let counters = Arc::new(Counters::default());
         let options = Arc::new(options);
+        let (health_tx, health) = watch::channel(true);
         let thread = Thread {
             sink,
             rx,
             options: options.clone(),
             counters: counters.clone(),
+            health: health_tx,
             seq,
             prev,
         };
@@ -174,7 +205,22 @@ impl AuditWriter {
             capacity,
             counters,
             options,
+            health,
         })
+    }
+
+    /// False while the sink cannot write: from a failed write or sync (which the writer
+    /// retries, keeping every record) until the next batch is written and, when due, synced.
+    /// A gateway reports itself not ready meanwhile (`/readyz` answers 503).
+    pub fn healthy(&self) -> bool {
+        *self.health.borrow()
+    }
+
+    /// Resolves once the sink is [healthy](Self::healthy) (at once when it is).
+    pub async fn wait_healthy(&self) {
+        let mut rx = self.health.clone();
+        // An error only when the writer thread is gone: then nothing will change.
+        let _ = rx.wait_for(|ok| *ok).await;
     }
 
     /// The options it runs with.
@@ -241,6 +287,7 @@ impl AuditWriter {
             dropped: self.counters.dropped.load(Ordering::Relaxed),
             sink_errors: self.counters.sink_errors.load(Ordering::Relaxed),
             in_flight: (self.capacity - self.slots.available_permits()) as u64,
+            healthy: self.healthy(),
         }
     }
 }
@@ -250,6 +297,7 @@ struct Thread<K> {
     rx: mpsc::Receiver<Msg>,
     options: Arc<WriterOptions>,
     counters: Arc<Counters>,
+    health: watch::Sender<bool>,
     seq: u64,
     prev: String,
 }
@@ -331,6 +379,8 @@ impl<K: AuditSink> Thread<K> {
                 dirty = false;
                 last_sync = Instant::now();
             }
+            // The batch is kept: the sink works (again).
+            self.set_healthy(true);
             // Room in the queue, and the answers' ends, only once the records are kept.
             for (slot, ack) in done {
                 drop(slot);
@@ -339,6 +389,11 @@ impl<K: AuditSink> Thread<K> {
                 }
             }
         }
+    }
+
+    fn set_healthy(&self, ok: bool) {
+        self.health
+            .send_if_modified(|h| std::mem::replace(h, ok) != ok);
     }
 
     /// Runs `op` until it succeeds: a record is never given up. Failures are counted and
@@ -361,6 +416,7 @@ impl<K: AuditSink> Thread<K> {
                 }
                 Err(e) => {
                     self.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+                    self.set_healthy(false);
                     if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         tracing::error!(target: "mcp_gateway::audit", error = %e, "audit sink {what} failed; retrying (records are kept)");
                         logged = Some(Instant::now());
