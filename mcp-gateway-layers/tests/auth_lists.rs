@@ -1,6 +1,7 @@
 //! OAuthGuard's list filtering and the 2026-07-28 list cache fields: a list that depends on
 //! the caller's permissions is `cacheScope: "private"`, whether or not this caller lost
 //! entries, so a shared cache never hands one caller's list to another.
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use bytes::Bytes;
 use http::{Request, Response};
