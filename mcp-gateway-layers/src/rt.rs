@@ -255,7 +255,9 @@ pin_project! {
 /// A limit on the silence between two frames of a body being read: the timer runs only
 /// while the body is polled and has nothing, and starts afresh when a frame comes. The coarse
 /// timer while a [`Ticker`] runs; tokio's otherwise (an embedder's runtime without one), so
-/// the limit holds either way. Fires up to a quarter second late, never early.
+/// the limit holds either way. Fires up to a quarter second late, never early. The timer is
+/// chosen when a wait starts: a wait armed on the coarse timer whose last [`Ticker`] is then
+/// dropped (its listener stopped) fires only when the body is polled again.
 #[derive(Debug)]
 pub(crate) struct Stall {
     after: Duration,
