@@ -799,16 +799,21 @@ async fn slow_and_idle_clients_are_cut_at_the_header_read_timeout() {
 }
 
 /// An upstream that answers every request with `reply` (a head and part of a body) and then
-/// sends nothing more, holding the connection open: no MCP server stalls on demand.
-async fn stalling_upstream(reply: &'static [u8]) -> std::net::SocketAddr {
+/// sends nothing more, holding the connection open: no MCP server stalls on demand. The
+/// receiver hears of each connection the gateway closes.
+async fn stalling_upstream(
+    reply: &'static [u8],
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else {
                 continue;
             };
+            let closed_tx = closed_tx.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -825,17 +830,18 @@ async fn stalling_upstream(reply: &'static [u8]) -> std::net::SocketAddr {
                         break;
                     }
                 }
+                let _ = closed_tx.send(());
             });
         }
     });
-    addr
+    (addr, closed_rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_stalling_mid_body_fails_the_answer_at_read_timeout() {
     // 200 with Content-Length 200, 22 bytes, then silence: before read_timeout, the client's
     // answer stayed open for as long as the upstream kept the connection.
-    let up = stalling_upstream(
+    let (up, mut closed) = stalling_upstream(
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n\
           {\"jsonrpc\":\"2.0\",\"id\":",
     )
@@ -869,6 +875,10 @@ async fn upstream_stalling_mid_body_fails_the_answer_at_read_timeout() {
         "{:?}",
         started.elapsed()
     );
+    // The upstream connection, in the middle of a body, is closed rather than pooled.
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the stalled upstream connection was kept open");
     // The exchange is recorded, as an upstream error.
     let mut record = None;
     for _ in 0..100 {
