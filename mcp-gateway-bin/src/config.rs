@@ -19,6 +19,8 @@
 //! url = "http://127.0.0.1:3001/mcp"   # or urls = ["http://a/mcp", "http://b/mcp"]
 //! connect_timeout = "5s"
 //! response_timeout = "60s"
+//! read_timeout = "60s"               # silence inside a JSON answer's body
+//! sse_idle_timeout = "5m"            # silence on an SSE stream ("0s": none)
 //!
 //! [auth]                            # absent: no authentication
 //! issuer = "https://as.example.com"

@@ -797,3 +797,208 @@ async fn slow_and_idle_clients_are_cut_at_the_header_read_timeout() {
     }
     gw.shutdown().await;
 }
+
+/// An upstream that answers every request with `reply` (a head and part of a body) and then
+/// sends nothing more, holding the connection open: no MCP server stalls on demand. The
+/// receiver hears of each connection the gateway closes.
+async fn stalling_upstream(
+    reply: &'static [u8],
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(reply).await;
+                // Silence, until the gateway closes the connection.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    (addr, closed_rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_stalling_mid_body_fails_the_answer_at_read_timeout() {
+    // 200 with Content-Length 200, 22 bytes, then silence: before read_timeout, the client's
+    // answer stayed open for as long as the upstream kept the connection.
+    let (up, mut closed) = stalling_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n\
+          {\"jsonrpc\":\"2.0\",\"id\":",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.stall]\nurl = \"http://{up}/mcp\"\n\
+         read_timeout = \"500ms\"\n[audit]\npath = \"{}\"\n",
+        log.display()
+    );
+    let s = mcp_gateway::config::parse(&text, "test.toml", std::path::Path::new(".")).unwrap();
+    let gw = gateway(s).await;
+    let url = format!("http://{}/mcp/stall", gw.local_addr());
+    let started = std::time::Instant::now();
+    let resp = mcp_post(
+        &client(),
+        &url,
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
+        .await
+        .expect("the client's answer hung on a stalled upstream");
+    assert!(body.is_err(), "a cut answer looked complete: {body:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The upstream connection, in the middle of a body, is closed rather than pooled.
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the stalled upstream connection was kept open");
+    // The exchange is recorded, as an upstream error.
+    let mut record = None;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        record = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["tool"] == "t");
+        if record.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record = record.expect("no audit record of the stalled exchange");
+    assert_eq!(record["outcome"], "upstream_error", "{record}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_end_after_sse_idle_timeout_and_not_while_events_flow() {
+    let event = |i: usize| -> FrameResult {
+        Ok(http_body::Frame::data(Bytes::from(format!(
+            "data: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progressToken\":1,\"progress\":{i}}}}}\n\n"
+        ))))
+    };
+    // One event, then silence until the gateway lets go.
+    let quiet = sse_upstream(move |tx| async move {
+        let _ = tx.send(event(0)).await;
+        tx.closed().await;
+    })
+    .await;
+    // Twelve events 150 ms apart (1.8 s in all, longer than the limit), then the end.
+    let steady = sse_upstream(move |tx| async move {
+        for i in 0..12 {
+            if tx.send(event(i)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    })
+    .await;
+    let mut s = settings(&[
+        format!("quiet=http://{quiet}/mcp"),
+        format!("steady=http://{steady}/mcp"),
+    ]);
+    for u in &mut s.upstreams {
+        u.sse_idle_timeout = Duration::from_millis(500);
+    }
+    let gw = gateway(s).await;
+    let call = |name: &str| {
+        mcp_post(
+            &client(),
+            &format!("http://{}/mcp/{name}", gw.local_addr()),
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+        )
+        .send()
+    };
+    // Quiet: the first event arrives, then the stream ends with an error, not a hang.
+    let resp = call("quiet").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut failed = false;
+        while let Some(chunk) = stream.next().await {
+            failed |= chunk.is_err();
+        }
+        failed
+    })
+    .await
+    .expect("the SSE stream outlived sse_idle_timeout");
+    assert!(rest, "an idle-cut stream looked complete");
+    // Steady: every event, and a clean end.
+    let resp = call("steady").await.unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.bytes())
+        .await
+        .unwrap()
+        .expect("a stream with events more often than the limit was cut");
+    assert_eq!(sse_messages(&body).len(), 12);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_but_steady_json_body_is_delivered_whole() {
+    let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"slow but steady"}]}}"#;
+    let up = raw_upstream(move |_req| async move {
+        let (tx, mut rx) = mpsc::channel::<FrameResult>(1);
+        tokio::spawn(async move {
+            for piece in answer.as_bytes().chunks(10) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let frame = http_body::Frame::data(Bytes::copy_from_slice(piece));
+                if tx.send(Ok(frame)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Response::builder()
+            .header("content-type", "application/json")
+            .header("content-length", answer.len())
+            .body(http_body_util::BodyExt::boxed(
+                http_body_util::StreamBody::new(frames),
+            ))
+            .unwrap()
+    })
+    .await;
+    let mut s = settings(&[format!("slow=http://{up}/mcp")]);
+    s.upstreams[0].read_timeout = Duration::from_millis(500);
+    let gw = gateway(s).await;
+    let resp = mcp_post(
+        &client(),
+        &format!("http://{}/mcp/slow", gw.local_addr()),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.expect("a steady body was cut");
+    assert_eq!(&body[..], answer.as_bytes());
+    gw.shutdown().await;
+}

@@ -64,6 +64,10 @@ fn clock() -> &'static Clock {
     })
 }
 
+/// How many [`Ticker`]s are alive: with none, nothing advances the coarse clock, and the
+/// body read limits ([`ReadTimeout`], the upstream's) use tokio's timer instead.
+static TICKERS: AtomicUsize = AtomicUsize::new(0);
+
 /// Advances the clock and fires due timeouts every tick, from a task on the current
 /// runtime, until dropped. Several may run (one per listener): each tick is then just
 /// taken more often.
@@ -73,6 +77,7 @@ impl Ticker {
     /// Starts ticking, on the current tokio runtime.
     pub fn start() -> Self {
         let clock = clock();
+        TICKERS.fetch_add(1, Ordering::AcqRel);
         Self(tokio::spawn(async move {
             let mut every = tokio::time::interval(TICK);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -87,6 +92,7 @@ impl Ticker {
 impl Drop for Ticker {
     fn drop(&mut self) {
         self.0.abort();
+        TICKERS.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -228,8 +234,8 @@ pin_project! {
     /// while it is being read: the bound on a client that starts a body and stalls (nginx's
     /// `client_body_timeout`). The time runs only while the body is polled and has nothing,
     /// so a body read at once — the common case, in the same packets as the head — arms no
-    /// timer; it fires up to a quarter second late, never early. Needs a [`Ticker`] on the
-    /// runtime.
+    /// timer; it fires up to a quarter second late, never early. Uses the coarse timer while
+    /// a [`Ticker`] runs (the binary's listener starts one), tokio's timer otherwise.
     ///
     /// ```no_run
     /// # async fn demo(req: http::Request<hyper::body::Incoming>) {
@@ -242,8 +248,80 @@ pin_project! {
     pub struct ReadTimeout<B> {
         #[pin]
         body: B,
-        after: Duration,
-        sleep: Option<CoarseSleep>,
+        stall: Stall,
+    }
+}
+
+/// A limit on the silence between two frames of a body being read: the timer runs only
+/// while the body is polled and has nothing, and starts afresh when a frame comes. The coarse
+/// timer while a [`Ticker`] runs; tokio's otherwise (an embedder's runtime without one), so
+/// the limit holds either way. Fires up to a quarter second late, never early. The timer is
+/// chosen when a wait starts: a wait armed on the coarse timer whose last [`Ticker`] is then
+/// dropped (its listener stopped) fires only when the body is polled again.
+#[derive(Debug)]
+pub(crate) struct Stall {
+    after: Duration,
+    sleep: Option<Wait>,
+}
+
+#[derive(Debug)]
+enum Wait {
+    Coarse(CoarseSleep),
+    Tokio(Pin<Box<tokio::time::Sleep>>),
+}
+
+impl Stall {
+    pub(crate) fn new(after: Duration) -> Self {
+        Self { after, sleep: None }
+    }
+
+    /// The limit.
+    pub(crate) fn after(&self) -> Duration {
+        self.after
+    }
+
+    /// A frame (or the end) came: the next wait starts afresh.
+    pub(crate) fn reset(&mut self) {
+        self.sleep = None;
+    }
+
+    /// The body has nothing now: ready once it has had nothing for the limit.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let after = self.after;
+        // The real clock, not the ticker's lagging one, so that the limit is never cut short.
+        let sleep = self.sleep.get_or_insert_with(|| {
+            let deadline = Instant::now() + after;
+            if TICKERS.load(Ordering::Acquire) > 0 {
+                Wait::Coarse(CoarseSleep::until(deadline))
+            } else {
+                Wait::Tokio(Box::pin(tokio::time::sleep_until(deadline.into())))
+            }
+        });
+        let expired = match sleep {
+            Wait::Coarse(s) => Pin::new(s).poll(cx),
+            Wait::Tokio(s) => s.as_mut().poll(cx),
+        };
+        if expired.is_ready() {
+            self.sleep = None;
+        }
+        expired
+    }
+
+    #[cfg(test)]
+    fn is_armed(&self) -> bool {
+        self.sleep.is_some()
+    }
+
+    /// A limit armed now on tokio's timer, whatever tickers run (tests run in parallel).
+    #[cfg(test)]
+    fn on_tokio(after: Duration) -> Self {
+        let deadline = Instant::now() + after;
+        Self {
+            after,
+            sleep: Some(Wait::Tokio(Box::pin(tokio::time::sleep_until(
+                deadline.into(),
+            )))),
+        }
     }
 }
 
@@ -260,8 +338,7 @@ impl<B> ReadTimeout<B> {
     pub fn new(body: B, after: Duration) -> Self {
         Self {
             body,
-            after,
-            sleep: None,
+            stall: Stall::new(after),
         }
     }
 }
@@ -280,17 +357,11 @@ where
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let this = self.project();
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
-            // Something came: the next wait starts afresh.
-            *this.sleep = None;
+            this.stall.reset();
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let after = *this.after;
-        // The real clock, not the ticker's lagging one, so that the limit is never cut short.
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| CoarseSleep::until(Instant::now() + after));
-        if Pin::new(sleep).poll(cx).is_ready() {
-            *this.sleep = None;
+        if this.stall.poll_expired(cx).is_ready() {
+            let after = this.stall.after();
             return Poll::Ready(Some(Err(Box::new(BodyReadTimeout(after)))));
         }
         Poll::Pending
@@ -545,7 +616,23 @@ mod tests {
             body.frame().await.unwrap().unwrap().into_data().unwrap(),
             "x"
         );
-        assert!(body.sleep.is_none());
+        assert!(!body.stall.is_armed());
+    }
+
+    #[tokio::test]
+    async fn without_a_ticker_the_limit_uses_tokios_timer() {
+        use http_body_util::BodyExt;
+        // Forced onto tokio's timer: other tests run tickers meanwhile (and stop them).
+        let started = Instant::now();
+        let mut body = ReadTimeout {
+            body: Stalled,
+            stall: Stall::on_tokio(Duration::from_millis(300)),
+        };
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.downcast_ref::<BodyReadTimeout>().is_some());
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_millis(300) + 3 * TICK, "{took:?}");
     }
 
     #[tokio::test]

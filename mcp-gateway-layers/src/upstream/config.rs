@@ -7,6 +7,8 @@
 //! url = "http://127.0.0.1:3001/mcp"     # or urls = ["http://a/mcp", "http://b/mcp"]
 //! connect_timeout = "5s"
 //! response_timeout = "60s"
+//! read_timeout = "60s"                  # longest silence within a JSON answer's body
+//! sse_idle_timeout = "5m"               # longest silence on an SSE stream ("0s": none)
 //! # ca_file = "internal-ca.pem"         # trusted for https:// instances, besides the system's
 //! # credentials = { type = "static", secret_env = "DEMO_TOKEN" }   # feature `auth`
 //! ```
@@ -26,6 +28,8 @@ use std::time::Duration;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_SSE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `[upstreams.NAME]` as written.
 #[derive(Debug, Deserialize)]
@@ -44,6 +48,13 @@ pub struct UpstreamEntry {
     /// Response-start timeout. Default 60 s.
     #[serde(default)]
     pub response_timeout: Option<Dur>,
+    /// Longest silence between two reads of a non-SSE answer's body; `"0s"` for none.
+    /// Default 60 s.
+    #[serde(default)]
+    pub read_timeout: Option<Dur>,
+    /// Longest silence on an SSE stream; `"0s"` for none. Default 5 minutes.
+    #[serde(default)]
+    pub sse_idle_timeout: Option<Dur>,
     /// PEM file of CA certificates trusted for `https://` instances, besides the system's.
     #[serde(default)]
     pub ca_file: Option<Spanned<PathBuf>>,
@@ -65,6 +76,10 @@ pub struct UpstreamSpec {
     pub connect_timeout: Duration,
     /// Response-start timeout.
     pub response_timeout: Duration,
+    /// Longest silence within a non-SSE answer's body (zero: none).
+    pub read_timeout: Duration,
+    /// Longest silence on an SSE stream (zero: none).
+    pub sse_idle_timeout: Duration,
     /// Extra CA certificates (PEM file) for `https://` instances.
     pub ca_file: Option<PathBuf>,
     /// Credentials presented to the upstream.
@@ -172,6 +187,10 @@ fn check_table(
             response_timeout: entry
                 .response_timeout
                 .map_or(DEFAULT_RESPONSE_TIMEOUT, |d| d.0),
+            read_timeout: entry.read_timeout.map_or(DEFAULT_READ_TIMEOUT, |d| d.0),
+            sse_idle_timeout: entry
+                .sse_idle_timeout
+                .map_or(DEFAULT_SSE_IDLE_TIMEOUT, |d| d.0),
         });
     }
     specs
@@ -216,6 +235,8 @@ pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
         urls,
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        read_timeout: DEFAULT_READ_TIMEOUT,
+        sse_idle_timeout: DEFAULT_SSE_IDLE_TIMEOUT,
         ca_file: None,
         #[cfg(feature = "auth")]
         credentials: None,
@@ -289,6 +310,8 @@ pub fn build(spec: &UpstreamSpec) -> Result<Upstream, UpstreamError> {
     let config = UpstreamConfig::default()
         .connect_timeout(spec.connect_timeout)
         .response_timeout(spec.response_timeout)
+        .read_timeout(spec.read_timeout)
+        .sse_idle_timeout(spec.sse_idle_timeout)
         .trust(roots);
     Upstream::new(&spec.name, spec.urls.iter().cloned(), config)
 }
@@ -319,6 +342,7 @@ mod tests {
     fn upstreams_are_checked() {
         let s = parse(
             "[upstreams.a]\nurl = \"http://127.0.0.1:3001/mcp\"\nresponse_timeout = 5\n\
+             read_timeout = \"500ms\"\nsse_idle_timeout = \"0s\"\n\
              [upstreams.b]\nurls = [\"http://h1/mcp\", \"https://h2:8443/mcp\"]\n",
         )
         .unwrap();
@@ -327,6 +351,10 @@ mod tests {
         assert_eq!(s[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(s[1].urls.len(), 2);
         assert_eq!(s[1].response_timeout, DEFAULT_RESPONSE_TIMEOUT);
+        assert_eq!(s[0].read_timeout, Duration::from_millis(500));
+        assert_eq!(s[0].sse_idle_timeout, Duration::ZERO);
+        assert_eq!(s[1].read_timeout, DEFAULT_READ_TIMEOUT);
+        assert_eq!(s[1].sse_idle_timeout, DEFAULT_SSE_IDLE_TIMEOUT);
         assert!(build(&s[1]).is_ok());
 
         let e = errs("[upstreams.a]\nurl = \"ftp://x/mcp\"\n");

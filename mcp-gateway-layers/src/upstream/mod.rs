@@ -6,7 +6,11 @@
 //! - Hop-by-hop headers are removed both ways; `Mcp-*` headers (including unknown
 //!   `Mcp-Param-*` ones) pass untouched. The client's `Authorization` header is **never**
 //!   forwarded: the gateway does not pass tokens through to servers.
-//! - A connect timeout and a response-start timeout apply; streams have no total timeout.
+//! - A connect timeout and a response-start timeout apply; streams have no total timeout, but
+//!   the silence between two reads of an answer's body is bounded (`read_timeout` for a JSON
+//!   answer, `sse_idle_timeout` for an SSE stream): past it the body ends with
+//!   [`UpstreamStalled`], the client's answer fails instead of hanging, and the exchange ends
+//!   as `upstream_error`.
 //! - An upstream with several instances spreads new work round-robin and keeps each legacy
 //!   session (`Mcp-Session-Id`) on the instance that issued it, within this process only. For
 //!   sessions that survive restarts and span gateway replicas, put
@@ -92,8 +96,15 @@ pub struct UpstreamConfig {
     /// Longest wait for a TCP (and TLS) connection. Default 5 s.
     pub connect_timeout: Duration,
     /// Longest wait for the response head once the request is sent. Default 60 s. The body of
-    /// a response (an SSE stream, say) has no time limit.
+    /// a response (an SSE stream, say) has no total time limit; see `read_timeout` and
+    /// `sse_idle_timeout` for the silence within it.
     pub response_timeout: Duration,
+    /// Longest silence between two reads of a non-SSE answer's body (nginx's
+    /// `proxy_read_timeout`); zero for none. Default 60 s.
+    pub read_timeout: Duration,
+    /// Longest silence on an SSE stream from the upstream; zero for none (long-lived GET
+    /// streams of a server that sends nothing for hours). Default 5 minutes.
+    pub sse_idle_timeout: Duration,
     /// How long an idle pooled connection is kept. Default 90 s.
     pub pool_idle_timeout: Duration,
     /// Most legacy sessions remembered per upstream for instance pinning. Default 100,000.
@@ -111,6 +122,8 @@ impl Default for UpstreamConfig {
         Self {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
+            sse_idle_timeout: Duration::from_secs(300),
             pool_idle_timeout: Duration::from_secs(90),
             max_pinned_sessions: 100_000,
             max_idle_per_instance: 256,
@@ -134,6 +147,16 @@ impl UpstreamConfig {
     /// Sets the response-start timeout.
     pub fn response_timeout(mut self, d: Duration) -> Self {
         self.response_timeout = d;
+        self
+    }
+    /// Sets the longest silence between two reads of a JSON answer's body (zero: none).
+    pub fn read_timeout(mut self, d: Duration) -> Self {
+        self.read_timeout = d;
+        self
+    }
+    /// Sets the longest silence on an SSE stream (zero: none).
+    pub fn sse_idle_timeout(mut self, d: Duration) -> Self {
+        self.sse_idle_timeout = d;
         self
     }
     /// Sets how long an idle pooled connection is kept.
@@ -171,6 +194,20 @@ pub enum UpstreamError {
     /// The certificates to trust (an upstream's `ca_file`) cannot be loaded.
     #[error(transparent)]
     Certificates(#[from] config::CertError),
+}
+
+/// The error an upstream answer's body ends with when the upstream sent nothing for its read
+/// limit in the middle of it (`read_timeout`, or `sse_idle_timeout` for an SSE stream).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("upstream {upstream:?} sent nothing for {after:?} in the middle of its answer")]
+#[non_exhaustive]
+pub struct UpstreamStalled {
+    /// The upstream's name.
+    pub upstream: String,
+    /// The limit that was reached.
+    pub after: Duration,
+    /// Whether the answer was an SSE stream (`sse_idle_timeout`) or not (`read_timeout`).
+    pub sse: bool,
 }
 
 #[derive(Clone)]
@@ -606,7 +643,25 @@ impl Upstream {
                 Ok(Err(f)) => return f.into_response(shared, idx, reply_id()),
                 Err(_) => return Failure::Timeout.into_response(shared, idx, reply_id()),
             };
-        let mut resp = resp.map(|b| PooledBody::new(b, send, instance.pool.clone()));
+        let sse = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(is_event_stream);
+        let read_limit = if sse {
+            shared.config.sse_idle_timeout
+        } else {
+            shared.config.read_timeout
+        };
+        let mut resp = resp.map(|b| {
+            PooledBody::new(
+                b,
+                send,
+                instance.pool.clone(),
+                shared.name.clone(),
+                sse,
+                read_limit,
+            )
+        });
         if several {
             if let Some(issued) = resp
                 .headers()
@@ -624,10 +679,6 @@ impl Upstream {
             }
         }
         strip_hop_by_hop(resp.headers_mut());
-        let sse = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(is_event_stream);
         if sse && !resp.headers().contains_key(X_ACCEL_BUFFERING) {
             resp.headers_mut()
                 .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));

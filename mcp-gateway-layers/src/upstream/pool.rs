@@ -8,7 +8,9 @@
 //! carried has been read to the end; a response abandoned half-way (the client left) closes its
 //! connection instead, since unread bytes would corrupt the next exchange.
 
-use super::UpstreamRequestBody;
+use super::{UpstreamRequestBody, UpstreamStalled};
+use crate::rt::Stall;
+use crate::BoxError;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http_body::{Body, Frame, SizeHint};
@@ -193,11 +195,16 @@ where
 
 pin_project! {
     /// An upstream response body that gives its connection back to the pool when it has been
-    /// read to the end.
+    /// read to the end, and fails with [`UpstreamStalled`] when the upstream sends nothing
+    /// for its read limit while the body is being read (`read_timeout`, or `sse_idle_timeout`
+    /// for an SSE stream): the connection is then closed, not pooled.
     pub struct PooledBody {
         #[pin]
         inner: Incoming,
         slot: Option<(SendRequest<UpstreamRequestBody>, Arc<InstancePool>)>,
+        stall: Option<Stall>,
+        upstream: Arc<str>,
+        sse: bool,
     }
 }
 
@@ -208,14 +215,21 @@ impl std::fmt::Debug for PooledBody {
 }
 
 impl PooledBody {
+    /// `read_limit`: the longest silence between two reads, none when zero.
     pub(crate) fn new(
         inner: Incoming,
         send: SendRequest<UpstreamRequestBody>,
         pool: Arc<InstancePool>,
+        upstream: Arc<str>,
+        sse: bool,
+        read_limit: Duration,
     ) -> Self {
         let mut body = Self {
             inner,
             slot: Some((send, pool)),
+            stall: (!read_limit.is_zero()).then(|| Stall::new(read_limit)),
+            upstream,
+            sse,
         };
         if body.inner.is_end_stream() {
             body.release();
@@ -232,15 +246,38 @@ impl PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let mut inner = this.inner;
         let res = inner.as_mut().poll_frame(cx);
+        if let Some(stall) = this.stall {
+            if res.is_ready() {
+                stall.reset();
+            } else if stall.poll_expired(cx).is_ready() {
+                let after = stall.after();
+                // The connection is in the middle of a body: closed, never pooled.
+                *this.slot = None;
+                *this.stall = None;
+                tracing::warn!(
+                    upstream = %this.upstream,
+                    sse = *this.sse,
+                    limit = ?after,
+                    "upstream sent nothing for its read limit in the middle of its answer: \
+                     ending the answer with an error"
+                );
+                return Poll::Ready(Some(Err(Box::new(UpstreamStalled {
+                    upstream: this.upstream.to_string(),
+                    after,
+                    sse: *this.sse,
+                }))));
+            }
+        }
+        let res = res.map(|f| f.map(|f| f.map_err(Into::into)));
         // The server side may stop polling as soon as the body reports its end, so give the
         // connection back both on the final `None` and on the frame that ends the body.
         let ended = match &res {
