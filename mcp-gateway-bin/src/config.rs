@@ -6,6 +6,7 @@
 //! body_limit = "4MiB"
 //! max_header_bytes = "64KiB"
 //! body_read_timeout = "60s"
+//! sse_keepalive = "15s"
 //! shutdown_grace = "30s"
 //! allowed_origins = ["https://app.example.com"]
 //! allow_localhost_origins = true
@@ -129,6 +130,11 @@ pub struct ServerConfig {
     /// Default 60 s.
     #[serde(default = "default_body_read_timeout")]
     pub body_read_timeout: Dur,
+    /// How long an SSE stream to a client may stay silent before the gateway sends it a
+    /// comment (`: keep-alive`), so idle timeouts on the way do not cut it. Default 15 s;
+    /// `"0s"`: never.
+    #[serde(default = "default_sse_keepalive")]
+    pub sse_keepalive: Dur,
     /// Browser origins allowed besides localhost (`*` for any).
     #[serde(default)]
     pub allowed_origins: Vec<Spanned<String>>,
@@ -161,6 +167,7 @@ impl Default for ServerConfig {
             shutdown_grace: default_grace(),
             header_read_timeout: default_grace(),
             body_read_timeout: default_body_read_timeout(),
+            sse_keepalive: default_sse_keepalive(),
             allowed_origins: Vec::new(),
             allow_localhost_origins: true,
             tls: None,
@@ -225,6 +232,9 @@ fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
 }
 fn default_grace() -> Dur {
     Dur(Duration::from_secs(30))
+}
+fn default_sse_keepalive() -> Dur {
+    Dur(Duration::from_secs(15))
 }
 fn default_body_read_timeout() -> Dur {
     Dur(Duration::from_secs(60))
@@ -309,6 +319,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// The longest wait for the next piece of a request body.
     pub body_read_timeout: Duration,
+    /// The silence after which an SSE stream gets a keep-alive comment (zero: never).
+    pub sse_keepalive: Duration,
     /// Allowed origins.
     pub origins: mcp_gateway_layers::AllowedOrigins,
     /// TLS files.
@@ -534,6 +546,7 @@ pub fn check(
         shutdown_grace: config.server.shutdown_grace.0,
         header_read_timeout: config.server.header_read_timeout.0,
         body_read_timeout: config.server.body_read_timeout.0,
+        sse_keepalive: config.server.sse_keepalive.0,
         origins,
         tls,
         log_format: config.log.format,
@@ -564,6 +577,7 @@ impl Settings {
             shutdown_grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
+            sse_keepalive: Duration::from_secs(15),
             origins: mcp_gateway_layers::AllowedOrigins::default(),
             tls: None,
             log_format: LogFormat::Text,
@@ -725,6 +739,7 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         .unwrap();
         assert_eq!(s.max_header_bytes, 16 * 1024);
         assert_eq!(s.body_read_timeout, Duration::from_secs(60));
+        assert_eq!(s.sse_keepalive, Duration::from_secs(15));
         let e =
             errs("[server]\nbody_read_timeout = \"0s\"\n[upstreams.a]\nurl = \"http://x/mcp\"\n");
         assert_eq!(

@@ -7,7 +7,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulConnection;
 use mcp_gateway_core::observe::Cutoff;
-use mcp_gateway_layers::rt::BusyBody;
+use mcp_gateway_layers::rt::{BusyBody, KeepAlive};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +108,7 @@ impl Gateway {
             head_cap: mcp_gateway_layers::head::HeadCheck::new()
                 .max_header_bytes(settings.max_header_bytes)
                 .parser_cap(),
+            sse_keepalive: settings.sse_keepalive,
         };
         let mut workers_done = Vec::with_capacity(more.len());
         for (i, std_listener) in more.into_iter().enumerate() {
@@ -242,6 +243,8 @@ struct Timeouts {
     /// `server.max_header_bytes`, so that the router's check answers the heads in between
     /// with a JSON-RPC error.
     head_cap: usize,
+    /// The silence after which an SSE stream gets a keep-alive comment (zero: never).
+    sse_keepalive: Duration,
 }
 
 async fn accept_loop(
@@ -297,6 +300,7 @@ async fn accept_loop(
         let info = Arc::new(crate::router::ConnInfo::new(peer, tls.is_some()));
         let activity = mcp_gateway_layers::rt::Activity::new();
         let requests = activity.clone();
+        let keepalive = timeouts.sse_keepalive;
         let svc = hyper::service::service_fn(move |req| {
             let router = router.clone();
             let info = info.clone();
@@ -304,7 +308,15 @@ async fn accept_loop(
             let busy = requests.begin();
             async move {
                 let resp = router.serve(req, &info).await?;
-                Ok::<_, std::convert::Infallible>(resp.map(|body| BusyBody::new(body, busy)))
+                // An SSE stream that waits gets a comment now and then (`sse_keepalive`).
+                let every = resp
+                    .headers()
+                    .get(hyper::header::CONTENT_TYPE)
+                    .is_some_and(mcp_gateway_core::headers::is_event_stream)
+                    .then_some(keepalive);
+                Ok::<_, std::convert::Infallible>(
+                    resp.map(|body| BusyBody::new(KeepAlive::new(body, every), busy)),
+                )
             }
         });
         let builder = builder.clone();

@@ -1002,3 +1002,82 @@ async fn slow_but_steady_json_body_is_delivered_whole() {
     assert_eq!(&body[..], answer.as_bytes());
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_sse_stream_gets_keep_alive_comments_between_events_only() {
+    let data = |s: &'static str| -> FrameResult { Ok(http_body::Frame::data(Bytes::from(s))) };
+    // An event, 1.2 s of silence, then an event sent in two halves 1.2 s apart, then the
+    // answer: the gateway (keep-alive every 300 ms) may comment in the first silence, never in
+    // the middle of the split event.
+    let up = sse_upstream(move |tx| async move {
+        let _ = tx
+            .send(data(
+                "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n",
+            ))
+            .await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let _ = tx
+            .send(data("data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\","))
+            .await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let _ = tx
+            .send(data("\"params\":{\"progressToken\":1,\"progress\":2}}\n\n"))
+            .await;
+        let _ = tx
+            .send(data(
+                "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[]}}\n\n",
+            ))
+            .await;
+    })
+    .await;
+    let mut s = settings(&[format!("ka=http://{up}/mcp")]);
+    s.sse_keepalive = Duration::from_millis(300);
+    let gw = gateway(s).await;
+    let resp = mcp_post(
+        &client(),
+        &format!("http://{}/mcp/ka", gw.local_addr()),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    let comments = text.matches(": keep-alive\n\n").count();
+    assert!(comments >= 2, "no keep-alive in 1.2 s of silence: {text}");
+    // Every comment stands between two events: the three messages decode whole.
+    assert_eq!(sse_messages(&body).len(), 3, "{text}");
+    let split = text
+        .find("\"method\":\"notifications/progress\",")
+        .and_then(|_| text.rfind("\"method\":\"notifications/progress\","))
+        .unwrap();
+    let rest = &text[split..];
+    let event_end = rest.find("\n\n").unwrap();
+    assert!(
+        !rest[..event_end].contains("keep-alive"),
+        "a comment inside an event: {text}"
+    );
+    // Off: no comments at all.
+    let mut s = settings(&[format!("ka=http://{up}/mcp")]);
+    s.sse_keepalive = Duration::ZERO;
+    let gw2 = gateway(s).await;
+    let resp = mcp_post(
+        &client(),
+        &format!("http://{}/mcp/ka", gw2.local_addr()),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+    )
+    .send()
+    .await
+    .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&body).contains("keep-alive"));
+    gw.shutdown().await;
+    gw2.shutdown().await;
+}

@@ -24,6 +24,7 @@
 //! ```
 use crate::parse::BodyReadTimeout;
 use crate::BoxError;
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::rt::{Sleep, Timer};
 use pin_project_lite::pin_project;
@@ -535,6 +536,100 @@ impl<B: Body> Body for BusyBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project! {
+    /// A response body that sends an SSE comment (`: keep-alive`) whenever the stream has been
+    /// silent for its interval, so that proxies and load balancers with idle timeouts do not
+    /// cut an SSE stream that is only waiting. A comment goes out only between two events
+    /// (never inside one an upstream is still sending), and never into a body of known length.
+    /// Built with `None` (not SSE, or keep-alives off), it passes the body through untouched.
+    ///
+    /// ```no_run
+    /// # fn demo(resp: http::Response<http_body_util::Full<bytes::Bytes>>) {
+    /// use mcp_gateway_layers::rt::KeepAlive;
+    /// let every = std::time::Duration::from_secs(15);
+    /// let resp = resp.map(|body| KeepAlive::new(body, Some(every)));
+    /// # }
+    /// ```
+    #[derive(Debug)]
+    pub struct KeepAlive<B> {
+        #[pin]
+        body: B,
+        stall: Option<Stall>,
+        // The last four bytes sent, to tell whether the stream is between two events.
+        tail: [u8; 4],
+    }
+}
+
+/// The comment a silent SSE stream gets.
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+impl<B: Body> KeepAlive<B> {
+    /// `body`, with a comment after each `every` of silence (`None` or zero: none).
+    pub fn new(body: B, every: Option<Duration>) -> Self {
+        let stall = every
+            .filter(|d| !d.is_zero() && body.size_hint().exact().is_none())
+            .map(Stall::new);
+        Self {
+            body,
+            stall,
+            tail: *b"\n\n\n\n",
+        }
+    }
+}
+
+/// True when `tail` ends an SSE event (a blank line, in any of the three line endings), or
+/// nothing has been sent yet.
+fn between_events(tail: &[u8; 4]) -> bool {
+    tail.ends_with(b"\n\n") || tail.ends_with(b"\r\r") || tail == b"\r\n\r\n"
+}
+
+impl<B> Body for KeepAlive<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            if let Some(Ok(f)) = &frame {
+                if let Some(d) = f.data_ref() {
+                    for &b in &d[d.len().saturating_sub(4)..] {
+                        this.tail.rotate_left(1);
+                        this.tail[3] = b;
+                    }
+                }
+            }
+            if let Some(stall) = this.stall.as_mut() {
+                stall.reset();
+            }
+            return Poll::Ready(frame);
+        }
+        let Some(stall) = this.stall.as_mut() else {
+            return Poll::Pending;
+        };
+        while stall.poll_expired(cx).is_ready() {
+            if between_events(this.tail) {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEP_ALIVE)))));
+            }
+            // In the middle of an event: wait another interval (the loop arms it).
+        }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
