@@ -446,3 +446,28 @@ fn serve_warns_when_a_flag_replaces_a_configured_upstream() {
     );
     assert!(warnings[0].contains("gw.toml"), "{err}");
 }
+
+#[test]
+fn an_audit_log_that_cannot_be_opened_is_reported_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the audit folder should be: no folder can be made there, even as root.
+    std::fs::write(dir.path().join("blocker"), "not a folder").unwrap();
+    let log = dir.path().join("blocker").join("audit.jsonl");
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.demo]\nurl = \"http://127.0.0.1:1/mcp\"\n[audit]\npath = {:?}\n",
+            log.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("audit:"), "{err}");
+    assert!(err.contains(&log.display().to_string()), "{err}");
+}

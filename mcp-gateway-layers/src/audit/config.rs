@@ -244,7 +244,9 @@ pub fn writer(spec: &AuditSpec) -> std::io::Result<AuditWriter> {
             rotate_age,
             keep,
         } => {
-            let sink = FileSink::open(path)?
+            // The error names the file: "permission denied" alone says nothing of where.
+            let sink = FileSink::open(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?
                 .rotate_size(*rotate_size)
                 .rotate_age(*rotate_age)
                 .keep(*keep);
