@@ -59,7 +59,7 @@ impl Target {
         Ok(match self {
             Self::Direct(up) => up.forward(req, None).await.map(Either::Left),
             Self::Affinity(aff) => aff
-                .serve(req, |up, req| async move { up.forward(req, None).await })
+                .serve_retrying(req, |up, req| async move { up.forward(req, None).await })
                 .await
                 .map(Either::Right),
         })

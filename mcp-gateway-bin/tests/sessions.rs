@@ -359,6 +359,41 @@ async fn sessions_continue_across_two_gateways_and_survive_a_dead_instance() {
     }
 }
 
+/// An instance killed between two calls: new work that lands on it before it is ejected was
+/// never sent (the connection is refused), so it goes to another instance; no call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_between_calls_fails_no_new_work() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    let instances = [
+        Instance::start().await,
+        Instance::start().await,
+        Instance::start().await,
+    ];
+    let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
+    let (_a, url_a) = gateway(dir.path(), "a", &addrs, "");
+    let (_b, url_b) = gateway(dir.path(), "b", &addrs, "");
+    let gws = [url_a.as_str(), url_b.as_str()];
+    let c = reqwest::Client::new();
+    // Warm both gateways' pools to every instance.
+    for i in 0..24 {
+        let sid = init(&c, gws[i % 2], ALICE).await;
+        assert_eq!(increment(&c, gws[(i + 1) % 2], ALICE, &sid).await, Ok(1));
+    }
+    let served = counts(&instances);
+    assert!(served[1] > 0, "not balanced: {served:?}");
+
+    // Kill one; nothing has told either gateway yet. Every new session still starts, on
+    // the live instances, and counts from 1.
+    instances[1].kill();
+    for i in 0..40 {
+        let sid = init(&c, gws[i % 2], ALICE).await;
+        let before = counts(&instances);
+        assert_eq!(increment(&c, gws[(i + 1) % 2], ALICE, &sid).await, Ok(1));
+        assert_ne!(owner(&instances, &before), 1);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_is_seen_across_gateways_through_redis_and_routing_survives_its_loss() {
     if Command::new("redis-server")

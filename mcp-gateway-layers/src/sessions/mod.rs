@@ -18,6 +18,9 @@
 //! - The request that finds an instance unreachable (the [`InstanceUnreachable`] response
 //!   extension, or 502) ejects it: a session request gets 404, new work gets the inner
 //!   service's answer (502), and the next requests avoid the instance until its back-off ends.
+//!   With [`SessionAffinity::serve_retrying`] (what the binary uses), new work that never
+//!   reached its instance ([`InstanceUnreachable`]: not a byte was sent) is sent once more to
+//!   another live instance instead of failing.
 //!
 //! [`InstanceUnreachable`]: mcp_gateway_core::InstanceUnreachable
 //! - **Sealed ids.** When an instance issues a session (`Mcp-Session-Id` on its answer), the

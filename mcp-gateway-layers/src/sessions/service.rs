@@ -610,6 +610,72 @@ impl<S: Clone + Send + Sync + 'static> SessionAffinity<S> {
     }
 }
 
+impl<S: Clone + Send + Sync + 'static> SessionAffinity<S> {
+    /// What [`serve`](Self::serve) does, and more: a request that belongs to no session and
+    /// could not be sent to its instance at all (the answer carries [`InstanceUnreachable`]:
+    /// not a byte reached the instance) is sent once more, to another live instance, instead
+    /// of failing. Nothing is retried once any of it may have reached an instance, and a
+    /// session's request is never moved (its owner is the only instance that knows it).
+    ///
+    /// The request is copied before it is sent, and only when another instance could take
+    /// it, so its body must be `Clone` (a buffered body such as `Full<Bytes>` is); `call` is
+    /// called once more for the retry.
+    pub async fn serve_retrying<B, RB, F, Fut>(
+        &self,
+        mut req: Request<B>,
+        mut call: F,
+    ) -> Response<AffinityBody<RB>>
+    where
+        B: Clone,
+        RB: Send + 'static,
+        F: FnMut(S, Request<B>) -> Fut,
+        Fut: Future<Output = Response<RB>>,
+    {
+        let id = McpRequest::from_extensions(req.extensions()).and_then(|v| v.reply_id().cloned());
+        let routed = match self.route(&mut req) {
+            Decision::Pass(r) => r,
+            Decision::Refuse(r) => return refused(r.into_response(id.as_ref())),
+            Decision::Wait(w) => match w.await {
+                Ok(r) => r,
+                Err(r) => return refused(r.into_response(id.as_ref())),
+            },
+        };
+        let spare =
+            (routed.session.is_none() && self.placement.set.load().len() > 1).then(|| copy(&req));
+        let mut routed = routed;
+        let mut resp = call(routed.service().clone(), req).await;
+        if let Some(mut again) = spare {
+            if resp.extensions().get::<InstanceUnreachable>().is_some() {
+                // Ejected first, so that routing anew passes it by.
+                self.placement.outcome(&routed.inst, true);
+                if let Decision::Pass(next) = self.route(&mut again) {
+                    if !Arc::ptr_eq(&next.inst, &routed.inst) {
+                        tracing::warn!(target: "mcp_gateway::sessions", instance = %routed.inst.name, to = %next.inst.name, "instance unreachable before the request was sent: sending it to another instance");
+                        routed = next;
+                        resp = call(routed.service().clone(), again).await;
+                    }
+                }
+            }
+        }
+        match routed.finish(resp, id.as_ref()) {
+            Finish::Now(resp) => resp,
+            Finish::Later(f) => f.await,
+        }
+    }
+}
+
+/// A copy of a request whose body can be copied: method, target, version, headers and
+/// extensions.
+fn copy<B: Clone>(req: &Request<B>) -> Request<B> {
+    let mut r = Request::new(req.body().clone());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    *r.extensions_mut() = req.extensions().clone();
+    r
+}
+
 /// Continues routing once the store said whether the session is alive.
 fn touched<S>(state: Result<SessionState, StoreError>, routed: Routed<S>) -> Decision<Routed<S>> {
     let why = match state {

@@ -16,7 +16,11 @@
 //!   sessions that survive restarts and span gateway replicas, put
 //!   [`SessionAffinity`](crate::sessions::SessionAffinity) over [`Upstream::instances`].
 //! - A connection that cannot be made is answered with the [`InstanceUnreachable`] response
-//!   extension, so that a balancing layer above can eject the instance.
+//!   extension, so that a balancing layer above can eject the instance. With several
+//!   instances of its own, a request that could not be sent to its instance at all (connection
+//!   refused, or closed before a byte of it was written) goes once to the next instance, unless
+//!   it belongs to a session pinned to the first; nothing is sent again once any of it may
+//!   have reached an instance.
 //! - Failures are answered, not raised: 502 with JSON-RPC -32050 when the server cannot be
 //!   reached, 504 with -32051 when it does not answer in time, both keeping the request id.
 //!
@@ -414,6 +418,13 @@ impl Shared {
         pins.insert(sid.into(), idx);
     }
 
+    fn is_pinned(&self, sid: &str) -> bool {
+        self.pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(sid)
+    }
+
     fn unpin(&self, sid: &str) {
         if self.instances.len() > 1 {
             self.pins
@@ -590,9 +601,16 @@ impl Upstream {
                     .map(Into::into)
             })
             .flatten();
-        let idx = shared.pick(session.as_deref());
-        let instance = &shared.instances[idx];
-        let Some(pq) = instance.path_and_query(parts.uri.query()) else {
+        let first = shared.pick(session.as_deref());
+        // With several instances, a request that belongs to no session this process pinned
+        // may go to another instance when it could not be sent to its first one at all.
+        let movable = several && session.as_deref().is_none_or(|sid| !shared.is_pinned(sid));
+        let client_query: Option<Box<str>> = if movable {
+            parts.uri.query().map(Into::into)
+        } else {
+            None
+        };
+        let Some(pq) = shared.instances[first].path_and_query(parts.uri.query()) else {
             return failure(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::INVALID_REQUEST,
@@ -610,39 +628,75 @@ impl Upstream {
         if let Some(own) = parts.extensions.get::<UpstreamAuthorization>() {
             parts.headers.insert(header::AUTHORIZATION, own.0.clone());
         }
-        if let Some(host) = &instance.host {
+        if let Some(host) = &shared.instances[first].host {
             parts.headers.insert(header::HOST, host.clone());
         }
         parts.extensions.clear();
         let delete = parts.method == Method::DELETE;
         let req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
 
+        // The next instance in turn and the request target there, for a request that could
+        // not be sent to its first instance and may move (once).
+        let elsewhere = |idx: usize| -> Option<(usize, PathAndQuery)> {
+            let next = (idx + 1) % shared.instances.len();
+            let pq = shared.instances[next].path_and_query(client_query.as_deref())?;
+            Some((next, pq))
+        };
         let exchange = async {
             let mut req = req;
+            let mut idx = first;
             let mut retried = false;
+            let mut moved = !movable;
             loop {
-                let (mut send, reused) =
-                    instance.pool.checkout().await.map_err(Failure::Connect)?;
-                match send.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, send)),
-                    Err(mut e) => match e.take_message() {
-                        // The server closed an idle connection just as it was reused:
-                        // nothing was sent, so sending again on a fresh one is safe.
-                        Some(back) if reused && !retried => {
-                            req = back;
-                            retried = true;
+                let instance = &shared.instances[idx];
+                let (unsent, to) = match instance.pool.checkout().await {
+                    Err(e) => match (!moved).then(|| elsewhere(idx)).flatten() {
+                        Some(to) => {
+                            tracing::warn!(upstream = %shared.name, instance = idx, error = ?e, "upstream instance unreachable: sending the request to another instance");
+                            (req, to)
                         }
-                        _ => return Err(Failure::Send(e.into_error())),
+                        None => return Err((Failure::Connect(e), idx)),
                     },
-                }
+                    Ok((mut send, reused)) => match send.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, send, idx)),
+                        Err(mut e) => match e.take_message() {
+                            // The server closed an idle connection just as it was reused:
+                            // nothing was sent, so sending again on a fresh one is safe.
+                            Some(back) if reused && !retried => {
+                                req = back;
+                                retried = true;
+                                continue;
+                            }
+                            // Nothing of it was written: another instance may take it.
+                            Some(back) => match (!moved).then(|| elsewhere(idx)).flatten() {
+                                Some(to) => {
+                                    tracing::warn!(upstream = %shared.name, instance = idx, error = %e.error(), "upstream exchange failed before anything was sent: sending the request to another instance");
+                                    (back, to)
+                                }
+                                None => return Err((Failure::Send(e.into_error()), idx)),
+                            },
+                            None => return Err((Failure::Send(e.into_error()), idx)),
+                        },
+                    },
+                };
+                // Once, to the next instance in turn, rewritten for it.
+                moved = true;
+                retried = false;
+                req = unsent;
+                (idx, *req.uri_mut()) = (to.0, Uri::from(to.1));
+                match &shared.instances[idx].host {
+                    Some(host) => req.headers_mut().insert(header::HOST, host.clone()),
+                    None => req.headers_mut().remove(header::HOST),
+                };
             }
         };
-        let (resp, send) =
+        let (resp, send, idx) =
             match tokio::time::timeout(shared.config.response_timeout, exchange).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(f)) => return f.into_response(shared, idx, reply_id()),
-                Err(_) => return Failure::Timeout.into_response(shared, idx, reply_id()),
+                Ok(Ok(found)) => found,
+                Ok(Err((f, idx))) => return f.into_response(shared, idx, reply_id()),
+                Err(_) => return Failure::Timeout.into_response(shared, first, reply_id()),
             };
+        let instance = &shared.instances[idx];
         let sse = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -733,6 +787,65 @@ mod tests {
         )
         .is_err());
         assert!(Upstream::new("t", Vec::<Uri>::new(), UpstreamConfig::default()).is_err());
+    }
+
+    /// New work whose instance refuses the connection goes to the next instance: nothing was
+    /// sent, so no call fails while one instance is down.
+    #[tokio::test]
+    async fn work_that_could_not_be_sent_moves_to_another_instance() {
+        use hyper::server::conn::http1;
+        use hyper_util::rt::TokioIo;
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = live.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        let body = http_body_util::Full::new(Bytes::from_static(
+                            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+                        ));
+                        Ok::<_, Infallible>(Response::new(body))
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        let dead_addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let up = Upstream::new(
+            "t",
+            [
+                format!("http://{dead_addr}/mcp").parse().unwrap(),
+                format!("http://{live_addr}/mcp").parse().unwrap(),
+            ],
+            UpstreamConfig::default(),
+        )
+        .unwrap();
+        for _ in 0..6 {
+            let req = Request::post("/mcp")
+                .body(http_body_util::Full::new(Bytes::from_static(
+                    br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+                )))
+                .unwrap();
+            let resp = up.forward(req, None).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert!(resp.extensions().get::<InstanceUnreachable>().is_none());
+        }
+        // A session pinned to the dead instance is not moved: its owner is the only one
+        // that knows it.
+        up.shared.pin("s-1", 0);
+        let req = Request::post("/mcp")
+            .header(MCP_SESSION_ID, "s-1")
+            .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let resp = up.forward(req, None).await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert!(resp.extensions().get::<InstanceUnreachable>().is_some());
     }
 
     #[test]
