@@ -214,8 +214,10 @@ impl Exchange {
     }
 
     /// The record in `ext`, creating (and inserting) one when there is none. The flag is
-    /// true when this call created it. A new record takes the client and route of an [`ExchangeContext`] and the
-    /// parsed [`McpRequest`] found in `ext`.
+    /// true when this call created it. A new record takes the client and route of an
+    /// [`ExchangeContext`] — or, without one, the client of a plain [`SocketAddr`] extension
+    /// (the peer address a hyper server loop inserts) — and the parsed [`McpRequest`] found
+    /// in `ext`.
     pub fn get_or_insert(ext: &mut Extensions) -> (Self, bool) {
         if let Some(x) = ext.get::<Self>() {
             return (x.clone(), false);
@@ -226,6 +228,10 @@ impl Exchange {
                 r.client = ctx.client;
                 r.route.clone_from(&ctx.route);
             });
+        } else if let Some(peer) = ext.get::<SocketAddr>() {
+            // What a hyper or hyper-util server loop commonly inserts for its connection.
+            let peer = *peer;
+            x.update(|r| r.client = Some(peer));
         }
         if let Some(view) = ext.get::<McpRequest>() {
             x.update(|r| r.request = Some(view.clone()));

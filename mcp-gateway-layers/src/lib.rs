@@ -128,8 +128,12 @@
 //!     )?);
 //! let app = axum::Router::new().route_service("/mcp", mcp);
 //!
-//! // Serve it as any axum app:
-//! // axum::serve(tokio::net::TcpListener::bind("127.0.0.1:8090").await?, app).await?;
+//! // Serve it as any axum app, with the client's address (the `ip` limit key and the records'
+//! // `client` need it; the `axum` feature reads it, and the route, from axum's extensions):
+//! // axum::serve(
+//! //     tokio::net::TcpListener::bind("127.0.0.1:8090").await?,
+//! //     app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+//! // ).await?;
 //!
 //! // A browser page from a foreign origin is refused before anything reaches the server.
 //! use tower::ServiceExt;

@@ -276,7 +276,10 @@ where
                         return Poll::Pending;
                     };
                     let inner = inner.take();
-                    let (x, _) = Exchange::get_or_insert(req.extensions_mut());
+                    let (x, created) = Exchange::get_or_insert(req.extensions_mut());
+                    if created {
+                        from_server(req.extensions(), &x);
+                    }
                     *this.owner = x.claim();
                     if *this.owner {
                         *this.cutoff = req
@@ -494,6 +497,36 @@ where
                 buf: BytesMut::new(),
                 parts: Some(parts),
                 obs: Some(obs),
+            });
+        }
+    }
+}
+
+/// What an embedding server provides of the client and the route, when it put no
+/// [`ExchangeContext`] in the extensions: axum's `ConnectInfo<SocketAddr>` (an app served with
+/// `into_make_service_with_connect_info::<SocketAddr>()`) and its `MatchedPath` (the route's
+/// pattern, under `Router::route_layer`/`layer`). A plain `SocketAddr` extension is taken when
+/// the record is created ([`Exchange::get_or_insert`]).
+#[cfg_attr(not(feature = "axum"), allow(unused_variables))]
+fn from_server(ext: &http::Extensions, x: &Exchange) {
+    if ext.get::<ExchangeContext>().is_some() {
+        return;
+    }
+    #[cfg(feature = "axum")]
+    {
+        use axum::extract::{ConnectInfo, MatchedPath};
+        let peer = ext.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+        let route = ext
+            .get::<MatchedPath>()
+            .map(|m| std::sync::Arc::<str>::from(m.as_str()));
+        if peer.is_some() || route.is_some() {
+            x.update(|r| {
+                if r.client.is_none() {
+                    r.client = peer;
+                }
+                if r.route.is_none() {
+                    r.route = route;
+                }
             });
         }
     }

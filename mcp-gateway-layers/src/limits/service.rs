@@ -62,8 +62,13 @@ struct Plan {
 }
 
 impl Budgets {
-    /// The key this request's budgets are kept under, and its route.
-    fn key(&self, headers: &HeaderMap, exchange: &Exchange) -> (Arc<str>, Option<Arc<str>>) {
+    /// The key this request's budgets are kept under (none when it is the client's address
+    /// and the server did not provide one), and its route.
+    fn key(
+        &self,
+        headers: &HeaderMap,
+        exchange: &Exchange,
+    ) -> (Option<Arc<str>>, Option<Arc<str>>) {
         // Each key is written once into one buffer (no `format!`, no copy of the agent's
         // name on the way): this runs on every call.
         let keyed = |prefix: &[u8], name: &[u8]| {
@@ -72,27 +77,27 @@ impl Budgets {
             s.extend_from_slice(name);
             Arc::<str>::from(String::from_utf8_lossy(&s))
         };
-        let ip = |client: Option<std::net::SocketAddr>| match client {
-            Some(c) => {
+        // No address, no key: one shared `ip:unknown` budget would pool every client.
+        let ip = |client: Option<std::net::SocketAddr>| {
+            client.map(|c| {
                 let mut s = Vec::with_capacity(24);
                 s.extend_from_slice(b"ip:");
                 crate::ascii::push_ip(&mut s, c.ip());
                 Arc::<str>::from(String::from_utf8_lossy(&s))
-            }
-            None => Arc::from("ip:unknown"),
+            })
         };
         exchange.update(|r| {
             let key = match &self.limits.key {
                 KeySource::Agent => r.principal.as_ref().map_or_else(
                     || ip(r.client),
-                    |p| keyed(b"agent:", p.agent_key().as_bytes()),
+                    |p| Some(keyed(b"agent:", p.agent_key().as_bytes())),
                 ),
                 KeySource::Ip => ip(r.client),
                 KeySource::Header(name) => headers
                     .get(name)
                     .and_then(|v| v.to_str().ok())
                     .filter(|v| !v.is_empty())
-                    .map_or_else(|| ip(r.client), |v| keyed(b"header:", v.as_bytes())),
+                    .map_or_else(|| ip(r.client), |v| Some(keyed(b"header:", v.as_bytes()))),
             };
             (key, r.route.clone())
         })
@@ -351,6 +356,32 @@ fn refusal(budgets: &Budgets, verdict: &Verdict) -> Refusal {
         .headers(headers)
 }
 
+/// The refusal of a charged request keyed by the client's address when the server provides
+/// none: a setup error of the embedding app, said loudly (logged once) and answered 500.
+fn no_client_address(x: &Exchange) -> Refusal {
+    const WHY: &str = "rate limiting by client address, but the server provides no client \
+                       address: serve an axum app with `into_make_service_with_connect_info::<SocketAddr>()` \
+                       (cargo feature `axum`), or insert the peer `SocketAddr` or an `ExchangeContext` \
+                       into each request's extensions";
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        tracing::error!(target: "mcp_gateway::limits", "{WHY}; every such request is refused (500)");
+    }
+    x.deny(Denial::new(
+        "limits",
+        DenialKind::Unavailable,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        WHY,
+    ));
+    Refusal::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        JsonRpcError::new(
+            ErrorCode::INTERNAL_ERROR,
+            "gateway misconfigured: rate limiting needs the client's address, which this server does not provide",
+        ),
+    )
+}
+
 fn unavailable() -> Refusal {
     let err = JsonRpcError::new(
         ErrorCode::UNAVAILABLE,
@@ -450,6 +481,17 @@ impl Govern for Governor {
         let budgets = &self.budgets;
         let (key, route) = budgets.key(req.headers(), x);
         let view = McpRequest::from_extensions(req.extensions());
+        let Some(key) = key else {
+            // Nothing to charge (a GET stream, a DELETE) passes; a charged request cannot be
+            // keyed, and is refused rather than put in a budget shared by every client.
+            if budgets
+                .plan(view, Arc::from(""), route.as_deref())
+                .is_none()
+            {
+                return Decision::Pass(req);
+            }
+            return Decision::Refuse(no_client_address(x));
+        };
         let Some(plan) = budgets.plan(view, key, route.as_deref()) else {
             return Decision::Pass(req);
         };
