@@ -507,27 +507,28 @@ where
 /// `into_make_service_with_connect_info::<SocketAddr>()`) and its `MatchedPath` (the route's
 /// pattern, under `Router::route_layer`/`layer`). A plain `SocketAddr` extension is taken when
 /// the record is created ([`Exchange::get_or_insert`]).
-#[cfg_attr(not(feature = "axum"), allow(unused_variables))]
+#[cfg(feature = "axum")]
 fn from_server(ext: &http::Extensions, x: &Exchange) {
+    use axum::extract::{ConnectInfo, MatchedPath};
     if ext.get::<ExchangeContext>().is_some() {
         return;
     }
-    #[cfg(feature = "axum")]
-    {
-        use axum::extract::{ConnectInfo, MatchedPath};
-        let peer = ext.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
-        let route = ext
-            .get::<MatchedPath>()
-            .map(|m| std::sync::Arc::<str>::from(m.as_str()));
-        if peer.is_some() || route.is_some() {
-            x.update(|r| {
-                if r.client.is_none() {
-                    r.client = peer;
-                }
-                if r.route.is_none() {
-                    r.route = route;
-                }
-            });
-        }
+    let peer = ext.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+    let route = ext
+        .get::<MatchedPath>()
+        .map(|m| std::sync::Arc::<str>::from(m.as_str()));
+    if peer.is_some() || route.is_some() {
+        x.update(|r| {
+            if r.client.is_none() {
+                r.client = peer;
+            }
+            if r.route.is_none() {
+                r.route = route;
+            }
+        });
     }
 }
+
+/// Without the `axum` feature there is nothing more to look for.
+#[cfg(not(feature = "axum"))]
+fn from_server(_ext: &http::Extensions, _x: &Exchange) {}
