@@ -192,6 +192,27 @@ fn check_reports_errors_with_locations() {
     assert!(err.contains("bad2.toml:2:7:"), "{err}");
     assert!(err.contains("bad2.toml:4:26:"), "{err}");
 
+    // An error inside the API keys file names that file and its line, not the config's.
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        "[[keys]]\nagent = \"ci-bot\"\nsha256 = \"not-hex\"\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad3.toml");
+    std::fs::write(&bad, "[upstreams.demo]\nurl = \"http://127.0.0.1:3001/mcp\"\n[auth]\napi_keys_file = \"keys.toml\"\n").unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("keys.toml:3:10: \"not-hex\" is not a SHA-256 digest"),
+        "{err}"
+    );
+    assert!(!err.contains("bad3.toml:4"), "{err}");
+
     let out = bin()
         .args(["check", "--config", "/nonexistent/gw.toml"])
         .output()

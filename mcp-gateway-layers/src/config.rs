@@ -110,6 +110,11 @@ impl<'a> Diagnostics<'a> {
         });
     }
 
+    /// Reports an error found in another file (one this configuration names), located there.
+    pub fn push(&mut self, error: ConfigError) {
+        self.errors.push(error);
+    }
+
     /// How many errors were reported so far: a check compares the count before and after.
     pub fn count(&self) -> usize {
         self.errors.len()

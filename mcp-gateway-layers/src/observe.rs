@@ -10,7 +10,7 @@
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
-//! use mcp_gateway_core::observe::{ObservedMessage, Observer};
+//! use mcp_gateway_layers::core::observe::{ObservedMessage, Observer};
 //! use mcp_gateway_layers::ObserveLayer;
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::sync::Arc;

@@ -22,7 +22,7 @@
 //! use bytes::{Buf, Bytes};
 //! use http::{Request, Response};
 //! use http_body_util::Full;
-//! use mcp_gateway_core::McpRequest;
+//! use mcp_gateway_layers::McpRequest;
 //! use mcp_gateway_layers::ParseMcpLayer;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //!

@@ -29,7 +29,7 @@ struct File {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Entry {
-    sha256: String,
+    sha256: toml::Spanned<String>,
     agent: String,
     #[serde(default)]
     subject: Option<String>,
@@ -52,6 +52,9 @@ pub enum ApiKeysError {
     /// The file is not valid.
     #[error("{0}")]
     Invalid(String),
+    /// The file is not valid, at a place in it (its path, line and column).
+    #[error("{0}")]
+    At(crate::config::ConfigError),
 }
 
 /// Verifies static API keys. See the module docs.
@@ -103,28 +106,45 @@ impl ApiKeys {
         self
     }
 
-    /// Parses a key file (see the module docs).
+    /// Parses a key file (see the module docs); errors are located in `<api keys>`.
     pub fn parse(text: &str) -> Result<Self, ApiKeysError> {
+        Self::parse_from(text, "<api keys>")
+    }
+
+    /// Parses the text of the key file `source` (a name for errors, such as its path): an
+    /// error names it, with the line and column.
+    pub fn parse_from(text: &str, source: &str) -> Result<Self, ApiKeysError> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            ApiKeysError::At(crate::config::ConfigError {
+                source: source.to_owned(),
+                location: span.map(|s| crate::config::line_col(text, s.start)),
+                message,
+            })
+        };
         let file: File =
-            toml::from_str(text).map_err(|e| ApiKeysError::Invalid(e.message().to_owned()))?;
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
         let mut keys = Self::new();
         for e in file.keys {
             let subject = e.subject.unwrap_or_else(|| e.agent.clone());
             let p = Principal::new(subject, PrincipalKind::Service)
                 .with_client_id(e.agent)
                 .with_scopes(e.scopes);
-            keys = keys.with_hash(&e.sha256, p)?;
+            let span = e.sha256.span();
+            keys = keys
+                .with_hash(e.sha256.get_ref(), p)
+                .map_err(|err| at(Some(span), err.to_string()))?;
         }
         Ok(keys)
     }
 
-    /// Reads a key file.
-    pub fn load(path: &Path) -> Result<Self, ApiKeysError> {
+    /// Reads a key file; an error in it names the file, line and column.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ApiKeysError> {
+        let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|error| ApiKeysError::Read {
             path: path.display().to_string(),
             error,
         })?;
-        Self::parse(&text)
+        Self::parse_from(&text, &path.display().to_string())
     }
 
     /// The number of keys.
@@ -139,6 +159,10 @@ impl ApiKeys {
 }
 
 impl TokenVerifier for ApiKeys {
+    fn unrecognised(&self) -> Option<&'static str> {
+        Some("unknown API key")
+    }
+
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Verified, VerifyError>> {
         let r = match self.by_hash.get(&sha256(token.as_bytes())) {
             Some(p) => Ok(Verified::new(p.clone(), None, None)),
@@ -168,5 +192,22 @@ scopes = ["mcp:tools"]
         assert!(v.audiences.is_none());
         assert_eq!(keys.verify("nope").await.unwrap_err(), VerifyError::NotMine);
         assert!(ApiKeys::parse("[[keys]]\nsha256 = \"xyz\"\nagent = \"a\"\n").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_keys_file_line_and_column() {
+        let e = ApiKeys::parse_from("[[keys]]\nagent = \"a\"\nsha256 = \"xyz\"\n", "keys.toml")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "keys.toml:3:10: \"xyz\" is not a SHA-256 digest (64 hex digits)"
+        );
+        let e = ApiKeys::parse_from("[[keys]]\nsha256 = \"ab\"\nagnt = \"a\"\n", "keys.toml")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("keys.toml:3:1: unknown field `agnt`"),
+            "{e}"
+        );
     }
 }

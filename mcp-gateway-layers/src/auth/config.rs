@@ -26,9 +26,10 @@
 //! ```
 
 use super::{
-    Algorithm, ApiKeys, AsClient, CachePolicy, Chain, ClientCredentials, ClientCredentialsSource,
-    IntrospectionVerifier, Issuer, JwtVerifier, OAuthGuardLayer, Permissions, Rule, Target,
-    TokenCache, TokenExchangeSource, TokenSource, TokenVerifier, UpstreamCredentials,
+    Algorithm, ApiKeys, ApiKeysError, AsClient, CachePolicy, Chain, ClientCredentials,
+    ClientCredentialsSource, IntrospectionVerifier, Issuer, JwtVerifier, OAuthGuardLayer,
+    Permissions, Rule, Target, TokenCache, TokenExchangeSource, TokenSource, TokenVerifier,
+    UpstreamCredentials,
 };
 use crate::config::{check_url, resolve, Diagnostics, Dur, Spanned};
 use http::HeaderValue;
@@ -314,8 +315,11 @@ pub fn check(
     });
     let api_keys_file = a.api_keys_file.as_ref().map(|f| {
         let path = resolve(base, f.get_ref());
-        if let Err(err) = ApiKeys::load(&path) {
-            e.error(Some(f.span()), format!("auth.api_keys_file: {err}"));
+        match ApiKeys::load(&path) {
+            Ok(_) => {}
+            // An error inside the keys file is reported at its own line.
+            Err(ApiKeysError::At(inside)) => e.push(inside),
+            Err(err) => e.error(Some(f.span()), format!("auth.api_keys_file: {err}")),
         }
         path
     });

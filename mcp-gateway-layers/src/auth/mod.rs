@@ -33,7 +33,7 @@
 //! use bytes::Bytes;
 //! use http::Request;
 //! use http_body_util::{BodyExt, Full};
-//! use mcp_gateway_core::{Principal, PrincipalKind};
+//! use mcp_gateway_layers::{Principal, PrincipalKind};
 //! use mcp_gateway_layers::auth::{ApiKeys, OAuthGuardLayer};
 //! use tower::ServiceExt;
 //!
@@ -63,6 +63,10 @@
 //! assert_eq!(denied.status(), 401);
 //! let challenge = denied.headers()["www-authenticate"].to_str().unwrap();
 //! assert!(challenge.contains(r#"resource_metadata="https://gw.example.com/.well-known/oauth-protected-resource/mcp""#));
+//! let wrong = app.clone().oneshot(call(Some("Bearer not-a-key"))).await.unwrap();
+//! assert_eq!(wrong.status(), 401);
+//! let body = wrong.into_body().collect().await.unwrap().to_bytes();
+//! assert!(String::from_utf8_lossy(&body).contains("unknown API key"));
 //! let ok = app.oneshot(call(Some("Bearer s3cret"))).await.unwrap();
 //! assert_eq!(ok.status(), 200);
 //! let body = ok.into_body().collect().await.unwrap().to_bytes();

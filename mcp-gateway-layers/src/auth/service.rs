@@ -186,6 +186,13 @@ impl Guard {
                     message: "the token cannot be verified right now; retry shortly".into(),
                 });
             }
+            Err(VerifyError::NotMine) => {
+                let why = self
+                    .verifier
+                    .unrecognised()
+                    .unwrap_or(super::verify::NOT_RECOGNISED);
+                return Err(self.unauthenticated(Some("invalid_token"), why));
+            }
             Err(e) => return Err(self.unauthenticated(Some("invalid_token"), e.to_string())),
         };
         if let Some(auds) = &verified.audiences {

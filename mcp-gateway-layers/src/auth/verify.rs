@@ -35,6 +35,9 @@ impl Verified {
     }
 }
 
+/// What a client is told when no verifier handles its token.
+pub(crate) const NOT_RECOGNISED: &str = "token not recognised by any configured verifier";
+
 /// Why a token was not accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -56,6 +59,14 @@ pub enum VerifyError {
 pub trait TokenVerifier: Send + Sync + 'static {
     /// Verifies `token` (the text after `Bearer `).
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Verified, VerifyError>>;
+
+    /// What the client is told when this verifier does not handle its token
+    /// ([`VerifyError::NotMine`]) and no other one does: `"unknown API key"` for
+    /// [`ApiKeys`](super::ApiKeys); `None` (the default) for "token not recognised by any
+    /// configured verifier".
+    fn unrecognised(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 impl<F> TokenVerifier for F
@@ -113,8 +124,12 @@ impl TokenVerifier for Chain {
                 }
             }
             Err(VerifyError::Invalid(
-                "token not recognised by any configured verifier".into(),
+                self.unrecognised().unwrap_or(NOT_RECOGNISED).into(),
             ))
         })
+    }
+
+    fn unrecognised(&self) -> Option<&'static str> {
+        self.0.iter().find_map(|v| v.unrecognised())
     }
 }
