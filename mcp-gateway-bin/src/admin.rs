@@ -149,16 +149,11 @@ fn render(router: &Router, out: &mut String) {
         "mcp_gateway_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
-    if let Some(t) = router.telemetry() {
-        t.metrics().render_prometheus(out);
-    }
-    if let Some(a) = router.audit() {
-        a.stats().render_prometheus(out);
-    }
-    if let Some(l) = router.limits() {
-        l.render_prometheus(out);
-    }
-    if let Some(s) = router.sessions() {
-        s.render_prometheus(out);
-    }
+    // The same rendering an embedding app gets from the library.
+    mcp_gateway_layers::prometheus::Prometheus::new()
+        .with_some(router.telemetry().cloned())
+        .with_some(router.audit().cloned())
+        .with_some(router.limits().cloned())
+        .with_some(router.sessions().cloned())
+        .render_into(out);
 }

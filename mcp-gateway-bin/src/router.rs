@@ -21,6 +21,7 @@ use mcp_gateway_core::observe::{Cutoff, EndReason, Ending, Observer};
 use mcp_gateway_core::outcome::{self, Outcome};
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::audit::AuditWriter;
+use mcp_gateway_layers::auth::{MetadataService, OAuthGuardLayer};
 use mcp_gateway_layers::govern::{Chain, GovernedFuture};
 use mcp_gateway_layers::head::HeadCheck;
 use mcp_gateway_layers::limits::TokenBucket2DLayer;
@@ -118,7 +119,7 @@ pub type GatewayBody = Either<StackBody, Full<Bytes>>;
 struct Route {
     name: Arc<str>,
     stack: OriginGuard<Stack>,
-    metadata: Option<Bytes>,
+    metadata: Option<MetadataService>,
 }
 
 /// Routes requests to upstream stacks and answers health checks.
@@ -199,9 +200,7 @@ impl Router {
                 )?),
                 None => None,
             };
-            let metadata = guard
-                .as_ref()
-                .map(|g| Bytes::from(g.protected_resource_metadata().to_string()));
+            let metadata = guard.as_ref().map(OAuthGuardLayer::metadata_service);
             let routed = sessions
                 .as_ref()
                 .filter(|_| settings.sessions.is_some() || upstream.instance_count() > 1);
@@ -380,7 +379,7 @@ impl Router {
                 // RFC 9728 metadata of a protected route, at its path-suffixed well-known URI.
                 let name = p[PRM_PREFIX.len()..].trim_end_matches('/');
                 match self.routes.get(name).and_then(|r| r.metadata.clone()) {
-                    Some(doc) => (Some(name), metadata_response(doc)),
+                    Some(doc) => (Some(name), wrap(doc.response())),
                     None => {
                         let err = JsonRpcError::new(
                             ErrorCode::NO_ROUTE,
@@ -497,24 +496,6 @@ fn era_name(p: &ProtocolInfo) -> &str {
 
 /// Where the protected resource metadata of route NAME is served: this prefix, then `NAME`.
 const PRM_PREFIX: &str = "/.well-known/oauth-protected-resource/mcp/";
-
-fn metadata_response(doc: Bytes) -> Response<GatewayBody> {
-    let mut resp = Response::new(Full::new(doc));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    // Browser-based clients fetch it cross-origin; it is public by definition.
-    resp.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=300"),
-    );
-    wrap(resp)
-}
 
 fn wrap(resp: Response<Full<Bytes>>) -> Response<GatewayBody> {
     resp.map(Either::Right)

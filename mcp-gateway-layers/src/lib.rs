@@ -66,6 +66,7 @@
 //! | [`parse`] | reads the request body up to a limit, classifies it once, checks the 2026-07-28 headers, and puts an [`McpRequest`] in the request extensions |
 //! | [`head`] | the checks of a request head every server makes before routing it: its size (431), `Host` (400) |
 //! | [`origin`] | refuses browser requests from origins that are not allowed (DNS-rebinding defence) |
+//! | [`prometheus`] | every layer's metrics in one Prometheus text, and a `/metrics` service for an app |
 //! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) |
 //! | [`toggle`] | a layer switched on or off when the stack is built |
 //! | [`body`] | the response bodies: a governed answer, observed once per stack, or a refusal |
@@ -190,6 +191,7 @@ pub mod limits;
 pub mod observe;
 pub mod origin;
 pub mod parse;
+pub mod prometheus;
 #[cfg(any(feature = "limits-redis", feature = "sessions-redis"))]
 mod redis_link;
 #[cfg(feature = "upstream")]

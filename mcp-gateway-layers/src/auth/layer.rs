@@ -7,9 +7,16 @@ use super::service::{Governor, Guard, OAuthGuard};
 use super::verify::TokenVerifier;
 use crate::govern::{Govern, Governed, IntoGovern};
 use crate::parse::DEFAULT_BODY_LIMIT;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
 use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::future::{ready, Ready};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tower_layer::Layer;
+use tower_service::Service;
 
 /// Applies [`OAuthGuard`]: one per protected route (its resource URI is the route's). Cheap
 /// to clone. See the module docs.
@@ -135,6 +142,102 @@ impl OAuthGuardLayer {
     /// Where the metadata is served (the URL named in `WWW-Authenticate`).
     pub fn resource_metadata(&self) -> &str {
         &self.governor.guard.resource_metadata
+    }
+
+    /// The path of [`resource_metadata`](Self::resource_metadata): where an app mounts
+    /// [`metadata_service`](Self::metadata_service), e.g.
+    /// `/.well-known/oauth-protected-resource/mcp` for the resource `https://gw.example.com/mcp`.
+    pub fn metadata_path(&self) -> String {
+        let url = self.resource_metadata();
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        match rest.find('/') {
+            Some(i) => rest[i..].to_owned(),
+            None => "/".to_owned(),
+        }
+    }
+
+    /// A tower service answering with this route's RFC 9728 metadata document, the one the
+    /// guard's 401 challenges point at, so that MCP clients' OAuth discovery finds it. One line
+    /// in an axum app: `.route_service(&guard.metadata_path(), guard.metadata_service())`.
+    pub fn metadata_service(&self) -> MetadataService {
+        MetadataService::new(Bytes::from(self.protected_resource_metadata().to_string()))
+    }
+}
+
+/// Serves a protected resource metadata document (RFC 9728): `GET`/`HEAD` get it as JSON,
+/// readable cross-origin (`Access-Control-Allow-Origin: *`: it is public by definition) and
+/// cacheable for five minutes; `OPTIONS` gets the CORS answer; other methods 405. Made by
+/// [`OAuthGuardLayer::metadata_service`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct MetadataService {
+    doc: Bytes,
+}
+
+impl MetadataService {
+    /// Serves `doc`, a JSON document.
+    pub fn new(doc: Bytes) -> Self {
+        Self { doc }
+    }
+
+    /// The answer to a `GET`.
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(self.doc.clone()));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=300"),
+        );
+        resp
+    }
+
+    /// The answer to a request of any method.
+    pub fn answer(&self, method: &Method) -> Response<Full<Bytes>> {
+        if method == Method::GET || method == Method::HEAD {
+            return self.response();
+        }
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        let h = resp.headers_mut();
+        h.insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        if method == Method::OPTIONS {
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            let h = resp.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, HEAD, OPTIONS"),
+            );
+        } else {
+            *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        }
+        resp
+    }
+}
+
+impl<B> Service<Request<B>> for MetadataService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ready(Ok(self.answer(req.method())))
     }
 }
 

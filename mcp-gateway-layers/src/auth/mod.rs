@@ -42,15 +42,16 @@
 //!     "s3cret",
 //!     Principal::new("ci", PrincipalKind::Service).with_client_id("ci-bot").with_scopes(["mcp:tools"]),
 //! );
+//! let guard = OAuthGuardLayer::new(keys, "https://gw.example.com/mcp")
+//!     .authorization_servers(["https://as.example.com"])
+//!     .scopes(["mcp:tools"]);
 //! let app = Router::new()
 //!     .route("/mcp", post(|Extension(who): Extension<Principal>| async move {
 //!         format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"agent":"{}"}}}}"#, who.agent_key())
 //!     }))
-//!     .layer(
-//!         OAuthGuardLayer::new(keys, "https://gw.example.com/mcp")
-//!             .authorization_servers(["https://as.example.com"])
-//!             .scopes(["mcp:tools"]),
-//!     );
+//!     .layer(guard.clone())
+//!     // The RFC 9728 document the 401 points at, served (unguarded) in one line.
+//!     .route_service(&guard.metadata_path(), guard.metadata_service());
 //! let call = |auth: Option<&str>| {
 //!     let mut req = Request::post("/mcp").header("content-type", "application/json");
 //!     if let Some(a) = auth {
@@ -67,6 +68,14 @@
 //! assert_eq!(wrong.status(), 401);
 //! let body = wrong.into_body().collect().await.unwrap().to_bytes();
 //! assert!(String::from_utf8_lossy(&body).contains("unknown API key"));
+//! let doc = app.clone().oneshot(
+//!     Request::get("/.well-known/oauth-protected-resource/mcp").body(Full::new(Bytes::new())).unwrap(),
+//! ).await.unwrap();
+//! assert_eq!(doc.status(), 200);
+//! let doc: serde_json::Value =
+//!     serde_json::from_slice(&doc.into_body().collect().await.unwrap().to_bytes()).unwrap();
+//! assert_eq!(doc["resource"], "https://gw.example.com/mcp");
+//! assert_eq!(doc["authorization_servers"][0], "https://as.example.com");
 //! let ok = app.oneshot(call(Some("Bearer s3cret"))).await.unwrap();
 //! assert_eq!(ok.status(), 200);
 //! let body = ok.into_body().collect().await.unwrap().to_bytes();
@@ -97,7 +106,7 @@ pub use discovery::{metadata_urls, AsMetadata, DiscoveryError, Issuer};
 pub use introspect::{ClientCredentials, IntrospectionVerifier};
 pub use jsonwebtoken::Algorithm;
 pub use jwt::{JwtVerifier, DEFAULT_ALGORITHMS};
-pub use layer::{metadata_url, OAuthGuardLayer};
+pub use layer::{metadata_url, MetadataService, OAuthGuardLayer};
 pub use permissions::{glob, Permissions, Rule, Target};
 pub use service::{principal, Governor, OAuthGuard, MAX_TOKEN_BYTES};
 pub use verify::{Chain, TokenVerifier, Verified, VerifyError};
