@@ -81,9 +81,13 @@ enum AuditCommand {
         /// Audit files: the log and its rotated files (`audit.jsonl*`).
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Only this agent (principal subject).
+        /// Only this agent: the key limits and metrics name (the client id, else the
+        /// subject).
         #[arg(long)]
         agent: Option<String>,
+        /// Only this subject (the principal's `sub`).
+        #[arg(long)]
+        subject: Option<String>,
         /// Only calls to this tool.
         #[arg(long)]
         tool: Option<String>,
@@ -121,6 +125,7 @@ fn audit(command: AuditCommand) -> ExitCode {
         AuditCommand::Query {
             files,
             agent,
+            subject,
             tool,
             since,
             outcome,
@@ -128,10 +133,13 @@ fn audit(command: AuditCommand) -> ExitCode {
         } => {
             let now = std::time::SystemTime::now();
             let output = if json { Output::Json } else { Output::Table };
-            match Query::from_flags(agent, tool, since.as_deref(), outcome, now).and_then(|q| {
-                audit::query(&files, &q, output, &mut std::io::stdout().lock())
-                    .map_err(|e| e.to_string())
-            }) {
+            match Query::from_flags(agent, tool, since.as_deref(), outcome, now).and_then(
+                |mut q| {
+                    q.subject = subject;
+                    audit::query(&files, &q, output, &mut std::io::stdout().lock())
+                        .map_err(|e| e.to_string())
+                },
+            ) {
                 Ok(_) => return ExitCode::SUCCESS,
                 Err(e) => e,
             }

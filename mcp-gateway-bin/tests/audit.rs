@@ -584,3 +584,184 @@ write_timeout = "500ms"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("head checked"));
 }
+
+/// A legacy MCP POST with an API key, in session `sid` when given.
+async fn legacy_post(
+    c: &reqwest::Client,
+    url: &str,
+    key: &str,
+    sid: Option<&str>,
+    body: String,
+) -> reqwest::Response {
+    let mut req = c
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", format!("Bearer {key}"))
+        .body(body);
+    if let Some(s) = sid {
+        req = req
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    req.send().await.unwrap()
+}
+
+/// Issue 22. An API key whose entry names `agent = "ci-bot"` and `subject = "team-ci"`: the
+/// audit records name the agent `ci-bot` — as the limits and the metrics do — and the
+/// subject `team-ci` in its own field, so `audit query --agent ci-bot` finds the calls. And
+/// a session is named by its handle everywhere: its `session_start` record carries the
+/// same 24-hex handle as its calls — a call refused by `[limits]` before SessionAffinity
+/// included — and no line of the log holds the sealed id the client was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_name_the_agent_key_and_the_session_handle_never_the_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\nsha256 = \"{}\"\nagent = \"ci-bot\"\nsubject = \"team-ci\"\nscopes = [\"mcp:tools\"]\n",
+            sha256_hex("ci-bot-key-0123456789")
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let up = demo_server::spawn("127.0.0.1:0".parse().unwrap(), DemoOptions::default())
+        .await
+        .unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[upstreams.demo]
+url = "http://{up}/mcp"
+[auth]
+scopes = ["mcp:tools"]
+api_keys_file = "{keys}"
+[limits]
+key = "agent"
+requests_per_minute = 3
+[sessions]
+[audit]
+path = "{log}"
+"#,
+        keys = keys.display(),
+        log = log.display()
+    );
+    let s = mcp_gateway::config::parse(&text, "test.toml", Path::new(".")).unwrap();
+    let gw = gateway(s).await;
+    let url = format!("http://{}/mcp/demo", gw.local_addr());
+    let key = "ci-bot-key-0123456789";
+    let c = client();
+
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
+    let resp = legacy_post(&c, &url, key, None, init.into()).await;
+    assert_eq!(resp.status(), 200);
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    resp.bytes().await.unwrap();
+    assert!(sid.len() > 100, "a sealed id: {sid}");
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let resp = legacy_post(&c, &url, key, Some(&sid), initialized.into()).await;
+    assert_eq!(resp.status(), 202);
+    // Calls until the budget of three requests a minute refuses one (429, before
+    // SessionAffinity sees it).
+    let mut statuses = Vec::new();
+    for id in 1..=4 {
+        let call = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"hi"}}}}}}"#
+        );
+        let resp = legacy_post(&c, &url, key, Some(&sid), call).await;
+        statuses.push(resp.status().as_u16());
+        resp.bytes().await.unwrap();
+        if statuses.last() == Some(&429) {
+            break;
+        }
+    }
+    assert_eq!(statuses.first(), Some(&200), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    gw.shutdown().await;
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains(&sid),
+        "the audit log holds the sealed id:\n{text}"
+    );
+    let all = records(&log);
+    let start = all
+        .iter()
+        .find(|r| r["event"] == "session_start")
+        .unwrap_or_else(|| panic!("no session_start: {all:#?}"));
+    let handle = start["session"].as_str().unwrap();
+    assert_eq!(handle.len(), 24, "{all:#?}");
+    assert!(handle.bytes().all(|b| b.is_ascii_hexdigit()), "{handle}");
+    let ok: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["tool"] == "echo" && r["outcome"] == "ok")
+        .collect();
+    assert!(!ok.is_empty(), "{all:#?}");
+    let limited: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["outcome"] == "rate_limited")
+        .collect();
+    assert_eq!(limited.len(), 1, "{all:#?}");
+    assert_eq!(limited[0]["denied_by"], "limits");
+    for r in all.iter().filter(|r| r["http_method"] == "POST") {
+        assert_eq!(r["session"], handle, "every record of the session: {r}");
+        assert_eq!(r["agent"], "ci-bot", "{r}");
+        assert_eq!(r["subject"], "team-ci", "{r}");
+    }
+
+    // The CLI: the chain verifies; the agent (and the subject) find every record.
+    let out = bin().args(["audit", "verify"]).arg(&log).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let query = |args: &[&str]| -> Vec<Value> {
+        let out = bin()
+            .args(["audit", "query", "--json"])
+            .args(args)
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::str::from_utf8(&out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let named = all.iter().filter(|r| r.get("agent").is_some()).count();
+    assert!(named >= 5, "{all:#?}");
+    assert_eq!(query(&["--agent", "ci-bot"]).len(), named);
+    assert_eq!(query(&["--subject", "team-ci"]).len(), named);
+    assert!(query(&["--agent", "team-ci"]).is_empty());
+    let limited = query(&["--agent", "ci-bot", "--outcome", "rate_limited"]);
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0]["session"], handle);
+    // The table shows both.
+    let out = bin()
+        .args([
+            "audit",
+            "query",
+            "--agent",
+            "ci-bot",
+            "--outcome",
+            "rate_limited",
+        ])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.lines().next().unwrap().contains("SUBJECT"), "{table}");
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.contains("ci-bot") && row.contains("team-ci"), "{table}");
+}

@@ -17,6 +17,8 @@
 //!   hook that fires exactly once.
 //! - [`outcome`]: [`Outcome`], how an exchange ended, decided by one set of rules for the audit
 //!   log, spans, metrics and the access log.
+//! - [`session`]: [`handle_of`](session::handle_of), how logs name a legacy session — by a
+//!   handle, never by an id a client could present.
 //!
 //! ```
 //! use mcp_gateway_core::message::{classify, MessageKind};
@@ -43,6 +45,7 @@ pub mod outcome;
 pub mod principal;
 pub mod request;
 mod scan;
+pub mod session;
 pub mod sse;
 mod text;
 

@@ -5,7 +5,9 @@
 //! it — rate limits, sessions, tracing, audit — read it from there, so every layer agrees on
 //! who is calling. It is also put in the request extensions for handlers behind the gateway
 //! (an axum `Extension<Principal>`). Its [`agent_key`](Principal::agent_key) — the OAuth client
-//! id when the token names one, else the subject — is what budgets and metrics are kept by.
+//! id when the token names one, else the subject — is *the* agent: what budgets and metrics
+//! are kept by, and what the spans, the access log and the audit log's `agent` name. The
+//! subject is recorded beside it, never instead of it.
 //!
 //! ```
 //! use mcp_gateway_core::{Principal, PrincipalKind};
@@ -98,8 +100,8 @@ impl Principal {
         self.kind
     }
 
-    /// The key that limits and costs are attributed to: the client id (the agent) when known,
-    /// else the subject.
+    /// The agent: the key that limits, costs, metrics, spans, the access log and the audit
+    /// log attribute calls to — the client id when known, else the subject.
     pub fn agent_key(&self) -> &str {
         self.client_id.as_deref().unwrap_or(&self.subject)
     }

@@ -595,3 +595,54 @@ fn garbage_files_are_reported_not_panicked_on() {
     std::fs::write(FileSink::head_path(&f), b"garbage").unwrap();
     assert!(verify(&[f]).is_err());
 }
+
+/// Issue 22: records gained a `subject` field. A log written before (lines without it, as
+/// this old line) still verifies once new records follow it, and `query` finds the old
+/// records by agent and the new ones by agent or subject.
+#[tokio::test]
+async fn logs_from_before_the_subject_field_verify_and_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let old = r#"{"seq":1,"time":"2026-11-29T19:38:27.730929Z","event":"request","agent":"ci-bot","client_id":"ci-bot","route":"demo","http_method":"POST","method":"tools/call","tool":"echo","id":3,"outcome":"ok","status":200,"latency_us":207,"prev":"0000000000000000000000000000000000000000000000000000000000000000"}"#;
+    std::fs::write(&log, format!("{old}\n")).unwrap();
+    let sink = FileSink::open(&log).unwrap();
+    let w = AuditWriter::spawn(sink, options(FsyncPolicy::Always, OnFull::Block, 8)).unwrap();
+    let mut r = record(2);
+    r.agent = Some("ci-bot".into());
+    r.subject = Some("team-ci".into());
+    let slot = w.reserve().await.unwrap();
+    w.submit(slot, vec![r]).unwrap().await.unwrap();
+    w.flush().await;
+    let files = vec![log.clone()];
+    let report = verify(&files).unwrap();
+    assert_eq!(report.records, 2);
+    assert_eq!(report.seqs, Some((1, 2)));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .contains(r#""agent":"ci-bot","subject":"team-ci""#));
+    let run = |q: &mcp_gateway_layers::audit::Query| {
+        let mut out = Vec::new();
+        let n = mcp_gateway_layers::audit::query(
+            &files,
+            q,
+            mcp_gateway_layers::audit::Output::Json,
+            &mut out,
+        )
+        .unwrap();
+        (n, String::from_utf8(out).unwrap())
+    };
+    let mut by_agent = mcp_gateway_layers::audit::Query::default();
+    by_agent.agent = Some("ci-bot".into());
+    assert_eq!(run(&by_agent).0, 2);
+    let mut by_subject = mcp_gateway_layers::audit::Query::default();
+    by_subject.subject = Some("team-ci".into());
+    let (n, out) = run(&by_subject);
+    assert_eq!(n, 1);
+    assert!(out.starts_with("{\"seq\":2,"), "{out}");
+    let mut both = by_subject.clone();
+    both.agent = Some("team-ci".into());
+    assert_eq!(run(&both).0, 0);
+}

@@ -65,6 +65,9 @@ fn sse(fail: bool) -> Response<Body> {
 
 use futures_util::StreamExt;
 
+/// The session id the upstream issues on `initialize`.
+const UPSTREAM_SESSION: &str = "upstream-session-4b1f0c1d-7a40-4e1e-9d6c";
+
 /// The upstream: what it answers depends on the tool called.
 fn upstream() -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>
        + Clone
@@ -76,6 +79,16 @@ fn upstream() -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, E
         let call: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let id = call["id"].clone();
         let tool = call["params"]["name"].as_str().unwrap_or("").to_owned();
+        if call["method"] == "initialize" {
+            // A legacy session: the upstream's own id, which SessionAffinity seals.
+            let mut r = json(
+                StatusCode::OK,
+                json!({"jsonrpc":"2.0","id":id,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"up","version":"0"}}}),
+            );
+            r.headers_mut()
+                .insert("mcp-session-id", UPSTREAM_SESSION.parse().unwrap());
+            return Ok(r);
+        }
         if tool == "hang" {
             futures_util::future::pending::<()>().await;
         }
@@ -156,8 +169,16 @@ impl Rig {
                 "down" => Err(VerifyError::Unavailable(
                     "the authorization server is down".into(),
                 )),
+                // `SUBJECT@CLIENT`: a subject acting through an agent with its own client id.
                 t => Ok(Verified::new(
-                    Principal::new(t.to_owned(), PrincipalKind::Service).with_scopes(["mcp"]),
+                    match t.split_once('@') {
+                        Some((subject, client)) => {
+                            Principal::new(subject.to_owned(), PrincipalKind::Service)
+                                .with_client_id(client.to_owned())
+                        }
+                        None => Principal::new(t.to_owned(), PrincipalKind::Service),
+                    }
+                    .with_scopes(["mcp"]),
                     None,
                     None,
                 )),
@@ -504,4 +525,121 @@ async fn audit_spans_and_metrics_agree_on_every_ending() {
             );
         }
     }
+}
+
+/// A legacy request of the session `sid` (`None`: `initialize`, which has none yet).
+fn legacy(body: serde_json::Value, token: &str, sid: Option<&str>) -> Request<Full<Bytes>> {
+    let mut r = Request::post("/mcp/r")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(s) = sid {
+        r = r
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    r.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+/// Issue 22: every layer names the same agent (`Principal::agent_key`, the client id when
+/// there is one) and the same session handle — the audit record (with the subject as its own
+/// field), the span and the metrics — and no record holds the id the client presents, not
+/// even for a call refused before SessionAffinity saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_spans_and_metrics_name_one_agent_and_one_session_handle() {
+    let rig = Rig::new();
+    let token = "team-ci@ci-bot";
+    let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+    let resp = rig
+        .service()
+        .oneshot(legacy(init, token, None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = resp.into_body().collect().await;
+    assert_ne!(sid, UPSTREAM_SESSION, "the id is sealed");
+    // Two calls fit the budget of three requests a minute; the third is refused by the
+    // limits, before SessionAffinity.
+    let mut statuses = Vec::new();
+    for (i, tool) in ["session_ok_1", "session_ok_2", "session_limited"]
+        .into_iter()
+        .enumerate()
+    {
+        let body = json!({"jsonrpc":"2.0","id":i + 1,"method":"tools/call","params":{"name":tool,"arguments":{}}});
+        let resp = rig
+            .service()
+            .oneshot(legacy(body, token, Some(&sid)))
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        let _ = resp.into_body().collect().await;
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    rig.writer.flush().await;
+    let text = String::from_utf8(rig.lines.lock().unwrap().clone()).unwrap();
+    assert!(
+        !text.contains(&sid),
+        "a presentable id in the audit log:\n{text}"
+    );
+    assert!(!text.contains(UPSTREAM_SESSION), "{text}");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 5, "{text}");
+    let start = records
+        .iter()
+        .find(|r| r["event"] == "session_start")
+        .unwrap_or_else(|| panic!("no session_start in\n{text}"));
+    let handle = start["session"].as_str().unwrap().to_owned();
+    assert_eq!(handle.len(), 24, "{text}");
+    assert!(handle.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(handle, mcp_gateway_core::session::handle_of(&sid));
+    for r in &records {
+        assert_eq!(r["session"], handle.as_str(), "{r}");
+        assert_eq!(r["agent"], "ci-bot", "{r}");
+        assert_eq!(r["subject"], "team-ci", "{r}");
+        assert_eq!(r["client_id"], "ci-bot", "{r}");
+    }
+    let limited = records
+        .iter()
+        .find(|r| r["tool"] == "session_limited")
+        .unwrap();
+    assert_eq!(limited["outcome"], "rate_limited");
+    assert_eq!(limited["denied_by"], "limits");
+    // The spans: the same agent, the same handle, for the refused call too.
+    let spans = rig.spans.get_finished_spans().unwrap();
+    for tool in ["session_ok_1", "session_ok_2", "session_limited"] {
+        let server = spans
+            .iter()
+            .find(|s| {
+                s.span_kind == SpanKind::Server
+                    && attr(s, "gen_ai.tool.name").as_deref() == Some(tool)
+            })
+            .unwrap_or_else(|| panic!("{tool}: no span"));
+        assert_eq!(
+            attr(server, "mcp.session.id").as_deref(),
+            Some(handle.as_str()),
+            "{tool}"
+        );
+        assert_eq!(
+            attr(server, "mcp_gateway.agent").as_deref(),
+            Some("ci-bot"),
+            "{tool}"
+        );
+    }
+    for s in &spans {
+        for kv in &s.attributes {
+            assert!(!kv.value.to_string().contains(&sid), "{kv:?}");
+        }
+    }
+    // The metrics.
+    let mut prom = String::new();
+    rig.telemetry.metrics().render_prometheus(&mut prom);
+    assert!(prom.contains("agent=\"ci-bot\""), "{prom}");
+    assert!(!prom.contains("team-ci"), "{prom}");
 }

@@ -231,6 +231,9 @@ async fn principal_delete_and_record() {
     // The record names the session by its handle (the id's nonce), never by the id itself.
     let handle = rec.session.unwrap();
     assert_eq!(handle.len(), 24);
+    // The handle anyone can compute from the id (audit and spans, for calls the layer did
+    // not see) is that one.
+    assert_eq!(&*handle, mcp_gateway_core::session::handle_of(&sid));
     assert!(!sid.contains(&*handle));
     assert!(rec.instance.is_some());
     // DELETE reaches the owner; afterwards the id is dead here and on a replica sharing the store.

@@ -15,8 +15,11 @@ use std::time::{Duration, SystemTime};
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct Query {
-    /// The agent (principal subject).
+    /// The agent (`Principal::agent_key`: the client id, else the subject) — the key limits
+    /// and metrics name.
     pub agent: Option<String>,
+    /// The principal's subject.
+    pub subject: Option<String>,
     /// The tool.
     pub tool: Option<String>,
     /// Records at or after this time.
@@ -37,6 +40,7 @@ impl Query {
     ) -> Result<Self, String> {
         Ok(Self {
             agent,
+            subject: None,
             tool,
             since: since.map(|s| parse_since(s, now)).transpose()?,
             outcome,
@@ -86,6 +90,8 @@ struct Fields<'a> {
     #[serde(borrow, default)]
     agent: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
     route: Option<Cow<'a, str>>,
     #[serde(borrow)]
     http_method: Cow<'a, str>,
@@ -107,6 +113,7 @@ struct Fields<'a> {
 
 struct Filter {
     agent: Option<(Finder<'static>, String)>,
+    subject: Option<(Finder<'static>, String)>,
     tool: Option<(Finder<'static>, String)>,
     outcome: Option<(Finder<'static>, String)>,
     code: Option<i64>,
@@ -123,6 +130,10 @@ impl Filter {
         let code = q.outcome.as_deref().and_then(|o| o.parse::<i64>().ok());
         Self {
             agent: q.agent.as_ref().map(|a| (needle("agent", a), a.clone())),
+            subject: q
+                .subject
+                .as_ref()
+                .map(|s| (needle("subject", s), s.clone())),
             tool: q.tool.as_ref().map(|t| (needle("tool", t), t.clone())),
             outcome: match (&q.outcome, code) {
                 (Some(o), None) => Some((needle("outcome", o), o.clone())),
@@ -146,7 +157,7 @@ impl Filter {
                 return false;
             }
         }
-        for (f, _) in [&self.agent, &self.tool, &self.outcome]
+        for (f, _) in [&self.agent, &self.subject, &self.tool, &self.outcome]
             .into_iter()
             .flatten()
         {
@@ -167,6 +178,10 @@ impl Filter {
         self.agent
             .as_ref()
             .is_none_or(|(_, a)| r.agent.as_deref() == Some(a))
+            && self
+                .subject
+                .as_ref()
+                .is_none_or(|(_, s)| r.subject.as_deref() == Some(s))
             && self
                 .tool
                 .as_ref()
@@ -200,10 +215,11 @@ pub fn query(
     if output == Output::Table {
         writeln!(
             out,
-            "{:<27} {:<13} {:<16} {:<10} {:<16} {:<24} {:<17} {:>6} {:>10}",
+            "{:<27} {:<13} {:<16} {:<16} {:<10} {:<16} {:<24} {:<17} {:>6} {:>10}",
             "TIME",
             "EVENT",
             "AGENT",
+            "SUBJECT",
             "ROUTE",
             "METHOD",
             "TARGET",
@@ -250,10 +266,11 @@ pub fn query(
                         .unwrap_or("-");
                     writeln!(
                         out,
-                        "{:<27} {:<13} {:<16} {:<10} {:<16} {:<24} {:<17} {:>6} {:>10.1}",
+                        "{:<27} {:<13} {:<16} {:<16} {:<10} {:<16} {:<24} {:<17} {:>6} {:>10.1}",
                         r.time,
                         r.event,
                         r.agent.as_deref().unwrap_or("-"),
+                        r.subject.as_deref().unwrap_or("-"),
                         r.route.as_deref().unwrap_or("-"),
                         method,
                         target,

@@ -44,8 +44,12 @@ pub struct AuditRecord {
     pub time: SystemTime,
     /// What the record is about.
     pub event: Event,
-    /// The agent: the principal's subject.
+    /// The agent: the principal's [`agent_key`](mcp_gateway_core::Principal::agent_key) —
+    /// its client id when it has one, else its subject — the key limits and metrics are kept
+    /// by.
     pub agent: Option<String>,
+    /// The principal's subject (`sub`; for an API key, its `subject`, else its agent).
+    pub subject: Option<String>,
     /// The OAuth client id, when the token named one.
     pub client_id: Option<String>,
     /// The legacy session id.
@@ -98,6 +102,7 @@ impl AuditRecord {
             time,
             event,
             agent: None,
+            subject: None,
             client_id: None,
             session: None,
             route: None,
@@ -164,6 +169,7 @@ impl AuditRecord {
             }
         };
         text(&mut out, "agent", self.agent.as_deref());
+        text(&mut out, "subject", self.subject.as_deref());
         text(&mut out, "client_id", self.client_id.as_deref());
         text(&mut out, "session", self.session.as_deref());
         text(&mut out, "route", self.route.as_deref());
@@ -404,6 +410,8 @@ mod tests {
         #[serde(skip_serializing_if = "Option::is_none")]
         agent: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        subject: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         client_id: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         session: Option<&'a str>,
@@ -478,6 +486,7 @@ mod tests {
             time: &time,
             event: r.event.as_str(),
             agent: r.agent.as_deref(),
+            subject: r.subject.as_deref(),
             client_id: r.client_id.as_deref(),
             session: r.session.as_deref(),
             route: r.route.as_deref(),
@@ -543,6 +552,7 @@ mod tests {
                     let mut r = AuditRecord::new(*time, Event::Request, *text);
                     let some = |x: usize| (x % 2 == 0).then(|| (*text).to_owned());
                     r.agent = some(i + j);
+                    r.subject = some(i + j + 1);
                     r.client_id = some(i + k + 1);
                     r.session = some(j + k);
                     r.route = some(i);

@@ -8,6 +8,7 @@ use mcp_gateway_core::exchange::Exchange;
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 use mcp_gateway_core::observe::{EndGate, Ending, Head, Observer};
 use mcp_gateway_core::outcome::outcome;
+use mcp_gateway_core::session::handle_of;
 use mcp_gateway_core::McpRequest;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -31,6 +32,7 @@ struct Auditor {
     exchange: Exchange,
     slot: Option<Slot>,
     http_method: Method,
+    /// The session id the answer carried (only its handle is ever recorded).
     new_session: Option<String>,
     ack: Option<oneshot::Receiver<()>>,
 }
@@ -51,7 +53,11 @@ impl Auditor {
         r.latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         r.status = end.status.as_u16();
         if let Some(p) = &snap.principal {
-            r.agent = Some(p.subject().to_owned());
+            // The agent is the one the limits, the metrics, the spans and the access log
+            // name: `agent_key` (the client id, else the subject). The subject is its own
+            // field.
+            r.agent = Some(p.agent_key().to_owned());
+            r.subject = Some(p.subject().to_owned());
             r.client_id = p.client_id().map(str::to_owned);
         }
         r.route = snap.route.as_deref().map(str::to_owned);
@@ -61,10 +67,14 @@ impl Auditor {
         r.trace_id.clone_from(&snap.trace_id);
         r.span_id.clone_from(&snap.span_id);
         r.client = snap.client;
+        // Sessions are named by their handle, never by an id someone could present:
+        // SessionAffinity writes the handle to the record; a call it did not see (refused
+        // before it, or no session layer in the route) is named by the handle of the id it
+        // carried — the same handle.
         r.session = snap.session.as_deref().map(str::to_owned);
         if let Some(view) = &snap.request {
             if r.session.is_none() {
-                r.session = view.protocol().session_id.as_deref().map(str::to_owned);
+                r.session = view.protocol().session_id.as_deref().map(handle_of);
             }
             describe(&mut r, view);
         }
@@ -74,7 +84,7 @@ impl Auditor {
         let mut records = Vec::with_capacity(2);
         let ok = end.status.is_success();
         if let (Some(id), true, Some("initialize")) = (&self.new_session, ok, r.method.as_deref()) {
-            r.session = Some(id.clone());
+            r.session = Some(handle_of(id));
             let mut start = r.clone();
             start.event = Event::SessionStart;
             start.arguments = None;

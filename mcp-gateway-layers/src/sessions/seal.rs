@@ -338,6 +338,28 @@ mod tests {
         assert_ne!(ring.seal(&claims(), b"demo").unwrap().0, id);
     }
 
+    /// Logs name a session by `mcp_gateway_core::session::handle_of` its id, which must be
+    /// the handle the store keeps it under — for ids sealed with any key, of any length.
+    #[test]
+    fn the_core_handle_of_a_sealed_id_is_its_store_handle() {
+        use super::super::store::SessionHandle;
+        use mcp_gateway_core::session::handle_of;
+        for (k, upstream) in [
+            (1u8, ""),
+            (2, "3f1c-upstream-session"),
+            (3, &"u".repeat(600)),
+        ] {
+            let ring = Keyring::new(&SessionKey::from_bytes([k; 32]), &[]);
+            let mut c = claims();
+            c.upstream = upstream.into();
+            for _ in 0..50 {
+                let (id, nonce) = ring.seal(&c, b"demo").unwrap();
+                assert_eq!(handle_of(&id), SessionHandle(nonce).to_hex(), "{id}");
+                assert!(!id.contains(&handle_of(&id)));
+            }
+        }
+    }
+
     #[test]
     fn garbage_and_foreign_keys_are_refused() {
         let ring = Keyring::new(&SessionKey::from_bytes([1; 32]), &[]);

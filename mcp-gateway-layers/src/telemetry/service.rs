@@ -100,7 +100,8 @@ struct Spans {
     target: Option<Box<str>>,
     tool: Option<Box<str>>,
     attrs: Vec<KeyValue>,
-    /// The legacy session id the client sent (used when no sessions layer names a handle).
+    /// The legacy session id the client sent: its handle names the session when no sessions
+    /// layer wrote one (the id itself is never recorded).
     legacy_session: Option<Box<str>>,
     usage_in: Option<u64>,
     usage_out: Option<u64>,
@@ -174,9 +175,14 @@ impl Observer for Spans {
                 opentelemetry::StringValue::from(r.clone()),
             ));
         }
-        // With SessionAffinity the record names the session by its handle, never by the
-        // sealed id itself (which is a credential of sorts).
-        if let Some(s) = session.or_else(|| self.legacy_session.take().map(Arc::from)) {
+        // The span names the session by its handle, never by an id someone could present:
+        // SessionAffinity writes the handle to the record; without it (or for a call refused
+        // before it) the handle of the id the client sent — the same one for a sealed id.
+        if let Some(s) = session.or_else(|| {
+            self.legacy_session
+                .take()
+                .map(|id| Arc::from(mcp_gateway_core::session::handle_of(&id)))
+        }) {
             attrs.push(KeyValue::new(
                 "mcp.session.id",
                 opentelemetry::StringValue::from(s),
