@@ -646,3 +646,53 @@ async fn logs_from_before_the_subject_field_verify_and_query() {
     both.agent = Some("team-ci".into());
     assert_eq!(run(&both).0, 0);
 }
+
+/// Issue 22: `audit query`'s table is aligned whatever the length of its cells.
+#[tokio::test]
+async fn the_query_table_is_aligned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let sink = FileSink::open(&path).unwrap();
+    let w = AuditWriter::spawn(sink, options(FsyncPolicy::Always, OnFull::Block, 8)).unwrap();
+    for (i, (agent, tool)) in [
+        ("a", "t"),
+        ("a-much-longer-agent-name-than-sixteen", "echo"),
+        ("bot", "a_tool_with_a_very_long_name_indeed_yes"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = record(i as u64);
+        r.agent = Some(agent.into());
+        r.tool = Some(tool.into());
+        let slot = w.reserve().await.unwrap();
+        w.submit(slot, vec![r]).unwrap().await.unwrap();
+    }
+    w.flush().await;
+    let mut out = Vec::new();
+    let n = mcp_gateway_layers::audit::query(
+        &[path],
+        &mcp_gateway_layers::audit::Query::default(),
+        mcp_gateway_layers::audit::Output::Table,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(n, 3);
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    // Every column starts where its header does: the cell before it ends in a space there.
+    let starts: Vec<usize> = [
+        "EVENT", "AGENT", "SUBJECT", "ROUTE", "METHOD", "TARGET", "OUTCOME",
+    ]
+    .iter()
+    .map(|h| lines[0].find(h).unwrap())
+    .collect();
+    for line in &lines[1..] {
+        assert_eq!(line.len(), lines[0].len(), "{text}");
+        for &s in &starts {
+            assert_eq!(&line[s - 1..s], " ", "{text}");
+            assert_ne!(&line[s..=s], " ", "{text}");
+        }
+    }
+}

@@ -43,9 +43,29 @@ impl Query {
             subject: None,
             tool,
             since: since.map(|s| parse_since(s, now)).transpose()?,
-            outcome,
+            outcome: outcome.as_deref().map(parse_outcome).transpose()?,
         })
     }
+}
+
+/// Reads `--outcome`: an outcome's name, with `_` or `-` between words (`rate_limited`,
+/// `rate-limited`), in any case; or a JSON-RPC error code (`-32602`). Anything else is an
+/// error that lists the valid names.
+pub fn parse_outcome(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.parse::<i64>().is_ok() {
+        return Ok(s.to_owned());
+    }
+    let name = s.to_ascii_lowercase().replace('-', "_");
+    let all = mcp_gateway_core::outcome::Outcome::ALL;
+    if all.iter().any(|o| o.as_str() == name) {
+        return Ok(name);
+    }
+    let names: Vec<&str> = all.iter().map(|o| o.as_str()).collect();
+    Err(format!(
+        "--outcome {s:?} is not an outcome; give one of {}, or a JSON-RPC error code such as -32602",
+        names.join(", ")
+    ))
 }
 
 /// How matches are printed.
@@ -212,23 +232,7 @@ pub fn query(
         file: PathBuf::from("<stdout>"),
         source,
     };
-    if output == Output::Table {
-        writeln!(
-            out,
-            "{:<27} {:<13} {:<16} {:<16} {:<10} {:<16} {:<24} {:<17} {:>6} {:>10}",
-            "TIME",
-            "EVENT",
-            "AGENT",
-            "SUBJECT",
-            "ROUTE",
-            "METHOD",
-            "TARGET",
-            "OUTCOME",
-            "STATUS",
-            "LATENCY_MS"
-        )
-        .map_err(werr)?;
-    }
+    let mut table = Table::default();
     for file in &files {
         let io = |source| VerifyError::Io {
             file: file.clone(),
@@ -264,27 +268,99 @@ pub fn query(
                         .or(r.prompt.as_deref())
                         .or(r.resource.as_deref())
                         .unwrap_or("-");
-                    writeln!(
-                        out,
-                        "{:<27} {:<13} {:<16} {:<16} {:<10} {:<16} {:<24} {:<17} {:>6} {:>10.1}",
-                        r.time,
-                        r.event,
-                        r.agent.as_deref().unwrap_or("-"),
-                        r.subject.as_deref().unwrap_or("-"),
-                        r.route.as_deref().unwrap_or("-"),
-                        method,
-                        target,
+                    table.push([
+                        r.time.into_owned(),
+                        r.event.into_owned(),
+                        r.agent.as_deref().unwrap_or("-").to_owned(),
+                        r.subject.as_deref().unwrap_or("-").to_owned(),
+                        r.route.as_deref().unwrap_or("-").to_owned(),
+                        method.to_owned(),
+                        target.to_owned(),
                         outcome,
-                        r.status,
-                        r.latency_us as f64 / 1000.0
-                    )
-                    .map_err(werr)?;
+                        r.status.to_string(),
+                        format!("{:.1}", r.latency_us as f64 / 1000.0),
+                    ]);
+                    if table.rows.len() >= Table::BATCH {
+                        table.flush(&mut out).map_err(werr)?;
+                    }
                 }
             }
         }
     }
+    if output == Output::Table {
+        table.flush(&mut out).map_err(werr)?;
+    }
     out.flush().map_err(werr)?;
     Ok(matched)
+}
+
+/// The rows of `audit query`'s table, printed in batches with each column as wide as its
+/// widest cell (so far: the widths only grow), the header before the first batch.
+#[derive(Default)]
+struct Table {
+    rows: Vec<[String; 10]>,
+    widths: [usize; 10],
+    started: bool,
+}
+
+impl Table {
+    /// Rows held before they are printed: enough to align a screenful and more, little memory.
+    const BATCH: usize = 10_000;
+    const HEADER: [&'static str; 10] = [
+        "TIME",
+        "EVENT",
+        "AGENT",
+        "SUBJECT",
+        "ROUTE",
+        "METHOD",
+        "TARGET",
+        "OUTCOME",
+        "STATUS",
+        "LATENCY_MS",
+    ];
+
+    fn push(&mut self, row: [String; 10]) {
+        self.rows.push(row);
+    }
+
+    fn flush(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        for row in &self.rows {
+            for (w, cell) in self.widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        if !self.started {
+            self.started = true;
+            for (w, h) in self.widths.iter_mut().zip(Self::HEADER) {
+                *w = (*w).max(h.len());
+            }
+            let header = Self::HEADER.map(str::to_owned);
+            self.line(out, &header)?;
+        }
+        for row in std::mem::take(&mut self.rows) {
+            self.line(out, &row)?;
+        }
+        Ok(())
+    }
+
+    /// One line: text columns left-aligned, the two numbers (status, latency) right-aligned.
+    fn line(&self, out: &mut dyn Write, row: &[String; 10]) -> io::Result<()> {
+        let mut text = String::with_capacity(160);
+        for (i, (cell, &w)) in row.iter().zip(&self.widths).enumerate() {
+            if i > 0 {
+                text.push(' ');
+            }
+            let pad = w.saturating_sub(cell.chars().count());
+            if i >= 8 {
+                text.extend(std::iter::repeat_n(' ', pad));
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                text.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        writeln!(out, "{text}")
+    }
 }
 
 #[cfg(test)]
@@ -308,6 +384,28 @@ mod tests {
         assert_eq!(
             Query::from_flags(None, None, Some("5y"), None, now).unwrap_err(),
             "--since \"5y\": the unit must be s, m, h or d"
+        );
+    }
+
+    #[test]
+    fn outcomes_take_either_spelling_and_unknown_ones_are_refused() {
+        let now = SystemTime::UNIX_EPOCH;
+        let outcome = |o: &str| Query::from_flags(None, None, None, Some(o.into()), now);
+        for o in ["rate_limited", "rate-limited", "Rate-Limited"] {
+            assert_eq!(outcome(o).unwrap().outcome.as_deref(), Some("rate_limited"));
+        }
+        assert_eq!(
+            outcome("-32602").unwrap().outcome.as_deref(),
+            Some("-32602")
+        );
+        let e = outcome("no-such-value").unwrap_err();
+        assert!(
+            e.starts_with("--outcome \"no-such-value\" is not an outcome; give one of ok, "),
+            "{e}"
+        );
+        assert!(
+            e.contains("rate_limited") && e.contains("upstream_error"),
+            "{e}"
         );
     }
 }
