@@ -32,6 +32,7 @@ import errno
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,6 +49,7 @@ sys.path.insert(0, HERE)
 from bench import REL, ROOT, free_port, machine, version_of, wait_port  # noqa: E402
 
 PHASES = ("soak", "sink", "redis", "sigterm")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CALL_ARGS = {"size": 200, "format": "json"}
 
 
@@ -99,12 +101,21 @@ class Gateway:
             return None
 
     def warnings(self):
-        """Lines of the gateway's log at WARN or ERROR."""
+        """The gateway's log lines at WARN or ERROR, as "LEVEL target: message" with their counts;
+        the start-up warning about the random session key (expected here) left out."""
+        seen = collections.Counter()
         try:
             with open(self.logfile, errors="replace") as f:
-                return [l.rstrip() for l in f if " WARN " in l or " ERROR " in l]
+                for line in f:
+                    line = ANSI.sub("", line).strip()
+                    parts = line.split(None, 2)
+                    if len(parts) == 3 and parts[1] in ("WARN", "ERROR") and "no [sessions] key_file" not in line:
+                        # The message without its variable fields (key=value after the message).
+                        msg = re.split(r" \w+=", parts[2], maxsplit=1)[0]
+                        seen[f"{parts[1]} {msg}"] += 1
         except OSError:
-            return []
+            pass
+        return seen
 
 
 class Stack:
@@ -320,6 +331,7 @@ class Prober:
                 self.calls.append(Call(cid, era, t0, time.time(), None, None, type(e).__name__))
                 conn.close()
                 conn = None
+                self.stopping.wait(0.05)
         if conn:
             conn.close()
 
@@ -419,7 +431,13 @@ def verify(files, tmp):
     r = subprocess.run([os.path.join(REL, "mcp-gateway"), "audit", "verify"] + files,
                        capture_output=True, text=True, timeout=600)
     msg = " ".join((r.stdout + " " + r.stderr).split()).replace(tmp + os.sep, "")
+    if msg.startswith("ok: "):
+        msg = msg[4:]
     return r.returncode == 0, msg
+
+
+def verdict(ok, msg):
+    return f"ok ({msg})" if ok else f"**failed**: {msg}"
 
 
 def check_records(calls, files):
@@ -435,7 +453,8 @@ def check_records(calls, files):
     for c in calls:
         if c.id and not c.ok:
             recs = by_id.get(c.id, [])
-            others[(c.kind(), ",".join(f"{r.get('status')} {r.get('outcome')}" for r in recs) or "no record")] += 1
+            others[f"{c.kind()} → " + (", ".join(f"record {r.get('status')} {r.get('outcome')}" for r in recs)
+                                       or "no record")] += 1
     return {"accepted": len(accepted), "missing": len(missing), "missing_ids": missing[:5],
             "duplicated": len(dup), "others": others}
 
@@ -478,7 +497,7 @@ def phase_soak(st, args):
          "call_records_not_ok": call_not_ok, "diff": call_records - answered, "kinds": kinds,
          "expected_other": args.connections * 3, "files": len(files), "verify_ok": ok, "verify": msg,
          "rss_idle": idle, "rss_start": rss[0], "rss_mid": mid, "rss_end": rss[-1], "rss_max": max(rss),
-         "rss_after": end_kib, "rss_samples": samples, "exit_s": exit_s, "warnings": len(gw.warnings())}
+         "rss_after": end_kib, "rss_samples": samples, "exit_s": exit_s, "warnings": gw.warnings()}
     log(f"soak: {answered} calls answered 200 in {seconds / 60:g} min (legacy {res['legacy']['all_requests']}, "
         f"modern {res['modern']['all_requests']}), {errors} errors, {call_not_ok} not ok in the audit log; "
         f"RSS start {mib(r['rss_start'])} mid {mib(mid)} end {mib(r['rss_end'])} max {mib(r['rss_max'])}; "
@@ -513,8 +532,14 @@ def fault_figures(calls, ready, t_fault, t_back, t_end):
     recovered = min((c for c in calls if c.id and c.ok and c.end >= t_back), key=lambda c: c.end, default=None)
     last_bad = max((c for c in calls if c.id and not c.ok and c.start < t_end), key=lambda c: c.end, default=None)
     after = [c for c in calls if c.id and t_back <= c.start < t_end]
+    first_503 = min((c for c in calls if c.id and c.end >= t_fault and c.status == 503), key=lambda c: c.end,
+                    default=None)
+    fail_from = t_fault + (ready.first(t_fault, 503) or 0)
+    samples = [s for t, s in ready.samples if fail_from <= t < t_back]
     return {
         "during": collections.Counter(c.kind() for c in during),
+        "first_503_s": first_503.end - t_fault if first_503 else None,
+        "ready_samples": f"{sum(s == 503 for s in samples)} of {len(samples)}",
         "first_refusal_s": first_bad.end - t_fault if first_bad else None,
         "first_refusal": first_bad.kind() if first_bad else None,
         "refusal_latency_s": statistics.median(c.end - c.start for c in refused) if refused else None,
@@ -566,11 +591,11 @@ def phase_sink(st, args):
         r = {"filled": filled, "full": fault_figures(probe.calls, ready, t1, t1b, t2),
              "folder": fault_figures(probe.calls, ready, t2, t2b, t_end), "calls": len(probe.calls),
              "records": rec, "verify_ok": ok, "verify": msg, "exit_s": exit_s, "fault_seconds": args.fault_seconds,
-             "warnings": len(gw.warnings())}
+             "warnings": gw.warnings()}
         for name in ("full", "folder"):
             f = r[name]
             log(f"sink ({'disk full' if name == 'full' else 'folder replaced by a file'}): first failed call "
-                f"after {ms(f['first_refusal_s'])} ({f['first_refusal']}), refusals take {ms(f['refusal_latency_s'])}, "
+                f"after {ms(f['first_refusal_s'])} ({f['first_refusal']}), first 503 after {ms(f['first_503_s'])}, refusals take {ms(f['refusal_latency_s'])}, "
                 f"/readyz 503 after {ms(f['ready_503_s'])}; fixed: 200 again after {ms(f['recovered_s'])}, "
                 f"/readyz 200 after {ms(f['ready_200_s'])}; during: {dict(f['during'])}")
         log(f"sink: {rec['accepted']} calls accepted, {rec['missing']} without their record, "
@@ -617,22 +642,22 @@ def phase_redis(st, args):
     for k in w:
         lat = w[k].pop("lat")
         w[k].update(p50=pct(lat, 50), p99=pct(lat, 99), max=max(lat) if lat else None)
-    warns = gw.warnings()
     r = {"down_s": down, "windows": w, "loads": res, "errors": sum(x["errors"] for x in res.values()),
          "first_error": next((x["first_error"] for x in res.values() if x["first_error"]), None),
          "answered": sum(x["all_requests"] for x in res.values()), "dbsize_after": dbsize, "verify_ok": ok,
-         "verify": msg, "exit_s": exit_s, "warnings": len(warns),
-         "warning_lines": [l.split(" WARN ", 1)[-1].split(" ERROR ", 1)[-1][:200] for l in warns[:4]]}
+         "verify": msg, "exit_s": exit_s, "warnings": gw.warnings()}
     log("redis: " + "; ".join(f"{k}: {v['calls']} calls, {sum(v['not_ok'].values())} not ok, p99 {v['p99']} µs, "
                               f"max {v['max']} µs" for k, v in w.items())
         + f"; bench-load errors {r['errors']}; Redis keys after the restart {dbsize}; "
-          f"{len(warns)} warnings logged; audit verify {'ok' if ok else 'FAILED'}")
+          f"log: {counter_text(r['warnings'])}; audit verify {'ok' if ok else 'FAILED'}")
     return r
 
 
 def phase_sigterm(st, args):
     gw = st.start_gateway("sigterm", os.path.join(st.tmp, "sigterm-audit", "audit.jsonl"))
-    probe = Prober(gw, ["legacy", "modern"] * 4, 16 / args.rate, "term")  # half of --rate in all
+    # Closed loop (each probe sends its next call when the last is answered), so that calls are
+    # in flight when the signal comes.
+    probe = Prober(gw, ["legacy", "modern"] * 8, 0.0, "term")
     probe.start()
     time.sleep(5)
     t_term = time.time()
@@ -655,14 +680,14 @@ def phase_sigterm(st, args):
     rec = check_records(calls, files)
     outcomes = collections.Counter()
     for a in audit_records(files):
-        if a.get("event") == "request" and a.get("method") == "tools/call" and audit_time(a) >= t_term - 0.05:
+        if a.get("event") == "request" and a.get("method") == "tools/call" and audit_time(a) >= t_term:
             outcomes[f"{a.get('status')} {a.get('outcome')}"] += 1
     r = {"calls": len([c for c in calls if c.id]), "before_failed": sum(not c.ok for c in before),
          "inflight": len(inflight), "inflight_failed": sum(not c.ok for c in inflight),
          "inflight_kinds": collections.Counter(c.kind() for c in inflight),
          "later": collections.Counter(c.kind() for c in later), "exit_s": exit_s, "rc": gw.proc.returncode,
-         "records": rec, "verify_ok": ok, "verify": msg, "audit_after_term": outcomes, "warnings": len(gw.warnings()),
-         "probe_rate": len(probe.eras) / probe.interval}
+         "records": rec, "verify_ok": ok, "verify": msg, "audit_after_term": outcomes, "warnings": gw.warnings(),
+         "probe_rate": len([c for c in calls if c.id and c.end <= t_term]) / 5.0}
     log(f"sigterm: exit {ms(exit_s)} after SIGTERM (status {r['rc']}); {r['inflight']} calls in flight, "
         f"{r['inflight_failed']} failed; {r['before_failed']} failed before; after SIGTERM: {dict(r['later'])}; "
         f"{rec['accepted']} accepted, {rec['missing']} without their record; audit verify {'ok' if ok else 'FAILED'}")
@@ -682,7 +707,7 @@ def git_commit():
 
 
 def counter_text(c):
-    return ", ".join(f"{k}: {v}" for k, v in sorted(c.items(), key=lambda kv: -kv[1])) or "none"
+    return ", ".join(f"{k}: {v}".replace("|", "\\|") for k, v in sorted(c.items(), key=lambda kv: -kv[1])) or "none"
 
 
 def write_report(args, results, started):
@@ -732,8 +757,9 @@ def write_report(args, results, started):
             w(f"| other records (legacy `initialize`, `session_start`, `notifications/initialized`) | {other} "
               f"(3 per legacy connection: {s['expected_other']}) |")
             w(f"| files (with rotation at 100 MiB) | {s['files']} |")
-            w(f"| `mcp-gateway audit verify` | {'ok' if s['verify_ok'] else '**failed**'}: {s['verify']} |")
-            w(f"| gateway exit after SIGTERM | {ms(s['exit_s'])}; {s['warnings']} log lines at WARN or ERROR |")
+            w(f"| `mcp-gateway audit verify` | {verdict(s['verify_ok'], s['verify'])} |")
+            w(f"| gateway exit after SIGTERM | {ms(s['exit_s'])} |")
+            w(f"| gateway log at WARN or ERROR | {counter_text(s['warnings'])} |")
             w("")
             w(f"Gateway RSS (VmRSS): idle {mib(s['rss_idle'])} before the load; under load start "
               f"{mib(s['rss_start'])}, middle {mib(s['rss_mid'])}, end {mib(s['rss_end'])}, "
@@ -745,7 +771,7 @@ def write_report(args, results, started):
                 if t + args.rss_interval / 2 >= mark:
                     row.append((t, k))
                     mark += step
-            w("| " + " | ".join(f"{t / 60:.1f} min" for t, _ in row) + " |")
+            w("| " + " | ".join(f"{t / 60:.1f} min" if s["seconds"] >= 300 else f"{t:.0f} s" for t, _ in row) + " |")
             w("|" + "---:|" * len(row))
             w("| " + " | ".join(mib(k) for _, k in row) + " |")
             w("")
@@ -768,9 +794,11 @@ def write_report(args, results, started):
             w("|---|---|---|")
             f, g = s["full"], s["folder"]
             rows = [("first failed call, after the fault", lambda x: f"{ms(x['first_refusal_s'])} ({x['first_refusal']})"),
+                    ("first 503, after the fault", lambda x: ms(x["first_503_s"])),
                     ("a refused call's latency (median)", lambda x: ms(x["refusal_latency_s"])),
                     ("calls started during the fault", lambda x: counter_text(x["during"])),
                     ("`/readyz` 503 after the fault", lambda x: ms(x["ready_503_s"])),
+                    ("`/readyz` samples 503 from then to the fix", lambda x: x["ready_samples"]),
                     ("first call answered 200 after the fix", lambda x: ms(x["recovered_s"])),
                     ("last failed call after the fix", lambda x: ms(x["last_bad_s"])),
                     ("`/readyz` 200 after the fix", lambda x: ms(x["ready_200_s"])),
@@ -781,9 +809,8 @@ def write_report(args, results, started):
             rec = s["records"]
             w(f"Records: {rec['accepted']} calls answered 200, **{rec['missing']} without their record**, "
               f"{rec['duplicated']} with more than one. Calls not answered 200, with the records found for them: "
-              f"{counter_text(rec['others'])}. `audit verify`: {'ok' if s['verify_ok'] else '**failed**'}: "
-              f"{s['verify']}. Gateway exit after SIGTERM: {ms(s['exit_s'])}; "
-              f"{s['warnings']} log lines at WARN or ERROR.")
+              f"{counter_text(rec['others'])}. `audit verify`: {verdict(s['verify_ok'], s['verify'])}. Gateway exit "
+              f"after SIGTERM: {ms(s['exit_s'])}. Gateway log at WARN or ERROR: {counter_text(s['warnings'])}.")
             w("")
     s = results.get("redis")
     if s:
@@ -806,8 +833,8 @@ def write_report(args, results, started):
             w(f"Client side: {s['answered']} calls answered 200, {s['errors']} errors"
               + (f" (first: `{s['first_error']}`)" if s["first_error"] else "")
               + f". Keys in Redis after the run: {s['dbsize_after']} (the gateway used the restarted Redis again). "
-              f"`audit verify`: {'ok' if s['verify_ok'] else '**failed**'}. {s['warnings']} log lines at WARN or "
-              "ERROR" + (": " + "; ".join(f"`{l}`" for l in s["warning_lines"]) if s["warning_lines"] else "") + ".")
+              f"`audit verify`: {verdict(s['verify_ok'], s['verify'])}. Gateway log at WARN or ERROR: "
+              f"{counter_text(s['warnings'])}.")
             w("")
     s = results.get("sigterm")
     if s:
@@ -816,7 +843,8 @@ def write_report(args, results, started):
         if "error" in s:
             w(f"Failed: `{s['error']}`")
         else:
-            w(f"8 probes (4 legacy, 4 modern) at {s['probe_rate']:.0f} calls/s in all; SIGTERM after 5 s.")
+            w(f"16 probes (8 legacy, 8 modern) in closed loop ({s['probe_rate']:.0f} calls/s in all); SIGTERM "
+              "after 5 s; a call is in flight when it was sent before the signal and answered (or failed) after it.")
             w("")
             rec = s["records"]
             w("| | |")
@@ -828,7 +856,9 @@ def write_report(args, results, started):
             w(f"| calls started after SIGTERM | {counter_text(s['later'])} |")
             w(f"| audit records of calls started after SIGTERM | {counter_text(s['audit_after_term'])} |")
             w(f"| calls answered 200 / without their record | {rec['accepted']} / {rec['missing']} |")
-            w(f"| `audit verify` | {'ok' if s['verify_ok'] else '**failed**'}: {s['verify']} |")
+            w(f"| calls not answered 200, with the records found for them | {counter_text(rec['others'])} |")
+            w(f"| `audit verify` | {verdict(s['verify_ok'], s['verify'])} |")
+            w(f"| gateway log at WARN or ERROR | {counter_text(s['warnings'])} |")
             w("")
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
