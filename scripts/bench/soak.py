@@ -854,7 +854,7 @@ def write_report(args, results, started):
             w(f"| in-flight calls that failed | {s['inflight_failed']} |")
             w(f"| calls failed before SIGTERM | {s['before_failed']} |")
             w(f"| calls started after SIGTERM | {counter_text(s['later'])} |")
-            w(f"| audit records of calls started after SIGTERM | {counter_text(s['audit_after_term'])} |")
+            w(f"| audit records of exchanges the gateway started after SIGTERM (the in-flight calls among them) | {counter_text(s['audit_after_term'])} |")
             w(f"| calls answered 200 / without their record | {rec['accepted']} / {rec['missing']} |")
             w(f"| calls not answered 200, with the records found for them | {counter_text(rec['others'])} |")
             w(f"| `audit verify` | {verdict(s['verify_ok'], s['verify'])} |")
