@@ -582,6 +582,10 @@ def write_report(args, scenarios, targets, results, rss, placements):
       "in memory and through Redis and prints the memory per tracked key; see [limits.md](limits.md) "
       "and [performance.md](performance.md).")
     w("")
+    w("## Soak and fault runs")
+    w("")
+    w("Soak and fault runs: see [soak.md](soak.md) (`scripts/soak`, not run in CI).")
+    w("")
     open_scenarios = [sc[0] for sc in scenarios if sc[4] != "closed"]
     chart = os.path.join(os.path.dirname(args.out), "benchmarks-latency.svg")
     if open_scenarios:
