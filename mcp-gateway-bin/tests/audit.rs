@@ -573,9 +573,22 @@ write_timeout = "500ms"
     resp.bytes().await.unwrap();
 
     gw.shutdown().await;
-    // Every accepted call's record, the cut-off one included; the refused one is not a record.
-    let ids: Vec<Value> = records(&log).iter().map(|r| r["id"].clone()).collect();
-    assert_eq!(ids, [1, 2, 4]);
+    // Every accepted call's record, the cut-off one included and followed by the record that
+    // says its answer was cut off; the refused one is not a record.
+    let seen: Vec<(Value, Value)> = records(&log)
+        .iter()
+        .map(|r| (r["id"].clone(), r["event"].clone()))
+        .collect();
+    let want = |id: u64, event: &str| (Value::from(id), Value::from(event));
+    assert_eq!(
+        seen,
+        [
+            want(1, "request"),
+            want(2, "request"),
+            want(2, "answer_cut"),
+            want(4, "request")
+        ]
+    );
     let out = bin().args(["audit", "verify"]).arg(&log).output().unwrap();
     assert!(
         out.status.success(),

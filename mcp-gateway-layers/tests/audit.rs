@@ -493,18 +493,34 @@ async fn a_full_disk_with_fsync_always(on_full: OnFull) {
 
     let stats = writer.stats();
     assert_eq!(stats.dropped, 1, "the refused call, counted: {stats:?}");
-    assert_eq!(stats.written, 3, "{stats:?}");
+    assert_eq!(stats.written, 4, "{stats:?}");
     assert!(stats.sink_errors >= 1, "{stats:?}");
-    // Every accepted call's record — the cut-off one included — is on disk, in order, and
-    // the chain (with its .head) verifies.
-    let ids: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+    // Every accepted call's record — the cut-off one included, followed by the record that
+    // says its answer was cut off — is on disk, in order, and the chain (with its .head)
+    // verifies.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].clone())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .collect();
-    assert_eq!(ids, [1, 2, 4]);
+    let seen: Vec<(serde_json::Value, serde_json::Value, serde_json::Value)> = lines
+        .iter()
+        .map(|l| (l["id"].clone(), l["event"].clone(), l["outcome"].clone()))
+        .collect();
+    let want = |id: u64, event: &str, outcome: &str| (id.into(), event.into(), outcome.into());
+    assert_eq!(
+        seen,
+        [
+            want(1, "request", "ok"),
+            want(2, "request", "ok"),
+            want(2, "answer_cut", "unavailable"),
+            want(4, "request", "ok"),
+        ]
+    );
+    assert_eq!(lines[2]["error_code"], -32054);
+    assert_eq!(lines[2]["status"], 200);
     let report = verify(&[path]).unwrap();
-    assert_eq!(report.records, 3);
+    assert_eq!(report.records, 4);
     assert!(report.head.is_some());
 }
 

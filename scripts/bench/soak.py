@@ -443,18 +443,21 @@ def verdict(ok, msg):
 def check_records(calls, files):
     """Every probe call answered 200 has exactly one record of status 200; and what the others got."""
     by_id = collections.defaultdict(list)
+    cut = collections.defaultdict(list)  # `answer_cut` records: the answer never reached the client whole
     for rec in audit_records(files):
         if rec.get("event") == "request" and isinstance(rec.get("id"), str):
             by_id[rec["id"]].append(rec)
+        elif rec.get("event") == "answer_cut" and isinstance(rec.get("id"), str):
+            cut[rec["id"]].append(rec)
     accepted = [c for c in calls if c.id and c.ok]
     missing = [c.id for c in accepted if not any(r.get("status") == 200 for r in by_id.get(c.id, []))]
     dup = [c.id for c in accepted if len(by_id.get(c.id, [])) > 1]
     others = collections.Counter()
     for c in calls:
         if c.id and not c.ok:
-            recs = by_id.get(c.id, [])
-            others[f"{c.kind()} → " + (", ".join(f"record {r.get('status')} {r.get('outcome')}" for r in recs)
-                                       or "no record")] += 1
+            recs = by_id.get(c.id, []) + cut.get(c.id, [])
+            others[f"{c.kind()} → " + (", ".join(f"record {r.get('event')} {r.get('status')} {r.get('outcome')}"
+                                                 for r in recs) or "no record")] += 1
     return {"accepted": len(accepted), "missing": len(missing), "missing_ids": missing[:5],
             "duplicated": len(dup), "others": others}
 

@@ -19,6 +19,11 @@ pub enum Event {
     SessionStart,
     /// A legacy session ended: a DELETE with its id succeeded.
     SessionEnd,
+    /// The answer of the exchange recorded just before (same `id`, `session`, `agent`) was cut
+    /// off: with `fsync = "always"` its record could not be made durable within
+    /// `write_timeout`, so the client never received the answer whole. Outcome
+    /// `unavailable`, JSON-RPC code -32054; `status` stays what the gateway had answered.
+    AnswerCut,
 }
 
 impl Event {
@@ -28,6 +33,7 @@ impl Event {
             Self::Request => "request",
             Self::SessionStart => "session_start",
             Self::SessionEnd => "session_end",
+            Self::AnswerCut => "answer_cut",
         }
     }
 }

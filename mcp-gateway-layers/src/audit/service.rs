@@ -7,7 +7,7 @@ use http_body_util::Full;
 use mcp_gateway_core::exchange::Exchange;
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError};
 use mcp_gateway_core::observe::{EndGate, Ending, Head, Observer};
-use mcp_gateway_core::outcome::outcome;
+use mcp_gateway_core::outcome::{outcome, Outcome};
 use mcp_gateway_core::session::handle_of;
 use mcp_gateway_core::McpRequest;
 use std::sync::Arc;
@@ -35,6 +35,8 @@ struct Auditor {
     /// The session id the answer carried (only its handle is ever recorded).
     new_session: Option<String>,
     ack: Option<oneshot::Receiver<()>>,
+    /// With `fsync = "always"`: the record to append if the answer is cut off.
+    cut: Option<AuditRecord>,
 }
 
 impl Auditor {
@@ -81,6 +83,14 @@ impl Auditor {
         r.error_code = end.error_code;
         r.denied_by = snap.denial.as_ref().map(|d| d.by);
         r.outcome = outcome(&snap, end);
+        if self.gates() {
+            let mut cut = r.clone();
+            cut.event = Event::AnswerCut;
+            cut.outcome = Outcome::Unavailable;
+            cut.error_code = Some(i64::from(ErrorCode::UNAVAILABLE.0));
+            cut.arguments = None;
+            self.cut = Some(cut);
+        }
         let mut records = Vec::with_capacity(2);
         let ok = end.status.is_success();
         if let (Some(id), true, Some("initialize")) = (&self.new_session, ok, r.method.as_deref()) {
@@ -149,12 +159,18 @@ impl Observer for Auditor {
     fn gate(&mut self) -> Option<EndGate> {
         let ack = self.ack.take()?;
         let limit = self.writer.options().write_timeout;
+        let cut = self.cut.take();
+        let writer = self.writer.clone();
         Some(Box::pin(async move {
             match tokio::time::timeout(limit, ack).await {
                 Ok(Ok(())) => Ok(()),
                 // The record is not (yet) durable: the client must not hold a complete answer
-                // as if it were. The record stays queued and is written once the sink recovers.
+                // as if it were. The record stays queued and is written once the sink recovers,
+                // followed by one that says the answer was cut off.
                 Ok(Err(_)) | Err(_) => {
+                    if let Some(cut) = cut {
+                        writer.append(vec![cut]);
+                    }
                     tracing::warn!(target: "mcp_gateway::audit", timeout = ?limit, "audit record not synced within write_timeout: the answer was cut off");
                     Err("the audit record of this answer could not be written in time".into())
                 }
@@ -172,6 +188,7 @@ impl Governor {
             http_method,
             new_session: None,
             ack: None,
+            cut: None,
         }
     }
 

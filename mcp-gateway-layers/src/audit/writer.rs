@@ -138,7 +138,8 @@ struct Counters {
 enum Msg {
     Records {
         records: Vec<AuditRecord>,
-        _slot: OwnedSemaphorePermit,
+        /// None for records that follow one already queued ([`AuditWriter::append`]).
+        _slot: Option<OwnedSemaphorePermit>,
         ack: Option<oneshot::Sender<()>>,
     },
     Flush(oneshot::Sender<()>),
@@ -255,7 +256,7 @@ impl AuditWriter {
         let n = records.len() as u64;
         let msg = Msg::Records {
             records,
-            _slot: slot.0,
+            _slot: Some(slot.0),
             ack,
         };
         if self.tx.send(msg).is_err() {
@@ -264,6 +265,23 @@ impl AuditWriter {
             return None;
         }
         rx
+    }
+
+    /// Queues records that must follow one already queued, without a place in the queue (a
+    /// full queue cannot refuse them), and without waiting for them: what the audit layer
+    /// uses to record that an answer was cut off ([`Event::AnswerCut`](super::Event::AnswerCut)).
+    /// Each such record follows an exchange that still holds its own place, so they are
+    /// bounded by the queue's size.
+    pub fn append(&self, records: Vec<AuditRecord>) {
+        let n = records.len() as u64;
+        let msg = Msg::Records {
+            records,
+            _slot: None,
+            ack: None,
+        };
+        if self.tx.send(msg).is_err() {
+            self.dropped(n, "the audit writer has stopped");
+        }
     }
 
     /// Counts `n` records that could not be kept, and logs why.
@@ -358,7 +376,7 @@ impl<K: AuditSink> Thread<K> {
                             buf.extend_from_slice(&line);
                             n += 1;
                         }
-                        done.push((Some(_slot), ack));
+                        done.push((_slot, ack));
                     }
                     Msg::Flush(ack) => {
                         force = true;
