@@ -74,6 +74,55 @@ impl Default for WriterOptions {
     }
 }
 
+/// Builder methods, one per field: `#[non_exhaustive]` keeps struct literals (and
+/// `..Default::default()`) out of other crates, so start from [`WriterOptions::default`] and
+/// change what you need.
+///
+/// ```
+/// use mcp_gateway_layers::audit::{FsyncPolicy, OnFull, WriterOptions};
+/// use std::time::Duration;
+///
+/// let o = WriterOptions::default()
+///     .fsync(FsyncPolicy::Always)
+///     .on_full(OnFull::Refuse)
+///     .queue(1024)
+///     .write_timeout(Duration::from_secs(2));
+/// assert_eq!(o.queue, 1024);
+/// assert_eq!(o.fsync, FsyncPolicy::Always);
+/// ```
+impl WriterOptions {
+    /// When to sync.
+    pub fn fsync(mut self, fsync: FsyncPolicy) -> Self {
+        self.fsync = fsync;
+        self
+    }
+    /// What to do when the queue is full.
+    pub fn on_full(mut self, on_full: OnFull) -> Self {
+        self.on_full = on_full;
+        self
+    }
+    /// How many exchanges may hold a place in the queue (at least 1).
+    pub fn queue(mut self, queue: usize) -> Self {
+        self.queue = queue.max(1);
+        self
+    }
+    /// Tool arguments: recorded or not, and which keys are redacted.
+    pub fn arguments(mut self, arguments: ArgumentPolicy) -> Self {
+        self.arguments = arguments;
+        self
+    }
+    /// How long the writer lingers after the first record of a batch.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+    /// The longest a call waits on the audit log.
+    pub fn write_timeout(mut self, write_timeout: Duration) -> Self {
+        self.write_timeout = write_timeout;
+        self
+    }
+}
+
 /// Counters of the writer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -71,9 +71,7 @@ pub struct SessionsSpec {
 }
 
 fn read_key(path: &Path) -> Result<SessionKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    SessionKey::from_base64(&text).map_err(|e| format!("{}: {e}", path.display()))
+    SessionKey::load(path).map_err(|e| e.to_string())
 }
 
 /// The Redis answer timeout when `redis_timeout` is not given.
@@ -224,7 +222,8 @@ pub fn layer(spec: Option<&SessionsSpec>, several_instances: bool) -> Option<Ses
 
 /// Writes a new session key to `path` (mode 0600), refusing to overwrite one unless `force`
 /// (`mcp-gateway keygen`). Returns the key's fingerprint.
-pub fn keygen(path: &Path, force: bool) -> Result<String, String> {
+pub fn keygen(path: impl AsRef<Path>, force: bool) -> Result<String, String> {
+    let path = path.as_ref();
     use std::io::Write;
     let key = SessionKey::generate().map_err(|e| e.to_string())?;
     let mut opts = std::fs::OpenOptions::new();

@@ -48,6 +48,14 @@ pub enum KeyError {
     /// The system's random source failed.
     #[error("the system's random source failed")]
     Random,
+    /// A key file could not be read, or does not hold a key.
+    #[error("{message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong, naming the file.
+        message: String,
+    },
 }
 
 impl SessionKey {
@@ -78,6 +86,27 @@ impl SessionKey {
             .try_into()
             .map_err(|_| KeyError::WrongLength(bytes.len()))?;
         Ok(Self(arr))
+    }
+
+    /// Reads a key file (as `mcp-gateway keygen` writes it: base64 of 32 bytes); an error
+    /// names the file.
+    ///
+    /// ```no_run
+    /// use mcp_gateway_layers::sessions::SessionKey;
+    /// let key = SessionKey::load("/etc/mcp-gateway/session.key")?;
+    /// # Ok::<(), mcp_gateway_layers::sessions::KeyError>(())
+    /// ```
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, KeyError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::File {
+            message: format!("cannot read {shown}: {e}"),
+            path: shown.clone(),
+        })?;
+        Self::from_base64(&text).map_err(|e| KeyError::File {
+            message: format!("{shown}: {e}"),
+            path: shown.clone(),
+        })
     }
 
     /// The key as a key file holds it (standard base64, padded).

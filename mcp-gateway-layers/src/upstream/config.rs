@@ -286,7 +286,8 @@ pub struct CertError {
 
 /// The certificates of a PEM file (at least one): an upstream's `ca_file`, or a listener's
 /// certificate chain.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+pub fn load_certs(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let path = path.as_ref();
     let error = |reason: String| CertError {
         path: path.display().to_string(),
         reason,
