@@ -269,10 +269,10 @@ mod tests {
     #[test]
     fn sessions_section() {
         let dir = tempfile::tempdir().unwrap();
-        let fp = keygen(&dir.path().join("k"), false).unwrap();
+        let fp = keygen(dir.path().join("k"), false).unwrap();
         assert_eq!(fp.len(), 8);
         assert!(
-            keygen(&dir.path().join("k"), false).is_err(),
+            keygen(dir.path().join("k"), false).is_err(),
             "overwrote a key"
         );
         std::fs::write(dir.path().join("short"), "c2hvcnQ=\n").unwrap();
@@ -330,7 +330,7 @@ mod tests {
         assert!(layer(None, false).is_none());
         assert!(layer(None, true).is_some());
         let dir = tempfile::tempdir().unwrap();
-        keygen(&dir.path().join("k"), false).unwrap();
+        keygen(dir.path().join("k"), false).unwrap();
         let spec = parse("[sessions]\nkey_file = \"k\"\n", dir.path()).unwrap();
         assert!(layer(Some(&spec), false).is_some());
     }

@@ -416,7 +416,7 @@ mod tests {
         std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
         let e = check_in(dir.path()).unwrap_err();
         assert!(e[0].ends_with(": no PEM certificate found"), "{e:?}");
-        let err = load_certs(&dir.path().join("ca.pem")).unwrap_err();
+        let err = load_certs(dir.path().join("ca.pem")).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
