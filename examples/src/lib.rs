@@ -5,6 +5,8 @@
 //!   `demo-server` binary serves it; the gateway's integration tests start it in-process.
 //! - `demo-client` (binary): calls the demo tools through any URL, in both protocol eras.
 //! - `embed-axum` (binary): the gateway's layers and forwarding service inside an axum app.
+//! - [`embed_full`]: all five governing layers in an axum app, with `/metrics`, the RFC 9728
+//!   document and shutdown.
 //! - [`conformance`]: the server the official conformance suite is run against, directly and
 //!   through the gateway (`conformance-server` binary, `scripts/conformance`).
 #![forbid(unsafe_code)]
@@ -12,3 +14,4 @@
 pub mod conformance;
 pub mod demo_server;
 pub mod embed;
+pub mod embed_full;
