@@ -34,6 +34,20 @@
 //!
 //! GET (a server's stream) and DELETE pass untouched; so does a body holding only responses.
 //!
+//! **Versions.** `opentelemetry` and `opentelemetry_sdk` **0.33** are part of this module's
+//! public API: [`TraceInjectLayer::span_processor`] takes an `opentelemetry_sdk`
+//! [`SpanProcessor`] and a `Resource`. Both crates are re-exported
+//! ([`opentelemetry`](self::opentelemetry), [`opentelemetry_sdk`](self::opentelemetry_sdk)), so
+//! an app can name the very versions this crate uses; a processor built with another major
+//! version of the SDK does not fit. For production export there is an OTLP/HTTP exporter in
+//! `otlp` (feature `telemetry-otlp`, no other dependency): `otlp::batch_processor(...)`, and
+//! `otlp::shutdown(&layer, timeout)` at exit.
+//!
+//! The example below checks its spans with the SDK's `InMemorySpanExporter`, which exists only
+//! with the SDK's `testing` feature: to run it in your crate, add
+//! `opentelemetry_sdk = { version = "0.33", features = ["testing"] }` to your dev-dependencies
+//! (and `opentelemetry = "0.33"` for `SpanKind`).
+//!
 //! ```
 //! use axum::{routing::post, Router};
 //! use bytes::Bytes;
@@ -95,4 +109,9 @@ pub use context::{Carried, TraceParent};
 pub use layer::TraceInjectLayer;
 pub use metrics::{Metrics, MetricsOptions, Operation};
 pub use opentelemetry_sdk::trace::SpanProcessor;
+/// The OpenTelemetry API crate this module is built with (version 0.33): part of its public API.
+pub use opentelemetry;
+/// The OpenTelemetry SDK crate this module is built with (version 0.33): its span processors
+/// and `Resource` are what [`TraceInjectLayer::span_processor`] takes.
+pub use opentelemetry_sdk;
 pub use service::{Governor, TraceInject};
