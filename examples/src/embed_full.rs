@@ -11,7 +11,10 @@
 //! ```
 //!
 //! Serve it with the client's address (`into_make_service_with_connect_info::<SocketAddr>()`):
-//! limits are kept per client address here, and audit records name the client.
+//! limits are kept per client address here, and audit records name the client. Stop it with
+//! its [`Shutdown`]: `axum::serve(..).with_graceful_shutdown(app.shutdown.requested())`, then
+//! `app.shutdown.run(grace)` — open streams get `grace` to finish, the rest are ended, every
+//! audit record is written and the queued spans exported.
 
 use axum::routing::get;
 use axum::Router;
@@ -21,6 +24,7 @@ use mcp_gateway_layers::govern::{Chain, GovernedLayer};
 use mcp_gateway_layers::limits::{KeySource, Limits, TokenBucket2DLayer};
 use mcp_gateway_layers::prometheus::Prometheus;
 use mcp_gateway_layers::sessions::{SessionAffinityLayer, SessionKey};
+use mcp_gateway_layers::shutdown::Shutdown;
 use mcp_gateway_layers::telemetry::TraceInjectLayer;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamConfig};
 use mcp_gateway_layers::{AllowedOrigins, OriginGuardLayer};
@@ -52,6 +56,9 @@ pub struct FullApp {
     pub audit: AuditWriter,
     /// The telemetry layer (its span processor, if one is set, and its metrics).
     pub telemetry: TraceInjectLayer,
+    /// Stops it: give `shutdown.requested()` to the server's graceful shutdown, and call
+    /// `shutdown.run(grace)` to stop.
+    pub shutdown: Shutdown,
 }
 
 impl FullApp {
@@ -82,7 +89,12 @@ impl FullApp {
             .with(Some(guard.clone()))
             // TokenBucket2D before sessions: a refused call touches no session state.
             .with(Some(limits.clone()));
+        let shutdown = Shutdown::new()
+            .audit(audit.clone())
+            .telemetry(telemetry.clone());
         let mcp = ServiceBuilder::new()
+            // Outermost: ends the answers still open when the shutdown's grace is over.
+            .layer(shutdown.layer())
             .layer(OriginGuardLayer::new(AllowedOrigins::default()))
             .layer(GovernedLayer::new(chain))
             // SessionAffinity innermost, over the upstream's instances.
@@ -102,14 +114,7 @@ impl FullApp {
             router,
             audit,
             telemetry,
+            shutdown,
         })
-    }
-
-    /// At shutdown, once the server has stopped: every audit record written and synced
-    /// (waiting at most 10 s), and the spans still queued exported (at most 5 s).
-    pub async fn shutdown(&self) {
-        mcp_gateway_layers::audit::config::shutdown(&self.audit, Duration::from_secs(10)).await;
-        mcp_gateway_layers::telemetry::otlp::shutdown(&self.telemetry, Duration::from_secs(5))
-            .await;
     }
 }

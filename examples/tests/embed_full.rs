@@ -75,15 +75,13 @@ async fn all_five_layers_in_an_axum_app() {
     })
     .unwrap();
     let router = app.router.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = app.shutdown.requested();
     let server = tokio::spawn(async move {
         axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        })
+        .with_graceful_shutdown(stopped)
         .await
         .unwrap();
     });
@@ -160,10 +158,31 @@ async fn all_five_layers_in_an_axum_app() {
     );
     assert!(metrics.contains("tools/call"), "{metrics}");
 
-    // Shutdown: the server stops, then every record is written.
-    stop.send(()).unwrap();
-    server.await.unwrap();
-    app.shutdown().await;
+    // A listening stream (GET) of the session stays open until shutdown ends it.
+    let get = a
+        .get(format!("{base}/mcp"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let listening = tokio::spawn(async move { get.bytes().await });
+
+    // Shutdown: the server stops accepting, the stream gets its grace then is ended, the
+    // server finishes, and every record is written.
+    let t = std::time::Instant::now();
+    app.shutdown
+        .run(std::time::Duration::from_millis(300))
+        .await;
+    assert!(t.elapsed() >= std::time::Duration::from_millis(300));
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("the server did not finish once its streams were ended")
+        .unwrap();
+    let _ = listening.await.unwrap();
     let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
@@ -193,6 +212,9 @@ async fn all_five_layers_in_an_axum_app() {
     assert_eq!(start["session"], handle);
     let last: SocketAddr = calls[5]["client"].as_str().unwrap().parse().unwrap();
     assert_eq!(last.ip().to_string(), "127.0.0.2");
+    // The stream ended by the shutdown is recorded as such.
+    let cut = records.iter().find(|r| r["http_method"] == "GET").unwrap();
+    assert_eq!(cut["outcome"], "shutdown", "{cut}");
     let report = mcp_gateway_layers::audit::verify(&[log]).unwrap();
     assert_eq!(report.records, records.len() as u64);
 }

@@ -70,6 +70,7 @@
 //! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) |
 //! | [`toggle`] | a layer switched on or off when the stack is built |
 //! | [`body`] | the response bodies: a governed answer, observed once per stack, or a refusal |
+//! | `shutdown` | (feature `shutdown`) stopping an embedding app as the binary stops: a grace period for open answers, the rest ended and recorded as cut at shutdown, audit records written, spans exported — one call |
 //! | `rt` | for serving the layers with hyper (`upstream`): a cheap timer for hyper's header-read timeout, a request body that fails when it stalls (answered 408), the activity of a connection for closing it when idle |
 //! | `config` | what the capabilities' configuration sections share: located errors, durations, sizes, stores (compiled with any capability) |
 //! | `http_client` | the small HTTP client of OAuth discovery, introspection and span export (`auth`, `telemetry-otlp`) |
@@ -198,6 +199,8 @@ mod redis_link;
 pub mod rt;
 #[cfg(feature = "sessions")]
 pub mod sessions;
+#[cfg(feature = "shutdown")]
+pub mod shutdown;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod toggle;

@@ -282,10 +282,12 @@ where
                     }
                     *this.owner = x.claim();
                     if *this.owner {
+                        // The server's flag, or one a `ShutdownLayer` put there.
                         *this.cutoff = req
                             .extensions()
                             .get::<ExchangeContext>()
-                            .and_then(|c| c.cutoff.clone());
+                            .and_then(|c| c.cutoff.clone())
+                            .or_else(|| req.extensions().get::<Cutoff>().cloned());
                         *this.pending = Pending(Some((x.clone(), this.cutoff.clone())));
                         let method = req.method().clone();
                         x.update(|r| r.http_method = Some(method));

@@ -108,10 +108,10 @@ mod service;
 pub use context::{Carried, TraceParent};
 pub use layer::TraceInjectLayer;
 pub use metrics::{Metrics, MetricsOptions, Operation};
-pub use opentelemetry_sdk::trace::SpanProcessor;
 /// The OpenTelemetry API crate this module is built with (version 0.33): part of its public API.
 pub use opentelemetry;
 /// The OpenTelemetry SDK crate this module is built with (version 0.33): its span processors
 /// and `Resource` are what [`TraceInjectLayer::span_processor`] takes.
 pub use opentelemetry_sdk;
+pub use opentelemetry_sdk::trace::SpanProcessor;
 pub use service::{Governor, TraceInject};
