@@ -37,7 +37,7 @@
 //! **Versions.** `opentelemetry` and `opentelemetry_sdk` **0.33** are part of this module's
 //! public API: [`TraceInjectLayer::span_processor`] takes an `opentelemetry_sdk`
 //! [`SpanProcessor`] and a `Resource`. Both crates are re-exported
-//! ([`opentelemetry`](self::opentelemetry), [`opentelemetry_sdk`](self::opentelemetry_sdk)), so
+//! ([`opentelemetry`], [`opentelemetry_sdk`]), so
 //! an app can name the very versions this crate uses; a processor built with another major
 //! version of the SDK does not fit. For production export there is an OTLP/HTTP exporter in
 //! `otlp` (feature `telemetry-otlp`, no other dependency): `otlp::batch_processor(...)`, and
