@@ -378,14 +378,19 @@ async fn jsonrpc_errors_and_tool_errors_set_error_type() {
 #[tokio::test]
 async fn a_refusal_below_is_a_server_span_with_error_type_and_no_hop() {
     let rig = Rig::new();
-    let limits = TokenBucket2DLayer::new(Limits::new().requests_per_minute(1));
+    // Keyed by a header: no server here provides a client address.
+    let limits = TokenBucket2DLayer::new(
+        Limits::new()
+            .key("header:x-agent".parse().unwrap())
+            .requests_per_minute(1),
+    );
     let svc = rig
         .layer
         .layer(limits.layer(server(rig.seen.clone(), rig.stream.clone())));
     let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
-    let (status, _) = send(svc.clone(), call, &[]).await;
+    let (status, _) = send(svc.clone(), call, &[("x-agent", "a")]).await;
     assert_eq!(status, 200);
-    let (status, _) = send(svc, call, &[]).await;
+    let (status, _) = send(svc, call, &[("x-agent", "a")]).await;
     assert_eq!(status, 429);
     assert_eq!(
         rig.seen.lock().unwrap().len(),
