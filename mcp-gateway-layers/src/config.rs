@@ -29,6 +29,12 @@
 //! );
 //! # }
 //! ```
+//!
+//! The binary parses its file with [`from_toml_all`], which reports every unknown key and
+//! wrong value, not only the first. An app with its own file reads one of these sections
+//! from it with [`section`], or — checked too, as the binary checks it — with the
+//! capability's `config::from_toml` (built on [`check_section`]), e.g.
+//! `limits::config::from_toml(&text, "app.toml")?`.
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -82,6 +88,31 @@ pub fn from_toml<T: de::DeserializeOwned>(text: &str, source: &str) -> Result<T,
     })
 }
 
+/// Every error a configuration file's text gives, in the order of the file: what the
+/// functions that report them all return, so that an app can `?` them into its own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigErrors> for Vec<ConfigError> {
+    fn from(e: ConfigErrors) -> Self {
+        e.0
+    }
+}
+
 /// At most this many errors are reported from one file's parsing (a bound on the retries).
 const MAX_PARSE_ERRORS: usize = 256;
 
@@ -99,6 +130,96 @@ pub fn from_toml_all<T: de::DeserializeOwned>(
 ) -> Result<T, Vec<ConfigError>> {
     let root = parse_document(text, source)?;
     deserialize_all(root, text, source)
+}
+
+/// Section `key` of TOML `text` (from `source`, a file name) as `C`, with every error of the
+/// section reported as [`from_toml_all`] does, located in `text`: `Ok(None)` when the file
+/// has no such section. Other sections are not looked at (beyond the TOML syntax of the whole
+/// file).
+///
+/// This is how an app reads one of the sections the `mcp-gateway` binary reads from its own
+/// file; each capability's `config::from_toml` goes on to run the section's `check`:
+///
+/// ```
+/// # #[cfg(feature = "limits")] {
+/// use mcp_gateway_layers::config::section;
+/// use mcp_gateway_layers::limits::config::LimitsConfig;
+///
+/// let text = "[app]\nname = \"x\"\n[limits]\nrequests_per_minute = 5\nbogus = 1\n";
+/// let errors = section::<LimitsConfig>(text, "app.toml", "limits").unwrap_err();
+/// assert!(errors.to_string().starts_with("app.toml:5:1: unknown field `bogus`"));
+/// # }
+/// ```
+pub fn section<C: de::DeserializeOwned>(
+    text: &str,
+    source: &str,
+    key: &str,
+) -> Result<Option<C>, ConfigErrors> {
+    let root = parse_document(text, source).map_err(ConfigErrors)?;
+    let toml::de::DeValue::Table(mut table) = root.into_inner() else {
+        return Ok(None);
+    };
+    match table.remove(key) {
+        None => Ok(None),
+        Some(value) => deserialize_all(value, text, source)
+            .map(Some)
+            .map_err(ConfigErrors),
+    }
+}
+
+/// What a section's `check` needs from the rest of the file it was read from: the folder
+/// its relative paths are relative to, and the names of the file's `[upstreams.NAME]`.
+#[derive(Debug, Clone, Default)]
+pub struct SectionContext {
+    /// The configuration file's folder (relative paths in the section resolve against it).
+    pub base: PathBuf,
+    /// The names of the file's `[upstreams.NAME]` tables, in the file's (sorted) order.
+    pub upstreams: Vec<String>,
+}
+
+impl SectionContext {
+    /// The context of `text`, read from the file `source`: its folder, and its upstreams.
+    pub fn of(text: &str, source: &str) -> Self {
+        let base = Path::new(source)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let upstreams = match toml::de::DeTable::parse(text).map(Spanned::into_inner) {
+            Ok(mut t) => match t.remove("upstreams").map(Spanned::into_inner) {
+                Some(toml::de::DeValue::Table(u)) => {
+                    u.keys().map(|k| k.get_ref().to_string()).collect()
+                }
+                _ => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        Self { base, upstreams }
+    }
+
+    /// The upstream names, as the checks take them.
+    pub fn upstream_names(&self) -> Vec<&str> {
+        self.upstreams.iter().map(String::as_str).collect()
+    }
+}
+
+/// Reads section `key` of `text` as `C` ([`section`]) and checks it with `check` — the
+/// capability's own, the one the binary runs — in the file's [`SectionContext`]: the checked
+/// spec, `Ok(None)` when there is no such section, or every error, located in `source`.
+pub fn check_section<C: de::DeserializeOwned, S>(
+    text: &str,
+    source: &str,
+    key: &str,
+    check: impl FnOnce(&C, &SectionContext, &mut Diagnostics<'_>) -> Option<S>,
+) -> Result<Option<S>, ConfigErrors> {
+    let Some(config) = section::<C>(text, source, key)? else {
+        return Ok(None);
+    };
+    let context = SectionContext::of(text, source);
+    let mut errors = Diagnostics::new(text, source);
+    match check(&config, &context, &mut errors) {
+        Some(spec) if errors.is_empty() => Ok(Some(spec)),
+        _ => Err(ConfigErrors(errors.into_errors())),
+    }
 }
 
 /// The TOML document `text` as a table with the places of its keys and values; a syntax
@@ -594,6 +715,31 @@ mod tests {
                 .n,
             3
         );
+    }
+
+    #[test]
+    fn a_section_is_read_alone_and_located_in_its_file() {
+        let text = "[app]\nanything = true\n[a]\nn = 1\nzz = 1\nyy = 2\n";
+        let e = section::<Inner>(text, "app.toml", "a").unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.0[0]
+                .to_string()
+                .starts_with("app.toml:5:1: unknown field `zz`"),
+            "{e}"
+        );
+        assert!(
+            e.0[1]
+                .to_string()
+                .starts_with("app.toml:6:1: unknown field `yy`"),
+            "{e}"
+        );
+        assert!(section::<Inner>(text, "app.toml", "b").unwrap().is_none());
+        let ok = section::<Inner>("[a]\nn = 4\n", "app.toml", "a").unwrap();
+        assert_eq!(ok.unwrap().n, 4);
+        let cx = SectionContext::of("[upstreams.x]\n[upstreams.y]\n", "dir/app.toml");
+        assert_eq!(cx.upstream_names(), ["x", "y"]);
+        assert_eq!(cx.base, Path::new("dir"));
     }
 
     #[test]
