@@ -54,7 +54,7 @@
 
 use mcp_gateway_layers::audit::config::{AuditConfig, AuditSpec};
 use mcp_gateway_layers::auth::config::{AuthConfig, AuthSpec};
-use mcp_gateway_layers::config::{from_toml, resolve, Diagnostics};
+use mcp_gateway_layers::config::{from_toml_all, resolve, Diagnostics};
 use mcp_gateway_layers::limits::config::{LimitsConfig, LimitsSpec};
 use mcp_gateway_layers::sessions::config::{SessionsConfig, SessionsSpec};
 use mcp_gateway_layers::telemetry::config::{TelemetryConfig, TelemetrySpec};
@@ -386,8 +386,11 @@ pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
 }
 
 /// Parses and checks configuration text. Relative TLS paths resolve against `base`.
+///
+/// Every unknown key and wrong value is reported, each section's, not only the first; the
+/// checks of the values run once the file parses.
 pub fn parse(text: &str, source: &str, base: &Path) -> Result<Settings, Vec<ConfigError>> {
-    let config: Config = from_toml(text, source).map_err(|e| vec![e])?;
+    let config: Config = from_toml_all(text, source)?;
     check(config, text, source, base)
 }
 
@@ -683,6 +686,36 @@ urls = ["http://h1/mcp", "https://h2:8443/mcp"]
         std::fs::write(dir.join("k.pem"), a.signing_key.serialize_pem()).unwrap();
         assert!(parse(text, "gw.toml", &dir).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_section_s_parse_errors_are_reported() {
+        let text = "[server]\nlisten = \"127.0.0.1:1\"\nlisten_typo = 1\nbody_limt = 5\n\
+                    [limits]\nrequests_per_minute = \"many\"\n\
+                    [upstreams.demo]\nurl = \"http://x/mcp\"\ntimeout = 5\n\
+                    [bogus]\n";
+        let e = errs(text);
+        assert_eq!(e.len(), 5, "{e:?}");
+        assert!(
+            e[0].starts_with("gw.toml:3:1: unknown field `listen_typo`"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("gw.toml:4:1: unknown field `body_limt`"),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("gw.toml:6:23: invalid type: string \"many\", expected u64"),
+            "{e:?}"
+        );
+        assert!(
+            e[3].starts_with("gw.toml:9:1: unknown field `timeout`"),
+            "{e:?}"
+        );
+        assert!(
+            e[4].starts_with("gw.toml:10:2: unknown field `bogus`"),
+            "{e:?}"
+        );
     }
 
     #[test]

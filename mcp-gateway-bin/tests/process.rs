@@ -180,6 +180,29 @@ fn check_reports_errors_with_locations() {
         "{err}"
     );
 
+    // Every section's mistakes at once, not only the first one serde meets (issue 22).
+    let bad = dir.path().join("bad_many.toml");
+    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:8080\"\nlisten_typo = 1\n[limits]\nrequests_per_minute = \"ten\"\n[upstreams.demo]\nurl = \"http://127.0.0.1:3001/mcp\"\nretries = 3\n").unwrap();
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad_many.toml:3:1: unknown field `listen_typo`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad_many.toml:5:23: invalid type: string \"ten\", expected u64"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad_many.toml:8:1: unknown field `retries`"),
+        "{err}"
+    );
+
     let bad = dir.path().join("bad2.toml");
     std::fs::write(&bad, "[upstreams.demo]\nurl = \"tcp://nope\"\n[upstreams.other]\nurls = [\"http://ok/mcp\", \"://\"]\n").unwrap();
     let out = bin()

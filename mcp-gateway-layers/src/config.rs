@@ -29,6 +29,12 @@
 //! );
 //! # }
 //! ```
+//!
+//! The binary parses its file with [`from_toml_all`], which reports every unknown key and
+//! wrong value, not only the first. An app with its own file reads one of these sections
+//! from it with [`section`], or — checked too, as the binary checks it — with the
+//! capability's `config::from_toml` (built on [`check_section`]), e.g.
+//! `limits::config::from_toml(&text, "app.toml")?`.
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -80,6 +86,257 @@ pub fn from_toml<T: de::DeserializeOwned>(text: &str, source: &str) -> Result<T,
         location: e.span().map(|s| line_col(text, s.start)),
         message: e.message().trim().to_owned(),
     })
+}
+
+/// Every error a configuration file's text gives, in the order of the file: what the
+/// functions that report them all return, so that an app can `?` them into its own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigErrors> for Vec<ConfigError> {
+    fn from(e: ConfigErrors) -> Self {
+        e.0
+    }
+}
+
+/// At most this many errors are reported from one file's parsing (a bound on the retries).
+const MAX_PARSE_ERRORS: usize = 256;
+
+/// Parses TOML `text` (from `source`, a file name) into `T`, like [`from_toml`], but reports
+/// every unknown key and wrong value, each at its place and with the message [`from_toml`]
+/// gives for it, in the order of the file — not only the first. A syntax error still stops
+/// the parse (it is the only error then).
+///
+/// How: after each error, the key or value it is about (or, for an error about a whole
+/// table, that table) is left out and the rest is parsed again, until it parses. A required
+/// key left out because its value was wrong does not get a second "missing field" error.
+pub fn from_toml_all<T: de::DeserializeOwned>(
+    text: &str,
+    source: &str,
+) -> Result<T, Vec<ConfigError>> {
+    let root = parse_document(text, source)?;
+    deserialize_all(root, text, source)
+}
+
+/// Section `key` of TOML `text` (from `source`, a file name) as `C`, with every error of the
+/// section reported as [`from_toml_all`] does, located in `text`: `Ok(None)` when the file
+/// has no such section. Other sections are not looked at (beyond the TOML syntax of the whole
+/// file).
+///
+/// This is how an app reads one of the sections the `mcp-gateway` binary reads from its own
+/// file; each capability's `config::from_toml` goes on to run the section's `check`:
+///
+/// ```
+/// # #[cfg(feature = "limits")] {
+/// use mcp_gateway_layers::config::section;
+/// use mcp_gateway_layers::limits::config::LimitsConfig;
+///
+/// let text = "[app]\nname = \"x\"\n[limits]\nrequests_per_minute = 5\nbogus = 1\n";
+/// let errors = section::<LimitsConfig>(text, "app.toml", "limits").unwrap_err();
+/// assert!(errors.to_string().starts_with("app.toml:5:1: unknown field `bogus`"));
+/// # }
+/// ```
+pub fn section<C: de::DeserializeOwned>(
+    text: &str,
+    source: &str,
+    key: &str,
+) -> Result<Option<C>, ConfigErrors> {
+    let root = parse_document(text, source).map_err(ConfigErrors)?;
+    let toml::de::DeValue::Table(mut table) = root.into_inner() else {
+        return Ok(None);
+    };
+    match table.remove(key) {
+        None => Ok(None),
+        Some(value) => deserialize_all(value, text, source)
+            .map(Some)
+            .map_err(ConfigErrors),
+    }
+}
+
+/// What a section's `check` needs from the rest of the file it was read from: the folder
+/// its relative paths are relative to, and the names of the file's `[upstreams.NAME]`.
+#[derive(Debug, Clone, Default)]
+pub struct SectionContext {
+    /// The configuration file's folder (relative paths in the section resolve against it).
+    pub base: PathBuf,
+    /// The names of the file's `[upstreams.NAME]` tables, in the file's (sorted) order.
+    pub upstreams: Vec<String>,
+}
+
+impl SectionContext {
+    /// The context of `text`, read from the file `source`: its folder, and its upstreams.
+    pub fn of(text: &str, source: &str) -> Self {
+        let base = Path::new(source)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let upstreams = match toml::de::DeTable::parse(text).map(Spanned::into_inner) {
+            Ok(mut t) => match t.remove("upstreams").map(Spanned::into_inner) {
+                Some(toml::de::DeValue::Table(u)) => {
+                    u.keys().map(|k| k.get_ref().to_string()).collect()
+                }
+                _ => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        Self { base, upstreams }
+    }
+
+    /// The upstream names, as the checks take them.
+    pub fn upstream_names(&self) -> Vec<&str> {
+        self.upstreams.iter().map(String::as_str).collect()
+    }
+}
+
+/// Reads section `key` of `text` as `C` ([`section`]) and checks it with `check` — the
+/// capability's own, the one the binary runs — in the file's [`SectionContext`]: the checked
+/// spec, `Ok(None)` when there is no such section, or every error, located in `source`.
+pub fn check_section<C: de::DeserializeOwned, S>(
+    text: &str,
+    source: &str,
+    key: &str,
+    check: impl FnOnce(&C, &SectionContext, &mut Diagnostics<'_>) -> Option<S>,
+) -> Result<Option<S>, ConfigErrors> {
+    let Some(config) = section::<C>(text, source, key)? else {
+        return Ok(None);
+    };
+    let context = SectionContext::of(text, source);
+    let mut errors = Diagnostics::new(text, source);
+    match check(&config, &context, &mut errors) {
+        Some(spec) if errors.is_empty() => Ok(Some(spec)),
+        _ => Err(ConfigErrors(errors.into_errors())),
+    }
+}
+
+/// The TOML document `text` as a table with the places of its keys and values; a syntax
+/// error is reported as [`from_toml`] reports it.
+fn parse_document<'t>(
+    text: &'t str,
+    source: &str,
+) -> Result<Spanned<toml::de::DeValue<'t>>, Vec<ConfigError>> {
+    let table = toml::de::DeTable::parse(text).map_err(|e| {
+        vec![ConfigError {
+            source: source.to_owned(),
+            location: e.span().map(|s| line_col(text, s.start)),
+            message: e.message().trim().to_owned(),
+        }]
+    })?;
+    let span = table.span();
+    Ok(Spanned::new(
+        span,
+        toml::de::DeValue::Table(table.into_inner()),
+    ))
+}
+
+/// Deserializes `value` (a part of `text`) as `T`, reporting every error: after each, what it
+/// is about is left out ([`prune`]) and the rest is deserialized again.
+fn deserialize_all<T: de::DeserializeOwned>(
+    mut value: Spanned<toml::de::DeValue<'_>>,
+    text: &str,
+    source: &str,
+) -> Result<T, Vec<ConfigError>> {
+    let root = value.span();
+    // The keys left out, with the table they were in: a "missing field" error for one of
+    // them follows from leaving it out, not from the file.
+    let mut pruned: Vec<(Range<usize>, String)> = Vec::new();
+    let mut found: Vec<(usize, ConfigError)> = Vec::new();
+    loop {
+        let error = match T::deserialize(toml::de::ValueDeserializer::from(value.clone())) {
+            Ok(t) if found.is_empty() => return Ok(t),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let span = error.span().unwrap_or_else(|| root.clone());
+        let message = error.message().trim().to_owned();
+        let follows = pruned
+            .iter()
+            .any(|(table, key)| *table == span && message == format!("missing field `{key}`"));
+        if !follows {
+            found.push((
+                span.start,
+                ConfigError {
+                    source: source.to_owned(),
+                    location: Some(line_col(text, span.start)),
+                    message,
+                },
+            ));
+        }
+        if span == root || found.len() >= MAX_PARSE_ERRORS || !prune(&mut value, &span, &mut pruned)
+        {
+            break;
+        }
+    }
+    // Serde reads a table's keys in its own order; the file's is the reader's.
+    found.sort_by_key(|(at, _)| *at);
+    Err(found.into_iter().map(|(_, e)| e).collect())
+}
+
+/// Whether `inner` lies within `outer`.
+fn within(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end
+}
+
+/// Leaves out of `value` the innermost key (with its value) or array element that `span`
+/// (an error's place) is, or is within, recording a key left out with its table's span in
+/// `pruned`. Whether something was left out.
+///
+/// The search goes through every table, not only those whose span holds `span`: a table
+/// opened by a `[header]` spans its header, not the keys under it.
+fn prune(
+    value: &mut Spanned<toml::de::DeValue<'_>>,
+    span: &Range<usize>,
+    pruned: &mut Vec<(Range<usize>, String)>,
+) -> bool {
+    let here = value.span();
+    match value.get_mut() {
+        toml::de::DeValue::Table(table) => {
+            // The innermost first: what is under each value, then the keys here.
+            if table.iter_mut().any(|(_, v)| prune(v, span, pruned)) {
+                return true;
+            }
+            let Some(key) = table
+                .iter()
+                .find(|(k, v)| within(&k.span(), span) || within(&v.span(), span))
+                .map(|(k, _)| k.clone())
+            else {
+                return false;
+            };
+            table.remove(key.get_ref().as_ref());
+            pruned.push((here, key.get_ref().to_string()));
+            true
+        }
+        toml::de::DeValue::Array(items) => {
+            if items.iter_mut().any(|v| prune(v, span, pruned)) {
+                return true;
+            }
+            let Some(i) = items.iter().position(|v| within(&v.span(), span)) else {
+                return false;
+            };
+            let mut kept = toml::de::DeArray::new();
+            for (j, v) in items.iter().enumerate() {
+                if j != i {
+                    kept.push(v.clone());
+                }
+            }
+            *items = kept;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Collects the errors of a configuration file, each located (file, line, column) from the
@@ -370,6 +627,119 @@ mod tests {
         assert_eq!(parse_size("4MiB").unwrap(), 4 << 20);
         assert_eq!(parse_size("10KB").unwrap(), 10_000);
         assert!(parse_size("4 furlongs").is_err());
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u8,
+        #[serde(default)]
+        s: Option<String>,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Doc {
+        #[serde(default)]
+        b: Option<u8>,
+        #[serde(default)]
+        a: Option<Inner>,
+        #[serde(default)]
+        rules: Vec<Inner>,
+    }
+
+    fn all(text: &str) -> Vec<String> {
+        from_toml_all::<Doc>(text, "f")
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_unknown_key_and_wrong_value_is_reported_in_file_order() {
+        let text = "typo = 1\nb = \"x\"\n\
+                    [a]\ns = 5\nn = 1\nmore = 2\n\
+                    [[rules]]\nn = 1\nbad = 2\n\
+                    [[rules]]\nn = 300\n\
+                    [[rules]]\nn = 2\ns = []\n";
+        let e = all(text);
+        assert_eq!(e.len(), 7, "{e:?}");
+        assert!(
+            e[0].starts_with("f:1:1: unknown field `typo`, expected one of `b`, `a`, `rules`"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("f:2:5: invalid type: string \"x\", expected u8"),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("f:4:5: invalid type: integer `5`, expected a string"),
+            "{e:?}"
+        );
+        assert!(e[3].starts_with("f:6:1: unknown field `more`"), "{e:?}");
+        assert!(e[4].starts_with("f:9:1: unknown field `bad`"), "{e:?}");
+        assert!(
+            e[5].starts_with("f:11:5: invalid value: integer `300`"),
+            "{e:?}"
+        );
+        assert!(e[6].starts_with("f:14:5: invalid type: sequence"), "{e:?}");
+        // No "missing field `n`" for the `n` left out because its value was wrong, but one
+        // for an `n` that is missing from the file.
+        let e = all("[[rules]]\nn = \"x\"\n[[rules]]\ns = \"y\"\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("f:2:5: invalid type"), "{e:?}");
+        assert!(e[1].starts_with("f:3:1: missing field `n`"), "{e:?}");
+        // One error: the message and place `from_toml` gives.
+        let one = "[a]\nn = 1\nzz = 1\n";
+        assert_eq!(
+            all(one),
+            [from_toml::<Doc>(one, "f").unwrap_err().to_string()]
+        );
+        // A syntax error stops at itself.
+        let e = all("b = \n[a]\nzz = 1\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            e[0],
+            from_toml::<Doc>("b = \n[a]\nzz = 1\n", "f")
+                .unwrap_err()
+                .to_string()
+        );
+        assert_eq!(
+            from_toml_all::<Doc>("[a]\nn = 3\n", "f")
+                .unwrap()
+                .a
+                .unwrap()
+                .n,
+            3
+        );
+    }
+
+    #[test]
+    fn a_section_is_read_alone_and_located_in_its_file() {
+        let text = "[app]\nanything = true\n[a]\nn = 1\nzz = 1\nyy = 2\n";
+        let e = section::<Inner>(text, "app.toml", "a").unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.0[0]
+                .to_string()
+                .starts_with("app.toml:5:1: unknown field `zz`"),
+            "{e}"
+        );
+        assert!(
+            e.0[1]
+                .to_string()
+                .starts_with("app.toml:6:1: unknown field `yy`"),
+            "{e}"
+        );
+        assert!(section::<Inner>(text, "app.toml", "b").unwrap().is_none());
+        let ok = section::<Inner>("[a]\nn = 4\n", "app.toml", "a").unwrap();
+        assert_eq!(ok.unwrap().n, 4);
+        let cx = SectionContext::of("[upstreams.x]\n[upstreams.y]\n", "dir/app.toml");
+        assert_eq!(cx.upstream_names(), ["x", "y"]);
+        assert_eq!(cx.base, Path::new("dir"));
     }
 
     #[test]

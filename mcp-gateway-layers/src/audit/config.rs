@@ -17,9 +17,30 @@
 //! # write_timeout = "5s"             # longest a call waits on a full queue or failing sink
 //! # sink = "file"                    # or "stdout" (then no path)
 //! ```
+//!
+//! An app with its own TOML file reads the section with [`from_toml`], the binary's
+//! validation ([`check`]; a relative `path` is relative to the file's folder) with errors
+//! located in the app's file, then starts the [`writer`] and builds the [`layer`]:
+//!
+//! ```
+//! use mcp_gateway_layers::audit::config;
+//!
+//! let text = "[audit]\nsink = \"stdout\"\nkeep = 5\n";
+//! let spec = config::from_toml(text, "app.toml")?.expect("[audit] is there");
+//! assert!(matches!(spec.sink, config::AuditSinkSpec::Stdout));
+//! // let writer = config::writer(&spec)?; let audit = config::layer(&writer, 4 << 20);
+//!
+//! let bad = "[audit]\npath = \"audit.jsonl\"\nfsync = \"never\"\nkeep = 0\n";
+//! assert_eq!(
+//!     config::from_toml(bad, "app.toml").unwrap_err().to_string(),
+//!     "app.toml:3:9: audit.fsync: \"never\" is not \"interval\" or \"always\"\n\
+//!      app.toml:4:8: audit.keep must be at least 1 (rotated files kept)"
+//! );
+//! # Ok::<(), mcp_gateway_layers::config::ConfigErrors>(())
+//! ```
 
 use super::{AuditLogLayer, AuditWriter, FileSink, FsyncPolicy, OnFull, StdoutSink, WriterOptions};
-use crate::config::{resolve, Diagnostics, Dur, Size, Spanned};
+use crate::config::{check_section, resolve, ConfigErrors, Diagnostics, Dur, Size, Spanned};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -233,6 +254,13 @@ pub fn check(a: &AuditConfig, base: &Path, e: &mut Diagnostics<'_>) -> Option<Au
         return None;
     }
     sink.map(|sink| AuditSpec { sink, options })
+}
+
+/// `[audit]` of the TOML `text` of the file `source`, checked by [`check`] as the binary
+/// checks it (a relative `path` is relative to `source`'s folder): every error, located in
+/// `source`, or the spec — `None` when the file has no `[audit]`.
+pub fn from_toml(text: &str, source: &str) -> Result<Option<AuditSpec>, ConfigErrors> {
+    check_section(text, source, "audit", |a, cx, e| check(a, &cx.base, e))
 }
 
 /// Opens the sink of checked `[audit]` and starts the writer (flush it at shutdown).

@@ -24,6 +24,24 @@
 //! client_secret_env = "GATEWAY_AS_SECRET"
 //! scopes = ["github:read"]
 //! ```
+//!
+//! An app with its own TOML file reads `[auth]` with [`from_toml`] (the binary's validation,
+//! [`check`], with errors located in the app's file; permissions may name the file's
+//! `[upstreams.NAME]`):
+//!
+//! ```
+//! use mcp_gateway_layers::auth::config;
+//!
+//! let text = "[auth]\nissuer = \"https://as.example.com\"\nscopes = [\"mcp:tools\"]\n";
+//! assert!(config::from_toml(text, "app.toml")?.is_some());
+//!
+//! let bad = "[auth]\nissuer = \"ftp://as\"\n";
+//! assert_eq!(
+//!     config::from_toml(bad, "app.toml").unwrap_err().to_string(),
+//!     "app.toml:2:10: auth.issuer: URL \"ftp://as\" must start with http:// or https://"
+//! );
+//! # Ok::<(), mcp_gateway_layers::config::ConfigErrors>(())
+//! ```
 
 use super::{
     Algorithm, ApiKeys, ApiKeysError, AsClient, CachePolicy, Chain, ClientCredentials,
@@ -31,7 +49,7 @@ use super::{
     Permissions, Rule, Target, TokenCache, TokenExchangeSource, TokenSource, TokenVerifier,
     UpstreamCredentials,
 };
-use crate::config::{check_url, resolve, Diagnostics, Dur, Spanned};
+use crate::config::{check_section, check_url, resolve, ConfigErrors, Diagnostics, Dur, Spanned};
 use http::HeaderValue;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -284,6 +302,16 @@ fn url(s: &Spanned<String>, what: &str, e: &mut Diagnostics<'_>) -> Option<Strin
             None
         }
     }
+}
+
+/// `[auth]` of the TOML `text` of the file `source`, checked by [`check`] as the binary checks
+/// it (permissions may name the file's `[upstreams.NAME]`; relative files are read from
+/// `source`'s folder): every error, located in `source`, or the spec — `None` when the file
+/// has no `[auth]`.
+pub fn from_toml(text: &str, source: &str) -> Result<Option<AuthSpec>, ConfigErrors> {
+    check_section(text, source, "auth", |a, cx, e| {
+        check(a, &cx.upstream_names(), &cx.base, e)
+    })
 }
 
 /// Checks `[auth]`: `upstream_names` are the configured upstreams (permission rules may name

@@ -18,9 +18,29 @@
 //! tools = ["analyze_*"]
 //! tokens_per_minute = 50000
 //! ```
+//!
+//! An app with its own TOML file reads the section with [`from_toml`], the binary's
+//! validation ([`check`]) with errors located in the app's file, and builds the layer from it:
+//!
+//! ```
+//! use mcp_gateway_layers::limits::config;
+//!
+//! let text = "[app]\nname = \"demo\"\n\n[limits]\nrequests_per_minute = 600\n";
+//! let limits = config::from_toml(text, "app.toml")?.as_ref().map(config::layer);
+//! assert!(limits.is_some()); // `tower::ServiceBuilder::option_layer(limits)`: none without [limits]
+//!
+//! let bad = "[app]\nname = \"demo\"\n\n[limits]\nrequests_per_minute = 0\n";
+//! assert_eq!(
+//!     config::from_toml(bad, "app.toml").unwrap_err().to_string(),
+//!     "app.toml:5:23: limits.requests_per_minute must be between 1 and 4294967295"
+//! );
+//! # Ok::<(), mcp_gateway_layers::config::ConfigErrors>(())
+//! ```
 
 use super::{KeySource, Limits, OnStoreError, Rule, TokenBucket2DLayer};
-use crate::config::{Diagnostics, Dur, Spanned, StoreDefaults, StoreKeys, StoreSpec};
+use crate::config::{
+    check_section, ConfigErrors, Diagnostics, Dur, Spanned, StoreDefaults, StoreKeys, StoreSpec,
+};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -211,6 +231,15 @@ pub fn check(
     (errors.count() == before).then_some(LimitsSpec { limits, store })
 }
 
+/// `[limits]` of the TOML `text` of the file `source`, checked by [`check`] as the binary
+/// checks it (`[[limits.rules]]` may name the file's `[upstreams.NAME]`): every error,
+/// located in `source`, or the spec — `None` when the file has no `[limits]`.
+pub fn from_toml(text: &str, source: &str) -> Result<Option<LimitsSpec>, ConfigErrors> {
+    check_section(text, source, "limits", |l, cx, e| {
+        check(l, &cx.upstream_names(), e)
+    })
+}
+
 /// The limits layer for checked `[limits]`: budgets in memory or in Redis (with this
 /// process's memory as the fallback). One layer serves every route, so a key's budget is the
 /// same whichever upstream it calls.
@@ -264,6 +293,38 @@ mod tests {
     }
 
     const BASE: &str = "[upstreams.a]\nurl = \"http://x/mcp\"\n";
+
+    #[test]
+    fn from_toml_locates_errors_in_the_apps_own_file() {
+        // The app's file: its own sections, then the gateway's `[limits]`.
+        let app = "[app]\nport = 3000\n\n[limits]\nrequests_per_minute = 0\nburst = 5\nkey = 7\n";
+        let e: Vec<String> = from_toml(app, "conf/app.toml")
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("conf/app.toml:6:1: unknown field `burst`"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("conf/app.toml:7:7: invalid type: integer `7`"),
+            "{e:?}"
+        );
+        let app = "[app]\nport = 3000\n[limits]\nrequests_per_minute = 0\n[[limits.rules]]\ntools = [\"x\"]\nupstreams = [\"b\"]\ntokens_per_minute = 5\n";
+        let e = from_toml(app, "app.toml").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "app.toml:4:23: limits.requests_per_minute must be between 1 and 4294967295\n\
+             app.toml:7:13: limits.rules[0].upstreams: no upstream named \"b\""
+        );
+        // The rules may name the file's upstreams, as in the binary's file.
+        let ok = format!("{BASE}[limits]\n[[limits.rules]]\ntools = [\"x\"]\nupstreams = [\"a\"]\ntokens_per_minute = 5\n");
+        assert!(from_toml(&ok, "app.toml").unwrap().is_some());
+        assert!(from_toml("[app]\n", "app.toml").unwrap().is_none());
+    }
 
     #[test]
     fn limits() {

@@ -18,9 +18,30 @@
 //! sessions then end when the process restarts and do not span replicas. Without a
 //! `[sessions]` section, upstreams with several instances get the layer with such a key and
 //! the defaults; single-instance upstreams pass session ids through untouched.
+//!
+//! An app with its own TOML file reads the section with [`from_toml`] (the binary's
+//! validation, [`check`], with errors located in the app's file):
+//!
+//! ```
+//! use mcp_gateway_layers::sessions::config;
+//!
+//! let spec = config::from_toml("[sessions]\nidle_timeout = \"10m\"\n", "app.toml")?;
+//! let sessions = config::layer(spec.as_ref(), true);
+//! assert!(sessions.is_some());
+//!
+//! let bad = "[sessions]\nstore = \"disk\"\n";
+//! assert_eq!(
+//!     config::from_toml(bad, "app.toml").unwrap_err().to_string(),
+//!     "app.toml:2:9: sessions.store: \"disk\" is not \"memory\" or \"redis\""
+//! );
+//! # Ok::<(), mcp_gateway_layers::config::ConfigErrors>(())
+//! ```
 
 use super::{SessionAffinityLayer, SessionKey, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME};
-use crate::config::{resolve, Diagnostics, Dur, Spanned, StoreDefaults, StoreKeys, StoreSpec};
+use crate::config::{
+    check_section, resolve, ConfigErrors, Diagnostics, Dur, Spanned, StoreDefaults, StoreKeys,
+    StoreSpec,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -164,6 +185,13 @@ pub fn check(
         max_lifetime,
         store,
     })
+}
+
+/// `[sessions]` of the TOML `text` of the file `source`, checked by [`check`] as the binary
+/// checks it (key files are relative to `source`'s folder): every error, located in
+/// `source`, or the spec — `None` when the file has no `[sessions]`.
+pub fn from_toml(text: &str, source: &str) -> Result<Option<SessionsSpec>, ConfigErrors> {
+    check_section(text, source, "sessions", |c, cx, e| check(c, &cx.base, e))
 }
 
 /// The sessions layer: from checked `[sessions]` (`spec`), or — with no `[sessions]` — with a

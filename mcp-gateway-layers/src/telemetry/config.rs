@@ -16,9 +16,26 @@
 //! `otlp_endpoint` is the collector's base URL: spans are POSTed to `{otlp_endpoint}/v1/traces`
 //! (a URL already ending in `/v1/traces` is used as it is). Span export needs the
 //! `telemetry-otlp` feature.
+//!
+//! An app with its own TOML file reads the section with [`from_toml`] (the binary's
+//! validation, [`check`], with errors located in the app's file):
+//!
+//! ```
+//! use mcp_gateway_layers::telemetry::config;
+//!
+//! let spec = config::from_toml("[telemetry]\nservice_name = \"app\"\n", "app.toml")?;
+//! assert!(spec.is_some());
+//!
+//! let bad = "[telemetry]\nsample_ratio = 2.0\n";
+//! assert_eq!(
+//!     config::from_toml(bad, "app.toml").unwrap_err().to_string(),
+//!     "app.toml:2:16: telemetry.sample_ratio must be between 0.0 and 1.0, not 2"
+//! );
+//! # Ok::<(), mcp_gateway_layers::config::ConfigErrors>(())
+//! ```
 
 use super::{Metrics, MetricsOptions, TraceInjectLayer};
-use crate::config::{Diagnostics, Dur, Spanned};
+use crate::config::{check_section, ConfigErrors, Diagnostics, Dur, Spanned};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -82,6 +99,13 @@ impl TelemetrySpec {
             max_series: 10_000,
         }
     }
+}
+
+/// `[telemetry]` of the TOML `text` of the file `source`, checked by [`check`] as the binary
+/// checks it: every error, located in `source`, or the spec — `None` when the file has no
+/// `[telemetry]`.
+pub fn from_toml(text: &str, source: &str) -> Result<Option<TelemetrySpec>, ConfigErrors> {
+    check_section(text, source, "telemetry", |t, _, e| check(t, e))
 }
 
 /// Checks `[telemetry]`. Each problem is reported at its key; `None` when there was one.

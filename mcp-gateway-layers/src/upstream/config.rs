@@ -15,11 +15,33 @@
 //!
 //! A problem with a whole upstream (its name, a missing `url`) is reported at the name in its
 //! `[upstreams.NAME]` header; a bad value at the value.
+//!
+//! An app with its own TOML file reads its `[upstreams.NAME]` tables with [`from_toml`] (the
+//! binary's validation, [`check_with_auth`] or [`check`], with errors located in the app's
+//! file) and builds each with [`build`]:
+//!
+//! ```
+//! use mcp_gateway_layers::upstream::config;
+//!
+//! let text = "[upstreams.demo]\nurl = \"http://127.0.0.1:3001/mcp\"\n";
+//! let specs = config::from_toml(text, "app.toml")?;
+//! assert_eq!(specs[0].name, "demo"); // config::build(&specs[0]) inside a Tokio runtime
+//!
+//! let bad = "[upstreams.demo]\nurl = \"tcp://nope\"\ntimeout = 5\n";
+//! assert!(config::from_toml(bad, "app.toml")
+//!     .unwrap_err()
+//!     .to_string()
+//!     .starts_with("app.toml:3:1: unknown field `timeout`"));
+//! # Ok::<(), mcp_gateway_layers::config::ConfigErrors>(())
+//! ```
 
 use super::{CertificateDer, Upstream, UpstreamConfig, UpstreamError};
 #[cfg(feature = "auth")]
 use crate::auth::config::{AuthConfig, CredentialsConfig, CredentialsSpec};
-use crate::config::{check_url, resolve, ConfigError, Diagnostics, Dur, Spanned};
+use crate::config::{
+    check_url, resolve, section, ConfigError, ConfigErrors, Diagnostics, Dur, SectionContext,
+    Spanned,
+};
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -194,6 +216,41 @@ fn check_table(
         });
     }
     specs
+}
+
+/// The `[upstreams.NAME]` tables of the TOML `text` of the file `source`, checked as the
+/// binary checks them (relative `ca_file`s from `source`'s folder; with the `auth` feature,
+/// `credentials` against the file's `[auth]`): every error of both sections, located in
+/// `source`, or the specs. No `[upstreams]` is an error, as for the binary.
+pub fn from_toml(text: &str, source: &str) -> Result<Vec<UpstreamSpec>, ConfigErrors> {
+    let upstreams = section::<BTreeMap<Spanned<String>, UpstreamEntry>>(text, source, "upstreams");
+    #[cfg(feature = "auth")]
+    let auth = section::<AuthConfig>(text, source, "auth");
+    #[cfg(not(feature = "auth"))]
+    let auth: Result<Option<()>, ConfigErrors> = Ok(None);
+    let (upstreams, auth) = match (upstreams, auth) {
+        (Ok(u), Ok(a)) => (u.unwrap_or_default(), a),
+        (u, a) => {
+            let mut all = u.err().map(|e| e.0).unwrap_or_default();
+            all.extend(a.err().map(|e| e.0).unwrap_or_default());
+            all.sort_by_key(|e| e.location);
+            return Err(ConfigErrors(all));
+        }
+    };
+    let context = SectionContext::of(text, source);
+    let mut errors = Diagnostics::new(text, source);
+    #[cfg(feature = "auth")]
+    let specs = check_with_auth(&upstreams, auth.as_ref(), &context.base, &mut errors);
+    #[cfg(not(feature = "auth"))]
+    let specs = {
+        let _ = auth;
+        check(&upstreams, &context.base, &mut errors)
+    };
+    if errors.is_empty() {
+        Ok(specs)
+    } else {
+        Err(ConfigErrors(errors.into_errors()))
+    }
 }
 
 /// Whether `name` can be an upstream name (and so a `/mcp/NAME` route): letters, digits, `-`,
