@@ -68,6 +68,7 @@
 //! | [`origin`] | refuses browser requests from origins that are not allowed (DNS-rebinding defence) |
 //! | [`prometheus`] | every layer's metrics in one Prometheus text, and a `/metrics` service for an app |
 //! | [`observe`] | attaches an observer of your own to every response (one decode, shared with the gateway's layers) |
+//! | [`boxed`] | a layer whose answers all have one body type, so that governing layers line up under tower's `ServiceBuilder::option_layer` |
 //! | [`toggle`] | a layer switched on or off when the stack is built |
 //! | [`body`] | the response bodies: a governed answer, observed once per stack, or a refusal |
 //! | `shutdown` | (feature `shutdown`) stopping an embedding app as the binary stops: a grace period for open answers, the rest ended and recorded as cut at shutdown, audit records written, spans exported — one call |
@@ -174,6 +175,7 @@ pub mod audit;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod body;
+pub mod boxed;
 #[cfg(any(
     feature = "auth",
     feature = "limits",
