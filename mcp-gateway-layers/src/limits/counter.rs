@@ -1,7 +1,7 @@
 //! Counting tokens: the [`TokenCounter`] trait, a fast default estimate ([`ByteEstimate`]),
 //! and closures.
 //!
-//! With the `limit-tiktoken` feature, `Tiktoken` counts exactly with OpenAI's BPE vocabularies
+//! With the `limits-tiktoken` feature, `Tiktoken` counts exactly with OpenAI's BPE vocabularies
 //! (`o200k_base`, `cl100k_base`). It costs about as much as the model's own tokenizer — on the
 //! task that streams the response — so prefer the estimate unless budgets must be exact.
 //!

@@ -24,7 +24,7 @@
 //! tokens in and out; [`Costs`] adds them up per key and tool.
 //!
 //! Budgets live in a [`LimitStore`]: [`MemoryStore`] by default (bounded: idle keys are
-//! evicted), or, with the `limit-redis` feature, a Redis store shared by every replica, with
+//! evicted), or, with the `limits-redis` feature, a Redis store shared by every replica, with
 //! this replica's memory as the fallback when Redis cannot answer ([`OnStoreError`]).
 //!
 //! The layer works alone: with no parsed request in the extensions it reads the body itself.
