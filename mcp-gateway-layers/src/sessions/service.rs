@@ -579,6 +579,15 @@ impl<S: Clone + Send + Sync + 'static> SessionAffinity<S> {
         }
     }
 
+    /// [`route`](Self::route), waiting for the store when it answers over the network.
+    async fn routed<B>(&self, req: &mut Request<B>) -> Result<Routed<S>, Refusal> {
+        match self.route(req) {
+            Decision::Pass(r) => Ok(r),
+            Decision::Refuse(r) => Err(r),
+            Decision::Wait(w) => w.await,
+        }
+    }
+
     /// Serves one request: routes it, hands the chosen instance's service (a clone) and the
     /// request to `call` (an `async` call such as `Upstream::forward`, composed inline: no
     /// boxed future), and finishes the answer. What [`Service::call`] does, for callers that
@@ -594,13 +603,9 @@ impl<S: Clone + Send + Sync + 'static> SessionAffinity<S> {
         Fut: Future<Output = Response<RB>>,
     {
         let id = McpRequest::from_extensions(req.extensions()).and_then(|v| v.reply_id().cloned());
-        let routed = match self.route(&mut req) {
-            Decision::Pass(r) => r,
-            Decision::Refuse(r) => return refused(r.into_response(id.as_ref())),
-            Decision::Wait(w) => match w.await {
-                Ok(r) => r,
-                Err(r) => return refused(r.into_response(id.as_ref())),
-            },
+        let routed = match self.routed(&mut req).await {
+            Ok(r) => r,
+            Err(r) => return refused(r.into_response(id.as_ref())),
         };
         let resp = call(routed.service().clone(), req).await;
         match routed.finish(resp, id.as_ref()) {
@@ -632,13 +637,9 @@ impl<S: Clone + Send + Sync + 'static> SessionAffinity<S> {
         Fut: Future<Output = Response<RB>>,
     {
         let id = McpRequest::from_extensions(req.extensions()).and_then(|v| v.reply_id().cloned());
-        let routed = match self.route(&mut req) {
-            Decision::Pass(r) => r,
-            Decision::Refuse(r) => return refused(r.into_response(id.as_ref())),
-            Decision::Wait(w) => match w.await {
-                Ok(r) => r,
-                Err(r) => return refused(r.into_response(id.as_ref())),
-            },
+        let routed = match self.routed(&mut req).await {
+            Ok(r) => r,
+            Err(r) => return refused(r.into_response(id.as_ref())),
         };
         let spare =
             (routed.session.is_none() && self.placement.set.load().len() > 1).then(|| copy(&req));
