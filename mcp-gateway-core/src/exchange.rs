@@ -110,9 +110,9 @@ pub struct Record {
     pub principal: Option<Principal>,
     /// The route (upstream name) the request was sent to.
     pub route: Option<Arc<str>>,
-    /// The session id the client knows (legacy sessions). With SessionAffinity, the session's
-    /// handle instead (24 hex digits): it names the session in logs and audit records without
-    /// being usable as an id.
+    /// The legacy session, by its handle (24 hex digits): it names the session in logs, spans
+    /// and audit records without being usable as an id. SessionAffinity writes it; otherwise
+    /// [`session_handle`](Self::session_handle) derives it from the id the request carried.
     pub session: Option<Arc<str>>,
     /// The upstream instance chosen for the request.
     pub instance: Option<Arc<str>>,
@@ -133,6 +133,25 @@ pub struct Record {
     /// Headers a layer adds to the answer when the request is admitted (the limits layer's
     /// `RateLimit` fields), applied by the layer that attaches the observers.
     pub response_headers: HeaderMap,
+}
+
+impl Record {
+    /// The legacy session this exchange belongs to, by its handle: the one a session layer
+    /// recorded, else the [handle](crate::session::handle_of) of the `Mcp-Session-Id` the
+    /// request carried — derived once, then kept here for every layer that names the session.
+    /// A 2026-07-28 request belongs to no session.
+    pub fn session_handle(&mut self) -> Option<Arc<str>> {
+        if self.session.is_none() {
+            let id = self
+                .request
+                .as_ref()
+                .map(McpRequest::protocol)
+                .filter(|p| p.era == crate::Era::Legacy)
+                .and_then(|p| p.session_id.as_deref())?;
+            self.session = Some(Arc::from(crate::session::handle_of(id)));
+        }
+        self.session.clone()
+    }
 }
 
 /// What the server knows of a request before any layer runs, handed to the layer that

@@ -45,7 +45,11 @@ impl Auditor {
         let Some(slot) = self.slot.take() else {
             return;
         };
-        let snap = self.exchange.snapshot();
+        // The session named by its handle, derived once for every layer that names it.
+        let snap = self.exchange.update(|r| {
+            r.session_handle();
+            r.clone()
+        });
         let mut r = AuditRecord::new(
             self.exchange.started_at(),
             Event::Request,
@@ -75,9 +79,6 @@ impl Auditor {
         // carried — the same handle.
         r.session = snap.session.as_deref().map(str::to_owned);
         if let Some(view) = &snap.request {
-            if r.session.is_none() {
-                r.session = view.protocol().session_id.as_deref().map(handle_of);
-            }
             describe(&mut r, view);
         }
         r.error_code = end.error_code;

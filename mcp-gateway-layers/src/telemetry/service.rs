@@ -4,7 +4,6 @@ use crate::govern::{Decision, Govern, Governed};
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method, Request};
 use http_body_util::Full;
-use mcp_gateway_core::era::Era;
 use mcp_gateway_core::exchange::Exchange;
 use mcp_gateway_core::message::{McpMessage, MessageKind};
 use mcp_gateway_core::meta::set_meta_entries_with_edits;
@@ -100,9 +99,6 @@ struct Spans {
     target: Option<Box<str>>,
     tool: Option<Box<str>>,
     attrs: Vec<KeyValue>,
-    /// The legacy session id the client sent: its handle names the session when no sessions
-    /// layer wrote one (the id itself is never recorded).
-    legacy_session: Option<Box<str>>,
     usage_in: Option<u64>,
     usage_out: Option<u64>,
 }
@@ -134,7 +130,7 @@ impl Observer for Spans {
                 (
                     r.principal.as_ref().map(|p| p.agent_key().to_owned()),
                     r.route.clone(),
-                    r.session.clone(),
+                    r.session_handle(),
                     r.tokens_in,
                     r.tokens_out,
                     r.denial.clone(),
@@ -175,14 +171,8 @@ impl Observer for Spans {
                 opentelemetry::StringValue::from(r.clone()),
             ));
         }
-        // The span names the session by its handle, never by an id someone could present:
-        // SessionAffinity writes the handle to the record; without it (or for a call refused
-        // before it) the handle of the id the client sent — the same one for a sealed id.
-        if let Some(s) = session.or_else(|| {
-            self.legacy_session
-                .take()
-                .map(|id| Arc::from(mcp_gateway_core::session::handle_of(&id)))
-        }) {
+        // The span names the session by its handle, never by an id someone could present.
+        if let Some(s) = session {
             attrs.push(KeyValue::new(
                 "mcp.session.id",
                 opentelemetry::StringValue::from(s),
@@ -585,9 +575,6 @@ impl Govern for Governor {
             target,
             tool,
             attrs,
-            legacy_session: (view.protocol().era == Era::Legacy)
-                .then(|| view.protocol().session_id.clone())
-                .flatten(),
             usage_in: None,
             usage_out: None,
         });
