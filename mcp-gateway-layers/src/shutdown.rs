@@ -40,7 +40,7 @@ use pin_project_lite::pin_project;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -54,7 +54,10 @@ struct Shared {
     open: AtomicUsize,
     /// The wakers of open bodies waiting on their server, by body.
     waiting: Mutex<HashMap<u64, Waker>>,
+    /// Numbers bodies (their keys in `waiting`).
     next: AtomicU64,
+    /// Set when `run` starts.
+    is_requested: AtomicBool,
     requested: tokio::sync::Notify,
     #[cfg(feature = "audit")]
     audit: Mutex<Option<crate::audit::AuditWriter>>,
@@ -120,14 +123,14 @@ impl Shutdown {
     }
 
     fn is_requested(&self) -> bool {
-        self.0.next.load(Ordering::Acquire) & REQUESTED != 0
+        self.0.is_requested.load(Ordering::Acquire)
     }
 
     /// Shuts down: signals [`requested`](Self::requested), lets open answers finish for up
     /// to `grace`, ends those still open (recorded as cut at shutdown), then writes every
     /// audit record and exports the queued spans.
     pub async fn run(&self, grace: Duration) {
-        self.0.next.fetch_or(REQUESTED, Ordering::AcqRel);
+        self.0.is_requested.store(true, Ordering::Release);
         self.0.requested.notify_waiters();
         let deadline = tokio::time::Instant::now() + grace;
         while self.open() > 0 && tokio::time::Instant::now() < deadline {
@@ -184,9 +187,6 @@ impl Shutdown {
         }
     }
 }
-
-/// The high bit of `next`: shutdown requested (the rest numbers bodies).
-const REQUESTED: u64 = 1 << 63;
 
 fn tracing_cut(open: usize, grace: Duration) {
     tracing::warn!(
@@ -267,7 +267,7 @@ where
         };
         let shared = shutdown.0;
         shared.open.fetch_add(1, Ordering::AcqRel);
-        let id = shared.next.fetch_add(1, Ordering::Relaxed) & !REQUESTED;
+        let id = shared.next.fetch_add(1, Ordering::Relaxed);
         Poll::Ready(Ok(resp.map(|body| ShutdownBody {
             inner: Some(body),
             guard: Open { shared, id },
