@@ -127,7 +127,7 @@ fn answer(req: &Request<Incoming>, router: &Router, ready: &AtomicBool) -> Respo
         "/healthz" => text(StatusCode::OK, "ok\n", PLAIN),
         "/readyz" => {
             let (status, body) = router.readiness(ready.load(Ordering::Relaxed));
-            text(status, body, PLAIN)
+            text(status, body.into_owned(), PLAIN)
         }
         _ => text(
             StatusCode::NOT_FOUND,
@@ -155,5 +155,6 @@ fn render(router: &Router, out: &mut String) {
         .with_some(router.audit().cloned())
         .with_some(router.limits().cloned())
         .with_some(router.sessions().cloned())
+        .with_some(router.stdio_metrics())
         .render_into(out);
 }

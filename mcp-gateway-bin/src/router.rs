@@ -27,6 +27,7 @@ use mcp_gateway_layers::head::HeadCheck;
 use mcp_gateway_layers::limits::TokenBucket2DLayer;
 use mcp_gateway_layers::rt::ReadTimeout;
 use mcp_gateway_layers::sessions::{AffinityBody, SessionAffinity, SessionAffinityLayer};
+use mcp_gateway_layers::stdio::{StdioBody, StdioMetrics, StdioUpstream};
 use mcp_gateway_layers::telemetry::TraceInjectLayer;
 pub use mcp_gateway_layers::upstream::ConnInfo;
 use mcp_gateway_layers::upstream::{Upstream, UpstreamBody};
@@ -42,29 +43,53 @@ use std::time::Instant;
 use tower::Layer;
 
 /// Where a governed route's requests go: its one upstream, or its instances through
-/// `SessionAffinity`.
+/// `SessionAffinity`, or a local server's child processes.
 #[derive(Clone, Debug)]
 pub enum Target {
     /// One instance, sessions passed through as they are.
     Direct(Upstream),
     /// Sessions sealed and routed to their instance; new work balanced.
     Affinity(SessionAffinity<Upstream>),
+    /// A stdio upstream, its session ids passed through as it issues them.
+    Stdio(StdioUpstream),
+    /// A stdio upstream under `[sessions]`: its session ids sealed and bound to the principal.
+    StdioAffinity(SessionAffinity<StdioUpstream>),
 }
 
 /// The body a [`Target`] answers with.
-pub type TargetBody = Either<UpstreamBody, AffinityBody<UpstreamBody>>;
+pub type TargetBody = Either<
+    Either<UpstreamBody, AffinityBody<UpstreamBody>>,
+    Either<StdioBody, AffinityBody<StdioBody>>,
+>;
 
 impl Target {
     /// Sends one admitted request to the upstream, by reference (no boxed future).
     async fn forward(&self, req: Request<Full<Bytes>>) -> Result<Response<TargetBody>, Infallible> {
         Ok(match self {
-            Self::Direct(up) => up.forward(req, None).await.map(Either::Left),
+            Self::Direct(up) => up
+                .forward(req, None)
+                .await
+                .map(|b| Either::Left(Either::Left(b))),
             Self::Affinity(aff) => aff
                 .serve_retrying(req, |up, req| async move { up.forward(req, None).await })
                 .await
-                .map(Either::Right),
+                .map(|b| Either::Left(Either::Right(b))),
+            Self::Stdio(up) => up
+                .forward(req)
+                .await
+                .map(|b| Either::Right(Either::Left(b))),
+            Self::StdioAffinity(aff) => aff
+                .serve(req, |up, req| async move { up.forward(req).await })
+                .await
+                .map(|b| Either::Right(Either::Right(b))),
         })
     }
+}
+
+/// What serves a route: a server reached over HTTP, or a local one run as child processes.
+enum Server {
+    Remote(Upstream),
+    Local(StdioUpstream),
 }
 
 /// A route's stack below the origin check.
@@ -149,6 +174,8 @@ pub struct Router {
     /// TraceInject, when `[telemetry]` is configured: one for all routes (one metrics
     /// registry, one span exporter).
     telemetry: Option<TraceInjectLayer>,
+    /// The stdio upstreams (their readiness, metrics, and the stop of their children).
+    stdio: Vec<StdioUpstream>,
 }
 
 impl Router {
@@ -189,8 +216,18 @@ impl Router {
             )?),
             None => None,
         };
+        let mut stdio = Vec::new();
         for spec in &settings.upstreams {
-            let upstream = mcp_gateway_layers::upstream::config::build(spec)?;
+            // A local server (`command`): its children start now (`shared`) or with their
+            // first session or agent.
+            let server = match spec.stdio.clone() {
+                Some(local) => {
+                    let local = StdioUpstream::new(local);
+                    stdio.push(local.clone());
+                    Server::Local(local)
+                }
+                None => Server::Remote(mcp_gateway_layers::upstream::config::build(spec)?),
+            };
             let guard = match &auth {
                 Some(a) => Some(a.layer(
                     &spec.name,
@@ -201,9 +238,10 @@ impl Router {
                 None => None,
             };
             let metadata = guard.as_ref().map(OAuthGuardLayer::metadata_service);
-            let routed = sessions
-                .as_ref()
-                .filter(|_| settings.sessions.is_some() || upstream.instance_count() > 1);
+            let routed = sessions.as_ref().filter(|_| {
+                settings.sessions.is_some()
+                    || matches!(&server, Server::Remote(u) if u.instance_count() > 1)
+            });
             // The governing layers, outermost first. A layer that is off is not in the chain.
             let chain = Chain::new()
                 // AuditLog: outermost, so every refusal below it is recorded — bad input,
@@ -225,19 +263,31 @@ impl Router {
             // SessionAffinity, innermost: it sits over the upstream's instances, routes a
             // session to its owner and balances new work. Without `[sessions]` a
             // single-instance upstream does without it (session ids pass through).
-            let below_origin = match routed {
-                None if chain.is_empty() => Stack::Plain(
+            let below_origin = match (server, routed) {
+                // A stdio upstream; under `[sessions]` the ids it issues are sealed and bound
+                // to the principal like any instance's.
+                (Server::Local(local), routed) => Stack::Governed {
+                    chain,
+                    body_limit: settings.body_limit,
+                    target: match routed {
+                        Some(layer) => Target::StdioAffinity(
+                            layer.clone().scope(&spec.name).service([("stdio", local)]),
+                        ),
+                        None => Target::Stdio(local),
+                    },
+                },
+                (Server::Remote(upstream), None) if chain.is_empty() => Stack::Plain(
                     ParseMcpLayer::new()
                         .body_limit(settings.body_limit)
                         .view_on_response(access_log)
                         .layer(upstream),
                 ),
-                None => Stack::Governed {
+                (Server::Remote(upstream), None) => Stack::Governed {
                     chain,
                     body_limit: settings.body_limit,
                     target: Target::Direct(upstream),
                 },
-                Some(layer) => Stack::Governed {
+                (Server::Remote(upstream), Some(layer)) => Stack::Governed {
                     chain,
                     body_limit: settings.body_limit,
                     target: Target::Affinity(
@@ -266,7 +316,8 @@ impl Router {
                 || limits.is_some()
                 || audit.is_some()
                 || sessions.is_some()
-                || telemetry.is_some(),
+                || telemetry.is_some()
+                || !stdio.is_empty(),
             access_log,
             head: HeadCheck::new().max_header_bytes(settings.max_header_bytes),
             body_read_timeout: settings.body_read_timeout,
@@ -274,7 +325,19 @@ impl Router {
             audit,
             sessions,
             telemetry,
+            stdio,
         })
+    }
+
+    /// The stdio upstreams' metrics (empty when there are none).
+    pub fn stdio_metrics(&self) -> Option<StdioMetrics> {
+        let m = StdioMetrics::of(&self.stdio);
+        (!m.is_empty()).then_some(m)
+    }
+
+    /// The stdio upstreams, whose children the server stops last.
+    pub fn stdio(&self) -> &[StdioUpstream] {
+        &self.stdio
     }
 
     /// The telemetry layer (its metrics, and the span exporter's flush), when `[telemetry]`
@@ -291,14 +354,20 @@ impl Router {
     /// What `/readyz` answers (on the public and the admin listener): 503 `draining` once
     /// the gateway drains (`ready` false), 503 `audit log unavailable` while the audit sink
     /// cannot write (calls are then refused with 503 after `[audit] write_timeout`, so a load
-    /// balancer should send them elsewhere), else 200 `ready`.
-    pub fn readiness(&self, ready: bool) -> (StatusCode, &'static str) {
+    /// balancer should send them elsewhere), 503 naming a stdio upstream in a crash loop,
+    /// else 200 `ready`.
+    pub fn readiness(&self, ready: bool) -> (StatusCode, std::borrow::Cow<'static, str>) {
         if !ready {
-            (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
         } else if self.audit.as_ref().is_some_and(|a| !a.healthy()) {
-            (StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable\n")
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit log unavailable\n".into(),
+            )
+        } else if let Some(why) = self.stdio.iter().find_map(StdioUpstream::unready) {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n").into())
         } else {
-            (StatusCode::OK, "ready\n")
+            (StatusCode::OK, "ready\n".into())
         }
     }
 
@@ -501,8 +570,15 @@ fn wrap(resp: Response<Full<Bytes>>) -> Response<GatewayBody> {
     resp.map(Either::Right)
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<GatewayBody> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+fn plain(
+    status: StatusCode,
+    text: impl Into<std::borrow::Cow<'static, str>>,
+) -> Response<GatewayBody> {
+    let body = match text.into() {
+        std::borrow::Cow::Borrowed(t) => Bytes::from_static(t.as_bytes()),
+        std::borrow::Cow::Owned(t) => Bytes::from(t),
+    };
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -30,6 +30,8 @@ pub struct Gateway {
     audit: Option<mcp_gateway_layers::audit::AuditWriter>,
     telemetry: Option<mcp_gateway_layers::telemetry::TraceInjectLayer>,
     admin: Option<crate::admin::Admin>,
+    /// The stdio upstreams, whose children stop when the listeners have drained.
+    stdio: Vec<mcp_gateway_layers::stdio::StdioUpstream>,
 }
 
 impl Gateway {
@@ -95,6 +97,7 @@ impl Gateway {
         let router = Router::new(&settings, ready.clone(), cutoff.clone()).await?;
         let audit = router.audit().cloned();
         let telemetry = router.telemetry().cloned();
+        let stdio = router.stdio().to_vec();
         let admin = match &settings.admin {
             Some(spec) => {
                 Some(crate::admin::Admin::bind(spec.listen, &router, ready.clone()).await?)
@@ -159,6 +162,7 @@ impl Gateway {
             audit,
             telemetry,
             admin,
+            stdio,
         })
     }
 
@@ -183,6 +187,10 @@ impl Gateway {
         let _ = self.task.await;
         for done in self.workers {
             let _ = done.await;
+        }
+        // Local servers stop after the last call they could serve (the MCP stdio shutdown).
+        for up in &self.stdio {
+            up.stop().await;
         }
         if let Some(t) = &self.telemetry {
             mcp_gateway_layers::telemetry::otlp::shutdown(t, Duration::from_secs(5)).await;

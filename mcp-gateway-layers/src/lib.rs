@@ -57,6 +57,14 @@
     not(feature = "upstream"),
     doc = "| `upstream` | `Upstream` | `[upstreams.NAME]` | forwards to an MCP server: streamed bodies, SSE flushed per event, hop-by-hop and `Authorization` headers removed, pooled connections, timeouts |"
 )]
+#![cfg_attr(
+    feature = "stdio",
+    doc = "| [`stdio`] | `StdioUpstream` | `[upstreams.NAME] command` | runs a local MCP server as supervised child processes (shared, per session or per agent) and serves it over Streamable HTTP, to both protocol eras |"
+)]
+#![cfg_attr(
+    not(feature = "stdio"),
+    doc = "| `stdio` | `StdioUpstream` | `[upstreams.NAME] command` | runs a local MCP server as supervised child processes (shared, per session or per agent) and serves it over Streamable HTTP, to both protocol eras |"
+)]
 //!
 //! What they share, always compiled:
 //!
@@ -160,7 +168,9 @@
 //! [`McpRequest::from_extensions`] (method, tool name, id and protocol era, without reading
 //! or parsing the body again) and refuses with a [`Refusal`], whose answer keeps the request's
 //! id.
-#![forbid(unsafe_code)]
+// Denied everywhere but in two functions of `stdio` (the child's death signal and the kill of
+// its process group), each allowed on its own with the reason.
+#![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(
@@ -203,6 +213,8 @@ pub mod rt;
 pub mod sessions;
 #[cfg(feature = "shutdown")]
 pub mod shutdown;
+#[cfg(feature = "stdio")]
+pub mod stdio;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod toggle;
@@ -230,6 +242,8 @@ pub use origin::{AllowedOrigins, OriginGuard, OriginGuardLayer};
 pub use parse::{ParseMcp, ParseMcpLayer};
 #[cfg(feature = "sessions")]
 pub use sessions::{SessionAffinity, SessionAffinityLayer};
+#[cfg(feature = "stdio")]
+pub use stdio::StdioUpstream;
 #[cfg(feature = "telemetry")]
 pub use telemetry::{TraceInject, TraceInjectLayer};
 pub use toggle::{Toggle, Toggled, WrapBody};

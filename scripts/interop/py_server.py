@@ -1,6 +1,7 @@
 """An MCP server on the official Python SDK (`mcp`), for the interop matrix.
 
-Usage: py_server.py PORT — serves Streamable HTTP at http://127.0.0.1:PORT/mcp with two tools:
+Usage: py_server.py PORT — serves Streamable HTTP at http://127.0.0.1:PORT/mcp; py_server.py
+--stdio — serves stdio (newline-delimited JSON-RPC on stdin/stdout). Two tools:
 `echo` (returns `text`) and `slow_count` (sends `n` progress notifications, then returns).
 """
 
@@ -28,4 +29,7 @@ async def slow_count(n: int, ctx: Context, delay_ms: int = 100) -> str:
 
 
 if __name__ == "__main__":
-    anyio.run(lambda: server.run_streamable_http_async(host="127.0.0.1", port=int(sys.argv[1])))
+    if sys.argv[1] == "--stdio":
+        anyio.run(server.run_stdio_async)
+    else:
+        anyio.run(lambda: server.run_streamable_http_async(host="127.0.0.1", port=int(sys.argv[1])))

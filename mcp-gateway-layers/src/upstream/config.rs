@@ -84,6 +84,85 @@ pub struct UpstreamEntry {
     #[cfg(feature = "auth")]
     #[serde(default)]
     pub credentials: Option<CredentialsConfig>,
+    /// A local server run as a child process instead of `url` (feature `stdio`): the argv.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub command: Option<Spanned<Vec<String>>>,
+    /// stdio: variables given as values.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub env: Option<Spanned<BTreeMap<String, String>>>,
+    /// stdio: variables whose values are read from files.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub env_files: Option<Spanned<BTreeMap<String, PathBuf>>>,
+    /// stdio: variables passed on from the gateway's environment.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub inherit_env: Option<Spanned<Vec<String>>>,
+    /// stdio: the child's working folder.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub cwd: Option<Spanned<PathBuf>>,
+    /// stdio: `"shared"`, `"per_session"` or `"per_agent"`.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    /// stdio: the most children at once.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub max_processes: Option<Spanned<i64>>,
+    /// stdio: the longest wait for `initialize`'s answer.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub startup_timeout: Option<Dur>,
+    /// stdio: how long new work waits for a free child or a restart.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub queue_timeout: Option<Dur>,
+    /// stdio: how long an unused session or agent child lives.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
+    /// stdio: each step of the shutdown.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub stop_timeout: Option<Dur>,
+    /// stdio: the largest message read from a child.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub max_message_size: Option<crate::config::Size>,
+    /// stdio, `per_agent`: each agent's own variables.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub agent_env: Option<BTreeMap<Spanned<String>, BTreeMap<String, String>>>,
+    /// stdio, `per_agent`: each agent's own variables, read from files.
+    #[cfg(feature = "stdio")]
+    #[serde(default)]
+    pub agent_env_files: Option<BTreeMap<Spanned<String>, BTreeMap<String, PathBuf>>>,
+}
+
+#[cfg(feature = "stdio")]
+impl UpstreamEntry {
+    fn stdio_keys(&self) -> crate::stdio::config::StdioKeys<'_> {
+        let mut k = crate::stdio::config::StdioKeys::default();
+        k.command = self.command.as_ref();
+        k.env = self.env.as_ref();
+        k.env_files = self.env_files.as_ref();
+        k.inherit_env = self.inherit_env.as_ref();
+        k.cwd = self.cwd.as_ref();
+        k.mode = self.mode.as_ref();
+        k.max_processes = self.max_processes.as_ref();
+        k.startup_timeout = self.startup_timeout;
+        k.response_timeout = self.response_timeout;
+        k.queue_timeout = self.queue_timeout;
+        k.idle_timeout = self.idle_timeout;
+        k.stop_timeout = self.stop_timeout;
+        k.max_message_size = self.max_message_size;
+        k.agent_env = self.agent_env.as_ref();
+        k.agent_env_files = self.agent_env_files.as_ref();
+        k
+    }
 }
 
 /// A checked upstream.
@@ -107,6 +186,9 @@ pub struct UpstreamSpec {
     /// Credentials presented to the upstream.
     #[cfg(feature = "auth")]
     pub credentials: Option<CredentialsSpec>,
+    /// A local server run as child processes (`command`); `urls` is then empty.
+    #[cfg(feature = "stdio")]
+    pub stdio: Option<crate::stdio::StdioSpec>,
 }
 
 /// The file's `[auth]`, which `credentials` take their defaults from (nothing without `auth`).
@@ -166,11 +248,21 @@ fn check_table(
         }
         let mut raw: Vec<&Spanned<String>> = entry.url.iter().collect();
         raw.extend(entry.urls.iter());
-        if raw.is_empty() {
-            errors.error(
-                Some(spanned_name.span()),
-                format!("upstream {name:?} needs url or urls"),
-            );
+        #[cfg(feature = "stdio")]
+        let stdio = check_stdio(name, spanned_name, entry, &raw, base, errors);
+        #[cfg(not(feature = "stdio"))]
+        let stdio: Option<()> = None;
+        if raw.is_empty() && stdio.is_none() {
+            #[cfg(feature = "stdio")]
+            let stdio_error = entry.command.is_some();
+            #[cfg(not(feature = "stdio"))]
+            let stdio_error = false;
+            if !stdio_error {
+                errors.error(
+                    Some(spanned_name.span()),
+                    format!("upstream {name:?} needs url, urls or command"),
+                );
+            }
         }
         if entry.url.is_some() && !entry.urls.is_empty() {
             errors.error(
@@ -199,6 +291,8 @@ fn check_table(
         });
         specs.push(UpstreamSpec {
             name: name.clone(),
+            #[cfg(feature = "stdio")]
+            stdio,
             ca_file,
             #[cfg(feature = "auth")]
             credentials,
@@ -216,6 +310,62 @@ fn check_table(
         });
     }
     specs
+}
+
+/// The stdio keys of one upstream: its spec when it has `command` (and no URL), checked; the
+/// stdio-only keys without `command`, or the HTTP-only keys with it, are errors.
+#[cfg(feature = "stdio")]
+fn check_stdio(
+    name: &str,
+    spanned_name: &Spanned<String>,
+    entry: &UpstreamEntry,
+    urls: &[&Spanned<String>],
+    base: &Path,
+    errors: &mut Diagnostics<'_>,
+) -> Option<crate::stdio::StdioSpec> {
+    let keys = entry.stdio_keys();
+    let Some(command) = &entry.command else {
+        if keys.any_set() {
+            errors.error(
+                Some(spanned_name.span()),
+                format!("upstream {name:?}: env, env_files, inherit_env, cwd, mode, max_processes, startup_timeout, queue_timeout, idle_timeout, stop_timeout, max_message_size and agent_env are for stdio upstreams: add command"),
+            );
+        }
+        return None;
+    };
+    if !urls.is_empty() {
+        errors.error(
+            Some(command.span()),
+            format!("upstream {name:?}: give url, urls or command, not several"),
+        );
+    }
+    let mut http_only = Vec::new();
+    if entry.connect_timeout.is_some() {
+        http_only.push("connect_timeout");
+    }
+    if entry.read_timeout.is_some() {
+        http_only.push("read_timeout");
+    }
+    if entry.sse_idle_timeout.is_some() {
+        http_only.push("sse_idle_timeout");
+    }
+    if entry.ca_file.is_some() {
+        http_only.push("ca_file");
+    }
+    #[cfg(feature = "auth")]
+    if entry.credentials.is_some() {
+        http_only.push("credentials");
+    }
+    if !http_only.is_empty() {
+        errors.error(
+            Some(command.span()),
+            format!(
+                "upstream {name:?}: {} apply to HTTP upstreams, not to a command",
+                http_only.join(", ")
+            ),
+        );
+    }
+    crate::stdio::config::check(name, &keys, DEFAULT_RESPONSE_TIMEOUT, base, errors)
 }
 
 /// The `[upstreams.NAME]` tables of the TOML `text` of the file `source`, checked as the
@@ -297,6 +447,8 @@ pub fn parse_upstream_flag(flag: &str) -> Result<UpstreamSpec, ConfigError> {
         ca_file: None,
         #[cfg(feature = "auth")]
         credentials: None,
+        #[cfg(feature = "stdio")]
+        stdio: None,
     })
 }
 
