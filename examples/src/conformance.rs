@@ -951,6 +951,16 @@ pub async fn serve(listener: tokio::net::TcpListener) {
     }
 }
 
+/// Serves the fixture over stdio (newline-delimited JSON-RPC on stdin and stdout) until stdin
+/// closes: one connection, as a stdio server serves its client.
+pub async fn serve_stdio() -> Result<(), Box<dyn std::error::Error>> {
+    use rmcp::ServiceExt;
+    let handler = Conformance::new(Arc::new(StreamCloser::default()));
+    let running = handler.serve(rmcp::transport::stdio()).await?;
+    running.waiting().await?;
+    Ok(())
+}
+
 /// Binds `addr` and serves the fixture in a background task; returns the bound address.
 pub async fn spawn(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -129,6 +129,22 @@ class Harness:
         wait_http(url)
         return url
 
+    def start_stdio_gateway(self, name: str, mode: str, kinds=SERVERS) -> str:
+        """Starts the gateway with each server of `kinds` as a stdio upstream (a child process
+        of the gateway, in `mode`); returns its base URL (routes are BASE/mcp/NAME)."""
+        port = free_port()
+        lines = [f'[server]\nlisten = "127.0.0.1:{port}"\n']
+        for kind in kinds:
+            argv = ", ".join(f'"{a}"' for a in stdio_command(kind))
+            lines.append(f'[upstreams.{kind}]\ncommand = [{argv}]\nmode = "{mode}"\n')
+        path = self.logs / f"gateway-{name}.toml"
+        path.write_text("\n".join(lines))
+        subprocess.run([str(BIN / "mcp-gateway"), "check", "--config", str(path)], check=True)
+        self.spawn(f"gateway-{name}", [str(BIN / "mcp-gateway"), "serve", "--config", str(path)])
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/healthz")
+        return base
+
     def start_servers(self, kinds=SERVERS, instances: int = 1, tag: str = "") -> dict[str, list[str]]:
         return {k: [self.start_server(k, f"{tag}{i}") for i in range(instances)] for k in kinds}
 
@@ -154,6 +170,17 @@ class Harness:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/healthz")
         return base
+
+
+def stdio_command(kind: str) -> list[str]:
+    """The argv that runs upstream `kind` as a stdio server."""
+    if kind == "fixture":
+        return [str(BIN / "conformance-server"), "--stdio"]
+    if kind == "everything":
+        return [str(NODE), str(NPM / "node_modules" / ".bin" / "mcp-server-everything"), "stdio"]
+    if kind == "python":
+        return [str(VENV_PY), str(HERE / "py_server.py"), "--stdio"]
+    raise ValueError(kind)
 
 
 def log(msg: str) -> None:

@@ -1,5 +1,5 @@
-//! `conformance-server [--listen ADDR]`: the conformance fixture (see
-//! `mcp_gateway_examples::conformance`), served on every path.
+//! `conformance-server [--listen ADDR | --stdio]`: the conformance fixture (see
+//! `mcp_gateway_examples::conformance`), served on every path, or over stdio.
 
 use std::net::SocketAddr;
 
@@ -16,8 +16,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => addr = args.next().ok_or("--listen needs ADDR")?.parse()?,
+            "--stdio" => return mcp_gateway_examples::conformance::serve_stdio().await,
             "-h" | "--help" => {
-                println!("conformance-server [--listen 127.0.0.1:3002]");
+                println!("conformance-server [--listen 127.0.0.1:3002 | --stdio]");
                 return Ok(());
             }
             other => return Err(format!("unknown argument {other:?}").into()),

@@ -667,6 +667,11 @@ impl Child {
             // The server gave up a call: end it for the client.
             return;
         }
+        // 2026-07-28: a `subscriptions/listen` stream's frames name the listen request's id
+        // (the gateway's, on this child): they go to that stream, with the client's id.
+        if contains(line, b"io.modelcontextprotocol/subscriptionId") && self.on_subscription(line) {
+            return;
+        }
         match self.relay {
             Relay::Session => {
                 self.relay_to_client(line);
@@ -699,6 +704,31 @@ impl Child {
         st.listeners
             .iter()
             .any(|l| l.tx.try_send(line.clone()).is_ok())
+    }
+
+    /// Routes a listen-stream frame to its `subscriptions/listen` call; whether it was one.
+    fn on_subscription(&self, line: &Bytes) -> bool {
+        const POINTER: &str = "/params/_meta/io.modelcontextprotocol~1subscriptionId";
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            return false;
+        };
+        let Some(gw) = v.pointer(POINTER).and_then(serde_json::Value::as_u64) else {
+            return false;
+        };
+        let st = self.lock();
+        let Some(call) = st.calls.get(&gw) else {
+            return true;
+        };
+        let Ok(client) = serde_json::from_str::<serde_json::Value>(&call.id) else {
+            return true;
+        };
+        if let Some(slot) = v.pointer_mut(POINTER) {
+            *slot = client;
+        }
+        if let Ok(text) = serde_json::to_vec(&v) {
+            let _ = call.tx.try_send(Delivery::Message(Bytes::from(text)));
+        }
+        true
     }
 
     fn on_progress(&self, line: &Bytes) {
@@ -781,6 +811,10 @@ impl Drop for ListenGuard {
     fn drop(&mut self) {
         self.child.lock().listeners.retain(|l| l.id != self.id);
     }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn cancel_line(gw: u64, reason: &str) -> Bytes {

@@ -302,7 +302,21 @@ impl StdioUpstream {
         }
         let id = reply_id.as_deref().unwrap_or("null");
         let token = progress_token(&body[..], msg);
-        let streaming = accepts_sse && (token.is_some() || (mode == Mode::PerSession && !modern));
+        // A 2026-07-28 `subscriptions/listen` is answered by a stream of notifications that
+        // lasts as long as the client keeps it open.
+        let listen = msg.method() == Some("subscriptions/listen");
+        if listen && !accepts_sse {
+            return error(
+                Some(id),
+                Failure::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    ErrorCode::INVALID_REQUEST,
+                    "subscriptions/listen answers with an event stream: accept text/event-stream",
+                ),
+            );
+        }
+        let streaming =
+            accepts_sse && (listen || token.is_some() || (mode == Mode::PerSession && !modern));
         match child.call(text, id, token.as_deref(), session, streaming) {
             Ok((guard, rx)) => {
                 if streaming {
@@ -310,7 +324,7 @@ impl StdioUpstream {
                         rx,
                         guard,
                         id.to_owned(),
-                        pool.spec.response_timeout,
+                        (!listen).then_some(pool.spec.response_timeout),
                     ))
                 } else {
                     self.answer(guard, rx, id).await
@@ -781,8 +795,8 @@ enum Kind {
         rx: mpsc::Receiver<Delivery>,
         guard: Option<CallGuard>,
         id: String,
-        idle: Duration,
-        timer: Pin<Box<tokio::time::Sleep>>,
+        /// The longest silence, with its timer (none for a listen stream).
+        idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     },
     Listen {
         rx: mpsc::Receiver<Bytes>,
@@ -810,14 +824,18 @@ impl StdioBody {
         }
     }
 
-    fn call(rx: mpsc::Receiver<Delivery>, guard: CallGuard, id: String, idle: Duration) -> Self {
+    fn call(
+        rx: mpsc::Receiver<Delivery>,
+        guard: CallGuard,
+        id: String,
+        idle: Option<Duration>,
+    ) -> Self {
         Self {
             kind: Kind::Call {
                 rx,
                 guard: Some(guard),
                 id,
-                idle,
-                timer: Box::pin(tokio::time::sleep(idle)),
+                idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
             },
         }
     }
@@ -861,46 +879,47 @@ impl Body for StdioBody {
                 guard,
                 id,
                 idle,
-                timer,
-            } => {
-                match rx.poll_recv(cx) {
-                    Poll::Ready(Some(Delivery::Message(m))) => {
-                        let deadline = tokio::time::Instant::now() + *idle;
-                        timer.as_mut().reset(deadline);
-                        Poll::Ready(Some(Ok(Frame::data(event(&m)))))
+            } => match rx.poll_recv(cx) {
+                Poll::Ready(Some(Delivery::Message(m))) => {
+                    if let Some((d, timer)) = idle {
+                        timer.as_mut().reset(tokio::time::Instant::now() + *d);
                     }
-                    Poll::Ready(Some(Delivery::Answer(a))) => {
-                        if let Some(g) = guard.take() {
-                            g.answered();
-                        }
-                        this.kind = Kind::Done;
-                        Poll::Ready(Some(Ok(Frame::data(event(&a)))))
-                    }
-                    Poll::Ready(Some(Delivery::Failed(f))) => {
-                        let e = event(&f.to_json(Some(id)));
-                        this.kind = Kind::Done;
-                        Poll::Ready(Some(Ok(Frame::data(e))))
-                    }
-                    Poll::Ready(None) => {
-                        this.kind = Kind::Done;
-                        Poll::Ready(None)
-                    }
-                    Poll::Pending => {
-                        if timer.as_mut().poll(cx).is_ready() {
-                            let f = Failure::new(
-                                StatusCode::GATEWAY_TIMEOUT,
-                                ErrorCode::UPSTREAM_TIMEOUT,
-                                format!("the stdio server sent nothing for response_timeout ({idle:?}); the call was cancelled"),
-                            );
-                            let e = event(&f.to_json(Some(id)));
-                            // Dropping the guard cancels the call on the server.
-                            this.kind = Kind::Done;
-                            return Poll::Ready(Some(Ok(Frame::data(e))));
-                        }
-                        Poll::Pending
-                    }
+                    Poll::Ready(Some(Ok(Frame::data(event(&m)))))
                 }
-            }
+                Poll::Ready(Some(Delivery::Answer(a))) => {
+                    if let Some(g) = guard.take() {
+                        g.answered();
+                    }
+                    this.kind = Kind::Done;
+                    Poll::Ready(Some(Ok(Frame::data(event(&a)))))
+                }
+                Poll::Ready(Some(Delivery::Failed(f))) => {
+                    let e = event(&f.to_json(Some(id)));
+                    this.kind = Kind::Done;
+                    Poll::Ready(Some(Ok(Frame::data(e))))
+                }
+                Poll::Ready(None) => {
+                    this.kind = Kind::Done;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => {
+                    let Some((d, timer)) = idle else {
+                        return Poll::Pending;
+                    };
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let f = Failure::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        ErrorCode::UPSTREAM_TIMEOUT,
+                        format!("the stdio server sent nothing for response_timeout ({d:?}); the call was cancelled"),
+                    );
+                    let e = event(&f.to_json(Some(id)));
+                    // Dropping the guard cancels the call on the server.
+                    this.kind = Kind::Done;
+                    Poll::Ready(Some(Ok(Frame::data(e))))
+                }
+            },
         }
     }
 
