@@ -589,7 +589,7 @@ impl Child {
                         StatusCode::BAD_GATEWAY,
                         ErrorCode::UPSTREAM_UNAVAILABLE,
                         format!(
-                            "the stdio server {}'s answer ({len} bytes) is over max_message_size",
+                            "the answer of stdio server {} ({len} bytes) is over max_message_size",
                             self.upstream
                         ),
                     );
