@@ -679,11 +679,19 @@ async fn max_processes_makes_new_work_wait_then_refuses_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_with_sigkill_leaves_no_child_behind() {
+    // `wrapped` starts a helper of its own in the background (what launchers and shell
+    // wrappers do): it must go too, though the kernel's parent-death signal does not reach it.
+    let wrapped = format!(
+        "sleep 300 & exec {} {}",
+        python().display(),
+        server_py().display()
+    );
     let mut gw = Gw::start(
         &format!(
-            "[upstreams.py]\ncommand = {}\n[upstreams.rs]\ncommand = {}\nmode = \"per_session\"\n",
+            "[upstreams.py]\ncommand = {}\n[upstreams.rs]\ncommand = {}\nmode = \"per_session\"\n[upstreams.wrapped]\ncommand = {}\n",
             py_command(&[]),
-            toml_array(&[fixture().display().to_string(), "--stdio".into()])
+            toml_array(&[fixture().display().to_string(), "--stdio".into()]),
+            toml_array(&["sh".into(), "-c".into(), wrapped]),
         ),
         &[],
     );
@@ -698,17 +706,43 @@ async fn a_gateway_killed_with_sigkill_leaves_no_child_behind() {
     )
     .await;
     let _rs = initialize(&c, &gw.url("rs")).await;
-    let (kids, _) = children_of(gw.pid());
-    assert_eq!(kids.len(), 2, "{kids:?}");
+    let _w = initialize(&c, &gw.url("wrapped")).await;
+    // Every process of every child's group: the servers, the helper, the watchdogs.
+    let groups: Vec<u32> = children_of(gw.pid()).0;
+    let members: Vec<u32> = groups.iter().flat_map(|g| group_members(*g)).collect();
+    assert!(members.len() >= 7, "{members:?}");
     let mut child = gw.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     wait_until(
-        "the children to die with the gateway",
+        "every process the gateway started to die with it",
         Duration::from_secs(5),
-        || kids.iter().all(|p| !alive(*p)),
+        || members.iter().all(|p| !alive(*p)),
     )
     .await;
+}
+
+/// The processes of process group `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if rest.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

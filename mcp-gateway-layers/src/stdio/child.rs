@@ -206,6 +206,8 @@ impl Child {
             }
             drop(stdin);
         });
+        // Kills the group if the gateway dies without stopping it; holds its pipe open.
+        let dog = process::watchdog(pid);
         let reader = child.clone();
         tokio::spawn(async move {
             let exit = reader
@@ -215,6 +217,16 @@ impl Child {
                     settings.stop_timeout,
                 )
                 .await;
+            if let Some(mut dog) = dog {
+                // The group kill ended it; reap it (or end it, if it was not in the group).
+                if tokio::time::timeout(Duration::from_millis(500), dog.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = dog.start_kill();
+                    let _ = dog.wait().await;
+                }
+            }
             on_exit(exit);
         });
         tracing::info!(target: "mcp_gateway::stdio", upstream = %child.upstream, pid, "stdio server started");

@@ -85,6 +85,31 @@ pub(crate) fn spawn(spec: &StdioSpec, env: &BTreeMap<String, String>) -> io::Res
     cmd.spawn()
 }
 
+/// Starts the watchdog of process group `pgid`: a `/bin/sh` in that group, blocked reading a
+/// pipe that only the gateway holds open. When the gateway dies — even by SIGKILL, which gives
+/// it no chance to stop anything — the pipe closes and the watchdog kills the whole group: what
+/// the server started (a launcher's child, a background helper) goes too, not only the process
+/// the kernel's parent-death signal reaches. It goes with the group when the gateway stops it.
+/// `None` (and the group relies on the death signal and stdin closing) when it cannot start.
+pub(crate) fn watchdog(pgid: u32) -> Option<Child> {
+    let group = i32::try_from(pgid).ok()?;
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "read -r _; kill -s KILL 0"])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(group)
+        .kill_on_drop(false);
+    match cmd.spawn() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::debug!(target: "mcp_gateway::stdio", pgid, error = %e, "no watchdog for the process group");
+            None
+        }
+    }
+}
+
 /// Asks the kernel to SIGKILL the child when the thread that started it — a runtime worker,
 /// which lives as long as the gateway — ends, so a gateway killed without a chance to stop its
 /// children (SIGKILL, a crash) leaves none behind.
