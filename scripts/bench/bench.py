@@ -36,6 +36,7 @@ GATEWAY_CONFIGS = [
     "sessions.toml",
     "telemetry.toml",
     "full.toml",
+    "stdio.toml",
     "passthrough-mimalloc.toml",
     "full-mimalloc.toml",
 ]
@@ -166,6 +167,7 @@ def start_gateway(config, upstream_port, log, tmp):
     text = (text.replace("{listen}", f"127.0.0.1:{port}")
             .replace("{upstream}", f"http://127.0.0.1:{upstream_port}/mcp")
             .replace("{dir}", os.path.join(HERE, "configs"))
+            .replace("{bench_upstream}", os.path.join(REL, "bench-upstream"))
             .replace("{tmp}", tmp))
     if PLACEMENT == "shared":
         # The default configuration: as many workers as cores.

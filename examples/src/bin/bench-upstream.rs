@@ -11,6 +11,9 @@
 //! `GET /token?aud=RESOURCE` answers an RS256 JWT for that audience, issued by
 //! `http://HOST/mcp`, with scope `mcp:tools`, valid for a day.
 //!
+//! `bench-upstream --stdio` is the same server over stdio (one JSON-RPC message per line on
+//! stdin and stdout), for the stdio upstream benchmarks: every answer is one line.
+//!
 //! It is also the benchmarks' local OpenTelemetry sink: a POST to a path ending in
 //! `/v1/traces` (OTLP/HTTP) is read whole and answered 200 with an empty export response.
 
@@ -220,7 +223,42 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     }
 }
 
+/// The stdio server: answers each request line with one line, in order, flushed at once.
+fn serve_stdio() -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in stdin.lines() {
+        let line = line?;
+        let Ok(view) = ClassifiedBody::new(Bytes::from(line)) else {
+            continue;
+        };
+        let Some(msg) = view.parsed().single() else {
+            continue;
+        };
+        if msg.kind() != MessageKind::Request {
+            continue;
+        }
+        let id = msg.id().map_or("null", |i| i.as_raw());
+        let answer = match msg.method() {
+            Some("initialize") => result(
+                id,
+                r#"{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"bench-upstream","version":"0"}}"#,
+            ),
+            Some("tools/call") => payload_result(id, view.arguments_text(msg)).0,
+            _ => result(id, "{}"),
+        };
+        out.write_all(answer.as_bytes())?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().nth(1).as_deref() == Some("--stdio") {
+        return Ok(serve_stdio()?);
+    }
     let mut addr: SocketAddr = "127.0.0.1:3101".parse()?;
     let mut threads = 1usize;
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -60,6 +60,8 @@ struct Inner {
 
 #[derive(Clone)]
 struct Session {
+    /// Its id (the map's key).
+    id: Arc<str>,
     /// Its own child (`per_session`), or the slot whose child serves it.
     target: SessionTarget,
     /// The agent that opened it: another gets 404.
@@ -497,6 +499,7 @@ impl StdioUpstream {
         self.inner.lock().insert(
             sid.clone(),
             Session {
+                id: sid.clone(),
                 target,
                 agent,
                 last_used: Instant::now(),
@@ -601,12 +604,12 @@ impl Inner {
     /// The session `sid`, when it exists and belongs to `agent`; marks it used.
     fn touch(&self, sid: &str, agent: Option<&str>) -> Option<(SessionTarget, Arc<str>)> {
         let mut sessions = self.lock();
-        let (key, s) = sessions.get_key_value_mut(sid)?;
+        let s = sessions.get_mut(sid)?;
         if s.agent.as_deref() != agent {
             return None;
         }
         s.last_used = Instant::now();
-        Some((s.target.clone(), key.clone()))
+        Some((s.target.clone(), s.id.clone()))
     }
 }
 
@@ -633,18 +636,6 @@ async fn reap_sessions(weak: Weak<Inner>, every: Duration) {
                 c.stop();
             }
         }
-    }
-}
-
-trait GetKeyValueMut {
-    fn get_key_value_mut(&mut self, k: &str) -> Option<(&Arc<str>, &mut Session)>;
-}
-
-impl GetKeyValueMut for HashMap<Arc<str>, Session> {
-    fn get_key_value_mut(&mut self, k: &str) -> Option<(&Arc<str>, &mut Session)> {
-        self.iter_mut()
-            .find(|(key, _)| &***key == k)
-            .map(|(k, v)| (&*k, v))
     }
 }
 

@@ -48,6 +48,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// What an upstream needs, as its error says (a `command` only with the `stdio` feature).
+#[cfg(feature = "stdio")]
+const NEEDS: &str = "url, urls or command";
+#[cfg(not(feature = "stdio"))]
+const NEEDS: &str = "url or urls";
+
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -145,23 +151,23 @@ pub struct UpstreamEntry {
 #[cfg(feature = "stdio")]
 impl UpstreamEntry {
     fn stdio_keys(&self) -> crate::stdio::config::StdioKeys<'_> {
-        let mut k = crate::stdio::config::StdioKeys::default();
-        k.command = self.command.as_ref();
-        k.env = self.env.as_ref();
-        k.env_files = self.env_files.as_ref();
-        k.inherit_env = self.inherit_env.as_ref();
-        k.cwd = self.cwd.as_ref();
-        k.mode = self.mode.as_ref();
-        k.max_processes = self.max_processes.as_ref();
-        k.startup_timeout = self.startup_timeout;
-        k.response_timeout = self.response_timeout;
-        k.queue_timeout = self.queue_timeout;
-        k.idle_timeout = self.idle_timeout;
-        k.stop_timeout = self.stop_timeout;
-        k.max_message_size = self.max_message_size;
-        k.agent_env = self.agent_env.as_ref();
-        k.agent_env_files = self.agent_env_files.as_ref();
-        k
+        crate::stdio::config::StdioKeys {
+            command: self.command.as_ref(),
+            env: self.env.as_ref(),
+            env_files: self.env_files.as_ref(),
+            inherit_env: self.inherit_env.as_ref(),
+            cwd: self.cwd.as_ref(),
+            mode: self.mode.as_ref(),
+            max_processes: self.max_processes.as_ref(),
+            startup_timeout: self.startup_timeout,
+            response_timeout: self.response_timeout,
+            queue_timeout: self.queue_timeout,
+            idle_timeout: self.idle_timeout,
+            stop_timeout: self.stop_timeout,
+            max_message_size: self.max_message_size,
+            agent_env: self.agent_env.as_ref(),
+            agent_env_files: self.agent_env_files.as_ref(),
+        }
     }
 }
 
@@ -260,7 +266,7 @@ fn check_table(
             if !stdio_error {
                 errors.error(
                     Some(spanned_name.span()),
-                    format!("upstream {name:?} needs url, urls or command"),
+                    format!("upstream {name:?} needs {NEEDS}"),
                 );
             }
         }
@@ -602,7 +608,10 @@ mod tests {
         let e = errs(text);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("gw.toml:3:12: "), "{e:?}");
-        assert!(e[0].ends_with("upstream \"e\" needs url or urls"), "{e:?}");
+        assert!(
+            e[0].ends_with(&format!("upstream \"e\" needs {NEEDS}")),
+            "{e:?}"
+        );
 
         // A dotted key names the upstream too.
         let text = "upstreams.e.connect_timeout = \"1s\"\n";
