@@ -795,3 +795,49 @@ fn check_reports_stdio_mistakes_with_their_place() {
         assert!(out.contains(want), "{want:?} not in:\n{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_sessions_the_ids_a_stdio_upstream_issues_are_sealed() {
+    let gw = Gw::start(
+        &format!(
+            "[sessions]\n[upstreams.t]\ncommand = {}\nmode = \"per_session\"\n",
+            toml_array(&[fixture().display().to_string(), "--stdio".into()])
+        ),
+        &[],
+    );
+    let c = client();
+    let url = gw.url("t");
+    let sid = initialize(&c, &url).await;
+    // Not the upstream's 32 hex digits: the sealed form.
+    assert!(sid.len() > 40, "{sid}");
+    let (status, v) = call(
+        &c,
+        &url,
+        &sid,
+        "echo",
+        serde_json::json!({"text": "sealed"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(text(&v), "sealed");
+    // A forged id never reaches the upstream.
+    let mut forged = sid.clone();
+    forged.replace_range(10..11, if &sid[10..11] == "A" { "B" } else { "A" });
+    let (status, _) = call(&c, &url, &forged, "echo", serde_json::json!({"text": "x"})).await;
+    assert_eq!(status, 404);
+    let r = c
+        .delete(&url)
+        .header("mcp-session-id", &sid)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let (status, _) = call(&c, &url, &sid, "echo", serde_json::json!({"text": "x"})).await;
+    assert_eq!(status, 404);
+    wait_until(
+        "the session's child to stop",
+        Duration::from_secs(5),
+        || children_of(gw.pid()).0.is_empty(),
+    )
+    .await;
+}

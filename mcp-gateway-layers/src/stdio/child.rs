@@ -294,13 +294,17 @@ impl Child {
             }
             None => (None, Bytes::copy_from_slice(body)),
         };
-        let line = splice_id(&body, gw.to_string().as_bytes(), true).ok_or_else(|| {
-            Failure::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::INVALID_REQUEST,
-                "the request has no id to rewrite",
-            )
-        })?;
+        // The request was validated when it was read (or re-serialized above): its id is
+        // found by a byte scan, not a second parse.
+        let line = super::frame::id_span(&body)
+            .map(|r| splice_at(&body, r, gw.to_string().as_bytes(), true))
+            .ok_or_else(|| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::INVALID_REQUEST,
+                    "the request has no id to rewrite",
+                )
+            })?;
         let (tx, rx) = mpsc::channel(64);
         {
             let mut st = self.lock();
@@ -365,6 +369,7 @@ impl Child {
         } else {
             let mut line = BytesMut::with_capacity(body.len() + 1);
             line.extend_from_slice(body);
+            one_line(&mut line);
             line.extend_from_slice(b"\n");
             line.freeze()
         };
@@ -624,7 +629,10 @@ impl Child {
             }
         };
         match (&top.id, &top.method) {
-            (Some(id), None) => self.on_answer(&line, id.get()),
+            (Some(id), None) => {
+                let span = span_in(&line, id.get());
+                self.on_answer(&line, id.get(), span);
+            }
             (Some(_), Some(method)) => self.on_server_request(&line, method),
             (None, Some(method)) => self.on_notification(&line, method),
             (None, None) => {
@@ -633,14 +641,13 @@ impl Child {
         }
     }
 
-    fn on_answer(&self, line: &Bytes, id: &str) {
+    fn on_answer(&self, line: &Bytes, id: &str, span: Option<std::ops::Range<usize>>) {
         let Some(call) = id.trim().parse::<u64>().ok().and_then(|gw| self.forget(gw)) else {
             tracing::debug!(target: "mcp_gateway::stdio", upstream = %self.upstream, id, "answer to no call in flight (cancelled or timed out): dropped");
             return;
         };
-        let Some(answer) = splice_id(line, call.id.as_bytes(), false) else {
-            return;
-        };
+        let Some(span) = span else { return };
+        let answer = splice_at(line, span, call.id.as_bytes(), false);
         let _ = call.tx.try_send(Delivery::Answer(answer));
     }
 
@@ -858,21 +865,43 @@ impl<'a> Top<'a> {
     }
 }
 
-/// `text` with its top-level `id` value replaced by `id`, and a newline appended when
-/// `newline`. `None` when it has no id.
-pub(crate) fn splice_id(text: &[u8], id: &[u8], newline: bool) -> Option<Bytes> {
-    let top = Top::parse(text).ok()?;
-    let raw = top.id?.get();
-    let start = (raw.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-    let end = start + raw.len();
+/// Where `part` (a slice of `text`, as serde's borrowed values are) lies in `text`.
+fn span_in(text: &[u8], part: &str) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    (start + part.len() <= text.len()).then(|| start..start + part.len())
+}
+
+/// `text` with the bytes at `span` replaced by `id`, and a newline appended when `newline`.
+fn splice_at(text: &[u8], span: std::ops::Range<usize>, id: &[u8], newline: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(text.len() + id.len() + 1);
-    out.extend_from_slice(&text[..start]);
+    out.extend_from_slice(&text[..span.start]);
     out.extend_from_slice(id);
-    out.extend_from_slice(&text[end..]);
+    out.extend_from_slice(&text[span.end..]);
     if newline {
+        one_line(&mut out);
         out.extend_from_slice(b"\n");
     }
-    Some(out.freeze())
+    out.freeze()
+}
+
+/// Turns the line breaks of a JSON text into spaces: in valid JSON they can only be
+/// whitespace between tokens (inside strings they are escaped), and stdio frames messages by
+/// newlines, so a pretty-printed request must become one line.
+fn one_line(text: &mut [u8]) {
+    if text.iter().any(|b| *b == b'\n' || *b == b'\r') {
+        for b in text.iter_mut().filter(|b| **b == b'\n' || **b == b'\r') {
+            *b = b' ';
+        }
+    }
+}
+
+/// `text` with its top-level `id` value replaced by `id`, and a newline appended when
+/// `newline`. `None` when it has no id.
+#[cfg(test)]
+fn splice_id(text: &[u8], id: &[u8], newline: bool) -> Option<Bytes> {
+    let top = Top::parse(text).ok()?;
+    let span = span_in(text, top.id?.get())?;
+    Some(splice_at(text, span, id, newline))
 }
 
 /// The answer to a request of the server: its id, and `member` (`"result":…` or
@@ -919,6 +948,17 @@ mod tests {
             b"{\"jsonrpc\":\"2.0\",\"id\": 7 ,\"method\":\"m\"}\n"
         );
         assert!(splice_id(br#"{"jsonrpc":"2.0","method":"m"}"#, b"7", true).is_none());
+    }
+
+    #[test]
+    fn a_pretty_printed_request_becomes_one_line() {
+        let text = b"{\n  \"jsonrpc\": \"2.0\",\r\n  \"id\": 3,\n  \"method\": \"ping\"\n}";
+        let span = super::super::frame::id_span(text).unwrap();
+        let out = splice_at(text, span, b"9", true);
+        assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
+        assert!(out.ends_with(b"\n"));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], 9);
     }
 
     #[test]

@@ -126,6 +126,10 @@ pub(crate) struct IdScan {
     /// Reading the id's value.
     capture: Option<Vec<u8>>,
     id: Option<Vec<u8>>,
+    /// Bytes fed so far, and where the id's value starts and ends among them.
+    pos: usize,
+    start: usize,
+    span: Option<std::ops::Range<usize>>,
 }
 
 impl IdScan {
@@ -134,6 +138,7 @@ impl IdScan {
             if self.id.is_some() {
                 return;
             }
+            self.pos += 1;
             if self.in_str {
                 if let Some(c) = &mut self.capture {
                     if c.len() < 256 {
@@ -167,6 +172,9 @@ impl IdScan {
                         self.at_key = false;
                         self.key.clear();
                     } else if let Some(c) = &mut self.capture {
+                        if c.is_empty() {
+                            self.start = self.pos - 1;
+                        }
                         c.push(b);
                     }
                 }
@@ -202,6 +210,9 @@ impl IdScan {
                 }
                 _ => {
                     if let Some(c) = &mut self.capture {
+                        if c.is_empty() {
+                            self.start = self.pos - 1;
+                        }
                         if c.len() < 256 {
                             c.push(b);
                         }
@@ -220,6 +231,13 @@ impl IdScan {
     fn finish(&mut self) {
         if let Some(c) = self.capture.take() {
             if !c.is_empty() {
+                // A string ends at its closing quote (fed); a literal at the byte after it.
+                let end = if c.first() == Some(&b'"') {
+                    self.pos
+                } else {
+                    self.pos - 1
+                };
+                self.span = Some(self.start..end);
                 self.id = Some(c);
             }
         }
@@ -228,6 +246,14 @@ impl IdScan {
     pub(crate) fn id(&self) -> Option<Vec<u8>> {
         self.id.clone()
     }
+}
+
+/// Where the top-level `id` value of one whole JSON object is (for text already known to be
+/// valid JSON: a scan of its bytes, no parse).
+pub(crate) fn id_span(text: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut scan = IdScan::default();
+    scan.feed(text);
+    scan.span
 }
 
 #[cfg(test)]
@@ -259,6 +285,22 @@ mod tests {
         );
         assert_eq!(scan(r#"{"method":"x","params":{"id":1}}"#), None);
         assert_eq!(scan(r#"{"id":{"x":1}}"#), None);
+    }
+
+    #[test]
+    fn spans_cover_the_id_value_exactly() {
+        for text in [
+            r#"{"jsonrpc":"2.0","id":17,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","method":"m","params":{"id":3},"id":"a\"b"}"#,
+            r#"{ "id" : 5 }"#,
+            r#"{"id":-1.5e3}"#,
+        ] {
+            let r = id_span(text.as_bytes()).unwrap();
+            let want: serde_json::Value = serde_json::from_str(text).unwrap();
+            let got: serde_json::Value = serde_json::from_str(&text[r]).unwrap();
+            assert_eq!(got, want["id"], "{text}");
+        }
+        assert!(id_span(br#"{"method":"m"}"#).is_none());
     }
 
     #[tokio::test]
