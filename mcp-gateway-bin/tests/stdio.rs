@@ -195,7 +195,7 @@ fn call_body(tool: &str, args: serde_json::Value) -> String {
     serde_json::json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":tool,"arguments":args}}).to_string()
 }
 
-/// A tool call's answer (JSON).
+/// A tool call's answer: the JSON body, or the last event of an SSE one.
 async fn call(
     c: &reqwest::Client,
     url: &str,
@@ -205,7 +205,21 @@ async fn call(
 ) -> (u16, serde_json::Value) {
     let r = post(c, url, Some(sid), &call_body(tool, args)).await;
     let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    let sse = r
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
+    let body = r.text().await.unwrap();
+    let json = if sse {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .last()
+            .unwrap_or("null")
+            .to_owned()
+    } else {
+        body
+    };
+    (status, serde_json::from_str(&json).unwrap())
 }
 
 fn text(v: &serde_json::Value) -> String {

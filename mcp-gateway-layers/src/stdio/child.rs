@@ -156,7 +156,7 @@ pub(crate) struct ChildSettings {
 
 impl Child {
     /// Starts `cmd`'s process and the tasks that serve it; `on_exit` is called once, when it
-    /// has exited and its calls have been failed.
+    /// has exited, before its calls are failed.
     pub(crate) fn start(
         mut proc: tokio::process::Child,
         settings: ChildSettings,
@@ -210,11 +210,12 @@ impl Child {
         let dog = process::watchdog(pid);
         let reader = child.clone();
         tokio::spawn(async move {
-            let exit = reader
+            reader
                 .drive(
                     proc,
                     LineReader::new(stdout, settings.max_message_size),
                     settings.stop_timeout,
+                    on_exit,
                 )
                 .await;
             if let Some(mut dog) = dog {
@@ -227,7 +228,6 @@ impl Child {
                     let _ = dog.wait().await;
                 }
             }
-            on_exit(exit);
         });
         tracing::info!(target: "mcp_gateway::stdio", upstream = %child.upstream, pid, "stdio server started");
         Ok(child)
@@ -512,7 +512,8 @@ impl Child {
         mut proc: tokio::process::Child,
         mut lines: LineReader<tokio::process::ChildStdout>,
         stop_timeout: Duration,
-    ) -> Exit {
+        on_exit: impl FnOnce(Exit),
+    ) {
         let mut requested = false;
         let status = loop {
             tokio::select! {
@@ -557,6 +558,13 @@ impl Child {
             std::mem::take(&mut st.calls)
         };
         self.close_stdin.notify_one();
+        // The supervisor learns of the exit before the callers do: a call retried at once
+        // finds the exit recorded (its back-off, its restart count), not a stale child.
+        on_exit(Exit {
+            status: status.clone(),
+            lived: self.started.elapsed(),
+            requested,
+        });
         let failed = calls.len();
         for (_, call) in calls {
             let _ = call
@@ -567,11 +575,6 @@ impl Child {
             tracing::info!(target: "mcp_gateway::stdio", upstream = %self.upstream, pid = self.pid, status = %status, "stdio server stopped");
         } else {
             tracing::warn!(target: "mcp_gateway::stdio", upstream = %self.upstream, pid = self.pid, status = %status, failed_calls = failed, "stdio server exited");
-        }
-        Exit {
-            status,
-            lived: self.started.elapsed(),
-            requested,
         }
     }
 
