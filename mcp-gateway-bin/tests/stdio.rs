@@ -212,8 +212,8 @@ async fn call(
     let body = r.text().await.unwrap();
     let json = if sse {
         body.lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("data: "))
             .unwrap_or("null")
             .to_owned()
     } else {
