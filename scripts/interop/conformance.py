@@ -60,13 +60,26 @@ def expected_differences() -> list[list[str]]:
     return entries
 
 
+def transport_differences() -> list[list[str]]:
+    """transport-differences.txt: CONFIG SUITE UPSTREAM SCENARIO CHECK REASON..."""
+    entries = []
+    for line in (HERE / "transport-differences.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            entries.append(line.split()[:5])
+    return entries
+
+
 def show(c: Counter) -> str:
     return ", ".join(f"{n}x {s}" for s, n in sorted(c.items())) or "absent"
 
 
-def compare(suite: str, upstream: str, direct: dict, via: dict, allowed: list, used: set) -> list[str]:
+def compare(suite: str, upstream: str, config: str, direct: dict, via: dict, allowed: list, used: set,
+            transport: list, used_t: set) -> list[str]:
     """Every difference is a problem unless it is an improvement listed in
-    expected-differences.txt; a check doing worse through the gateway always is."""
+    expected-differences.txt; a check doing worse through the gateway always is — except a
+    difference of a stdio configuration listed in transport-differences.txt (the server's own
+    HTTP transport against the gateway's, each entry with its reason)."""
     problems = []
     for key in sorted(set(direct) | set(via)):
         a, b = direct.get(key, Counter()), via.get(key, Counter())
@@ -76,6 +89,13 @@ def compare(suite: str, upstream: str, direct: dict, via: dict, allowed: list, u
         lost = a["SUCCESS"] > b["SUCCESS"]
         worse = any(b[s] > a[s] for s in b if s != "SUCCESS")
         what = f"{scenario} / {check}: {show(a)} direct; {show(b)} through the gateway"
+        listed = next((i for i, (g, s, u, sc, c) in enumerate(transport)
+                       if g == config and s in ("*", suite) and u in ("*", upstream)
+                       and sc in ("*", scenario) and c in ("*", check)), None)
+        if listed is not None:
+            used_t.add(listed)
+            log(f"    listed transport difference: {what}")
+            continue
         if lost or worse:
             problems.append(f"REGRESSION: {what}")
             continue
@@ -95,11 +115,14 @@ def main() -> int:
         name, rest = spec.split("=", 1)
         bin_path, _, args = rest.partition(":")
         suites.append((name, bin_path, shlex.split(args)))
-    configs = [c for c in gateway_configs() if c.token is None]
+    configs = [c for c in gateway_configs() if c.token is None and not c.interop_only]
     for c in gateway_configs():
         if c.token is not None:
             log(f"conformance: skipping gateway configuration {c.name!r}: it needs a token, the suite sends none")
+        elif c.interop_only:
+            log(f"conformance: skipping gateway configuration {c.name!r}: marked --interop-only in gateways.conf")
     allowed, used = expected_differences(), set()
+    transport, used_t = transport_differences(), set()
     OUT.mkdir(parents=True, exist_ok=True)
     h = Harness(OUT)
     failed, lines = False, []
@@ -116,7 +139,7 @@ def main() -> int:
                     url = f"{gateways[c.name]}/mcp/{upstream}"
                     via = run_suite(bin_path, args, url, OUT / suite / upstream / c.name)
                     v_pass, v_all = passed(via)
-                    problems = compare(suite, upstream, direct, via, allowed, used)
+                    problems = compare(suite, upstream, c.name, direct, via, allowed, used, transport, used_t)
                     for p in problems:
                         log(f"    {p}")
                     failed |= bool(problems)
@@ -134,6 +157,12 @@ def main() -> int:
         suite_names = {s for s, _, _ in suites}
         if i not in used and (entry[0] == "*" or entry[0] in suite_names):
             log(f"STALE expected difference (did not happen): {' '.join(entry)}")
+            failed = True
+    config_names = {c.name for c in configs}
+    for i, entry in enumerate(transport):
+        suite_names = {s for s, _, _ in suites}
+        if i not in used_t and entry[0] in config_names and (entry[1] == "*" or entry[1] in suite_names):
+            log(f"STALE transport difference (did not happen): {' '.join(entry)}")
             failed = True
     table = ["| suite | upstream | gateway configuration | checks passed direct | through the gateway | unexplained differences |",
              "|---|---|---|---|---|---|", *lines]

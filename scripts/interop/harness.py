@@ -56,6 +56,7 @@ class GatewayConfig:
     token: str | None
     instances: int
     args: list[str]
+    interop_only: bool = False
 
     def headers(self) -> list[str]:
         return [f"Authorization: Bearer {self.token}"] if self.token else []
@@ -68,8 +69,9 @@ def gateway_configs(path: Path = HERE / "gateways.conf") -> list[GatewayConfig]:
         if not line:
             continue
         name, token, instances, *args = shlex.split(line)
-        args = [a.replace("{dir}", str(HERE)) for a in args]
-        configs.append(GatewayConfig(name, None if token == "-" else token, int(instances), args))
+        interop_only = "--interop-only" in args
+        args = [a.replace("{dir}", str(HERE)) for a in args if a != "--interop-only"]
+        configs.append(GatewayConfig(name, None if token == "-" else token, int(instances), args, interop_only))
     return configs
 
 
@@ -129,22 +131,6 @@ class Harness:
         wait_http(url)
         return url
 
-    def start_stdio_gateway(self, name: str, mode: str, kinds=SERVERS) -> str:
-        """Starts the gateway with each server of `kinds` as a stdio upstream (a child process
-        of the gateway, in `mode`); returns its base URL (routes are BASE/mcp/NAME)."""
-        port = free_port()
-        lines = [f'[server]\nlisten = "127.0.0.1:{port}"\n']
-        for kind in kinds:
-            argv = ", ".join(f'"{a}"' for a in stdio_command(kind))
-            lines.append(f'[upstreams.{kind}]\ncommand = [{argv}]\nmode = "{mode}"\n')
-        path = self.logs / f"gateway-{name}.toml"
-        path.write_text("\n".join(lines))
-        subprocess.run([str(BIN / "mcp-gateway"), "check", "--config", str(path)], check=True)
-        self.spawn(f"gateway-{name}", [str(BIN / "mcp-gateway"), "serve", "--config", str(path)])
-        base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/healthz")
-        return base
-
     def start_servers(self, kinds=SERVERS, instances: int = 1, tag: str = "") -> dict[str, list[str]]:
         return {k: [self.start_server(k, f"{tag}{i}") for i in range(instances)] for k in kinds}
 
@@ -158,6 +144,7 @@ class Harness:
             text = drop_unused_upstreams(Path(args[i]).read_text(), upstreams)
             for name, urls in upstreams.items():
                 text = text.replace("{" + name + "}", ", ".join(f'"{u}"' for u in urls))
+                text = text.replace("{cmd:" + name + "}", "[" + ", ".join(f'"{a}"' for a in stdio_command(name)) + "]")
             rendered = Path(tempfile.mkstemp(prefix=f"gateway-{config.name}-", suffix=".toml", dir=self.logs)[1])
             rendered.write_text(text)
             args[i] = str(rendered)

@@ -329,7 +329,7 @@ impl StdioUpstream {
                         (!listen).then_some(pool.spec.response_timeout),
                     ))
                 } else {
-                    self.answer(guard, rx, id).await
+                    self.answer(guard, rx, id, modern).await
                 }
             }
             Err(f) => error(Some(id), f),
@@ -342,6 +342,7 @@ impl StdioUpstream {
         guard: CallGuard,
         mut rx: mpsc::Receiver<Delivery>,
         id: &str,
+        modern: bool,
     ) -> Response<StdioBody> {
         let timeout = self.inner.pool.spec.response_timeout;
         let got = tokio::time::timeout(timeout, async {
@@ -356,7 +357,12 @@ impl StdioUpstream {
         match got {
             Ok(Some(Delivery::Answer(bytes))) => {
                 guard.answered();
-                json(StatusCode::OK, bytes)
+                let status = if modern {
+                    modern_status(&bytes)
+                } else {
+                    StatusCode::OK
+                };
+                json(status, bytes)
             }
             Ok(Some(Delivery::Failed(f))) => error(Some(id), f),
             Ok(_) => error(
@@ -715,6 +721,42 @@ fn initialize_answer(id: &str, result: &[u8], asked: Option<&str>) -> Bytes {
     ))
 }
 
+/// The HTTP status of a 2026-07-28 answer sent as JSON, as Streamable HTTP servers give it
+/// (SEP-2575): a method the server does not have is 404; an unsupported protocol version, a
+/// missing required client capability, a header mismatch or invalid params naming the `_meta`
+/// envelope is 400; everything else 200 (a
+/// legacy answer is always 200). Over stdio the server gives only the JSON-RPC error, so the
+/// gateway, its HTTP transport, maps it.
+fn modern_status(answer: &[u8]) -> StatusCode {
+    #[derive(Deserialize)]
+    struct Code {
+        code: i64,
+        #[serde(default)]
+        message: String,
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        error: Option<Code>,
+    }
+    if !answer.windows(7).any(|w| w == b"\"error\"") {
+        return StatusCode::OK;
+    }
+    let Some(error) = serde_json::from_slice::<Answer>(answer)
+        .ok()
+        .and_then(|a| a.error)
+    else {
+        return StatusCode::OK;
+    };
+    match error.code {
+        -32601 => StatusCode::NOT_FOUND,
+        -32022 | -32021 | -32020 => StatusCode::BAD_REQUEST,
+        // Invalid params about the request's `_meta` envelope (a required key missing): a
+        // malformed request, not an in-band error.
+        -32602 if error.message.contains("_meta") => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    }
+}
+
 /// The progress token of a request, as JSON text.
 fn progress_token(body: &[u8], msg: &McpMessage) -> Option<String> {
     #[derive(Deserialize)]
@@ -1019,5 +1061,38 @@ impl StdioMetrics {
 impl crate::prometheus::RenderPrometheus for StdioMetrics {
     fn render_prometheus(&self, out: &mut String) {
         StdioMetrics::render_into(self, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modern_answers_get_the_status_streamable_http_servers_give() {
+        let status = |t: &str| modern_status(t.as_bytes());
+        assert_eq!(
+            status(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"x"}}"#),
+            StatusCode::NOT_FOUND
+        );
+        for code in [-32022, -32021, -32020] {
+            let t =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":{code},"message":"x"}}}}"#);
+            assert_eq!(status(&t), StatusCode::BAD_REQUEST, "{code}");
+        }
+        assert_eq!(
+            status(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"x"}}"#),
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(
+                r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"request _meta is missing clientCapabilities"}}"#
+            ),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(r#"{"jsonrpc":"2.0","id":1,"result":{"error":{"code":-32601}}}"#),
+            StatusCode::OK
+        );
     }
 }
