@@ -749,7 +749,7 @@ fn modern_status(answer: &[u8]) -> StatusCode {
     };
     match error.code {
         -32601 => StatusCode::NOT_FOUND,
-        -32022 | -32021 | -32020 => StatusCode::BAD_REQUEST,
+        -32022..=-32020 => StatusCode::BAD_REQUEST,
         // Invalid params about the request's `_meta` envelope (a required key missing): a
         // malformed request, not an in-band error.
         -32602 if error.message.contains("_meta") => StatusCode::BAD_REQUEST,
