@@ -241,10 +241,9 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// The processes whose parent is `pid`, and how many of them are zombies.
-fn children_of(pid: u32) -> (Vec<u32>, usize) {
-    let mut kids = Vec::new();
-    let mut zombies = 0;
+/// Every process: (pid, state, parent pid, process group), from `/proc/PID/stat`.
+fn processes() -> Vec<(u32, String, u32, u32)> {
+    let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -252,20 +251,24 @@ fn children_of(pid: u32) -> (Vec<u32>, usize) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
             continue;
         };
+        // After the command name in parentheses: state, ppid, pgrp, …
         let rest: Vec<&str> = stat
             .rsplit(')')
             .next()
             .unwrap_or("")
             .split_whitespace()
             .collect();
-        if rest.get(1).and_then(|pp| pp.parse::<u32>().ok()) == Some(pid) {
-            kids.push(p);
-            if rest.first() == Some(&"Z") {
-                zombies += 1;
-            }
-        }
+        let num = |i: usize| rest.get(i).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+        out.push((p, rest.first().unwrap_or(&"?").to_string(), num(1), num(2)));
     }
-    (kids, zombies)
+    out
+}
+
+/// The processes whose parent is `pid`, and how many of them are zombies.
+fn children_of(pid: u32) -> (Vec<u32>, usize) {
+    let kids: Vec<_> = processes().into_iter().filter(|p| p.2 == pid).collect();
+    let zombies = kids.iter().filter(|p| p.1 == "Z").count();
+    (kids.into_iter().map(|p| p.0).collect(), zombies)
 }
 
 fn fds_of(pid: u32) -> usize {
@@ -738,25 +741,11 @@ async fn a_gateway_killed_with_sigkill_leaves_no_child_behind() {
 
 /// The processes of process group `pgid`.
 fn group_members(pgid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let rest: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        if rest.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
-            out.push(p);
-        }
-    }
-    out
+    processes()
+        .into_iter()
+        .filter(|p| p.3 == pgid)
+        .map(|p| p.0)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -854,4 +843,42 @@ async fn under_sessions_the_ids_a_stdio_upstream_issues_are_sealed() {
         || children_of(gw.pid()).0.is_empty(),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_cancel_another_clients_call_on_a_shared_child() {
+    let gw = Gw::start(
+        &format!("[upstreams.t]\ncommand = {}\n", py_command(&[])),
+        &[],
+    );
+    let c = client();
+    let url = gw.url("t");
+    let a = initialize(&c, &url).await;
+    let b = initialize(&c, &url).await;
+    // Both clients use request id 7; B's call is slow.
+    let slow = tokio::spawn({
+        let (c, url, b) = (c.clone(), url.clone(), b.clone());
+        async move { call(&c, &url, &b, "slow", serde_json::json!({"ms": 800})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7,"reason":"not yours"}}"#;
+    assert_eq!(post(&c, &url, Some(&a), cancel).await.status(), 202);
+    let (status, v) = slow.await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        text(&v),
+        "done",
+        "another session's cancellation reached B's call: {v}"
+    );
+    // B's own cancellation does reach it: its call ends at once, not after 30 s.
+    let slow = tokio::spawn({
+        let (c, url, b) = (c.clone(), url.clone(), b.clone());
+        async move { call(&c, &url, &b, "slow", serde_json::json!({"ms": 30000})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    assert_eq!(post(&c, &url, Some(&b), cancel).await.status(), 202);
+    let (status, _) = slow.await.unwrap();
+    assert_ne!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

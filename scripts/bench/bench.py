@@ -582,7 +582,18 @@ def write_report(args, scenarios, targets, results, rss, placements):
       "(classification, era checks, `_meta` injection, SSE decoding); see `mcp-gateway-core/benches/`. "
       "`cargo bench -p mcp-gateway-layers --features limits-redis --bench limits` times a limits decision "
       "in memory and through Redis and prints the memory per tracked key; see [limits.md](limits.md) "
-      "and [performance.md](performance.md).")
+      "and [performance.md](performance.md). "
+      "`cargo bench -p mcp-gateway-layers --features stdio --bench stdio` times one small `tools/call` "
+      "through a stdio upstream and back, in process (the bench binary is its own child).")
+    w("")
+    w("## stdio upstreams")
+    w("")
+    w("The `mcp-gateway stdio` row runs `bench-upstream --stdio` as the gateway's child process "
+      "(`scripts/bench/configs/stdio.toml`, one `shared` child): the same server as every other row, "
+      "reached over stdio instead of HTTP. Its difference from `mcp-gateway passthrough` is the cost "
+      "of the stdio transport — the request's id rewritten and written to a pipe, the answer read "
+      "from one and its id restored — against a pooled HTTP/1.1 connection. The child shares the "
+      "gateway's core. See [stdio.md](stdio.md).")
     w("")
     w("## Soak and fault runs")
     w("")

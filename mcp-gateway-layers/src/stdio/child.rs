@@ -397,6 +397,9 @@ impl Child {
             #[serde(borrow)]
             params: Option<Params<'a>>,
         }
+        // Only a legacy session names the calls it may cancel: without one, an id could be
+        // another client's.
+        let session = Some(session?);
         let note: Note<'_> = serde_json::from_slice(body).ok()?;
         let want = note.params?.request_id?.get().trim().to_owned();
         let st = self.lock();

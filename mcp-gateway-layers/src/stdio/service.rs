@@ -285,9 +285,14 @@ impl StdioUpstream {
         match msg.kind() {
             MessageKind::Request => {}
             MessageKind::Notification => {
-                // The gateway initialized a shared child itself: the client's `initialized`
-                // is not the server's to see again.
-                if msg.method() == Some("notifications/initialized") && mode != Mode::PerSession {
+                // A child of one session hears everything its client says. A child shared by
+                // several clients has the gateway as its one client: it hears only a legacy
+                // session's cancellation of its own call (2026-07-28 clients cancel by closing
+                // the stream), never one client's notifications about its own state.
+                let own = mode == Mode::PerSession && !modern;
+                let cancels_own_call =
+                    session.is_some() && msg.method() == Some("notifications/cancelled");
+                if !(own || cancels_own_call) {
                     return accepted();
                 }
                 return match child.send(text, session.as_deref()) {
@@ -296,6 +301,10 @@ impl StdioUpstream {
                 };
             }
             MessageKind::Response | MessageKind::ErrorResponse => {
+                // Answers to the server's requests, which only a child of one session relays.
+                if mode != Mode::PerSession || modern {
+                    return accepted();
+                }
                 return match child.send(text, session.as_deref()) {
                     Ok(()) => accepted(),
                     Err(f) => error(None, f),
