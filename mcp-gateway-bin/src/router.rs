@@ -222,6 +222,9 @@ impl Router {
             // first session or agent.
             let server = match spec.stdio.clone() {
                 Some(local) => {
+                    if local.mode == mcp_gateway_layers::stdio::Mode::PerAgent && auth.is_none() {
+                        tracing::warn!(upstream = %spec.name, "mode = \"per_agent\" without [auth]: every caller is the agent \"anonymous\" and shares one child; add [auth] to give each agent its own");
+                    }
                     let local = StdioUpstream::new(local);
                     stdio.push(local.clone());
                     Server::Local(local)

@@ -555,6 +555,11 @@ async fn oversized_and_non_json_output_fail_one_call_not_the_process() {
     assert!(log.contains("upstream=t"), "{log}");
 }
 
+/// The TOML array running the rmcp fixture over stdio.
+fn fixture_command() -> String {
+    toml_array(&[fixture().display().to_string(), "--stdio".into()])
+}
+
 /// The rmcp conformance fixture (a Rust SDK stdio server), built by `cargo test --workspace`.
 fn fixture() -> PathBuf {
     let dir =
@@ -587,7 +592,7 @@ async fn per_session_cycles_leave_no_process_zombie_or_descriptor_behind() {
     let gw = Gw::start(
         &format!(
             "[upstreams.t]\ncommand = {}\nmode = \"per_session\"\nmax_processes = 4\nstop_timeout = \"1s\"\n",
-            toml_array(&[fixture().display().to_string(), "--stdio".into()])
+            fixture_command()
         ),
         &[],
     );
@@ -663,7 +668,7 @@ async fn max_processes_makes_new_work_wait_then_refuses_it() {
     let gw = Gw::start(
         &format!(
             "[upstreams.t]\ncommand = {}\nmode = \"per_session\"\nmax_processes = 1\nqueue_timeout = \"300ms\"\n",
-            toml_array(&[fixture().display().to_string(), "--stdio".into()])
+            fixture_command()
         ),
         &[],
     );
@@ -707,7 +712,7 @@ async fn a_gateway_killed_with_sigkill_leaves_no_child_behind() {
         &format!(
             "[upstreams.py]\ncommand = {}\n[upstreams.rs]\ncommand = {}\nmode = \"per_session\"\n[upstreams.wrapped]\ncommand = {}\n",
             py_command(&[]),
-            toml_array(&[fixture().display().to_string(), "--stdio".into()]),
+            fixture_command(),
             toml_array(&["sh".into(), "-c".into(), wrapped]),
         ),
         &[],
@@ -804,7 +809,7 @@ async fn under_sessions_the_ids_a_stdio_upstream_issues_are_sealed() {
     let gw = Gw::start(
         &format!(
             "[sessions]\n[upstreams.t]\ncommand = {}\nmode = \"per_session\"\n",
-            toml_array(&[fixture().display().to_string(), "--stdio".into()])
+            fixture_command()
         ),
         &[],
     );

@@ -284,20 +284,21 @@ impl Child {
         streaming: bool,
     ) -> Result<(CallGuard, mpsc::Receiver<Delivery>), Failure> {
         let gw = self.next.fetch_add(1, Ordering::Relaxed);
-        let (gw_token, body) = match token {
+        // The request was validated when it was read (or is re-serialized here): its id is
+        // found by a byte scan, not a second parse, and spliced while copying it once.
+        let edited;
+        let (gw_token, body): (Option<u64>, &[u8]) = match token {
             Some(_) => {
                 let t = self.next.fetch_add(1, Ordering::Relaxed);
-                let edited = set_progress_token(body, t).map_err(|m| {
+                edited = set_progress_token(body, t).map_err(|m| {
                     Failure::new(StatusCode::BAD_REQUEST, ErrorCode::INVALID_PARAMS, m)
                 })?;
-                (Some(t), Bytes::from(edited))
+                (Some(t), &edited)
             }
-            None => (None, Bytes::copy_from_slice(body)),
+            None => (None, body),
         };
-        // The request was validated when it was read (or re-serialized above): its id is
-        // found by a byte scan, not a second parse.
-        let line = super::frame::id_span(&body)
-            .map(|r| splice_at(&body, r, gw.to_string().as_bytes(), true))
+        let line = super::frame::id_span(body)
+            .map(|r| splice_at(body, r, gw.to_string().as_bytes(), true))
             .ok_or_else(|| {
                 Failure::new(
                     StatusCode::BAD_REQUEST,
