@@ -8,7 +8,12 @@
 //! - `GET /healthz`: 200 while the process serves.
 //! - `GET /readyz`: 200 while the gateway takes traffic, 503 once it drains at shutdown or
 //!   while the audit log cannot be written.
+//! - `POST /reload`: reloads the configuration file ([`crate::reload`]) and answers what it
+//!   did as JSON — 200 with `"result": "ok"` (and what only a restart applies, under
+//!   `not_applied`), or 422 with `"result": "error"` and the file's errors, located, when
+//!   nothing changed.
 
+use crate::reload::Reloader;
 use crate::router::Router;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -34,10 +39,11 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Binds `addr` and serves the admin endpoints for `router`'s layers.
+    /// Binds `addr` and serves the admin endpoints for the layers of `reloader`'s current
+    /// router.
     pub async fn bind(
         addr: SocketAddr,
-        router: &Router,
+        reloader: Reloader,
         ready: Arc<AtomicBool>,
     ) -> Result<Self, crate::error::StartError> {
         let listener = TcpListener::bind(addr)
@@ -47,7 +53,6 @@ impl Admin {
             .local_addr()
             .map_err(|source| crate::error::StartError::AdminBind { addr, source })?;
         let (stop, mut stopped) = watch::channel(false);
-        let router = router.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -62,11 +67,25 @@ impl Admin {
                     _ = stopped.changed() => break,
                 };
                 while conns.try_join_next().is_some() {}
-                let router = router.clone();
+                let reloader = reloader.clone();
                 let ready = ready.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let resp = answer(&req, &router, &ready);
-                    async move { Ok::<_, Infallible>(resp) }
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let reloader = reloader.clone();
+                    let ready = ready.clone();
+                    async move {
+                        if req.uri().path() == "/reload" && req.method() == Method::POST {
+                            let report = reloader.reload("admin").await;
+                            let status = if report.applied() {
+                                StatusCode::OK
+                            } else {
+                                StatusCode::UNPROCESSABLE_ENTITY
+                            };
+                            let body = serde_json::to_vec_pretty(&report).unwrap_or_default();
+                            return Ok::<_, Infallible>(text(status, body, "application/json"));
+                        }
+                        let router = reloader.current();
+                        Ok::<_, Infallible>(answer(&req, &router, &reloader, &ready))
+                    }
                 });
                 conns.spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -78,7 +97,7 @@ impl Admin {
             }
             conns.abort_all();
         });
-        tracing::info!(addr = %local, "admin listener: /metrics /healthz /readyz");
+        tracing::info!(addr = %local, "admin listener: /metrics /healthz /readyz /reload");
         Ok(Self {
             addr: local,
             stop,
@@ -106,8 +125,23 @@ fn text(status: StatusCode, body: impl Into<Bytes>, ct: &'static str) -> Respons
     resp
 }
 
-fn answer(req: &Request<Incoming>, router: &Router, ready: &AtomicBool) -> Response<Full<Bytes>> {
+fn answer(
+    req: &Request<Incoming>,
+    router: &Router,
+    reloader: &Reloader,
+    ready: &AtomicBool,
+) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
+    if req.uri().path() == "/reload" {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST /reload reloads the configuration\n",
+            PLAIN,
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n", PLAIN);
         r.headers_mut()
@@ -118,6 +152,7 @@ fn answer(req: &Request<Incoming>, router: &Router, ready: &AtomicBool) -> Respo
         "/metrics" => {
             let mut out = String::with_capacity(16 * 1024);
             render(router, &mut out);
+            reloader.render_prometheus(&mut out);
             text(
                 StatusCode::OK,
                 out,
@@ -131,7 +166,7 @@ fn answer(req: &Request<Incoming>, router: &Router, ready: &AtomicBool) -> Respo
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: the admin listener serves /metrics, /healthz and /readyz\n",
+            "not found: the admin listener serves /metrics, /healthz, /readyz and POST /reload\n",
             PLAIN,
         ),
     }

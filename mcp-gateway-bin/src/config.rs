@@ -56,6 +56,7 @@ use mcp_gateway_layers::audit::config::{AuditConfig, AuditSpec};
 use mcp_gateway_layers::auth::config::{AuthConfig, AuthSpec};
 use mcp_gateway_layers::config::{from_toml_all, resolve, Diagnostics};
 use mcp_gateway_layers::limits::config::{LimitsConfig, LimitsSpec};
+use mcp_gateway_layers::reload::config::ReloadSpec;
 use mcp_gateway_layers::sessions::config::{SessionsConfig, SessionsSpec};
 use mcp_gateway_layers::telemetry::config::{TelemetryConfig, TelemetrySpec};
 use serde::de::{self, Deserializer};
@@ -156,6 +157,16 @@ pub struct ServerConfig {
     /// `/mcp/NAME`. Default `http(s)://LISTEN`.
     #[serde(default)]
     pub public_url: Option<Spanned<String>>,
+    /// Reload when this file, or a file it names (keys, key files, certificates, secret
+    /// files), changes. Default false; SIGHUP and `POST /reload` reload either way.
+    #[serde(default)]
+    pub watch_config: Option<bool>,
+    /// How long watched files must stay the same before a reload. Default 1 s.
+    #[serde(default)]
+    pub watch_debounce: Option<Spanned<Dur>>,
+    /// How long the open streams of a route a reload removed may go on. Default 30 s.
+    #[serde(default)]
+    pub drain_timeout: Option<Spanned<Dur>>,
 }
 
 impl Default for ServerConfig {
@@ -174,6 +185,9 @@ impl Default for ServerConfig {
             worker_threads: None,
             runtime: RuntimeMode::default(),
             public_url: None,
+            watch_config: None,
+            watch_debounce: None,
+            drain_timeout: None,
         }
     }
 }
@@ -349,6 +363,43 @@ pub struct Settings {
     pub telemetry: Option<TelemetrySpec>,
     /// The admin listener, when `[admin]` is present.
     pub admin: Option<AdminSpec>,
+    /// The reload keys of `[server]`.
+    pub reload: ReloadSpec,
+    /// The configuration file (`None`: started from flags alone, so nothing to reload from).
+    pub source: Option<PathBuf>,
+    /// The files the configuration names (key files, certificates, secret files), which
+    /// `watch_config` watches besides the file itself.
+    pub named_files: Vec<PathBuf>,
+    /// What command-line flags changed after the file was read, applied again on a reload.
+    pub overrides: Overrides,
+}
+
+/// The command-line flags that override the file (`serve --listen/--upstream/--tls-*`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--upstream` (added to, or replacing, the file's upstream of the same name).
+    pub upstreams: Vec<UpstreamSpec>,
+    /// `--tls-cert` and `--tls-key`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Overrides {
+    /// Applies the flags to settings read from the file.
+    pub fn apply(&self, settings: &mut Settings) {
+        if let Some(l) = self.listen {
+            settings.listen = l;
+        }
+        for u in &self.upstreams {
+            settings.upstreams.retain(|e| e.name != u.name);
+            settings.upstreams.push(u.clone());
+        }
+        if let Some(t) = &self.tls {
+            settings.tls = Some(t.clone());
+        }
+        settings.overrides = self.clone();
+    }
 }
 
 /// `[admin]` as written.
@@ -364,6 +415,64 @@ pub struct AdminConfig {
 pub struct AdminSpec {
     /// Listen address.
     pub listen: SocketAddr,
+}
+
+/// The files a configuration names and reads — TLS certificate and key, API keys, session
+/// keys, secret files, CA files, stdio secret files — resolved against `base`: what
+/// `watch_config` watches besides the file itself. (The audit log is written, not read.)
+fn named_files(config: &Config, base: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut add = |p: &Path| out.push(resolve(base, p));
+    if let Some(t) = &config.server.tls {
+        add(t.cert.get_ref());
+        add(t.key.get_ref());
+    }
+    if let Some(a) = &config.auth {
+        if let Some(f) = &a.api_keys_file {
+            add(f.get_ref());
+        }
+        if let Some(f) = a
+            .introspection
+            .as_ref()
+            .and_then(|i| i.get_ref().client_secret_file.as_ref())
+        {
+            add(f.get_ref());
+        }
+    }
+    if let Some(s) = &config.sessions {
+        if let Some(f) = &s.key_file {
+            add(f.get_ref());
+        }
+        for f in &s.previous_key_files {
+            add(f.get_ref());
+        }
+    }
+    for u in config.upstreams.values() {
+        if let Some(f) = &u.ca_file {
+            add(f.get_ref());
+        }
+        if let Some(c) = &u.credentials {
+            for f in [&c.secret_file, &c.client_secret_file]
+                .into_iter()
+                .flatten()
+            {
+                add(f.get_ref());
+            }
+        }
+        if let Some(m) = &u.env_files {
+            for f in m.get_ref().values() {
+                add(f);
+            }
+        }
+        for m in u.agent_env_files.iter().flat_map(|m| m.values()) {
+            for f in m.values() {
+                add(f);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The smallest `server.max_header_bytes`: a request line and a few headers.
@@ -382,7 +491,9 @@ pub fn load(path: &Path) -> Result<Settings, Vec<ConfigError>> {
         }]
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse(&text, &source, &base)
+    let mut settings = parse(&text, &source, &base)?;
+    settings.source = Some(path.to_path_buf());
+    Ok(settings)
 }
 
 /// Parses and checks configuration text. Relative TLS paths resolve against `base`.
@@ -403,6 +514,13 @@ pub fn check(
     base: &Path,
 ) -> Result<Settings, Vec<ConfigError>> {
     let mut errors = Diagnostics::new(text, source);
+    let named_files = named_files(&config, base);
+    let reload = mcp_gateway_layers::reload::config::check(
+        config.server.watch_config,
+        config.server.watch_debounce.as_ref(),
+        config.server.drain_timeout.as_ref(),
+        &mut errors,
+    );
     let mut origins = mcp_gateway_layers::AllowedOrigins::default()
         .allow_localhost(config.server.allow_localhost_origins);
     for o in &config.server.allowed_origins {
@@ -557,6 +675,10 @@ pub fn check(
         upstreams,
         worker_threads: config.server.worker_threads.map(Spanned::into_inner),
         runtime: config.server.runtime,
+        reload,
+        source: None,
+        named_files,
+        overrides: Overrides::default(),
     })
 }
 
@@ -595,6 +717,10 @@ impl Settings {
             sessions: None,
             telemetry: None,
             admin: None,
+            reload: ReloadSpec::default(),
+            source: None,
+            named_files: Vec::new(),
+            overrides: Overrides::default(),
         }
     }
 

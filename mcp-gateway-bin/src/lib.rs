@@ -23,6 +23,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod tls;

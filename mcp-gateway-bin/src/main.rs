@@ -230,6 +230,11 @@ fn main() -> ExitCode {
                 Ok(specs) => specs,
                 Err(e) => return report(&[e]),
             };
+            let overrides = config::Overrides {
+                listen,
+                upstreams: flags.clone(),
+                tls: tls_cert.clone().zip(tls_key.clone()),
+            };
             let replaced = match settings.add_flag_upstreams(flags) {
                 Ok(replaced) => replaced,
                 Err(e) => return report(&[e]),
@@ -237,6 +242,8 @@ fn main() -> ExitCode {
             if let (Some(c), Some(k)) = (tls_cert, tls_key) {
                 settings.tls = Some((c, k));
             }
+            // A reload reads the file again and applies the same flags over it.
+            settings.overrides = overrides;
             if log_json {
                 settings.log_format = LogFormat::Json;
             }

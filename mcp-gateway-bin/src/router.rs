@@ -11,6 +11,7 @@
 //! which pays nothing for the layers it does not use.
 
 use crate::config::Settings;
+use crate::reload::{RouteState, Watched};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -20,7 +21,7 @@ use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 use mcp_gateway_core::observe::{Cutoff, EndReason, Ending, Observer};
 use mcp_gateway_core::outcome::{self, Outcome};
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
-use mcp_gateway_layers::audit::AuditWriter;
+use mcp_gateway_layers::audit::{AuditSink as _, AuditWriter};
 use mcp_gateway_layers::auth::{MetadataService, OAuthGuardLayer};
 use mcp_gateway_layers::govern::{Chain, GovernedFuture};
 use mcp_gateway_layers::head::HeadCheck;
@@ -136,8 +137,9 @@ impl Stack {
 /// `server.body_read_timeout` (the read then answers 408).
 pub type RequestBody = ReadTimeout<Incoming>;
 
-/// The body of every gateway response: a route's, or the router's own.
-pub type GatewayBody = Either<StackBody, Full<Bytes>>;
+/// The body of every gateway response: a route's (its streams watched for a reload), or the
+/// router's own.
+pub type GatewayBody = Either<Watched<StackBody>, Full<Bytes>>;
 
 /// One route: its name, its stack, and its protected resource metadata when guarded.
 #[derive(Clone)]
@@ -145,6 +147,46 @@ struct Route {
     name: Arc<str>,
     stack: OriginGuard<Stack>,
     metadata: Option<MetadataService>,
+    /// What the route serves, as a reload compares it (its upstream and the permissions
+    /// that apply to it): a difference makes its open streams hear `list_changed`.
+    fingerprint: Arc<str>,
+    /// What a reload did to the route, as the streams opened on it learn it.
+    state: Arc<tokio::sync::watch::Sender<RouteState>>,
+}
+
+impl Route {
+    /// An SSE answer watches the route for a reload: it hears `list_changed` (a legacy GET
+    /// stream, when the route changed) and ends once a removed route's drain is over.
+    fn watch(&self, resp: Response<StackBody>, method: &Method) -> Response<Watched<StackBody>> {
+        let sse = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(mcp_gateway_core::headers::is_event_stream);
+        let rx = sse.then(|| self.state.subscribe());
+        let notify = *method == Method::GET;
+        resp.map(|b| Watched::new(b, rx, notify))
+    }
+}
+
+/// Whether two checked sections are the same (their `Debug` renderings, which show every
+/// setting that matters to the state carried over).
+fn same<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+/// What route `spec` serves, as a reload compares it: the upstream and the permissions that
+/// apply to it.
+fn fingerprint(
+    settings: &Settings,
+    spec: &mcp_gateway_layers::upstream::config::UpstreamSpec,
+) -> String {
+    let perms: Vec<_> = settings
+        .auth
+        .iter()
+        .flat_map(|a| a.permissions.iter())
+        .filter(|p| p.upstream.as_deref().is_none_or(|u| u == spec.name))
+        .collect();
+    format!("{spec:?}|{:?}|{perms:?}", settings.auth.is_some())
 }
 
 /// Routes requests to upstream stacks and answers health checks.
@@ -176,6 +218,8 @@ pub struct Router {
     telemetry: Option<TraceInjectLayer>,
     /// The stdio upstreams (their readiness, metrics, and the stop of their children).
     stdio: Vec<StdioUpstream>,
+    /// The settings it was built from (a reload compares the next file's with them).
+    settings: Arc<Settings>,
 }
 
 impl Router {
@@ -185,6 +229,21 @@ impl Router {
         ready: Arc<AtomicBool>,
         cutoff: Cutoff,
     ) -> Result<Self, crate::error::StartError> {
+        Self::build(settings, ready, cutoff, None).await
+    }
+
+    /// Builds one stack per configured upstream, taking over from `previous` (the router a
+    /// reload replaces) the state whose meaning did not change: the children of unchanged
+    /// stdio upstreams, rate-limit budgets and the cost ledger, session records (and a
+    /// random per-process session key), the audit writer and its chain, the span exporter.
+    /// Nothing of `previous` changes unless every fallible step succeeded (the audit log is
+    /// moved last).
+    pub async fn build(
+        settings: &Settings,
+        ready: Arc<AtomicBool>,
+        cutoff: Cutoff,
+        previous: Option<&Router>,
+    ) -> Result<Self, crate::error::StartError> {
         let auth = match &settings.auth {
             Some(a) => Some(mcp_gateway_layers::auth::config::OAuthGuards::build(a).await?),
             None => None,
@@ -192,29 +251,84 @@ impl Router {
         // The access log needs the parsed view on the response; without it nobody does.
         let access_log = tracing::enabled!(target: "mcp_gateway::access", tracing::Level::INFO);
         let mut routes = HashMap::new();
-        let limits = settings
-            .limits
-            .as_ref()
-            .map(mcp_gateway_layers::limits::config::layer);
-        let audit = match &settings.audit {
-            Some(spec) => Some(
+        let limits = settings.limits.as_ref().map(|spec| {
+            let layer = mcp_gateway_layers::limits::config::layer(spec);
+            let old = previous.and_then(|p| p.limits.as_ref().zip(p.settings.limits.as_ref()));
+            match old {
+                // The same store: the budgets carry over (the request buckets only when
+                // their rate is the same: the in-memory ones are sized by it).
+                Some((old, old_spec)) if same(&old_spec.store, &spec.store) => layer.carry_over(
+                    old,
+                    old_spec.limits.requests_limit() == spec.limits.requests_limit(),
+                ),
+                _ => layer,
+            }
+        });
+        // The audit writer: kept across reloads (its chain goes on); a changed sink is
+        // opened now and switched to last, once nothing else can fail.
+        let mut audit_switch = None;
+        let audit = match (&settings.audit, previous.and_then(|p| p.audit.clone())) {
+            (Some(spec), Some(old)) => {
+                let old_spec = previous.and_then(|p| p.settings.audit.as_ref());
+                if old_spec.is_none_or(|o| !same(&o.sink, &spec.sink)) {
+                    let mut sink = mcp_gateway_layers::audit::config::sink(spec)
+                        .map_err(crate::error::StartError::Audit)?;
+                    // Checked before anything is built: the new file must start the chain's
+                    // continuation, not hold another chain.
+                    if sink
+                        .last_line()
+                        .map_err(crate::error::StartError::Audit)?
+                        .is_some()
+                    {
+                        return Err(crate::error::StartError::Audit(std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            "the new audit.path already holds records of another chain; name a new file (the log continues there, linked to the old one)",
+                        )));
+                    }
+                    audit_switch = Some(sink);
+                }
+                Some(old)
+            }
+            (Some(spec), None) => Some(
                 mcp_gateway_layers::audit::config::writer(spec)
                     .map_err(crate::error::StartError::Audit)?,
             ),
-            None => None,
+            (None, _) => None,
         };
         let audit_layer = audit
             .as_ref()
             .map(|w| mcp_gateway_layers::audit::config::layer(w, settings.body_limit));
         let several = settings.upstreams.iter().any(|u| u.urls.len() > 1);
-        let sessions =
+        let mut sessions =
             mcp_gateway_layers::sessions::config::layer(settings.sessions.as_ref(), several);
-        let telemetry = match &settings.telemetry {
-            Some(spec) => Some(mcp_gateway_layers::telemetry::config::layer(
+        if let (Some(new), Some(old)) = (&sessions, previous.and_then(|p| p.sessions.as_ref())) {
+            // Session records carry over in the same store; ids sealed with a random
+            // per-process key keep opening when the new file names no key either.
+            let old_spec = previous.and_then(|p| p.settings.sessions.as_ref());
+            let store = match (old_spec, &settings.sessions) {
+                (Some(o), Some(n)) => same(&o.store, &n.store),
+                (o, n) => o.is_none() && n.is_none(),
+            };
+            let random = |s: Option<&mcp_gateway_layers::sessions::config::SessionsSpec>| {
+                s.is_none_or(|s| s.key.is_none())
+            };
+            let key = random(old_spec) && random(settings.sessions.as_ref());
+            sessions = Some(new.clone().carry_over(old, store, key));
+        }
+        let telemetry = match (&settings.telemetry, previous) {
+            // Unchanged: the same layer, so its metrics and span export go on.
+            (Some(spec), Some(p))
+                if p.telemetry.is_some()
+                    && p.settings.telemetry.as_ref().is_some_and(|o| same(o, spec))
+                    && p.settings.body_limit == settings.body_limit =>
+            {
+                p.telemetry.clone()
+            }
+            (Some(spec), _) => Some(mcp_gateway_layers::telemetry::config::layer(
                 spec,
                 settings.body_limit,
             )?),
-            None => None,
+            (None, _) => None,
         };
         let mut stdio = Vec::new();
         for spec in &settings.upstreams {
@@ -225,7 +339,14 @@ impl Router {
                     if local.mode == mcp_gateway_layers::stdio::Mode::PerAgent && auth.is_none() {
                         tracing::warn!(upstream = %spec.name, "mode = \"per_agent\" without [auth]: every caller is the agent \"anonymous\" and shares one child; add [auth] to give each agent its own");
                     }
-                    let local = StdioUpstream::new(local);
+                    // An unchanged local server keeps its children (and their sessions).
+                    let kept = previous.and_then(|p| {
+                        p.stdio
+                            .iter()
+                            .find(|u| u.name() == spec.name && *u.spec() == local)
+                            .cloned()
+                    });
+                    let local = kept.unwrap_or_else(|| StdioUpstream::new(local));
                     stdio.push(local.clone());
                     Server::Local(local)
                 }
@@ -308,8 +429,16 @@ impl Router {
                     name: Arc::from(spec.name.as_str()),
                     stack,
                     metadata,
+                    fingerprint: fingerprint(settings, spec).into(),
+                    state: Arc::new(tokio::sync::watch::Sender::new(RouteState::Live)),
                 },
             );
+        }
+        if let (Some(writer), Some(sink)) = (&audit, audit_switch) {
+            writer
+                .switch_sink(sink)
+                .await
+                .map_err(crate::error::StartError::Audit)?;
         }
         Ok(Self {
             routes: Arc::new(routes),
@@ -329,7 +458,50 @@ impl Router {
             sessions,
             telemetry,
             stdio,
+            settings: Arc::new(settings.clone()),
         })
+    }
+
+    /// The settings it was built from.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// What a reload from this router to `next` does to each route: the ones `next` no longer
+    /// has (`Retired`), and the ones whose upstream or permissions differ (`Changed`).
+    pub fn changes(&self, next: &Router) -> Vec<(String, RouteState)> {
+        let mut out: Vec<(String, RouteState)> = self
+            .routes
+            .iter()
+            .filter_map(|(name, r)| match next.routes.get(name) {
+                None => Some((name.clone(), RouteState::Retired)),
+                Some(n) if n.fingerprint != r.fingerprint => {
+                    Some((name.clone(), RouteState::Changed))
+                }
+                Some(_) => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The routes `next` has and this router had not.
+    pub fn added(&self, next: &Router) -> Vec<String> {
+        let mut out: Vec<String> = next
+            .routes
+            .keys()
+            .filter(|n| !self.routes.contains_key(*n))
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Tells the streams open on route `name` what a reload did to it.
+    pub fn signal(&self, name: &str, state: RouteState) {
+        if let Some(r) = self.routes.get(name) {
+            r.state.send_replace(state);
+        }
     }
 
     /// The stdio upstreams' metrics (empty when there are none).
@@ -437,11 +609,11 @@ impl Router {
                             Some(route.name.clone()),
                             Some(self.cutoff.clone()),
                         ));
-                        let resp = route.stack.get_ref().serve(req).await.map(Either::Left);
-                        return Ok(resp);
+                        let resp = route.stack.get_ref().serve(req).await;
+                        return Ok(route.watch(resp, &method).map(Either::Left));
                     }
-                    let resp = route.stack.get_ref().serve(req).await.map(Either::Left);
-                    (Some(name), resp)
+                    let resp = route.stack.get_ref().serve(req).await;
+                    (Some(name), route.watch(resp, &method).map(Either::Left))
                 }
             }
             (None, _, p)

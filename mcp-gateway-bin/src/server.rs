@@ -7,6 +7,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulConnection;
 use mcp_gateway_core::observe::Cutoff;
+use mcp_gateway_layers::reload::ReloadHandle;
 use mcp_gateway_layers::rt::{BusyBody, KeepAlive};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,11 +28,12 @@ pub struct Gateway {
     task: JoinHandle<()>,
     /// The other per-core workers' threads: each says when its accept loop has drained.
     workers: Vec<tokio::sync::oneshot::Receiver<()>>,
-    audit: Option<mcp_gateway_layers::audit::AuditWriter>,
-    telemetry: Option<mcp_gateway_layers::telemetry::TraceInjectLayer>,
     admin: Option<crate::admin::Admin>,
-    /// The stdio upstreams, whose children stop when the listeners have drained.
-    stdio: Vec<mcp_gateway_layers::stdio::StdioUpstream>,
+    /// Reloads the configuration; its current router's audit writer, span exporter and stdio
+    /// children are the ones flushed and stopped at shutdown.
+    reloader: crate::reload::Reloader,
+    /// The task reloading on file changes (`watch_config`).
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -53,9 +55,9 @@ impl Gateway {
 
     async fn start(settings: Settings, workers: usize) -> Result<Self, StartError> {
         let tls = match &settings.tls {
-            Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-                cert, key,
-            )?)),
+            Some((cert, key)) => Some(ReloadHandle::new(tokio_rustls::TlsAcceptor::from(
+                crate::tls::server_config(cert, key)?,
+            ))),
             None => None,
         };
         let ready = Arc::new(AtomicBool::new(true));
@@ -86,24 +88,31 @@ impl Gateway {
         };
         // Resource URIs need the real address when none is configured (port 0 in tests).
         let mut settings = settings;
+        let derived = crate::reload::derived_public_url(settings.tls.is_some(), local_addr);
         if settings.public_url.is_none() {
-            let scheme = if settings.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            settings.public_url = Some(format!("{scheme}://{local_addr}"));
+            settings.public_url = Some(derived.clone());
         }
-        let router = Router::new(&settings, ready.clone(), cutoff.clone()).await?;
-        let audit = router.audit().cloned();
-        let telemetry = router.telemetry().cloned();
-        let stdio = router.stdio().to_vec();
+        let router =
+            ReloadHandle::new(Router::new(&settings, ready.clone(), cutoff.clone()).await?);
+        let reloader = crate::reload::Reloader::new(
+            router.clone(),
+            tls.clone(),
+            ready.clone(),
+            cutoff.clone(),
+            derived,
+        );
         let admin = match &settings.admin {
             Some(spec) => {
-                Some(crate::admin::Admin::bind(spec.listen, &router, ready.clone()).await?)
+                Some(crate::admin::Admin::bind(spec.listen, reloader.clone(), ready.clone()).await?)
             }
             None => None,
         };
+        // Reloads on file changes while the configuration asks for it (it may start or stop
+        // asking at a reload); nothing to watch without a file.
+        let watcher = settings
+            .source
+            .is_some()
+            .then(|| tokio::spawn(reloader.clone().watch()));
         let (stop, stopped) = watch::channel(false);
         let grace = Timeouts {
             grace: settings.shutdown_grace,
@@ -159,10 +168,9 @@ impl Gateway {
             stop,
             task,
             workers: workers_done,
-            audit,
-            telemetry,
             admin,
-            stdio,
+            reloader,
+            watcher,
         })
     }
 
@@ -183,36 +191,74 @@ impl Gateway {
     /// With span export, the spans still queued are exported (at most 5 s). The admin
     /// listener answers `/readyz` 503 while draining and closes last.
     pub async fn shutdown(self) {
+        if let Some(w) = &self.watcher {
+            w.abort();
+        }
         let _ = self.stop.send(true);
         let _ = self.task.await;
         for done in self.workers {
             let _ = done.await;
         }
+        let router = self.reloader.current();
         // Local servers stop after the last call they could serve (the MCP stdio shutdown).
-        for up in &self.stdio {
+        for up in router.stdio() {
             up.stop().await;
         }
-        if let Some(t) = &self.telemetry {
+        self.reloader.stop_draining().await;
+        if let Some(t) = router.telemetry() {
             mcp_gateway_layers::telemetry::otlp::shutdown(t, Duration::from_secs(5)).await;
         }
         if let Some(admin) = self.admin {
             admin.stop().await;
         }
-        if let Some(audit) = &self.audit {
+        if let Some(audit) = router.audit() {
             mcp_gateway_layers::audit::config::shutdown(audit, Duration::from_secs(10)).await;
         }
     }
 
     /// The audit writer's counters, when `[audit]` is configured.
     pub fn audit_stats(&self) -> Option<mcp_gateway_layers::audit::AuditStats> {
-        self.audit
-            .as_ref()
+        self.reloader
+            .current()
+            .audit()
             .map(mcp_gateway_layers::audit::AuditWriter::stats)
     }
 
-    /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+    /// Reads the configuration file again and serves it from the next request on, when it
+    /// is valid and everything builds; otherwise nothing changes (see [`crate::reload`]).
+    pub async fn reload(&self) -> crate::reload::ReloadReport {
+        self.reloader.reload("api").await
+    }
+
+    /// The reloader (what SIGHUP, `POST /reload` and the file watcher call).
+    pub fn reloader(&self) -> &crate::reload::Reloader {
+        &self.reloader
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully; SIGHUP reloads the
+    /// configuration meanwhile.
     pub async fn run_until_signal(self) {
+        #[cfg(unix)]
+        let hup = {
+            let reloader = self.reloader.clone();
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(mut s) => Some(tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        reloader.reload("signal").await;
+                    }
+                })),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP cannot be handled: reload through the admin listener");
+                    None
+                }
+            }
+        };
         shutdown_signal().await;
+        #[cfg(unix)]
+        if let Some(h) = hup {
+            h.abort();
+        }
         tracing::info!("shutdown requested: draining");
         self.shutdown().await;
         tracing::info!("stopped");
@@ -257,8 +303,8 @@ struct Timeouts {
 
 async fn accept_loop(
     listener: TcpListener,
-    router: Router,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    routers: ReloadHandle<Router>,
+    tls: Option<ReloadHandle<tokio_rustls::TlsAcceptor>>,
     mut stopped: watch::Receiver<bool>,
     ready: Arc<AtomicBool>,
     timeouts: Timeouts,
@@ -304,13 +350,15 @@ async fn accept_loop(
         // Forget finished connections (the set only tracks the open ones).
         while conns.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let routers = routers.clone();
         let info = Arc::new(crate::router::ConnInfo::new(peer, tls.is_some()));
         let activity = mcp_gateway_layers::rt::Activity::new();
         let requests = activity.clone();
         let keepalive = timeouts.sse_keepalive;
         let svc = hyper::service::service_fn(move |req| {
-            let router = router.clone();
+            // The stack current when the request arrives serves it to its end, whatever a
+            // reload installs meanwhile.
+            let router = routers.current();
             let info = info.clone();
             // The connection is busy from the request's start until its answer is sent.
             let busy = requests.begin();
@@ -366,7 +414,8 @@ async fn accept_loop(
                 });
             }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
+                // The certificate current when the connection arrives (a reload swaps it).
+                let acceptor = tokio_rustls::TlsAcceptor::clone(&acceptor.load());
                 conns.spawn(async move {
                     let handshake = tokio::select! {
                         r = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)) => r,

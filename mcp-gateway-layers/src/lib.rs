@@ -65,6 +65,14 @@
     not(feature = "stdio"),
     doc = "| `stdio` | `StdioUpstream` | `[upstreams.NAME] command` | runs a local MCP server as supervised child processes (shared, per session or per agent) and serves it over Streamable HTTP, to both protocol eras |"
 )]
+#![cfg_attr(
+    feature = "reload",
+    doc = "| [`reload`] | `Reload` | `[server] watch_config` | a swappable cell in front of any service: a new stack for new requests, the old one kept by those running; a polling file watcher |"
+)]
+#![cfg_attr(
+    not(feature = "reload"),
+    doc = "| `reload` | `Reload` | `[server] watch_config` | a swappable cell in front of any service: a new stack for new requests, the old one kept by those running; a polling file watcher |"
+)]
 //!
 //! What they share, always compiled:
 //!
@@ -192,7 +200,8 @@ pub mod boxed;
     feature = "sessions",
     feature = "telemetry",
     feature = "audit",
-    feature = "upstream"
+    feature = "upstream",
+    feature = "reload"
 ))]
 pub mod config;
 pub mod govern;
@@ -207,6 +216,8 @@ pub mod parse;
 pub mod prometheus;
 #[cfg(any(feature = "limits-redis", feature = "sessions-redis"))]
 mod redis_link;
+#[cfg(feature = "reload")]
+pub mod reload;
 #[cfg(feature = "upstream")]
 pub mod rt;
 #[cfg(feature = "sessions")]
@@ -240,6 +251,8 @@ pub use limits::{TokenBucket2D, TokenBucket2DLayer};
 pub use observe::{Observe, ObserveLayer};
 pub use origin::{AllowedOrigins, OriginGuard, OriginGuardLayer};
 pub use parse::{ParseMcp, ParseMcpLayer};
+#[cfg(feature = "reload")]
+pub use reload::{Reload, ReloadLayer};
 #[cfg(feature = "sessions")]
 pub use sessions::{SessionAffinity, SessionAffinityLayer};
 #[cfg(feature = "stdio")]

@@ -39,7 +39,9 @@
 //! # Ok::<(), mcp_gateway_layers::config::ConfigErrors>(())
 //! ```
 
-use super::{AuditLogLayer, AuditWriter, FileSink, FsyncPolicy, OnFull, StdoutSink, WriterOptions};
+use super::{
+    AuditLogLayer, AuditSink, AuditWriter, FileSink, FsyncPolicy, OnFull, StdoutSink, WriterOptions,
+};
 use crate::config::{check_section, resolve, ConfigErrors, Diagnostics, Dur, Size, Spanned};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -263,8 +265,8 @@ pub fn from_toml(text: &str, source: &str) -> Result<Option<AuditSpec>, ConfigEr
     check_section(text, source, "audit", |a, cx, e| check(a, &cx.base, e))
 }
 
-/// Opens the sink of checked `[audit]` and starts the writer (flush it at shutdown).
-pub fn writer(spec: &AuditSpec) -> std::io::Result<AuditWriter> {
+/// Opens the sink of checked `[audit]` (the file, or standard output).
+pub fn sink(spec: &AuditSpec) -> std::io::Result<Box<dyn AuditSink>> {
     match &spec.sink {
         AuditSinkSpec::File {
             path,
@@ -278,10 +280,15 @@ pub fn writer(spec: &AuditSpec) -> std::io::Result<AuditWriter> {
                 .rotate_size(*rotate_size)
                 .rotate_age(*rotate_age)
                 .keep(*keep);
-            AuditWriter::spawn(sink, spec.options.clone())
+            Ok(Box::new(sink))
         }
-        AuditSinkSpec::Stdout => AuditWriter::spawn(StdoutSink, spec.options.clone()),
+        AuditSinkSpec::Stdout => Ok(Box::new(StdoutSink)),
     }
+}
+
+/// Opens the sink of checked `[audit]` and starts the writer (flush it at shutdown).
+pub fn writer(spec: &AuditSpec) -> std::io::Result<AuditWriter> {
+    AuditWriter::spawn(sink(spec)?, spec.options.clone())
 }
 
 /// Flushes `writer` at shutdown: waits at most `timeout` for every record to be written and

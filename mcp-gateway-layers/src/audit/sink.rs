@@ -47,6 +47,18 @@ pub trait AuditSink: Send + 'static {
     }
 }
 
+impl AuditSink for Box<dyn AuditSink> {
+    fn write(&mut self, lines: &[u8]) -> io::Result<()> {
+        (**self).write(lines)
+    }
+    fn sync(&mut self, head: &Head) -> io::Result<()> {
+        (**self).sync(head)
+    }
+    fn last_line(&mut self) -> io::Result<Option<Vec<u8>>> {
+        (**self).last_line()
+    }
+}
+
 /// A sink from a closure that takes each batch of lines: nothing to sync, no chain to continue
 /// across restarts. See [`sink_fn`].
 pub struct SinkFn<F>(F);

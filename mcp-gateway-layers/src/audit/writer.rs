@@ -192,6 +192,9 @@ enum Msg {
         ack: Option<oneshot::Sender<()>>,
     },
     Flush(oneshot::Sender<()>),
+    /// Writes what came before to the current sink, syncs it, and continues the chain in
+    /// `sink` (a reload that moved the log).
+    Switch(Box<dyn AuditSink>, oneshot::Sender<()>),
 }
 
 /// A reserved place in the queue, held by one exchange until its record is written.
@@ -238,7 +241,7 @@ impl AuditWriter {
         let options = Arc::new(options);
         let (health_tx, health) = watch::channel(true);
         let thread = Thread {
-            sink,
+            sink: Box::new(sink) as Box<dyn AuditSink>,
             rx,
             options: options.clone(),
             counters: counters.clone(),
@@ -339,6 +342,26 @@ impl AuditWriter {
         tracing::error!(target: "mcp_gateway::audit", dropped = n, total, "audit records dropped: {why}");
     }
 
+    /// Moves the log to `sink` (a reload that changed the audit path): the records queued
+    /// before this call are written and synced where they were, the later ones go to `sink`,
+    /// and the chain continues there — its first record links to the last one written before
+    /// — so `verify` over both files, in order, checks one unbroken chain. Refused when `sink`
+    /// already holds records (their chain is another one). Returns once the switch is made.
+    pub async fn switch_sink(&self, mut sink: impl AuditSink) -> io::Result<()> {
+        if sink.last_line()?.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the new audit file already holds records of another chain; name a new file",
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Switch(Box::new(sink), tx))
+            .map_err(|_| io::Error::other("the audit writer has stopped"))?;
+        rx.await
+            .map_err(|_| io::Error::other("the audit writer has stopped"))
+    }
+
     /// Waits until every record queued before this call is written and synced.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -359,8 +382,8 @@ impl AuditWriter {
     }
 }
 
-struct Thread<K> {
-    sink: K,
+struct Thread {
+    sink: Box<dyn AuditSink>,
     rx: mpsc::Receiver<Msg>,
     options: Arc<WriterOptions>,
     counters: Arc<Counters>,
@@ -369,7 +392,7 @@ struct Thread<K> {
     prev: String,
 }
 
-impl<K: AuditSink> Thread<K> {
+impl Thread {
     fn run(mut self) {
         let (interval, linger) = match self.options.fsync {
             FsyncPolicy::Always => (Duration::ZERO, Duration::ZERO),
@@ -431,6 +454,23 @@ impl<K: AuditSink> Thread<K> {
                         force = true;
                         done.push((None, Some(ack)));
                     }
+                    Msg::Switch(sink, ack) => {
+                        // Everything before the switch stays in the old sink, synced.
+                        if !buf.is_empty() {
+                            let lines = std::mem::take(&mut buf);
+                            self.retry("write", |s, _| s.write(&lines));
+                            buf = lines;
+                            buf.clear();
+                            self.counters.written.fetch_add(n, Ordering::Relaxed);
+                            n = 0;
+                        }
+                        self.retry("sync", |s, h| s.sync(h));
+                        dirty = false;
+                        last_sync = Instant::now();
+                        self.sink = sink;
+                        tracing::info!(target: "mcp_gateway::audit", seq = self.seq, "audit log moved: the chain continues in the new sink");
+                        let _ = ack.send(());
+                    }
                 }
             }
             if !buf.is_empty() {
@@ -466,7 +506,11 @@ impl<K: AuditSink> Thread<K> {
     /// Runs `op` until it succeeds: a record is never given up. Failures are counted and
     /// logged (the first of a run, then every 10 s); the queue fills meanwhile, and
     /// `on_full` decides what new requests see.
-    fn retry(&mut self, what: &str, mut op: impl FnMut(&mut K, &Head) -> io::Result<()>) {
+    fn retry(
+        &mut self,
+        what: &str,
+        mut op: impl FnMut(&mut dyn AuditSink, &Head) -> io::Result<()>,
+    ) {
         let head = Head {
             seq: self.seq,
             hash: self.prev.clone(),
@@ -474,7 +518,7 @@ impl<K: AuditSink> Thread<K> {
         let mut backoff = Duration::from_millis(1);
         let mut logged: Option<Instant> = None;
         loop {
-            match op(&mut self.sink, &head) {
+            match op(&mut *self.sink, &head) {
                 Ok(()) => {
                     if logged.is_some() {
                         tracing::info!(target: "mcp_gateway::audit", "audit sink recovered");

@@ -59,6 +59,29 @@ impl TokenBucket2DLayer {
         self.edit(|b| b.store = store)
     }
 
+    /// Takes over `earlier`'s budgets — the spent part of every key's request and token
+    /// buckets, and the cost ledger — as a reload does when the budgets' meaning did not
+    /// change. With `requests` false the request buckets start full (their rate changed: the
+    /// in-memory request buckets are sized by it), and so do the in-memory token buckets that
+    /// share their store; the cost ledger carries over either way.
+    pub fn carry_over(self, earlier: &TokenBucket2DLayer, requests: bool) -> Self {
+        let old = &earlier.governor.budgets;
+        let (store, fallback, costs, errors) = (
+            old.store.clone(),
+            old.fallback.clone(),
+            old.costs.clone(),
+            old.store_errors.clone(),
+        );
+        self.edit(|b| {
+            if requests {
+                b.store = store;
+                b.fallback = fallback;
+            }
+            b.costs = costs;
+            b.store_errors = errors;
+        })
+    }
+
     /// Counts tokens with `counter` instead of [`ByteEstimate`].
     pub fn counter(self, counter: impl TokenCounter) -> Self {
         let counter: Arc<dyn TokenCounter> = Arc::new(counter);

@@ -60,6 +60,23 @@ impl SessionAffinityLayer {
         self
     }
 
+    /// Takes over from `earlier`, as a reload does: its store error count; with `store` true
+    /// its session records (ended and idle sessions stay so — the store is the same); with
+    /// `key` true its key, so that ids sealed with a random per-process key keep opening.
+    pub fn carry_over(self, earlier: &SessionAffinityLayer, store: bool, key: bool) -> Self {
+        let old = earlier.settings.clone();
+        self.edit(|c| {
+            if store {
+                c.store = old.store.clone();
+            }
+            c.store_errors = old.store_errors.clone();
+            if key {
+                c.key = old.key.clone();
+                c.keys = Arc::new(Keyring::new(&c.key, &c.previous));
+            }
+        })
+    }
+
     /// Older keys whose ids still open (key rotation); new ids use the key given to
     /// [`new`](Self::new).
     pub fn previous_keys(self, keys: Vec<SessionKey>) -> Self {

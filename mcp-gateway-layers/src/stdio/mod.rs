@@ -92,7 +92,8 @@ impl Mode {
 }
 
 /// A checked stdio upstream. Its `Debug` shows the names of variables, never their values.
-#[derive(Clone)]
+/// Two specs are equal when every key is (a reload keeps the children of an unchanged one).
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StdioSpec {
     /// Name (route `/mcp/NAME`).

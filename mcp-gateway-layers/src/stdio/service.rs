@@ -97,6 +97,11 @@ impl StdioUpstream {
         &self.inner.pool.name
     }
 
+    /// What it runs (a reload compares it with the new file's to keep the children).
+    pub fn spec(&self) -> &StdioSpec {
+        &self.inner.pool.spec
+    }
+
     /// The mode its children run in.
     pub fn mode(&self) -> Mode {
         self.inner.pool.spec.mode
