@@ -716,3 +716,122 @@ async fn a_moved_audit_log_continues_the_chain_in_the_new_file() {
     let report = mcp_gateway_layers::audit::verify(&[one, two]).unwrap();
     assert_eq!(report.records, 6, "{report}");
 }
+
+fn python_command() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let python = root.join(".tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test, which installs the Python SDK",
+        python.display()
+    );
+    let server = root.join("mcp-gateway-bin/tests/fixtures/stdio_server.py");
+    format!(
+        "[{:?}, {:?}]",
+        python.display().to_string(),
+        server.display().to_string()
+    )
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// A stdio upstream: an unchanged one keeps its child across reloads; a removed one's child
+/// stops once its drain is over, after its call in flight finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_children_are_kept_when_unchanged_and_stopped_after_the_drain_when_removed() {
+    let cmd = python_command();
+    let dir = tempfile::tempdir().unwrap();
+    let text = |with_gone: bool| {
+        let mut t = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndrain_timeout = \"1s\"\n[upstreams.local]\ncommand = {cmd}\n"
+        );
+        if with_gone {
+            t += &format!("[upstreams.gone]\ncommand = {cmd}\n");
+        }
+        t
+    };
+    let gw = start(dir.path(), &text(true)).await;
+    let c = client();
+    let sid_local = session(&c, &route(&gw, "local")).await;
+    let sid_gone = session(&c, &route(&gw, "gone")).await;
+    let answer = |name: &'static str, sid: String, body: String| {
+        let (c, url) = (c.clone(), route(&gw, name));
+        async move {
+            let resp = mcp_post(&c, &url, &body)
+                .header("mcp-session-id", sid)
+                .header("mcp-protocol-version", PV)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            // JSON, or the last event of an SSE answer.
+            let json = body
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map_or(body.clone(), str::to_owned);
+            (
+                status,
+                serde_json::from_str::<serde_json::Value>(&json).unwrap(),
+            )
+        }
+    };
+    let pid_of = |name: &'static str, sid: &str| {
+        let fut = answer(name, sid.to_owned(), call(9, "pid", "{}"));
+        async move {
+            let (status, v) = fut.await;
+            assert_eq!(status, 200, "{name}: {v}");
+            v["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .trim()
+                .parse::<u32>()
+                .unwrap()
+        }
+    };
+    let (local, gone) = (
+        pid_of("local", &sid_local).await,
+        pid_of("gone", &sid_gone).await,
+    );
+    // A call in flight on the route the reload removes.
+    let slow = tokio::spawn(answer(
+        "gone",
+        sid_gone.clone(),
+        call(10, "slow", r#"{"ms":500}"#),
+    ));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    write(dir.path(), "gw.toml", &text(false));
+    let report = gw.reload().await;
+    assert!(report.applied(), "{report:?}");
+    assert_eq!(report.removed, vec!["gone".to_owned()]);
+    assert!(report.changed.is_empty(), "{report:?}");
+    let (status, v) = slow.await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(v["result"].is_object(), "{v}");
+    assert_eq!(
+        pid_of("local", &sid_local).await,
+        local,
+        "the unchanged upstream kept its child, and the session its place"
+    );
+    assert!(
+        pid_alive(gone),
+        "the removed upstream's child lives through the drain"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(gone) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !pid_alive(gone),
+        "the removed upstream's child stopped after the drain"
+    );
+    assert!(pid_alive(local));
+    gw.shutdown().await;
+    assert!(!pid_alive(local), "and the kept one at shutdown");
+}

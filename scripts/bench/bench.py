@@ -37,6 +37,7 @@ GATEWAY_CONFIGS = [
     "telemetry.toml",
     "full.toml",
     "stdio.toml",
+    "reload.toml",
     "passthrough-mimalloc.toml",
     "full-mimalloc.toml",
 ]
@@ -604,6 +605,14 @@ def write_report(args, scenarios, targets, results, rss, placements):
     if open_scenarios:
         # The chart shows the first placement measured (pinned when both are).
         svg_chart({(k[0], k[1]): v for k, v in results.items() if k[2] == placements[0]}, open_scenarios[0], chart)
+    # The reload soak's block (scripts/bench/reload-soak) is its own run: kept as it is.
+    try:
+        old = open(args.out).read()
+        b, e = old.find("<!-- reload-soak:begin -->"), old.find("<!-- reload-soak:end -->")
+        if 0 <= b < e:
+            lines += ["", old[b:e + len("<!-- reload-soak:end -->")], ""]
+    except OSError:
+        pass
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
