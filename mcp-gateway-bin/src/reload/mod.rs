@@ -388,6 +388,17 @@ fn keep_restart_only(old: &Settings, next: &mut Settings) -> Vec<String> {
         ));
         next.tls = old.tls.clone();
     }
+    // The audit writer runs for the whole process (its chain goes on); its `path` moves with a
+    // reload, its other settings (queue, fsync, arguments and redaction, timeouts) do not.
+    if let (Some(o), Some(n)) = (&old.audit, &mut next.audit) {
+        if format!("{:?}", o.options) != format!("{:?}", n.options) {
+            kept.push(
+                "[audit] settings other than its path changed (queue, on_full, fsync, linger, arguments, redact, write_timeout): only a restart applies them (kept as they run)"
+                    .to_owned(),
+            );
+            n.options = o.options.clone();
+        }
+    }
     keep!(worker_threads, "server.worker_threads");
     keep!(runtime, "server.runtime");
     keep!(shutdown_grace, "server.shutdown_grace");
