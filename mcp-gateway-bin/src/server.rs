@@ -415,7 +415,7 @@ async fn accept_loop(
             }
             Some(acceptor) => {
                 // The certificate current when the connection arrives (a reload swaps it).
-                let acceptor = tokio_rustls::TlsAcceptor::clone(&acceptor.load());
+                let acceptor = tokio_rustls::TlsAcceptor::clone(&acceptor.current());
                 conns.spawn(async move {
                     let handshake = tokio::select! {
                         r = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)) => r,

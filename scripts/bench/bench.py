@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -364,6 +365,8 @@ def main():
     ap.add_argument("--configs", help="comma-separated gateway config files of scripts/bench/configs (default: all)")
     ap.add_argument("--no-mcp-proxy", action="store_true", help="leave mcp-proxy out")
     ap.add_argument("--scenarios", help="comma-separated scenario names to run (default: all)")
+    ap.add_argument("--block", help="write the report as block NAME of the existing --out file (a run of a "
+                                    "few configurations beside the full report) instead of replacing the file")
     args = ap.parse_args()
     scenarios = SCENARIOS
     if args.quick:
@@ -602,20 +605,29 @@ def write_report(args, scenarios, targets, results, rss, placements):
     w("")
     open_scenarios = [sc[0] for sc in scenarios if sc[4] != "closed"]
     chart = os.path.join(os.path.dirname(args.out), "benchmarks-latency.svg")
-    if open_scenarios:
+    if open_scenarios and not args.block:
         # The chart shows the first placement measured (pinned when both are).
         svg_chart({(k[0], k[1]): v for k, v in results.items() if k[2] == placements[0]}, open_scenarios[0], chart)
-    # The reload soak's block (scripts/bench/reload-soak) is its own run: kept as it is.
+    # Blocks written by other runs (`<!-- NAME:begin -->` … `<!-- NAME:end -->`: the reload
+    # soak's, a run of a few configurations) are kept as they are, after this run's report;
+    # --block NAME writes this run's report as such a block of the existing file instead.
     try:
         old = open(args.out).read()
-        b, e = old.find("<!-- reload-soak:begin -->"), old.find("<!-- reload-soak:end -->")
-        if 0 <= b < e:
-            lines += ["", old[b:e + len("<!-- reload-soak:end -->")], ""]
     except OSError:
-        pass
+        old = ""
+    blocks = {m.group(1): m.group(0) for m in re.finditer(r"<!-- ([a-z0-9-]+):begin -->.*?<!-- \1:end -->", old, re.S)}
+    if args.block:
+        # One heading level down: the block is a section of the full report.
+        body = ["#" + ln if ln.startswith("#") else ln for ln in lines]
+        blocks[args.block] = "\n".join([f"<!-- {args.block}:begin -->"] + body + [f"<!-- {args.block}:end -->"])
+        head = re.split(r"<!-- [a-z0-9-]+:begin -->", old, maxsplit=1)[0].rstrip("\n")
+        lines = [head]
+    for name, text in blocks.items():
+        lines += ["", text, ""]
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+    json_out = os.path.splitext(args.out)[0] + (f"-{args.block}.json" if args.block else ".json")
+    with open(json_out, "w") as f:
         json.dump({" | ".join(k): v for k, v in results.items()}, f, indent=1)
     print(f"wrote {args.out}", file=sys.stderr)
 

@@ -10,7 +10,8 @@ Servers: `bench-upstream` (the calls) and the rmcp `demo-server` (legacy session
 streams stay open), both behind one `mcp-gateway` with `[limits]` and an admin listener.
 Load: `bench-load` open loop, half legacy (sessions) and half 2026-07-28 (sessionless), at
 --rate calls/s in all, on route `bench`; --streams legacy GET streams held open on route
-`streams`. Two phases of the same load: a baseline without reloads, then --minutes with a
+`streams`, each session pinged once a minute as a live client's would be (rmcp servers end a
+session after 5 minutes without a message). Two phases of the same load: a baseline without reloads, then --minutes with a
 reload (`POST /reload`) every --every seconds, each one adding or removing route `extra` and
 changing the limits (a rule's rate each time, the request rate every other time). Routes
 `bench` and `streams` never change, so none of their calls may fail and none of their
@@ -59,6 +60,9 @@ tokens_per_minute = {rule_tpm}
 url = "http://127.0.0.1:{bench}/mcp"
 [upstreams.streams]
 url = "http://127.0.0.1:{demo}/mcp"
+# The demo server sends nothing on its GET streams (pings go on POSTs): without this they
+# would end after the default 5 minutes of upstream silence, not what is measured here.
+sse_idle_timeout = "0s"
 """
     if extra:
         text += f'[upstreams.extra]\nurl = "http://127.0.0.1:{bench}/mcp"\n'
@@ -81,6 +85,8 @@ class Stream(threading.Thread):
         self.opened = threading.Event()
         self.error = None
         self.ended_early = False
+        self.ended_at = None
+        self.pings = 0
 
     def run(self):
         try:
@@ -95,6 +101,7 @@ class Stream(threading.Thread):
             hdr.update({"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"})
             c.request("POST", "/mcp/streams", json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}), hdr)
             c.getresponse().read()
+            c.close()
             s = socket.create_connection(("127.0.0.1", self.port))
             s.sendall((f"GET /mcp/streams HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n"
                        f"mcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n\r\n").encode())
@@ -103,13 +110,30 @@ class Stream(threading.Thread):
             if not head.startswith(b"HTTP/1.1 200"):
                 raise RuntimeError(f"GET stream refused: {head[:80]!r}")
             self.opened.set()
+            # A live client: a ping on its session every minute (the demo server, as rmcp's
+            # servers do, ends a session after 5 minutes without a message, and its stream
+            # with it — which is not what is measured here).
+            ping = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"})
+            last_ping = time.time()
             while not self.stop.is_set():
+                if time.time() - last_ping >= 60:
+                    # A new connection each time: an idle keep-alive one is closed meanwhile.
+                    pc = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                    pc.request("POST", "/mcp/streams", ping, hdr)
+                    r = pc.getresponse()
+                    r.read()
+                    pc.close()
+                    if r.status != 200:
+                        raise RuntimeError(f"ping on the session answered {r.status}")
+                    self.pings += 1
+                    last_ping = time.time()
                 try:
                     data = s.recv(65536)
                 except socket.timeout:
                     continue
                 if not data:
                     self.ended_early = True
+                    self.ended_at = time.time()
                     break
             s.close()
         except Exception as e:  # noqa: BLE001 (reported, not raised, from a thread)
@@ -199,6 +223,7 @@ def main():
         failed_open = [s.error for s in streams if s.error]
         if failed_open:
             raise RuntimeError(f"{len(failed_open)} streams did not open: {failed_open[0]}")
+        t_streams = time.time()
         log(f"{args.streams} streams open; baseline {args.baseline_minutes:g} min at {args.rate:g} calls/s")
 
         base = phase(url, args.rate, args.baseline_minutes * 60, args.connections)
@@ -211,6 +236,7 @@ def main():
         stop_reloads.set()
         t.join(60)
         cut = sum(1 for s in streams if s.ended_early)
+        cut_at = sorted(round(s.ended_at - t_streams) for s in streams if s.ended_at)
         stream_errors = [s.error for s in streams if s.error]
         stop_streams.set()
         for s in streams:
@@ -240,6 +266,8 @@ def main():
     bp50, dp50 = p(b, "p50"), p(d, "p50")
     ratio = {era: dp99[era] / max(bp99[era], 1) for era in dp99}
     log(f"baseline: {b_calls} calls, {b_err} failed; p99 {bp99}")
+    if cut_at:
+        log(f"streams ended at (s after opening): {cut_at[:10]}")
     log(f"reloads:  {d_calls} calls, {d_err} failed; p99 {dp99}; {ok} reloads ok, {len(bad)} refused; {cut} streams cut")
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -258,6 +286,7 @@ def main():
              f"- Reloads applied: {ok} of {len(reloads)} (median {took[len(took) // 2] * 1000:.1f} ms, "
              f"slowest {took[-1] * 1000:.1f} ms, from `POST /reload` to its answer).",
              f"- Streams cut on the unchanged route: {cut} of {args.streams}"
+             + (f" (ended at {cut_at[:5]} s after opening)" if cut_at else "")
              + (f"; stream errors: {stream_errors[:3]}" if stream_errors else "") + ".",
              f"- p99 with reloads / p99 without: legacy {ratio['legacy']:.2f}×, modern {ratio['modern']:.2f}× "
              "(the machine is shared: the two phases run one after the other, not side by side).",

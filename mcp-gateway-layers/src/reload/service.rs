@@ -41,11 +41,6 @@ impl<S> ReloadHandle<S> {
         self.cell.load_full()
     }
 
-    /// The current service, borrowed for one request: the cheapest read (no reference
-    /// count is touched while the guard lives).
-    pub fn load(&self) -> arc_swap::Guard<Arc<S>> {
-        self.cell.load()
-    }
 }
 
 /// The service [`ReloadLayer`](super::ReloadLayer) makes: each request is served by the
