@@ -40,7 +40,6 @@ impl<S> ReloadHandle<S> {
     pub fn current(&self) -> Arc<S> {
         self.cell.load_full()
     }
-
 }
 
 /// The service [`ReloadLayer`](super::ReloadLayer) makes: each request is served by the
