@@ -456,14 +456,7 @@ impl Thread {
                     }
                     Msg::Switch(sink, ack) => {
                         // Everything before the switch stays in the old sink, synced.
-                        if !buf.is_empty() {
-                            let lines = std::mem::take(&mut buf);
-                            self.retry("write", |s, _| s.write(&lines));
-                            buf = lines;
-                            buf.clear();
-                            self.counters.written.fetch_add(n, Ordering::Relaxed);
-                            n = 0;
-                        }
+                        self.write_batch(&mut buf, std::mem::take(&mut n));
                         self.retry("sync", |s, h| s.sync(h));
                         dirty = false;
                         last_sync = Instant::now();
@@ -473,12 +466,7 @@ impl Thread {
                     }
                 }
             }
-            if !buf.is_empty() {
-                let lines = std::mem::take(&mut buf);
-                self.retry("write", |s, _| s.write(&lines));
-                buf = lines;
-                buf.clear();
-                self.counters.written.fetch_add(n, Ordering::Relaxed);
+            if self.write_batch(&mut buf, n) {
                 dirty = true;
             }
             if dirty && (force || last_sync.elapsed() >= interval) {
@@ -496,6 +484,20 @@ impl Thread {
                 }
             }
         }
+    }
+
+    /// Writes the `n` records in `buf` (retrying until the sink takes them) and empties it,
+    /// keeping its allocation; whether there was anything to write.
+    fn write_batch(&mut self, buf: &mut Vec<u8>, n: u64) -> bool {
+        if buf.is_empty() {
+            return false;
+        }
+        let lines = std::mem::take(buf);
+        self.retry("write", |s, _| s.write(&lines));
+        *buf = lines;
+        buf.clear();
+        self.counters.written.fetch_add(n, Ordering::Relaxed);
+        true
     }
 
     fn set_healthy(&self, ok: bool) {
