@@ -317,10 +317,8 @@ impl Router {
         }
         let telemetry = match (&settings.telemetry, previous) {
             // Unchanged: the same layer, so its metrics and span export go on.
-            (Some(spec), Some(p))
-                if p.telemetry.is_some()
-                    && p.settings.telemetry.as_ref().is_some_and(|o| same(o, spec))
-                    && p.settings.body_limit == settings.body_limit =>
+            (Some(_), Some(p))
+                if p.telemetry.is_some() && Self::keeps_telemetry(&p.settings, settings) =>
             {
                 p.telemetry.clone()
             }
@@ -460,6 +458,18 @@ impl Router {
             stdio,
             settings: Arc::new(settings.clone()),
         })
+    }
+
+    /// Whether a router built from `next` over one built from `old` keeps its telemetry layer
+    /// (its exporter and counters): `[telemetry]` and `body_limit` are the same.
+    pub fn keeps_telemetry(old: &Settings, next: &Settings) -> bool {
+        next.telemetry.is_some()
+            && old
+                .telemetry
+                .as_ref()
+                .zip(next.telemetry.as_ref())
+                .is_some_and(|(o, n)| same(o, n))
+            && old.body_limit == next.body_limit
     }
 
     /// The settings it was built from.

@@ -109,6 +109,9 @@ impl Gateway {
         };
         // Reloads on file changes while the configuration asks for it (it may start or stop
         // asking at a reload); nothing to watch without a file.
+        if settings.reload.watch_config && settings.source.is_none() {
+            tracing::warn!("watch_config = true, but the settings were not read from a file (config::load): nothing is watched, and a reload has no file to read");
+        }
         let watcher = settings
             .source
             .is_some()

@@ -14,7 +14,6 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient};
 use serde_json::Value;
-use sha2::Digest;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,13 +21,6 @@ use std::sync::{Arc, Mutex};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mcp-gateway"))
-}
-
-fn sha256_hex(s: &str) -> String {
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// An API-keys file: alice and bob, both with `mcp:tools`.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{client, demo, mcp_post};
+use common::{client, demo, mcp_post, sha256_hex};
 use mcp_gateway::Gateway;
 use mcp_gateway_examples::demo_server::DemoOptions;
 use std::net::SocketAddr;
@@ -315,21 +315,13 @@ async fn a_broken_file_changes_nothing_and_its_errors_are_located() {
     gw.shutdown().await;
 }
 
-fn sha(k: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(k.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn keys(agents: &[(&str, &str)]) -> String {
     agents
         .iter()
         .map(|(key, agent)| {
             format!(
                 "[[keys]]\nsha256 = \"{}\"\nagent = \"{agent}\"\nscopes = [\"{SCOPE}\"]\n",
-                sha(key)
+                sha256_hex(key)
             )
         })
         .collect()

@@ -213,11 +213,10 @@ impl Reloader {
             })
             .cloned()
             .collect();
-        let old_telemetry = current.telemetry().cloned().filter(|_| {
-            !(next.telemetry.is_some()
-                && format!("{:?}", next.telemetry) == format!("{:?}", old.telemetry)
-                && next.body_limit == old.body_limit)
-        });
+        let old_telemetry = current
+            .telemetry()
+            .cloned()
+            .filter(|_| !Router::keeps_telemetry(old, &next));
         let old_audit = current.audit().cloned().filter(|_| next.audit.is_none());
         let drain = next.reload.drain_timeout;
         self.inner.routers.swap(router);
@@ -280,28 +279,22 @@ impl Reloader {
     /// that a change made while watching was off (and applied by a signal) is not taken for
     /// a new one when watching is switched on.
     pub(crate) async fn watch(self) {
-        let mut watch: Option<FileWatch> = None;
+        let mut watch = FileWatch::new(
+            Vec::new(),
+            mcp_gateway_layers::reload::config::WATCH_INTERVAL,
+            mcp_gateway_layers::reload::config::DEFAULT_WATCH_DEBOUNCE,
+        );
         loop {
             let current = self.current();
             let s = current.settings();
             let Some(source) = s.source.clone() else {
                 return;
             };
-            let paths: Vec<_> = std::iter::once(source)
-                .chain(s.named_files.iter().cloned())
-                .collect();
-            let debounce = s.reload.watch_debounce;
+            // The files of the configuration now in force (a reload may name others).
+            watch.set_paths(std::iter::once(source).chain(s.named_files.iter().cloned()));
+            watch.set_debounce(s.reload.watch_debounce);
             drop(current);
-            let w = watch.get_or_insert_with(|| {
-                FileWatch::new(
-                    paths.clone(),
-                    mcp_gateway_layers::reload::config::WATCH_INTERVAL,
-                    debounce,
-                )
-            });
-            w.set_paths(paths);
-            w.set_debounce(debounce);
-            let changed = w.changed().await;
+            let changed = watch.changed().await;
             if !self.current().settings().reload.watch_config {
                 continue;
             }

@@ -184,3 +184,12 @@ pub async fn call_through(up: SocketAddr) -> (Gateway, reqwest::Response) {
     .unwrap();
     (gw, resp)
 }
+
+/// The SHA-256 of `s`, in hex: how an API-keys file names a key.
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
