@@ -7,6 +7,8 @@
 //! - `embed-axum` (binary): the gateway's layers and forwarding service inside an axum app.
 //! - [`embed_full`]: all five governing layers in an axum app, with `/metrics`, the RFC 9728
 //!   document and shutdown.
+//! - [`mutable_server`]: an `rmcp` server whose tool definitions change while it serves (the
+//!   tool-integrity tests' "rug pull").
 //! - [`conformance`]: the server the official conformance suite is run against, directly and
 //!   through the gateway (`conformance-server` binary, `scripts/conformance`).
 #![forbid(unsafe_code)]
@@ -15,3 +17,4 @@ pub mod conformance;
 pub mod demo_server;
 pub mod embed;
 pub mod embed_full;
+pub mod mutable_server;

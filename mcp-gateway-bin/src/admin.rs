@@ -12,6 +12,16 @@
 //!   did as JSON — 200 with `"result": "ok"` (and what only a restart applies, under
 //!   `not_applied`), or 422 with `"result": "error"` and the file's errors, located, when
 //!   nothing changed.
+//! - `GET /approvals`: the calls held for a person's decision (`[[approvals]]`), a JSON
+//!   array, oldest first: each with its `id`, `upstream`, `tool`, `arguments`,
+//!   `arguments_digest`, `definition_digest`, `principal`, `requested_at` and `expires_at`.
+//! - `POST /approvals/ID` with `{"decision": "approve"}` or `{"decision": "deny"}` (and
+//!   optionally `"by"`, and the `arguments_digest` / `definition_digest` the decision was
+//!   made for, which must be the call's): 200 with the call decided, 404 when no call is
+//!   pending under that id (decided already, expired, or its client went away), 409 when a
+//!   digest named is not the call's, 400 for a body that is not such a decision.
+//! - `GET /integrity` (`?upstream=NAME`): what each upstream's lists showed against its pins
+//!   (`mcp-gateway pins diff` reads it).
 
 use crate::reload::Reloader;
 use crate::router::Router;
@@ -84,6 +94,13 @@ impl Admin {
                             return Ok::<_, Infallible>(text(status, body, "application/json"));
                         }
                         let router = reloader.current();
+                        let path = req.uri().path();
+                        if path == "/approvals"
+                            || path.starts_with("/approvals/")
+                            || path == "/integrity"
+                        {
+                            return Ok::<_, Infallible>(integrity(req, &router).await);
+                        }
                         Ok::<_, Infallible>(answer(&req, &router, &reloader, &ready))
                     }
                 });
@@ -97,7 +114,7 @@ impl Admin {
             }
             conns.abort_all();
         });
-        tracing::info!(addr = %local, "admin listener: /metrics /healthz /readyz /reload");
+        tracing::info!(addr = %local, "admin listener: /metrics /healthz /readyz /reload /approvals /integrity");
         Ok(Self {
             addr: local,
             stop,
@@ -114,6 +131,120 @@ impl Admin {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    text(status, body, "application/json")
+}
+
+/// A decision on a held call, as `POST /approvals/ID` takes it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    decision: String,
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    arguments_digest: Option<String>,
+    #[serde(default)]
+    definition_digest: Option<String>,
+}
+
+/// `/approvals`, `/approvals/ID` and `/integrity`.
+async fn integrity(req: Request<Incoming>, router: &Router) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt as _;
+    use mcp_gateway_layers::integrity::DecideError;
+    use serde_json::json;
+    let Some(layer) = router.integrity() else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "no [integrity] or [[approvals]] is configured"}),
+        );
+    };
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if path == "/integrity" {
+        if method != Method::GET {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "GET only"}),
+            );
+        }
+        let upstream = req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("upstream="))
+                .map(str::to_owned)
+        });
+        return json(StatusCode::OK, &layer.report(upstream.as_deref()));
+    }
+    if path == "/approvals" {
+        if method != Method::GET {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "GET /approvals lists; POST /approvals/ID decides"}),
+            );
+        }
+        return json(StatusCode::OK, &json!(layer.approvals().list()));
+    }
+    let id = path.trim_start_matches("/approvals/").to_owned();
+    if method != Method::POST {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "POST /approvals/ID decides a held call"}),
+        );
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("unreadable body: {e}")}),
+            )
+        }
+    };
+    let decision: DecisionBody = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("expected {{\"decision\": \"approve\"}} or {{\"decision\": \"deny\"}}: {e}")}),
+            )
+        }
+    };
+    let approve = match decision.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        other => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("decision {other:?} is not \"approve\" or \"deny\"")}),
+            )
+        }
+    };
+    let by = decision.by.unwrap_or_else(|| "admin".to_owned());
+    match layer.approvals().decide(
+        &id,
+        approve,
+        &format!("admin:{by}"),
+        decision.arguments_digest.as_deref(),
+        decision.definition_digest.as_deref(),
+    ) {
+        Ok(call) => json(
+            StatusCode::OK,
+            &json!({"id": id, "decision": if approve { "approved" } else { "denied" }, "by": format!("admin:{by}"), "call": call}),
+        ),
+        Err(e @ DecideError::NotFound(_)) => {
+            json(StatusCode::NOT_FOUND, &json!({"error": e.to_string()}))
+        }
+        Err(e @ DecideError::Mismatch { .. }) => {
+            json(StatusCode::CONFLICT, &json!({"error": e.to_string()}))
+        }
     }
 }
 
@@ -166,7 +297,7 @@ fn answer(
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: the admin listener serves /metrics, /healthz, /readyz and POST /reload\n",
+            "not found: the admin listener serves /metrics, /healthz, /readyz, POST /reload, /approvals and /integrity\n",
             PLAIN,
         ),
     }
@@ -189,6 +320,7 @@ fn render(router: &Router, out: &mut String) {
         .with_some(router.telemetry().cloned())
         .with_some(router.audit().cloned())
         .with_some(router.limits().cloned())
+        .with_some(router.integrity().cloned())
         .with_some(router.sessions().cloned())
         .with_some(router.stdio_metrics())
         .render_into(out);

@@ -48,13 +48,15 @@
 //! and `[upstreams.NAME.credentials]` in [`mcp_gateway_layers::auth::config`], `[limits]` in
 //! [`mcp_gateway_layers::limits::config`], `[audit]` in [`mcp_gateway_layers::audit::config`],
 //! `[sessions]` in [`mcp_gateway_layers::sessions::config`], `[telemetry]` in
-//! [`mcp_gateway_layers::telemetry::config`].
+//! [`mcp_gateway_layers::telemetry::config`], `[integrity]` and `[[approvals]]` in
+//! [`mcp_gateway_layers::integrity::config`].
 //!
 //! Unknown keys are errors, and every error names the file, line and column it comes from.
 
 use mcp_gateway_layers::audit::config::{AuditConfig, AuditSpec};
 use mcp_gateway_layers::auth::config::{AuthConfig, AuthSpec};
 use mcp_gateway_layers::config::{from_toml_all, resolve, Diagnostics};
+use mcp_gateway_layers::integrity::config::{ApprovalConfig, IntegrityConfig, IntegritySpec};
 use mcp_gateway_layers::limits::config::{LimitsConfig, LimitsSpec};
 use mcp_gateway_layers::reload::config::ReloadSpec;
 use mcp_gateway_layers::sessions::config::{SessionsConfig, SessionsSpec};
@@ -105,6 +107,12 @@ pub struct Config {
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`). Absent: none.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Pinned tool definitions (ToolIntegrity). Absent: no pins.
+    #[serde(default)]
+    pub integrity: Option<IntegrityConfig>,
+    /// Approval gates: `[[approvals]]`, one per rule.
+    #[serde(default)]
+    pub approvals: Vec<ApprovalConfig>,
 }
 
 /// `[server]`.
@@ -363,6 +371,8 @@ pub struct Settings {
     pub telemetry: Option<TelemetrySpec>,
     /// The admin listener, when `[admin]` is present.
     pub admin: Option<AdminSpec>,
+    /// Pins and approval gates, when `[integrity]` or `[[approvals]]` is present.
+    pub integrity: Option<IntegritySpec>,
     /// The reload keys of `[server]`.
     pub reload: ReloadSpec,
     /// The configuration file (`None`: started from flags alone, so nothing to reload from).
@@ -446,6 +456,10 @@ fn named_files(config: &Config, base: &Path) -> Vec<PathBuf> {
         for f in &s.previous_key_files {
             add(f.get_ref());
         }
+    }
+    if let Some(i) = &config.integrity {
+        // `mcp-gateway pins approve` writes it; a watching gateway picks the approval up.
+        add(i.pins_file.get_ref());
     }
     for u in config.upstreams.values() {
         if let Some(f) = &u.ca_file {
@@ -629,6 +643,13 @@ pub fn check(
         .telemetry
         .as_ref()
         .and_then(|t| mcp_gateway_layers::telemetry::config::check(t, &mut errors));
+    let integrity = mcp_gateway_layers::integrity::config::check(
+        config.integrity.as_ref(),
+        &config.approvals,
+        &names,
+        base,
+        &mut errors,
+    );
     let admin = config.admin.as_ref().map(|a| {
         let spec = AdminSpec {
             listen: *a.listen.get_ref(),
@@ -656,6 +677,7 @@ pub fn check(
     Ok(Settings {
         telemetry,
         admin,
+        integrity,
         sessions,
         public_url,
         auth,
@@ -717,6 +739,7 @@ impl Settings {
             sessions: None,
             telemetry: None,
             admin: None,
+            integrity: None,
             reload: ReloadSpec::default(),
             source: None,
             named_files: Vec::new(),

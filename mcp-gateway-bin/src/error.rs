@@ -28,6 +28,9 @@ pub enum StartError {
     /// The audit log cannot be opened.
     #[error("audit: {0}")]
     Audit(#[source] std::io::Error),
+    /// The pins file cannot be read.
+    #[error("integrity: {0}")]
+    Integrity(#[from] mcp_gateway_layers::integrity::pins::PinsError),
     /// Telemetry cannot start.
     #[error(transparent)]
     Telemetry(#[from] mcp_gateway_layers::telemetry::config::TelemetryError),

@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod integrity;
 pub mod logging;
 pub mod reload;
 pub mod router;

@@ -65,6 +65,104 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Pinned tool and prompt definitions: list the pins, diff what the gateway sees against
+    /// them, approve it into the pins file.
+    Pins {
+        #[command(subcommand)]
+        command: PinsCommand,
+    },
+    /// Calls held for a person's decision (`[[approvals]]`): list, approve, deny.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PinsCommand {
+    /// Print the pins file's entries: upstream, kind, name, digest, approved by, approved at.
+    List {
+        /// Configuration file (TOML) naming `[integrity] pins_file`.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this upstream.
+        upstream: Option<String>,
+        /// Only these tools or prompts.
+        names: Vec<String>,
+    },
+    /// Show, for each definition the running gateway saw that differs from its pin or has
+    /// none, what differs (exit 1 when something does).
+    Diff {
+        /// Configuration file (TOML); its `[admin] listen` is asked.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The upstream.
+        upstream: String,
+        /// Only these tools or prompts.
+        names: Vec<String>,
+    },
+    /// Pin the definitions the running gateway saw: every one that differs or is new, or
+    /// the ones named. A reload or restart applies them.
+    Approve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The upstream.
+        upstream: String,
+        /// Only these tools or prompts.
+        names: Vec<String>,
+        /// Who approves (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Ask the gateway to reload at once (POST /reload on its admin listener).
+        #[arg(long)]
+        reload: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// The calls waiting for a decision.
+    List {
+        /// Configuration file (TOML); its `[admin] listen` is asked.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held call: it goes on to the upstream.
+    Approve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The call's id (from `approvals list`).
+        id: String,
+        /// Who approves (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Refuse to approve unless the call's arguments have this digest.
+        #[arg(long)]
+        arguments_digest: Option<String>,
+    },
+    /// Deny a held call: its client gets an error.
+    Deny {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The call's id (from `approvals list`).
+        id: String,
+        /// Who denies (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+fn integrity(result: Result<ExitCode, mcp_gateway::integrity::CliError>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 #[derive(Subcommand)]
@@ -160,6 +258,51 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Audit { command } => audit(command),
+        Command::Pins { command } => integrity(match command {
+            PinsCommand::List {
+                config,
+                upstream,
+                names,
+            } => mcp_gateway::integrity::pins_list(&config, upstream.as_deref(), &names),
+            PinsCommand::Diff {
+                config,
+                upstream,
+                names,
+            } => mcp_gateway::integrity::pins_diff(&config, &upstream, &names),
+            PinsCommand::Approve {
+                config,
+                upstream,
+                names,
+                by,
+                reload,
+            } => mcp_gateway::integrity::pins_approve(
+                &config,
+                &upstream,
+                &names,
+                by.as_deref(),
+                reload,
+            ),
+        }),
+        Command::Approvals { command } => integrity(match command {
+            ApprovalsCommand::List { config, json } => {
+                mcp_gateway::integrity::approvals_list(&config, json)
+            }
+            ApprovalsCommand::Approve {
+                config,
+                id,
+                by,
+                arguments_digest,
+            } => mcp_gateway::integrity::approvals_decide(
+                &config,
+                &id,
+                true,
+                by.as_deref(),
+                arguments_digest.as_deref(),
+            ),
+            ApprovalsCommand::Deny { config, id, by } => {
+                mcp_gateway::integrity::approvals_decide(&config, &id, false, by.as_deref(), None)
+            }
+        }),
         Command::Keygen { out, force } => match keygen(&out, force) {
             Ok(fingerprint) => {
                 println!("{}: new session key {fingerprint}", out.display());

@@ -25,6 +25,7 @@ use mcp_gateway_layers::audit::{AuditSink as _, AuditWriter};
 use mcp_gateway_layers::auth::{MetadataService, OAuthGuardLayer};
 use mcp_gateway_layers::govern::{Chain, GovernedFuture};
 use mcp_gateway_layers::head::HeadCheck;
+use mcp_gateway_layers::integrity::ToolIntegrityLayer;
 use mcp_gateway_layers::limits::TokenBucket2DLayer;
 use mcp_gateway_layers::rt::ReadTimeout;
 use mcp_gateway_layers::sessions::{AffinityBody, SessionAffinity, SessionAffinityLayer};
@@ -211,6 +212,9 @@ pub struct Router {
     limits: Option<TokenBucket2DLayer>,
     /// The audit writer, when `[audit]` is configured (flushed at shutdown).
     audit: Option<AuditWriter>,
+    /// ToolIntegrity, when `[integrity]` or `[[approvals]]` is configured: one for all
+    /// routes (the definitions seen and the calls held, which the admin listener shows).
+    integrity: Option<ToolIntegrityLayer>,
     /// The sessions layer, when any route uses it.
     sessions: Option<SessionAffinityLayer>,
     /// TraceInject, when `[telemetry]` is configured: one for all routes (one metrics
@@ -328,6 +332,18 @@ impl Router {
             )?),
             (None, _) => None,
         };
+        // Pins are read again from their file; what was seen and the calls held carry over.
+        let integrity = match &settings.integrity {
+            Some(spec) => {
+                let layer = mcp_gateway_layers::integrity::config::layer(spec)?
+                    .body_limit(settings.body_limit);
+                Some(match previous.and_then(|p| p.integrity.as_ref()) {
+                    Some(old) => layer.carry_over(old),
+                    None => layer,
+                })
+            }
+            None => None,
+        };
         let mut stdio = Vec::new();
         for spec in &settings.upstreams {
             // A local server (`command`): its children start now (`shared`) or with their
@@ -381,7 +397,11 @@ impl Router {
                 .with(guard)
                 // TokenBucket2D: after authentication (budgets are per agent), before
                 // sessions, so a refused call never touches session state or picks an instance.
-                .with(limits.clone());
+                .with(limits.clone())
+                // ToolIntegrity: after limits (a call over budget is never held for a
+                // person), innermost of the deciders: it checks lists as they stream back and
+                // holds the calls an approval rule names, with the principal known.
+                .with(integrity.clone());
             // SessionAffinity, innermost: it sits over the upstream's instances, routes a
             // session to its owner and balances new work. Without `[sessions]` a
             // single-instance upstream does without it (session ids pass through).
@@ -427,7 +447,16 @@ impl Router {
                     name: Arc::from(spec.name.as_str()),
                     stack,
                     metadata,
-                    fingerprint: fingerprint(settings, spec).into(),
+                    // Its pins too: an approval applied by a reload changes what lists show.
+                    fingerprint: format!(
+                        "{}|{:?}",
+                        fingerprint(settings, spec),
+                        integrity.as_ref().map(|i| (
+                            i.spec().pins.as_ref().map(|p| p.mode_of(&spec.name)),
+                            i.pinned(&spec.name)
+                        ))
+                    )
+                    .into(),
                     state: Arc::new(tokio::sync::watch::Sender::new(RouteState::Live)),
                 },
             );
@@ -447,12 +476,14 @@ impl Router {
                 || audit.is_some()
                 || sessions.is_some()
                 || telemetry.is_some()
+                || integrity.is_some()
                 || !stdio.is_empty(),
             access_log,
             head: HeadCheck::new().max_header_bytes(settings.max_header_bytes),
             body_read_timeout: settings.body_read_timeout,
             limits,
             audit,
+            integrity,
             sessions,
             telemetry,
             stdio,
@@ -559,6 +590,11 @@ impl Router {
     /// The sessions layer (its store error count), when any route uses it.
     pub fn sessions(&self) -> Option<&SessionAffinityLayer> {
         self.sessions.as_ref()
+    }
+
+    /// ToolIntegrity (the definitions seen, the calls held, its counters), when configured.
+    pub fn integrity(&self) -> Option<&ToolIntegrityLayer> {
+        self.integrity.as_ref()
     }
 
     /// The limits layer (its cost ledger and store error count), when configured.

@@ -133,6 +133,10 @@ pub struct Record {
     /// Headers a layer adds to the answer when the request is admitted (the limits layer's
     /// `RateLimit` fields), applied by the layer that attaches the observers.
     pub response_headers: HeaderMap,
+    /// What a layer found that the audit record should carry beside the standard fields,
+    /// each written as one top-level member (`"integrity": {…}`): tool integrity's
+    /// definition changes and approval decisions.
+    pub notes: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Record {

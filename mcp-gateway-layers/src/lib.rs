@@ -201,13 +201,17 @@ pub mod boxed;
     feature = "telemetry",
     feature = "audit",
     feature = "upstream",
-    feature = "reload"
+    feature = "reload",
+    feature = "integrity"
 ))]
 pub mod config;
+pub mod glob;
 pub mod govern;
 pub mod head;
-#[cfg(any(feature = "auth", feature = "telemetry-otlp"))]
+#[cfg(any(feature = "auth", feature = "telemetry-otlp", feature = "integrity"))]
 pub mod http_client;
+#[cfg(feature = "integrity")]
+pub mod integrity;
 #[cfg(feature = "limits")]
 pub mod limits;
 pub mod observe;
@@ -246,6 +250,8 @@ pub use audit::{AuditLog, AuditLogLayer};
 pub use auth::{OAuthGuard, OAuthGuardLayer};
 pub use body::{Refused, ResponseBody};
 pub use govern::{Chain, Decision, Govern, Governed, GovernedLayer, IntoGovern, Refusal};
+#[cfg(feature = "integrity")]
+pub use integrity::{ToolIntegrity, ToolIntegrityLayer};
 #[cfg(feature = "limits")]
 pub use limits::{TokenBucket2D, TokenBucket2DLayer};
 pub use observe::{Observe, ObserveLayer};

@@ -135,6 +135,13 @@ impl RenderPrometheus for crate::limits::TokenBucket2DLayer {
     }
 }
 
+#[cfg(feature = "integrity")]
+impl RenderPrometheus for crate::integrity::ToolIntegrityLayer {
+    fn render_prometheus(&self, out: &mut String) {
+        crate::integrity::ToolIntegrityLayer::render_prometheus(self, out);
+    }
+}
+
 #[cfg(feature = "sessions")]
 impl RenderPrometheus for crate::sessions::SessionAffinityLayer {
     fn render_prometheus(&self, out: &mut String) {

@@ -99,6 +99,9 @@ pub struct AuditRecord {
     /// The raw `params.arguments` of a `tools/call` (hashed, and recorded redacted when
     /// asked, by the writer — off the request path).
     pub arguments: Option<Bytes>,
+    /// What layers found beside the standard fields (the per-request record's
+    /// [`notes`](mcp_gateway_core::exchange::Record::notes)), each written as one member.
+    pub notes: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl AuditRecord {
@@ -130,6 +133,7 @@ impl AuditRecord {
             span_id: None,
             client: None,
             arguments: None,
+            notes: Vec::new(),
         }
     }
 }
@@ -233,6 +237,13 @@ impl AuditRecord {
                 // Serializing a parsed value into memory cannot fail.
                 let _ = serde_json::to_writer(&mut out, &v);
             }
+        }
+        for (key, value) in &self.notes {
+            out.push(b',');
+            push_str(&mut out, key);
+            out.push(b':');
+            // Serializing a value into memory cannot fail.
+            let _ = serde_json::to_writer(&mut out, value);
         }
         text(&mut out, "prev", Some(prev));
         out.extend_from_slice(b"}\n");

@@ -73,6 +73,7 @@ impl Auditor {
         r.trace_id.clone_from(&snap.trace_id);
         r.span_id.clone_from(&snap.span_id);
         r.client = snap.client;
+        r.notes.clone_from(&snap.notes);
         // Sessions are named by their handle, never by an id someone could present:
         // SessionAffinity writes the handle to the record; a call it did not see (refused
         // before it, or no session layer in the route) is named by the handle of the id it

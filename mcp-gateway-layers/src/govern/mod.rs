@@ -126,6 +126,8 @@ pub struct Refusal {
     status: StatusCode,
     error: JsonRpcError,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// A result answered instead of the error (see [`Refusal::answer`]).
+    result: Option<serde_json::Value>,
 }
 
 impl Refusal {
@@ -135,6 +137,19 @@ impl Refusal {
             status,
             error,
             headers: Vec::new(),
+            result: None,
+        }
+    }
+
+    /// An answer the layer gives itself instead of the upstream's: a JSON-RPC *result*
+    /// (200), such as the 2026-07-28 `input_required` result by which the gateway asks the
+    /// client for input before it forwards the call.
+    pub fn answer(result: serde_json::Value) -> Self {
+        Self {
+            status: StatusCode::OK,
+            error: JsonRpcError::new(mcp_gateway_core::jsonrpc::ErrorCode::INTERNAL_ERROR, ""),
+            headers: Vec::new(),
+            result: Some(result),
         }
     }
 
@@ -158,7 +173,18 @@ impl Refusal {
 
     /// The answer, with `id` when the request's id is known.
     pub fn into_response(self, id: Option<&RequestId>) -> Response<Full<Bytes>> {
-        let mut resp = self.error.into_response(self.status, id);
+        let mut resp = match self.result {
+            Some(result) => {
+                let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result});
+                let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            None => self.error.into_response(self.status, id),
+        };
         for (k, v) in self.headers {
             resp.headers_mut().insert(k, v);
         }

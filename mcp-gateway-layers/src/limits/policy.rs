@@ -98,25 +98,7 @@ impl Rule {
     }
 }
 
-/// `*` matches any run of characters; everything else matches itself.
-pub(crate) fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for p in middle {
-        match rest.find(p) {
-            Some(i) => rest = &rest[i + p.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
+pub(crate) use crate::glob::glob;
 
 /// The budgets: per key, requests and tokens per minute, and finer rules.
 #[derive(Clone, Debug)]

@@ -1,0 +1,252 @@
+use super::approvals::Approvals;
+use super::config::{ApprovalRule, IntegritySpec, PinsSpec};
+use super::pins::{Pins, PinsError};
+use super::service::{Governor, Inner, State, ToolIntegrity};
+use super::{Kind, Mode};
+use crate::govern::{Govern, Governed, IntoGovern};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+use tower_layer::Layer;
+
+/// Applies [`ToolIntegrity`]: pinned definitions and approval gates. See the [module
+/// docs](super). Cheap to clone; clones (and every service they make) share the definitions
+/// seen and the calls held.
+#[derive(Clone, Debug)]
+pub struct ToolIntegrityLayer {
+    governor: Governor,
+    body_limit: usize,
+}
+
+impl ToolIntegrityLayer {
+    /// Pins kept in `pins_file` (read now; a missing file pins nothing yet), applied in
+    /// `mode` to every upstream.
+    pub fn new(pins_file: impl Into<PathBuf>, mode: Mode) -> Result<Self, PinsError> {
+        Self::from_spec(IntegritySpec {
+            pins: Some(PinsSpec {
+                pins_file: pins_file.into(),
+                mode,
+                modes: BTreeMap::new(),
+                trust_on_first_use: false,
+            }),
+            approvals: Vec::new(),
+        })
+    }
+
+    /// Approval gates alone, without pins.
+    pub fn approvals_only(rules: impl IntoIterator<Item = ApprovalRule>) -> Self {
+        Self::build(
+            IntegritySpec {
+                pins: None,
+                approvals: rules.into_iter().collect(),
+            },
+            Pins::default(),
+        )
+    }
+
+    /// The layer for checked settings, its pins read from the pins file.
+    pub fn from_spec(spec: IntegritySpec) -> Result<Self, PinsError> {
+        let pins = match &spec.pins {
+            Some(p) => Pins::load(&p.pins_file)?,
+            None => Pins::default(),
+        };
+        Ok(Self::build(spec, pins))
+    }
+
+    fn build(spec: IntegritySpec, pins: Pins) -> Self {
+        Self {
+            governor: Governor {
+                inner: Arc::new(Inner {
+                    spec,
+                    pins: RwLock::new(pins),
+                    state: Arc::new(State::default()),
+                    upstream: None,
+                }),
+            },
+            body_limit: crate::parse::DEFAULT_BODY_LIMIT,
+        }
+    }
+
+    fn edit(self, f: impl FnOnce(&mut IntegritySpec, &mut Option<Arc<str>>)) -> Self {
+        let inner = &self.governor.inner;
+        let mut spec = inner.spec.clone();
+        let mut upstream = inner.upstream.clone();
+        f(&mut spec, &mut upstream);
+        let pins = inner
+            .pins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Self {
+            governor: Governor {
+                inner: Arc::new(Inner {
+                    spec,
+                    pins: RwLock::new(pins),
+                    state: inner.state.clone(),
+                    upstream,
+                }),
+            },
+            body_limit: self.body_limit,
+        }
+    }
+
+    /// Adds an approval rule (after the others: the first rule that holds a call applies).
+    pub fn approval(self, rule: ApprovalRule) -> Self {
+        self.edit(|s, _| s.approvals.push(rule))
+    }
+
+    /// Pins an unpinned upstream's first complete list (`trust_on_first_use`).
+    pub fn trust_on_first_use(self, yes: bool) -> Self {
+        self.edit(|s, _| {
+            if let Some(p) = &mut s.pins {
+                p.trust_on_first_use = yes;
+            }
+        })
+    }
+
+    /// The upstream this layer serves, as pins and rules name it. Without it, the upstream
+    /// is the request's route (the `mcp-gateway` binary's `/mcp/NAME`, axum's matched path).
+    pub fn upstream(self, name: impl Into<Arc<str>>) -> Self {
+        let name = name.into();
+        self.edit(|_, u| *u = Some(name))
+    }
+
+    /// The largest request body read (default 4 MiB).
+    pub fn body_limit(mut self, limit: usize) -> Self {
+        self.body_limit = limit;
+        self
+    }
+
+    /// This layer, taking over `old`'s state: the definitions it saw and the calls it holds
+    /// (a reload keeps them).
+    pub fn carry_over(self, old: &Self) -> Self {
+        let inner = &self.governor.inner;
+        Self {
+            governor: Governor {
+                inner: Arc::new(Inner {
+                    spec: inner.spec.clone(),
+                    pins: RwLock::new(
+                        inner
+                            .pins
+                            .read()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clone(),
+                    ),
+                    state: old.governor.inner.state.clone(),
+                    upstream: inner.upstream.clone(),
+                }),
+            },
+            body_limit: self.body_limit,
+        }
+    }
+
+    /// The calls held for a decision: list them, decide them.
+    pub fn approvals(&self) -> &Approvals {
+        &self.governor.inner.state.approvals
+    }
+
+    /// The pins of `upstream`, as read from the pins file (`None`: not pinned).
+    pub fn pinned(&self, upstream: &str) -> Option<super::pins::UpstreamPins> {
+        let pins = self
+            .governor
+            .inner
+            .pins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        pins.upstreams.get(upstream).cloned()
+    }
+
+    /// The settings.
+    pub fn spec(&self) -> &IntegritySpec {
+        &self.governor.inner.spec
+    }
+
+    /// What each upstream's lists showed against its pins, for `GET /integrity` and
+    /// `mcp-gateway pins diff`: per upstream its mode, whether it is pinned, and each
+    /// definition's status (`pinned`, `changed`, `unpinned`, `unseen`), digests, and the
+    /// current and pinned definitions.
+    pub fn report(&self, upstream: Option<&str>) -> Value {
+        let inner = &self.governor.inner;
+        let pins = inner.pins.read().unwrap_or_else(PoisonError::into_inner);
+        let observed = inner
+            .state
+            .observed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut names: Vec<String> = pins.upstreams.keys().cloned().collect();
+        names.extend(observed.keys().map(|(u, _, _)| u.clone()));
+        names.sort();
+        names.dedup();
+        let mut out = serde_json::Map::new();
+        for up in names.iter().filter(|u| upstream.is_none_or(|x| x == *u)) {
+            let pinned = pins.upstreams.get(up);
+            let mut items = Vec::new();
+            for kind in [Kind::Tool, Kind::Prompt] {
+                let mut seen: Vec<(&String, &super::service::Seen)> = observed
+                    .iter()
+                    .filter(|((u, k, _), _)| u == up && *k == kind)
+                    .map(|((_, _, n), s)| (n, s))
+                    .collect();
+                seen.sort_by(|a, b| a.0.cmp(b.0));
+                for (name, s) in &seen {
+                    let pin = pinned.and_then(|p| p.of(kind).get(*name));
+                    let status = match pin {
+                        Some(p) if p.digest == s.digest => "pinned",
+                        Some(_) => "changed",
+                        None if pinned.is_some() => "unpinned",
+                        None => "unpinned_upstream",
+                    };
+                    items.push(json!({
+                        "kind": kind.as_str(), "name": name, "status": status,
+                        "current_digest": s.digest, "current": s.definition,
+                        "pinned_digest": pin.map(|p| &p.digest), "pinned": pin.map(|p| &p.definition),
+                    }));
+                }
+                if let Some(p) = pinned {
+                    for (name, pin) in p.of(kind) {
+                        if !seen.iter().any(|(n, _)| *n == name) {
+                            items.push(json!({
+                                "kind": kind.as_str(), "name": name, "status": "unseen",
+                                "pinned_digest": pin.digest, "pinned": pin.definition,
+                            }));
+                        }
+                    }
+                }
+            }
+            let mode = inner
+                .spec
+                .pins
+                .as_ref()
+                .map_or(Mode::Off, |p| p.mode_of(up));
+            out.insert(
+                up.clone(),
+                json!({"mode": mode.as_str(), "pinned": pinned.is_some(), "definitions": items}),
+            );
+        }
+        Value::Object(out)
+    }
+
+    /// The deciding part, to stack in a [`Chain`](crate::govern::Chain).
+    pub fn governor(&self) -> &Governor {
+        &self.governor
+    }
+
+    /// Appends the integrity metrics in the Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        self.governor.render_prometheus(out);
+    }
+}
+
+impl<S> Layer<S> for ToolIntegrityLayer {
+    type Service = ToolIntegrity<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Governed::new(self.governor.clone(), inner).body_limit(self.body_limit)
+    }
+}
+
+impl IntoGovern for ToolIntegrityLayer {
+    fn into_govern(self) -> Arc<dyn Govern> {
+        Arc::new(self.governor)
+    }
+}

@@ -1,0 +1,894 @@
+use super::approvals::{Approvals, PendingCall, PrincipalView, Verdict};
+use super::canon;
+use super::config::{ApprovalRule, IntegritySpec};
+use super::pins::{Pin, Pins};
+use super::{Kind, Mode};
+use crate::govern::{Decision, Govern, Governed, Refusal};
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use mcp_gateway_core::exchange::{Denial, DenialKind, Exchange};
+use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
+use mcp_gateway_core::observe::{ObservedMessage, Observer};
+use mcp_gateway_core::{Era, McpRequest};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// The key of the input request by which the gateway asks a 2026-07-28 client to approve.
+pub const APPROVAL_INPUT_KEY: &str = "mcp-gateway/approval";
+/// How a `requestState` minted by the gateway starts.
+const STATE_PREFIX: &str = "mcp-gateway-approval:";
+/// How long an unpinned upstream's first list may take to complete, under
+/// `trust_on_first_use`, before later definitions count as new.
+const LEARNING_WINDOW: Duration = Duration::from_secs(300);
+
+/// Tool integrity for calls through it: the [`Governed`] skeleton over the integrity
+/// [`Governor`]. See the [module docs](super).
+pub type ToolIntegrity<S> = Governed<Governor, S>;
+
+/// A definition the gateway saw listed.
+#[derive(Clone, Debug)]
+pub(crate) struct Seen {
+    pub(crate) digest: String,
+    pub(crate) definition: Value,
+    /// The digest last logged as a finding (one warning per change, however often listed).
+    reported: Option<String>,
+}
+
+/// Counters shown on `/metrics`.
+#[derive(Default, Debug)]
+pub(crate) struct Metrics {
+    /// (upstream, kind, finding, mode) → definitions found changed or unpinned in lists.
+    findings: Mutex<BTreeMap<(String, &'static str, &'static str, &'static str), u64>>,
+    /// (upstream, reason) → calls refused.
+    refused: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// (upstream, decision) → approval decisions.
+    decisions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    pins_written: AtomicU64,
+}
+
+fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
+    *m.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(k)
+        .or_default() += 1;
+}
+
+/// What outlives a reload: the definitions seen, the calls held, the counters.
+#[derive(Default, Debug)]
+pub(crate) struct State {
+    pub(crate) observed: Mutex<HashMap<(String, Kind, String), Seen>>,
+    /// Upstreams whose first complete list is being pinned (`trust_on_first_use`).
+    learning: Mutex<HashMap<String, Instant>>,
+    pub(crate) approvals: Approvals,
+    pub(crate) metrics: Metrics,
+}
+
+/// The integrity settings and state one layer (and every route it serves) shares.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) spec: IntegritySpec,
+    pub(crate) pins: RwLock<Pins>,
+    pub(crate) state: Arc<State>,
+    /// The upstream this layer serves, when it serves one (else the record's route).
+    pub(crate) upstream: Option<Arc<str>>,
+}
+
+/// The deciding part of [`ToolIntegrity`]: checks list results against the pins (as the
+/// response streams) and calls against what the lists showed, and holds calls that an
+/// `[[approvals]]` rule names until they are decided. A handle on the layer's state.
+#[derive(Clone, Debug)]
+pub struct Governor {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// How a definition compares with its pin.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict2 {
+    Pinned,
+    /// The upstream is not pinned (and nothing is learnt of it).
+    Unpinned,
+    Changed {
+        pinned: String,
+        current: String,
+    },
+    New {
+        current: Option<String>,
+    },
+}
+
+impl Inner {
+    fn mode(&self, upstream: &str) -> Mode {
+        self.spec
+            .pins
+            .as_ref()
+            .map_or(Mode::Off, |p| p.mode_of(upstream))
+    }
+
+    fn pins(&self) -> std::sync::RwLockReadGuard<'_, Pins> {
+        self.pins.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How `upstream`'s `name` stands: by its pin and the definition last listed.
+    fn verdict(&self, upstream: &str, kind: Kind, name: &str) -> Verdict2 {
+        let seen = self
+            .state
+            .observed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(upstream.to_owned(), kind, name.to_owned()))
+            .map(|s| s.digest.clone());
+        let pins = self.pins();
+        let Some(up) = pins.upstreams.get(upstream) else {
+            return Verdict2::Unpinned;
+        };
+        match (up.of(kind).get(name), seen) {
+            (Some(pin), Some(current)) if pin.digest != current => Verdict2::Changed {
+                pinned: pin.digest.clone(),
+                current,
+            },
+            (Some(_), _) => Verdict2::Pinned,
+            (None, current) => Verdict2::New { current },
+        }
+    }
+
+    /// The digest of the definition a call would use: as last listed, else as pinned.
+    fn definition_digest(&self, upstream: &str, kind: Kind, name: &str) -> String {
+        let seen = self
+            .state
+            .observed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(upstream.to_owned(), kind, name.to_owned()))
+            .map(|s| s.digest.clone());
+        seen.or_else(|| {
+            self.pins()
+                .upstreams
+                .get(upstream)
+                .and_then(|u| u.of(kind).get(name))
+                .map(|p| p.digest.clone())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    fn rule(&self, upstream: &str, tool: &str) -> Option<&ApprovalRule> {
+        self.spec.approvals.iter().find(|r| r.holds(upstream, tool))
+    }
+
+    fn refuse(
+        &self,
+        x: &Exchange,
+        upstream: &str,
+        reason: &'static str,
+        message: String,
+        data: Value,
+    ) -> Refusal {
+        bump(&self.state.metrics.refused, (upstream.to_owned(), reason));
+        x.deny(Denial::new(
+            "integrity",
+            DenialKind::Forbidden,
+            StatusCode::FORBIDDEN,
+            reason,
+        ));
+        Refusal::new(
+            StatusCode::FORBIDDEN,
+            JsonRpcError::new(ErrorCode::FORBIDDEN, message).with_data(data),
+        )
+    }
+
+    /// The refusal of a call to a changed or unpinned definition, in `block` mode.
+    fn check_call(&self, x: &Exchange, upstream: &str, kind: Kind, name: &str) -> Option<Refusal> {
+        if self.mode(upstream) != Mode::Block {
+            return None;
+        }
+        match self.verdict(upstream, kind, name) {
+            Verdict2::Pinned | Verdict2::Unpinned => None,
+            Verdict2::Changed { pinned, current } => Some(self.refuse(
+                x,
+                upstream,
+                "definition_changed",
+                format!(
+                    "the definition of {} {name:?} changed since it was approved; it is blocked until an operator approves the change",
+                    kind.as_str()
+                ),
+                json!({"reason": "definition_changed", "upstream": upstream, kind.as_str(): name,
+                       "pinned_digest": pinned, "current_digest": current}),
+            )),
+            Verdict2::New { current } => {
+                // An upstream whose first list is being learnt has no quarantine yet.
+                if self.learning(upstream) {
+                    return None;
+                }
+                Some(self.refuse(
+                    x,
+                    upstream,
+                    "definition_unpinned",
+                    format!(
+                        "{} {name:?} is not approved on this upstream; it is quarantined until an operator approves it",
+                        kind.as_str()
+                    ),
+                    json!({"reason": "definition_unpinned", "upstream": upstream, kind.as_str(): name,
+                           "current_digest": current}),
+                ))
+            }
+        }
+    }
+
+    fn learning(&self, upstream: &str) -> bool {
+        self.state
+            .learning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(upstream)
+            .is_some_and(|t| *t > Instant::now())
+    }
+}
+
+fn note(x: &Exchange, value: Value) {
+    x.update(
+        |r| match r.notes.iter_mut().find(|(k, _)| *k == "integrity") {
+            Some((_, Value::Object(old))) => {
+                if let Value::Object(new) = value {
+                    old.extend(new);
+                }
+            }
+            _ => r.notes.push(("integrity", value)),
+        },
+    );
+}
+
+fn principal_of(x: &Exchange) -> PrincipalView {
+    x.update(|r| match &r.principal {
+        Some(p) => PrincipalView {
+            agent: p.agent_key().to_owned(),
+            subject: Some(p.subject().to_owned()),
+        },
+        None => PrincipalView {
+            agent: "anonymous".to_owned(),
+            subject: None,
+        },
+    })
+}
+
+type Req = Request<Full<Bytes>>;
+
+impl Govern for Governor {
+    fn admit(&self, req: Req, x: &Exchange) -> Decision<Req> {
+        let inner = &self.inner;
+        let Some(view) = McpRequest::from_extensions(req.extensions()).cloned() else {
+            return Decision::Pass(req);
+        };
+        let Some(parsed) = view.parsed() else {
+            return Decision::Pass(req);
+        };
+        let upstream: Arc<str> = match &inner.upstream {
+            Some(u) => u.clone(),
+            None => match x.update(|r| r.route.clone()) {
+                Some(r) => r,
+                None => return Decision::Pass(req),
+            },
+        };
+        let batch = parsed.is_batch();
+        for msg in parsed.messages() {
+            let (kind, listing) = match msg.method() {
+                Some("tools/list") => (Kind::Tool, true),
+                Some("prompts/list") => (Kind::Prompt, true),
+                Some("tools/call") => (Kind::Tool, false),
+                Some("prompts/get") => (Kind::Prompt, false),
+                _ => continue,
+            };
+            if listing {
+                if let (Some(id), true) = (msg.id(), inner.mode(&upstream) != Mode::Off) {
+                    x.observe(ListCheck {
+                        inner: inner.clone(),
+                        id: id.clone(),
+                        upstream: upstream.clone(),
+                        kind,
+                        exchange: x.clone(),
+                    });
+                }
+                continue;
+            }
+            let name = msg.name().unwrap_or("");
+            if let Some(r) = inner.check_call(x, &upstream, kind, name) {
+                return Decision::Refuse(r);
+            }
+            if kind != Kind::Tool {
+                continue;
+            }
+            let Some(rule) = inner.rule(&upstream, name) else {
+                continue;
+            };
+            if batch {
+                return Decision::Refuse(inner.refuse(
+                    x,
+                    &upstream,
+                    "approval_required",
+                    format!("tool {name:?} needs a person's approval; call it on its own, not in a batch"),
+                    json!({"reason": "approval_required", "upstream": &*upstream, "tool": name}),
+                ));
+            }
+            let rule = rule.clone();
+            return gate(inner.clone(), req, x, &upstream, name, &rule);
+        }
+        Decision::Pass(req)
+    }
+}
+
+/// A call an approval rule holds: asked of the client (2026-07-28, with elicitation), or
+/// held for a decision on the admin listener.
+fn gate(
+    inner: Arc<Inner>,
+    req: Req,
+    x: &Exchange,
+    upstream: &str,
+    tool: &str,
+    rule: &ApprovalRule,
+) -> Decision<Req> {
+    let Some(view) = McpRequest::from_extensions(req.extensions()).cloned() else {
+        return Decision::Pass(req);
+    };
+    let body: Value = view
+        .body()
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or(Value::Null);
+    let params = body.get("params");
+    let arguments = params
+        .and_then(|p| p.get("arguments"))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let arguments_digest = canon::digest(&arguments);
+    let definition_digest = inner.definition_digest(upstream, Kind::Tool, tool);
+    let principal = principal_of(x);
+    let modern = view.protocol().era == Era::Modern;
+    let call = PendingCall {
+        id: String::new(),
+        upstream: upstream.to_owned(),
+        tool: tool.to_owned(),
+        arguments,
+        arguments_digest,
+        definition_digest,
+        principal,
+        requested_at: crate::audit::record::format_time(std::time::SystemTime::now()),
+        expires_at: String::new(),
+    };
+    // A 2026-07-28 retry of a call the gateway asked about.
+    let state = params
+        .and_then(|p| p.get("requestState"))
+        .and_then(Value::as_str)
+        .and_then(|s| s.strip_prefix(STATE_PREFIX));
+    if let (true, Some(id)) = (modern, state) {
+        return retried(&inner, req, x, &view, body.clone(), id, &call);
+    }
+    let elicits = modern
+        && params
+            .and_then(|p| p.get("_meta"))
+            .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
+            .and_then(|c| c.get("elicitation"))
+            .is_some();
+    if elicits {
+        let id = inner.state.approvals.ask(call.clone(), rule.timeout);
+        bump(
+            &inner.state.metrics.decisions,
+            (upstream.to_owned(), "asked"),
+        );
+        note(
+            x,
+            json!({"approval": {"id": id, "decision": "asked", "arguments_digest": call.arguments_digest,
+                                "definition_digest": call.definition_digest}}),
+        );
+        return Decision::Refuse(Refusal::answer(input_required(&call, &id)));
+    }
+    hold(inner, req, x, call, rule)
+}
+
+/// The `input_required` result asking a 2026-07-28 client to approve `call`.
+fn input_required(call: &PendingCall, id: &str) -> Value {
+    let message = format!(
+        "The gateway needs your approval to call tool {:?} on {:?} with these exact arguments: {}\n(definition {}, arguments {})",
+        call.tool,
+        call.upstream,
+        String::from_utf8_lossy(&canon::canonical(&call.arguments)),
+        call.definition_digest,
+        call.arguments_digest,
+    );
+    json!({
+        "resultType": "input_required",
+        "inputRequests": {
+            APPROVAL_INPUT_KEY: {
+                "method": "elicitation/create",
+                "params": {
+                    "mode": "form",
+                    "message": message,
+                    "requestedSchema": {
+                        "type": "object",
+                        "properties": {
+                            "approve": {"type": "boolean", "title": "Approve this call", "default": false}
+                        },
+                        "required": ["approve"]
+                    }
+                }
+            }
+        },
+        "requestState": format!("{STATE_PREFIX}{id}"),
+    })
+}
+
+/// A 2026-07-28 retry carrying the client's answer: approved only when it is the same
+/// principal, the same arguments and the same definition, once.
+fn retried(
+    inner: &Inner,
+    req: Req,
+    x: &Exchange,
+    view: &McpRequest,
+    mut body: Value,
+    id: &str,
+    call: &PendingCall,
+) -> Decision<Req> {
+    let upstream = call.upstream.as_str();
+    let invalid = |why: &str| {
+        bump(
+            &inner.state.metrics.refused,
+            (upstream.to_owned(), "approval_invalid"),
+        );
+        x.deny(Denial::new(
+            "integrity",
+            DenialKind::BadRequest,
+            StatusCode::BAD_REQUEST,
+            "approval_invalid",
+        ));
+        Decision::Refuse(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            JsonRpcError::new(
+                ErrorCode::INVALID_PARAMS,
+                format!(
+                    "requestState refused: {why}; call the tool again without it to be asked anew"
+                ),
+            )
+            .with_data(
+                json!({"reason": "approval_invalid", "upstream": upstream, "tool": call.tool}),
+            ),
+        ))
+    };
+    let Some(asked) = inner.state.approvals.take_asked(id) else {
+        return invalid("it is unknown, used already, or expired");
+    };
+    if asked.principal.agent != call.principal.agent {
+        return invalid("it was issued to another principal");
+    }
+    if asked.tool != call.tool || asked.upstream != call.upstream {
+        return invalid("it was issued for another tool");
+    }
+    if asked.arguments_digest != call.arguments_digest {
+        return invalid("it was issued for other arguments");
+    }
+    if asked.definition_digest != call.definition_digest {
+        return Decision::Refuse(inner.refuse(
+            x,
+            upstream,
+            "definition_changed",
+            "the tool's definition changed while the approval was asked; call it again".into(),
+            json!({"reason": "definition_changed", "upstream": upstream, "tool": call.tool,
+                   "pinned_digest": asked.definition_digest, "current_digest": call.definition_digest}),
+        ));
+    }
+    let answer = body
+        .pointer(&format!(
+            "/params/inputResponses/{}",
+            APPROVAL_INPUT_KEY.replace('/', "~1")
+        ))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let approved = answer.get("action").and_then(Value::as_str) == Some("accept")
+        && answer.pointer("/content/approve").and_then(Value::as_bool) == Some(true);
+    let decision = if approved { "approved" } else { "denied" };
+    bump(
+        &inner.state.metrics.decisions,
+        (upstream.to_owned(), decision),
+    );
+    note(
+        x,
+        json!({"approval": {"id": id, "decision": decision, "by": format!("client:{}", call.principal.agent),
+                            "at": crate::audit::record::format_time(std::time::SystemTime::now()),
+                            "arguments_digest": call.arguments_digest, "definition_digest": call.definition_digest}}),
+    );
+    if !approved {
+        return Decision::Refuse(inner.refuse(
+            x,
+            upstream,
+            "approval_denied",
+            format!("the call of tool {:?} was not approved", call.tool),
+            json!({"reason": "approval_denied", "upstream": upstream, "tool": call.tool, "id": id}),
+        ));
+    }
+    // The gateway's own input round is over: the upstream sees the call as first sent.
+    if let Some(p) = body.get_mut("params").and_then(Value::as_object_mut) {
+        p.remove("requestState");
+        if let Some(Value::Object(r)) = p.get_mut("inputResponses") {
+            r.remove(APPROVAL_INPUT_KEY);
+            if r.is_empty() {
+                p.remove("inputResponses");
+            }
+        }
+    }
+    let bytes = Bytes::from(body.to_string());
+    let (mut parts, _) = req.into_parts();
+    match view.with_body(bytes.clone()) {
+        Ok(v) => {
+            parts.extensions.insert(v.clone());
+            x.update(|r| r.request = Some(v));
+        }
+        Err(_) => return invalid("the call could not be rewritten"),
+    }
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Decision::Pass(Request::from_parts(parts, Full::new(bytes)))
+}
+
+/// Holds a call until it is approved or denied on the admin listener, voided by a changed
+/// definition, or the rule's timeout passes.
+fn hold(
+    inner: Arc<Inner>,
+    req: Req,
+    x: &Exchange,
+    call: PendingCall,
+    rule: &ApprovalRule,
+) -> Decision<Req> {
+    let (id, rx) = inner.state.approvals.hold(call.clone(), rule.timeout);
+    let mut call = call;
+    call.id.clone_from(&id);
+    tracing::warn!(target: "mcp_gateway::integrity", id = %id, upstream = %call.upstream, tool = %call.tool,
+        agent = %call.principal.agent, "call held for approval: POST /approvals/{id} on the admin listener decides it");
+    if let Some(url) = rule.webhook.clone() {
+        notify(url, &call);
+    }
+    let timeout = rule.timeout;
+    let x = x.clone();
+    Decision::Wait(Box::pin(async move {
+        // The entry goes when this future does (the client went away) or ends.
+        struct Forget(Arc<Inner>, String);
+        impl Drop for Forget {
+            fn drop(&mut self) {
+                self.0.state.approvals.forget(&self.1);
+            }
+        }
+        let _forget = Forget(inner.clone(), id.clone());
+        let upstream = call.upstream.clone();
+        let verdict = tokio::time::timeout(timeout, rx).await;
+        let now = crate::audit::record::format_time(std::time::SystemTime::now());
+        let (decision, by) = match &verdict {
+            Ok(Ok(Verdict::Approved(by))) => ("approved", Some(by.clone())),
+            Ok(Ok(Verdict::Denied(by))) => ("denied", Some(by.clone())),
+            Ok(Ok(Verdict::Voided)) => ("voided", None),
+            _ => ("timeout", None),
+        };
+        bump(&inner.state.metrics.decisions, (upstream.clone(), decision));
+        note(
+            &x,
+            json!({"approval": {"id": id, "decision": decision, "by": by, "at": now,
+                                "arguments_digest": call.arguments_digest, "definition_digest": call.definition_digest}}),
+        );
+        tracing::info!(target: "mcp_gateway::integrity", id = %id, upstream = %upstream, tool = %call.tool, decision, by = by.as_deref().unwrap_or("-"), "approval decided");
+        let data = json!({"reason": format!("approval_{decision}"), "upstream": upstream, "tool": call.tool, "id": id});
+        match decision {
+            "approved" => Ok(req),
+            "denied" => Err(inner.refuse(
+                &x,
+                &upstream,
+                "approval_denied",
+                format!(
+                    "the call of tool {:?} was denied by {}",
+                    call.tool,
+                    by.unwrap_or_default()
+                ),
+                data,
+            )),
+            "voided" => Err(inner.refuse(
+                &x,
+                &upstream,
+                "definition_changed",
+                format!(
+                    "the definition of tool {:?} changed while the call waited for approval",
+                    call.tool
+                ),
+                data,
+            )),
+            _ => Err(inner.refuse(
+                &x,
+                &upstream,
+                "approval_timeout",
+                format!(
+                    "no one approved the call of tool {:?} within {:?}",
+                    call.tool, timeout
+                ),
+                data,
+            )),
+        }
+    }))
+}
+
+/// POSTs the held call to the rule's webhook (once, in the background; a failure is logged).
+fn notify(url: http::Uri, call: &PendingCall) {
+    let body = json!({"event": "approval_pending", "call": call}).to_string();
+    tokio::spawn(async move {
+        let client = crate::http_client::AsClient::new(Duration::from_secs(10));
+        let req = Request::post(url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.into_bytes());
+        let result = match req {
+            Ok(r) => client.send(r).await.map(drop),
+            Err(e) => Err(crate::http_client::HttpError::Url(e.to_string())),
+        };
+        if let Err(e) = result {
+            tracing::warn!(target: "mcp_gateway::integrity", url = %url, error = %e, "approval webhook failed");
+        }
+    });
+}
+
+/// Checks one list result against the pins as it streams: records what was listed, learns
+/// a first list under `trust_on_first_use`, reports changes, and in `block` mode removes
+/// changed and unpinned entries.
+struct ListCheck {
+    inner: Arc<Inner>,
+    id: RequestId,
+    upstream: Arc<str>,
+    kind: Kind,
+    exchange: Exchange,
+}
+
+impl Observer for ListCheck {
+    fn transforms(&self) -> bool {
+        true
+    }
+
+    fn transform(&mut self, msg: &ObservedMessage<'_>) -> Option<Bytes> {
+        if msg.id() != Some(&self.id) {
+            return None;
+        }
+        let mut v: Value = serde_json::from_slice(msg.text()).ok()?;
+        let removed = check_list(
+            &self.inner,
+            &self.upstream,
+            self.kind,
+            &mut v,
+            &self.exchange,
+        );
+        (removed > 0)
+            .then(|| serde_json::to_vec(&v).ok().map(Bytes::from))
+            .flatten()
+    }
+}
+
+/// The check of one list result `v` (a whole JSON-RPC response); how many entries it removed.
+pub(crate) fn check_list(
+    inner: &Inner,
+    upstream: &str,
+    kind: Kind,
+    v: &mut Value,
+    x: &Exchange,
+) -> usize {
+    let mode = inner.mode(upstream);
+    let Some(result) = v.get_mut("result").and_then(Value::as_object_mut) else {
+        return 0;
+    };
+    let last_page = result.get("nextCursor").is_none_or(Value::is_null);
+    let Some(items) = result
+        .get_mut(kind.list_key())
+        .and_then(Value::as_array_mut)
+    else {
+        return 0;
+    };
+    let spec = inner.spec.pins.as_ref();
+    let tofu = spec.is_some_and(|p| p.trust_on_first_use);
+    let pinned_upstream = inner.pins().upstreams.contains_key(upstream);
+    let learning = tofu && (!pinned_upstream || inner.learning(upstream));
+    let mut changed = Vec::new();
+    let mut new = Vec::new();
+    let mut learnt = Vec::new();
+    let mut bad = Vec::new();
+    {
+        let pins = inner.pins();
+        let up = pins.upstreams.get(upstream);
+        let mut observed = inner
+            .state
+            .observed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (i, item) in items.iter().enumerate() {
+            let Some(name) = item.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let digest = canon::digest(item);
+            let key = (upstream.to_owned(), kind, name.to_owned());
+            let seen = observed.entry(key).or_insert_with(|| Seen {
+                digest: String::new(),
+                definition: Value::Null,
+                reported: None,
+            });
+            if seen.digest != digest {
+                seen.digest.clone_from(&digest);
+                seen.definition = item.clone();
+                if kind == Kind::Tool {
+                    let voided = inner.state.approvals.void_changed(upstream, name, &digest);
+                    if voided > 0 {
+                        tracing::warn!(target: "mcp_gateway::integrity", upstream, tool = name, voided, "definition changed: pending approvals voided");
+                    }
+                }
+            }
+            let fresh = seen.reported.as_deref() != Some(digest.as_str());
+            match up.and_then(|u| u.of(kind).get(name)) {
+                Some(pin) if pin.digest == digest => {}
+                Some(pin) => {
+                    let diff = canon::diff(&pin.definition, item);
+                    if fresh {
+                        tracing::warn!(target: "mcp_gateway::integrity", upstream, kind = kind.as_str(), name, pinned = %pin.digest, current = %digest, mode = mode.as_str(),
+                            "definition changed since it was pinned:\n{}", canon::render_diff(&diff));
+                        seen.reported = Some(digest.clone());
+                    }
+                    changed.push(json!({"name": name, "pinned_digest": pin.digest, "current_digest": digest, "diff": diff}));
+                    bad.push(i);
+                }
+                None if learning => learnt.push((name.to_owned(), item.clone())),
+                None if up.is_some() => {
+                    if fresh {
+                        tracing::warn!(target: "mcp_gateway::integrity", upstream, kind = kind.as_str(), name, current = %digest, mode = mode.as_str(),
+                            "definition not pinned (new); approve it with `mcp-gateway pins approve`");
+                        seen.reported = Some(digest.clone());
+                    }
+                    new.push(json!({"name": name, "current_digest": digest}));
+                    bad.push(i);
+                }
+                None => {}
+            }
+        }
+    }
+    if !learnt.is_empty() {
+        learn(inner, upstream, kind, learnt);
+    }
+    if tofu {
+        let mut l = inner
+            .state
+            .learning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if learning && !last_page {
+            l.entry(upstream.to_owned())
+                .or_insert_with(|| Instant::now() + LEARNING_WINDOW);
+        } else {
+            l.remove(upstream);
+        }
+    }
+    if changed.is_empty() && new.is_empty() {
+        return 0;
+    }
+    let m = &inner.state.metrics;
+    for (list, finding) in [(&changed, "changed"), (&new, "unpinned")] {
+        for _ in list.iter() {
+            bump(
+                &m.findings,
+                (upstream.to_owned(), kind.as_str(), finding, mode.as_str()),
+            );
+        }
+    }
+    note(
+        x,
+        json!({"mode": mode.as_str(), "kind": kind.as_str(), "changed": changed, "unpinned": new}),
+    );
+    if mode != Mode::Block {
+        return 0;
+    }
+    let mut i = 0;
+    items.retain(|_| {
+        let keep = !bad.contains(&i);
+        i += 1;
+        keep
+    });
+    bad.len()
+}
+
+/// Pins an upstream's definitions seen on its first list (`trust_on_first_use`).
+fn learn(inner: &Inner, upstream: &str, kind: Kind, items: Vec<(String, Value)>) {
+    let Some(spec) = inner.spec.pins.as_ref() else {
+        return;
+    };
+    let count = items.len();
+    let result = Pins::update(&spec.pins_file, |p| {
+        let up = p.upstreams.entry(upstream.to_owned()).or_default();
+        for (name, def) in items {
+            up.of_mut(kind)
+                .entry(name)
+                .or_insert_with(|| Pin::of(def, "trust_on_first_use"));
+        }
+    });
+    match result {
+        Ok(((), pins)) => {
+            *inner.pins.write().unwrap_or_else(PoisonError::into_inner) = pins;
+            inner
+                .state
+                .metrics
+                .pins_written
+                .fetch_add(count as u64, Ordering::Relaxed);
+            tracing::info!(target: "mcp_gateway::integrity", upstream, kind = kind.as_str(), count, file = %spec.pins_file.display(), "trust on first use: definitions pinned");
+        }
+        Err(e) => {
+            tracing::error!(target: "mcp_gateway::integrity", upstream, error = %e, "trust on first use: the pins file could not be written; the definitions stay unpinned");
+        }
+    }
+}
+
+impl Governor {
+    /// Appends the integrity metrics in the Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let m = &self.inner.state.metrics;
+        let _ = writeln!(out, "# HELP mcp_gateway_integrity_findings_total Listed definitions that differ from their pin (changed) or have none (unpinned), by mode.");
+        let _ = writeln!(out, "# TYPE mcp_gateway_integrity_findings_total counter");
+        for ((u, k, f, mode), n) in m
+            .findings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(out, "mcp_gateway_integrity_findings_total{{upstream=\"{}\",kind=\"{k}\",finding=\"{f}\",mode=\"{mode}\"}} {n}", esc(u));
+        }
+        let _ = writeln!(out, "# HELP mcp_gateway_integrity_refused_total Calls refused by tool integrity, by reason.");
+        let _ = writeln!(out, "# TYPE mcp_gateway_integrity_refused_total counter");
+        for ((u, r), n) in m
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "mcp_gateway_integrity_refused_total{{upstream=\"{}\",reason=\"{r}\"}} {n}",
+                esc(u)
+            );
+        }
+        let _ = writeln!(out, "# HELP mcp_gateway_approvals_total Approval decisions (asked: a client was asked through MCP).");
+        let _ = writeln!(out, "# TYPE mcp_gateway_approvals_total counter");
+        for ((u, d), n) in m
+            .decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "mcp_gateway_approvals_total{{upstream=\"{}\",decision=\"{d}\"}} {n}",
+                esc(u)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mcp_gateway_approvals_pending Calls held for a decision."
+        );
+        let _ = writeln!(out, "# TYPE mcp_gateway_approvals_pending gauge");
+        let _ = writeln!(
+            out,
+            "mcp_gateway_approvals_pending {}",
+            self.inner.state.approvals.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mcp_gateway_integrity_pins_learnt_total Definitions pinned on first use."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE mcp_gateway_integrity_pins_learnt_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "mcp_gateway_integrity_pins_learnt_total {}",
+            m.pins_written.load(Ordering::Relaxed)
+        );
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
