@@ -25,6 +25,7 @@ use mcp_gateway_layers::audit::{AuditSink as _, AuditWriter};
 use mcp_gateway_layers::auth::{MetadataService, OAuthGuardLayer};
 use mcp_gateway_layers::govern::{Chain, GovernedFuture};
 use mcp_gateway_layers::head::HeadCheck;
+use mcp_gateway_layers::integrity::held::HeldBody;
 use mcp_gateway_layers::integrity::ToolIntegrityLayer;
 use mcp_gateway_layers::limits::TokenBucket2DLayer;
 use mcp_gateway_layers::rt::ReadTimeout;
@@ -111,7 +112,7 @@ pub enum Stack {
 }
 
 /// The body of a route's answers.
-pub type StackBody = Either<Refused<UpstreamBody>, ResponseBody<TargetBody>>;
+pub type StackBody = Either<Refused<UpstreamBody>, ResponseBody<Either<TargetBody, HeldBody>>>;
 
 impl Stack {
     /// Serves one request: one inline future, with no boxed future, service clone or
@@ -124,7 +125,19 @@ impl Stack {
                 body_limit,
                 target,
             } => {
-                let inner = tower::service_fn(|req| target.forward(req));
+                let inner = tower::service_fn(|mut req: Request<Full<Bytes>>| async move {
+                    // A call ToolIntegrity holds while its client is asked: answered now with
+                    // the stream that asks, forwarded once approved.
+                    match mcp_gateway_layers::integrity::held::take_held(&mut req) {
+                        Some(held) => {
+                            let target = target.clone();
+                            let resp = held
+                                .serve(req, move |req| async move { target.forward(req).await });
+                            Ok::<_, Infallible>(resp.map(Either::Right))
+                        }
+                        None => target.forward(req).await.map(|r| r.map(Either::Left)),
+                    }
+                });
                 match GovernedFuture::new(chain.clone(), inner, req, *body_limit).await {
                     Ok(resp) => resp.map(Either::Right),
                     Err(never) => match never {},

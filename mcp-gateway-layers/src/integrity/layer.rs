@@ -241,7 +241,8 @@ impl ToolIntegrityLayer {
 impl<S> Layer<S> for ToolIntegrityLayer {
     type Service = ToolIntegrity<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Governed::new(self.governor.clone(), inner).body_limit(self.body_limit)
+        Governed::new(self.governor.clone(), super::held::HeldService::new(inner))
+            .body_limit(self.body_limit)
     }
 }
 

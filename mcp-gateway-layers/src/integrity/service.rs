@@ -9,10 +9,11 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use mcp_gateway_core::exchange::{Denial, DenialKind, Exchange};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
-use mcp_gateway_core::observe::{ObservedMessage, Observer};
+use mcp_gateway_core::message::MessageKind;
+use mcp_gateway_core::observe::{Head, ObservedMessage, Observer};
 use mcp_gateway_core::{Era, McpRequest};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ const LEARNING_WINDOW: Duration = Duration::from_secs(300);
 
 /// Tool integrity for calls through it: the [`Governed`] skeleton over the integrity
 /// [`Governor`]. See the [module docs](super).
-pub type ToolIntegrity<S> = Governed<Governor, S>;
+pub type ToolIntegrity<S> = Governed<Governor, super::held::HeldService<S>>;
 
 /// A definition the gateway saw listed.
 #[derive(Clone, Debug)]
@@ -65,7 +66,14 @@ pub(crate) struct State {
     learning: Mutex<HashMap<String, Instant>>,
     pub(crate) approvals: Approvals,
     pub(crate) metrics: Metrics,
+    /// Legacy sessions whose client declared elicitation at `initialize` (by the session id
+    /// the client sends), so that a held call can ask it.
+    elicits: Mutex<HashSet<String>>,
 }
+
+/// The most legacy sessions remembered as able to answer elicitation (beyond it, the oldest
+/// half is forgotten and their held calls wait on the admin listener alone).
+const MAX_ELICITING_SESSIONS: usize = 100_000;
 
 /// The integrity settings and state one layer (and every route it serves) shares.
 #[derive(Debug)]
@@ -167,14 +175,17 @@ impl Inner {
         data: Value,
     ) -> Refusal {
         bump(&self.state.metrics.refused, (upstream.to_owned(), reason));
+        // A JSON-RPC error in a 200 answer, as a server answers a call it refuses: SDK
+        // clients hand it to the agent with its code and data (an HTTP error status would
+        // reach them as a transport failure).
         x.deny(Denial::new(
             "integrity",
             DenialKind::Forbidden,
-            StatusCode::FORBIDDEN,
+            StatusCode::OK,
             reason,
         ));
         Refusal::new(
-            StatusCode::FORBIDDEN,
+            StatusCode::OK,
             JsonRpcError::new(ErrorCode::FORBIDDEN, message).with_data(data),
         )
     }
@@ -261,7 +272,13 @@ impl Govern for Governor {
         let Some(view) = McpRequest::from_extensions(req.extensions()).cloned() else {
             return Decision::Pass(req);
         };
+        let session = view.protocol().session_id.as_deref().map(str::to_owned);
         let Some(parsed) = view.parsed() else {
+            if req.method() == http::Method::DELETE {
+                if let Some(sid) = &session {
+                    lock(&inner.state.elicits).remove(sid);
+                }
+            }
             return Decision::Pass(req);
         };
         let upstream: Arc<str> = match &inner.upstream {
@@ -273,6 +290,35 @@ impl Govern for Governor {
         };
         let batch = parsed.is_batch();
         for msg in parsed.messages() {
+            // A client's answer to the gateway's own elicitation: decided here, never
+            // forwarded (the upstream did not ask).
+            if matches!(
+                msg.kind(),
+                MessageKind::Response | MessageKind::ErrorResponse
+            ) {
+                let ours = msg
+                    .id()
+                    .filter(|id| id.is_string())
+                    .and_then(|id| serde_json::from_str::<String>(id.as_raw()).ok())
+                    .and_then(|id| id.strip_prefix(STATE_PREFIX).map(str::to_owned));
+                if let Some(id) = ours {
+                    answered(inner, &view, msg, &id, session.as_deref(), x);
+                    return Decision::Refuse(Refusal::accepted());
+                }
+                continue;
+            }
+            if msg.method() == Some("initialize") {
+                let elicits = view
+                    .body()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .is_some_and(|v| v.pointer("/params/capabilities/elicitation").is_some());
+                if elicits {
+                    x.observe(InitWatch {
+                        inner: inner.clone(),
+                    });
+                }
+                continue;
+            }
             let (kind, listing) = match msg.method() {
                 Some("tools/list") => (Kind::Tool, true),
                 Some("prompts/list") => (Kind::Prompt, true),
@@ -281,7 +327,9 @@ impl Govern for Governor {
                 _ => continue,
             };
             if listing {
-                if let (Some(id), true) = (msg.id(), inner.mode(&upstream) != Mode::Off) {
+                let watched = inner.mode(&upstream) != Mode::Off
+                    || inner.spec.approvals.iter().any(|r| r.upstream == *upstream);
+                if let (Some(id), true) = (msg.id(), watched) {
                     x.observe(ListCheck {
                         inner: inner.clone(),
                         id: id.clone(),
@@ -354,6 +402,7 @@ fn gate(
         principal,
         requested_at: crate::audit::record::format_time(std::time::SystemTime::now()),
         expires_at: String::new(),
+        session: None,
     };
     // A 2026-07-28 retry of a call the gateway asked about.
     let state = params
@@ -369,6 +418,27 @@ fn gate(
             .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
             .and_then(|c| c.get("elicitation"))
             .is_some();
+    let legacy_asks = !modern
+        && view
+            .protocol()
+            .session_id
+            .as_deref()
+            .is_some_and(|sid| lock(&inner.state.elicits).contains(sid))
+        && req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("text/event-stream"));
+    if legacy_asks {
+        let mut call = call;
+        call.session = view.protocol().session_id.as_deref().map(str::to_owned);
+        let with_mode = view
+            .protocol()
+            .version
+            .as_deref()
+            .is_some_and(|v| v >= "2025-11-25");
+        return hold_asking(inner, req, x, call, rule, with_mode);
+    }
     if elicits {
         let id = inner.state.approvals.ask(call.clone(), rule.timeout);
         bump(
@@ -387,6 +457,18 @@ fn gate(
 
 /// The `input_required` result asking a 2026-07-28 client to approve `call`.
 fn input_required(call: &PendingCall, id: &str) -> Value {
+    json!({
+        "resultType": "input_required",
+        "inputRequests": {
+            APPROVAL_INPUT_KEY: {"method": "elicitation/create", "params": elicit_params(call, true)}
+        },
+        "requestState": format!("{STATE_PREFIX}{id}"),
+    })
+}
+
+/// The elicitation that asks for approval of `call`: the tool, the exact arguments, the
+/// digests, and one boolean to set. `mode` is sent to clients of 2025-11-25 and later.
+fn elicit_params(call: &PendingCall, with_mode: bool) -> Value {
     let message = format!(
         "The gateway needs your approval to call tool {:?} on {:?} with these exact arguments: {}\n(definition {}, arguments {})",
         call.tool,
@@ -395,26 +477,30 @@ fn input_required(call: &PendingCall, id: &str) -> Value {
         call.definition_digest,
         call.arguments_digest,
     );
-    json!({
-        "resultType": "input_required",
-        "inputRequests": {
-            APPROVAL_INPUT_KEY: {
-                "method": "elicitation/create",
-                "params": {
-                    "mode": "form",
-                    "message": message,
-                    "requestedSchema": {
-                        "type": "object",
-                        "properties": {
-                            "approve": {"type": "boolean", "title": "Approve this call", "default": false}
-                        },
-                        "required": ["approve"]
-                    }
-                }
-            }
-        },
-        "requestState": format!("{STATE_PREFIX}{id}"),
-    })
+    let mut params = json!({
+        "message": message,
+        "requestedSchema": {
+            "type": "object",
+            "properties": {
+                "approve": {"type": "boolean", "title": "Approve this call", "default": false}
+            },
+            "required": ["approve"]
+        }
+    });
+    if with_mode {
+        params["mode"] = json!("form");
+    }
+    params
+}
+
+/// Whether an elicitation answer approves: an accept with `approve: true`.
+fn approves(answer: &Value) -> bool {
+    answer.get("action").and_then(Value::as_str) == Some("accept")
+        && answer.pointer("/content/approve").and_then(Value::as_bool) == Some(true)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A 2026-07-28 retry carrying the client's answer: approved only when it is the same
@@ -437,11 +523,11 @@ fn retried(
         x.deny(Denial::new(
             "integrity",
             DenialKind::BadRequest,
-            StatusCode::BAD_REQUEST,
+            StatusCode::OK,
             "approval_invalid",
         ));
         Decision::Refuse(Refusal::new(
-            StatusCode::BAD_REQUEST,
+            StatusCode::OK,
             JsonRpcError::new(
                 ErrorCode::INVALID_PARAMS,
                 format!(
@@ -482,8 +568,7 @@ fn retried(
         ))
         .cloned()
         .unwrap_or(Value::Null);
-    let approved = answer.get("action").and_then(Value::as_str) == Some("accept")
-        && answer.pointer("/content/approve").and_then(Value::as_bool) == Some(true);
+    let approved = approves(&answer);
     let decision = if approved { "approved" } else { "denied" };
     bump(
         &inner.state.metrics.decisions,
@@ -536,6 +621,46 @@ fn hold(
     call: PendingCall,
     rule: &ApprovalRule,
 ) -> Decision<Req> {
+    let wait = register(inner, x, call, rule).1;
+    Decision::Wait(Box::pin(async move { wait.await.map(|()| req) }))
+}
+
+/// Holds a legacy call and asks its client, on the call's own response stream, with an
+/// `elicitation/create` request; the admin listener can decide it too.
+fn hold_asking(
+    inner: Arc<Inner>,
+    mut req: Req,
+    x: &Exchange,
+    call: PendingCall,
+    rule: &ApprovalRule,
+    with_mode: bool,
+) -> Decision<Req> {
+    let params = elicit_params(&call, with_mode);
+    let (id, wait) = register(inner.clone(), x, call, rule);
+    bump(
+        &inner.state.metrics.decisions,
+        (
+            x.update(|r| r.route.as_deref().map(str::to_owned))
+                .unwrap_or_default(),
+            "asked",
+        ),
+    );
+    let event = json!({"jsonrpc": "2.0", "id": format!("{STATE_PREFIX}{id}"), "method": "elicitation/create", "params": params});
+    req.extensions_mut().insert(super::held::HeldCall {
+        event: mcp_gateway_core::sse::SseEvent::data(event.to_string()).encode(),
+        wait: Arc::new(Mutex::new(Some(wait))),
+    });
+    Decision::Pass(req)
+}
+
+/// Registers a held call (and announces it): its id, and the wait for its decision, which
+/// writes the decision to the record and turns anything but an approval into a refusal.
+fn register(
+    inner: Arc<Inner>,
+    x: &Exchange,
+    call: PendingCall,
+    rule: &ApprovalRule,
+) -> (String, crate::govern::Waiting<()>) {
     let (id, rx) = inner.state.approvals.hold(call.clone(), rule.timeout);
     let mut call = call;
     call.id.clone_from(&id);
@@ -546,7 +671,8 @@ fn hold(
     }
     let timeout = rule.timeout;
     let x = x.clone();
-    Decision::Wait(Box::pin(async move {
+    let key = id.clone();
+    let wait = Box::pin(async move {
         // The entry goes when this future does (the client went away) or ends.
         struct Forget(Arc<Inner>, String);
         impl Drop for Forget {
@@ -573,7 +699,7 @@ fn hold(
         tracing::info!(target: "mcp_gateway::integrity", id = %id, upstream = %upstream, tool = %call.tool, decision, by = by.as_deref().unwrap_or("-"), "approval decided");
         let data = json!({"reason": format!("approval_{decision}"), "upstream": upstream, "tool": call.tool, "id": id});
         match decision {
-            "approved" => Ok(req),
+            "approved" => Ok(()),
             "denied" => Err(inner.refuse(
                 &x,
                 &upstream,
@@ -606,7 +732,69 @@ fn hold(
                 data,
             )),
         }
-    }))
+    });
+    (key, wait)
+}
+
+/// A legacy client's answer to the gateway's elicitation `id`: decides the held call when
+/// it comes from the session that was asked.
+fn answered(
+    inner: &Inner,
+    view: &McpRequest,
+    msg: &mcp_gateway_core::McpMessage,
+    id: &str,
+    session: Option<&str>,
+    x: &Exchange,
+) {
+    let result = if msg.kind() == MessageKind::Response {
+        view.body()
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+            .and_then(|v| v.get("result").cloned())
+            .unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    let agent = principal_of(x).agent;
+    match inner.state.approvals.decide_asked(
+        id,
+        session,
+        approves(&result),
+        &format!("client:{agent}"),
+    ) {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(target: "mcp_gateway::integrity", id, error = %e, "an elicitation answer that decides nothing")
+        }
+    }
+}
+
+/// Remembers the session an `initialize` that declared elicitation opened.
+struct InitWatch {
+    inner: Arc<Inner>,
+}
+
+impl Observer for InitWatch {
+    fn on_head(&mut self, head: &Head<'_>) {
+        let Some(sid) = head
+            .headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let mut set = lock(&self.inner.state.elicits);
+        if set.len() >= MAX_ELICITING_SESSIONS {
+            let drop: Vec<String> = set
+                .iter()
+                .take(MAX_ELICITING_SESSIONS / 2)
+                .cloned()
+                .collect();
+            for d in drop {
+                set.remove(&d);
+            }
+        }
+        set.insert(sid.to_owned());
+    }
 }
 
 /// POSTs the held call to the rule's webhook (once, in the background; a failure is logged).
@@ -681,7 +869,10 @@ pub(crate) fn check_list(
         return 0;
     };
     let spec = inner.spec.pins.as_ref();
-    let tofu = spec.is_some_and(|p| p.trust_on_first_use);
+    // Without pins (approvals alone) the definitions are only recorded: a held call names
+    // the digest of the one it would use, and a change voids it.
+    let checks = mode != Mode::Off;
+    let tofu = checks && spec.is_some_and(|p| p.trust_on_first_use);
     let pinned_upstream = inner.pins().upstreams.contains_key(upstream);
     let learning = tofu && (!pinned_upstream || inner.learning(upstream));
     let mut changed = Vec::new();
@@ -718,6 +909,9 @@ pub(crate) fn check_list(
                 }
             }
             let fresh = seen.reported.as_deref() != Some(digest.as_str());
+            if !checks {
+                continue;
+            }
             match up.and_then(|u| u.of(kind).get(name)) {
                 Some(pin) if pin.digest == digest => {}
                 Some(pin) => {
