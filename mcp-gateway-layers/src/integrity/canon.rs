@@ -28,13 +28,26 @@ pub fn digest(v: &Value) -> String {
 
 /// `sha256:` and the hex SHA-256 of `bytes`.
 pub fn digest_bytes(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let sum = Sha256::digest(bytes);
-    let mut s = String::with_capacity(7 + 64);
-    s.push_str("sha256:");
+    let mut s = Vec::with_capacity(7 + 64);
+    s.extend_from_slice(b"sha256:");
     for b in sum {
-        let _ = write!(s, "{b:02x}");
+        s.push(HEX[usize::from(b >> 4)]);
+        s.push(HEX[usize::from(b & 15)]);
     }
-    s
+    String::from_utf8(s).unwrap_or_default()
+}
+
+/// The RFC 8785 order of member names: by UTF-16 code units. It differs from the UTF-8
+/// byte order only when a name holds a character above U+FFFF (a 4-byte sequence).
+fn name_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let astral = |s: &str| s.bytes().any(|b| b >= 0xF0);
+    if astral(a) || astral(b) {
+        a.encode_utf16().cmp(b.encode_utf16())
+    } else {
+        a.cmp(b)
+    }
 }
 
 fn write(out: &mut Vec<u8>, v: &Value) {
@@ -44,8 +57,16 @@ fn write(out: &mut Vec<u8>, v: &Value) {
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => {
             // Every JSON number is a double (RFC 8785 §3.2.2.3).
-            let f = n.as_f64().unwrap_or(f64::NAN);
-            write_number(out, f);
+            // Integers a double holds exactly are written as they are (the common case).
+            match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) if u <= 1 << 53 => {
+                    let _ = std::io::Write::write_fmt(out, format_args!("{u}"));
+                }
+                (_, Some(i)) if i.unsigned_abs() <= 1 << 53 => {
+                    let _ = std::io::Write::write_fmt(out, format_args!("{i}"));
+                }
+                _ => write_number(out, n.as_f64().unwrap_or(f64::NAN)),
+            }
         }
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
@@ -60,7 +81,7 @@ fn write(out: &mut Vec<u8>, v: &Value) {
         }
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            keys.sort_by(|a, b| name_order(a, b));
             out.push(b'{');
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
@@ -76,25 +97,33 @@ fn write(out: &mut Vec<u8>, v: &Value) {
 }
 
 fn write_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = std::io::Write::write_fmt(out, format_args!("\\u{:04x}", c as u32));
-            }
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            out.extend_from_slice(b"00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 15)]);
         }
+        start = i + 1;
     }
+    out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
 
@@ -172,7 +201,7 @@ fn diff_at(path: &mut String, a: Option<&Value>, b: Option<&Value>, out: &mut Ve
     match (a, b) {
         (Some(Value::Object(x)), Some(Value::Object(y))) => {
             let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            keys.sort_by(|a, b| name_order(a, b));
             keys.dedup();
             for k in keys {
                 let len = path.len();
@@ -273,11 +302,12 @@ mod tests {
 
     #[test]
     fn keys_sort_by_utf16() {
-        // U+E000 sorts before U+1F600 in UTF-16 (0xE000 < 0xD83D), after it in UTF-8.
+        // U+1F600 sorts before U+E000 in UTF-16 (its first unit, 0xD83D, is below 0xE000),
+        // after it in UTF-8 (0xF0 > 0xEE).
         let v = json!({"\u{1F600}": 1, "\u{E000}": 2, "a": 3, "B": 4});
         assert_eq!(
             String::from_utf8(canonical(&v)).unwrap(),
-            "{\"B\":4,\"a\":3,\"\u{E000}\":2,\"\u{1F600}\":1}"
+            "{\"B\":4,\"a\":3,\"\u{1F600}\":1,\"\u{E000}\":2}"
         );
     }
 

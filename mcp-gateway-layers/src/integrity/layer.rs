@@ -175,7 +175,7 @@ impl ToolIntegrityLayer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut names: Vec<String> = pins.upstreams.keys().cloned().collect();
-        names.extend(observed.keys().map(|(u, _, _)| u.clone()));
+        names.extend(observed.keys().map(|(u, _)| u.clone()));
         names.sort();
         names.dedup();
         let mut out = serde_json::Map::new();
@@ -184,10 +184,9 @@ impl ToolIntegrityLayer {
             let mut items = Vec::new();
             for kind in [Kind::Tool, Kind::Prompt] {
                 let mut seen: Vec<(&String, &super::service::Seen)> = observed
-                    .iter()
-                    .filter(|((u, k, _), _)| u == up && *k == kind)
-                    .map(|((_, _, n), s)| (n, s))
-                    .collect();
+                    .get(&(up.clone(), kind))
+                    .map(|m| m.iter().collect())
+                    .unwrap_or_default();
                 seen.sort_by(|a, b| a.0.cmp(b.0));
                 for (name, s) in &seen {
                     let pin = pinned.and_then(|p| p.of(kind).get(*name));
@@ -225,6 +224,15 @@ impl ToolIntegrityLayer {
             );
         }
         Value::Object(out)
+    }
+
+    /// Checks one list result — a whole JSON-RPC response to `tools/list` (`Kind::Tool`) or
+    /// `prompts/list` of `upstream` — as the layer checks the lists that stream through it:
+    /// records the definitions, reports changes, and in `block` mode removes the changed and
+    /// unpinned entries. How many it removed. For lists an app receives otherwise.
+    pub fn check_list(&self, upstream: &str, kind: Kind, response: &mut Value) -> usize {
+        let x = mcp_gateway_core::exchange::Exchange::new();
+        super::service::check_list(&self.governor.inner, upstream, kind, response, &x)
     }
 
     /// The deciding part, to stack in a [`Chain`](crate::govern::Chain).

@@ -61,7 +61,8 @@ fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
 /// What outlives a reload: the definitions seen, the calls held, the counters.
 #[derive(Default, Debug)]
 pub(crate) struct State {
-    pub(crate) observed: Mutex<HashMap<(String, Kind, String), Seen>>,
+    /// By upstream and kind, then by name (a list is checked under one lookup).
+    pub(crate) observed: Mutex<HashMap<(String, Kind), HashMap<String, Seen>>>,
     /// Upstreams whose first complete list is being pinned (`trust_on_first_use`).
     learning: Mutex<HashMap<String, Instant>>,
     pub(crate) approvals: Approvals,
@@ -127,7 +128,8 @@ impl Inner {
             .observed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&(upstream.to_owned(), kind, name.to_owned()))
+            .get(&(upstream.to_owned(), kind))
+            .and_then(|m| m.get(name))
             .map(|s| s.digest.clone());
         let pins = self.pins();
         let Some(up) = pins.upstreams.get(upstream) else {
@@ -150,7 +152,8 @@ impl Inner {
             .observed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&(upstream.to_owned(), kind, name.to_owned()))
+            .get(&(upstream.to_owned(), kind))
+            .and_then(|m| m.get(name))
             .map(|s| s.digest.clone());
         seen.or_else(|| {
             self.pins()
@@ -882,22 +885,30 @@ pub(crate) fn check_list(
     {
         let pins = inner.pins();
         let up = pins.upstreams.get(upstream);
-        let mut observed = inner
+        let mut all = inner
             .state
             .observed
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let observed = all.entry((upstream.to_owned(), kind)).or_default();
         for (i, item) in items.iter().enumerate() {
             let Some(name) = item.get("name").and_then(Value::as_str) else {
                 continue;
             };
             let digest = canon::digest(item);
-            let key = (upstream.to_owned(), kind, name.to_owned());
-            let seen = observed.entry(key).or_insert_with(|| Seen {
-                digest: String::new(),
-                definition: Value::Null,
-                reported: None,
-            });
+            if !observed.contains_key(name) {
+                observed.insert(
+                    name.to_owned(),
+                    Seen {
+                        digest: String::new(),
+                        definition: Value::Null,
+                        reported: None,
+                    },
+                );
+            }
+            let Some(seen) = observed.get_mut(name) else {
+                continue;
+            };
             if seen.digest != digest {
                 seen.digest.clone_from(&digest);
                 seen.definition = item.clone();
