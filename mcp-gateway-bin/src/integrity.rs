@@ -384,7 +384,7 @@ pub fn approvals_decide(
     }
     let (status, v) = admin_call(addr, "POST", &format!("/approvals/{id}"), Some(&body))?;
     if status != 200 {
-        return Err(CliError(format!("{}", error_of(&v))));
+        return Err(CliError(error_of(&v)));
     }
     println!(
         "{id}: {} ({}/{} for agent {})",

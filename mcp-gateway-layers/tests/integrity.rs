@@ -142,11 +142,11 @@ async fn reserialised_definitions_are_not_changes() {
             r#""Search \u0022the\u0022 docs/é""#
         };
         let members = [
-            format!(r#""name":"search""#),
+            r#""name":"search""#.to_owned(),
             format!(r#""title":{sp}"Search""#),
             format!(r#""description":{desc}"#),
             format!(r#""inputSchema":{schema}"#),
-            format!(r#""annotations":{{"readOnlyHint":true}}"#),
+            r#""annotations":{"readOnlyHint":true}"#.to_owned(),
             format!(r#""_meta":{{"x":{}}}"#, halves[i % 4]),
         ];
         let mut order: Vec<&String> = members.iter().collect();
@@ -190,7 +190,7 @@ async fn reserialised_definitions_are_not_changes() {
 async fn prompts_are_pinned_and_sse_lists_checked() {
     let dir = tempfile::tempdir().unwrap();
     let review = json!({"name": "review", "description": "Review the code", "arguments": [{"name": "file"}]});
-    let path = pinned(dir.path(), Kind::Prompt, &[review.clone()]);
+    let path = pinned(dir.path(), Kind::Prompt, std::slice::from_ref(&review));
     let layer = ToolIntegrityLayer::new(&path, Mode::Block)
         .unwrap()
         .upstream("docs");

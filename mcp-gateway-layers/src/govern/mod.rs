@@ -127,7 +127,7 @@ pub struct Refusal {
     error: JsonRpcError,
     headers: Vec<(HeaderName, HeaderValue)>,
     /// A result answered instead of the error (see [`Refusal::answer`]).
-    result: Option<serde_json::Value>,
+    result: Option<Box<serde_json::Value>>,
 }
 
 impl Refusal {
@@ -149,7 +149,7 @@ impl Refusal {
             status: StatusCode::OK,
             error: JsonRpcError::new(mcp_gateway_core::jsonrpc::ErrorCode::INTERNAL_ERROR, ""),
             headers: Vec::new(),
-            result: Some(result),
+            result: Some(Box::new(result)),
         }
     }
 
@@ -173,7 +173,7 @@ impl Refusal {
             status: StatusCode::ACCEPTED,
             error: JsonRpcError::new(mcp_gateway_core::jsonrpc::ErrorCode::INTERNAL_ERROR, ""),
             headers: Vec::new(),
-            result: Some(serde_json::Value::Null),
+            result: Some(Box::new(serde_json::Value::Null)),
         }
     }
 

@@ -322,6 +322,7 @@ fn sweep(p: &mut HashMap<String, Entry>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

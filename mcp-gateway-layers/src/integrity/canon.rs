@@ -245,6 +245,7 @@ pub fn render_diff(changes: &[Change]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

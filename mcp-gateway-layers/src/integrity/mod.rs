@@ -67,7 +67,7 @@
 //! pins.save(&file)?;
 //!
 //! // …and what the server lists now: the description carries an instruction to the model.
-//! async fn mcp(body: String) -> axum::Json<Value> {
+//! async fn mcp(body: String) -> ([(http::header::HeaderName, &'static str); 1], String) {
 //!     let req: Value = serde_json::from_str(&body).unwrap();
 //!     let result = match req["method"].as_str() {
 //!         Some("tools/list") => json!({"tools": [
@@ -76,7 +76,8 @@
 //!             {"name": "export", "description": "Export everything", "inputSchema": {"type": "object"}}]}),
 //!         _ => json!({"content": [{"type": "text", "text": "ran"}]}),
 //!     };
-//!     axum::Json(json!({"jsonrpc": "2.0", "id": req["id"], "result": result}))
+//!     let answer = json!({"jsonrpc": "2.0", "id": req["id"], "result": result});
+//!     ([(http::header::CONTENT_TYPE, "application/json")], answer.to_string())
 //! }
 //! let app = Router::new()
 //!     .route("/mcp", post(mcp))

@@ -39,11 +39,14 @@ pub(crate) struct Seen {
     reported: Option<String>,
 }
 
+/// (upstream, kind, finding, mode).
+type FindingKey = (String, &'static str, &'static str, &'static str);
+
 /// Counters shown on `/metrics`.
 #[derive(Default, Debug)]
 pub(crate) struct Metrics {
     /// (upstream, kind, finding, mode) → definitions found changed or unpinned in lists.
-    findings: Mutex<BTreeMap<(String, &'static str, &'static str, &'static str), u64>>,
+    findings: Mutex<BTreeMap<FindingKey, u64>>,
     /// (upstream, reason) → calls refused.
     refused: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// (upstream, decision) → approval decisions.
