@@ -192,7 +192,9 @@ pub fn pins_diff(file: &Path, upstream: &str, names: &[String]) -> Result<ExitCo
     let settings = load(file)?;
     let defs = observed(&settings, file, upstream)?;
     if defs.is_empty() {
-        eprintln!("{upstream}: the gateway has seen no list of it yet (a client's tools/list or prompts/list shows it)");
+        return Err(CliError(format!(
+            "{upstream}: the gateway has seen no list of it yet, so nothing was compared (a client's tools/list or prompts/list shows it)"
+        )));
     }
     let mut differences = 0;
     for d in &defs {
@@ -375,12 +377,16 @@ pub fn approvals_decide(
     approve: bool,
     by: Option<&str>,
     arguments_digest: Option<&str>,
+    definition_digest: Option<&str>,
 ) -> Result<ExitCode, CliError> {
     let settings = load(file)?;
     let addr = admin(&settings, file)?;
     let mut body = json!({"decision": if approve { "approve" } else { "deny" }, "by": by.map_or_else(who, str::to_owned)});
     if let Some(d) = arguments_digest {
         body["arguments_digest"] = json!(d);
+    }
+    if let Some(d) = definition_digest {
+        body["definition_digest"] = json!(d);
     }
     let (status, v) = admin_call(addr, "POST", &format!("/approvals/{id}"), Some(&body))?;
     if status != 200 {

@@ -144,6 +144,9 @@ enum ApprovalsCommand {
         /// Refuse to approve unless the call's arguments have this digest.
         #[arg(long)]
         arguments_digest: Option<String>,
+        /// Refuse to approve unless the tool's definition has this digest.
+        #[arg(long)]
+        definition_digest: Option<String>,
     },
     /// Deny a held call: its client gets an error.
     Deny {
@@ -292,16 +295,23 @@ fn main() -> ExitCode {
                 id,
                 by,
                 arguments_digest,
+                definition_digest,
             } => mcp_gateway::integrity::approvals_decide(
                 &config,
                 &id,
                 true,
                 by.as_deref(),
                 arguments_digest.as_deref(),
+                definition_digest.as_deref(),
             ),
-            ApprovalsCommand::Deny { config, id, by } => {
-                mcp_gateway::integrity::approvals_decide(&config, &id, false, by.as_deref(), None)
-            }
+            ApprovalsCommand::Deny { config, id, by } => mcp_gateway::integrity::approvals_decide(
+                &config,
+                &id,
+                false,
+                by.as_deref(),
+                None,
+                None,
+            ),
         }),
         Command::Keygen { out, force } => match keygen(&out, force) {
             Ok(fingerprint) => {

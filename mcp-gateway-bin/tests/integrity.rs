@@ -364,13 +364,33 @@ async fn a_changed_definition_is_blocked_or_warned_and_a_new_tool_waits_for_appr
     gw.shutdown().await;
 }
 
-fn approvals_config(up: SocketAddr, admin: u16) -> String {
+fn approvals_config(up: SocketAddr, admin: u16, hook: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstreams.docs]\nurl = \"http://{up}/mcp\"\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[audit]\npath = \"audit.jsonl\"\n\n\
          [[approvals]]\nupstream = \"docs\"\ntools = [\"delete_*\"]\ntimeout = \"1m\"\n\n\
-         [[approvals]]\nupstream = \"docs\"\ntools = [\"wipe\"]\ntimeout = \"1s\"\n"
+         [[approvals]]\nupstream = \"docs\"\ntools = [\"wipe\"]\ntimeout = \"1s\"\n\n\
+         [[approvals]]\nupstream = \"docs\"\ntools = [\"transfer\"]\nask_client = false\nwebhook = \"{hook}\"\n"
     )
+}
+
+/// A webhook receiver: the bodies POSTed to it.
+async fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use http_body_util::BodyExt as _;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let addr = common::raw_upstream(move |req: http::Request<hyper::body::Incoming>| {
+        let sink = sink.clone();
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            sink.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap());
+            http::Response::new(common::full(""))
+        }
+    })
+    .await;
+    (format!("http://{addr}/hook"), got)
 }
 
 /// Waits until the admin listener shows `n` held calls; returns them.
@@ -407,7 +427,11 @@ async fn headless_calls_wait_for_a_decision_on_the_admin_listener_or_the_cli() {
     let server = Mutable::new(vec![tool("delete_repo"), tool("wipe"), search("Search")]);
     let up = mutable_server::spawn(server.clone()).await.unwrap();
     let admin_port = free_port();
-    let gw = start(dir.path(), &approvals_config(up, admin_port)).await;
+    let gw = start(
+        dir.path(),
+        &approvals_config(up, admin_port, "http://127.0.0.1:9/"),
+    )
+    .await;
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let url = format!("http://{}/mcp/docs", gw.local_addr());
     let conf = dir.path().join("gw.toml");
@@ -641,10 +665,12 @@ async fn modern(c: &reqwest::Client, url: &str, body: String, tool: &str) -> (u1
 async fn interactive_clients_approve_and_decline_through_elicitation() {
     use mcp_gateway_layers::integrity::canon;
     let dir = tempfile::tempdir().unwrap();
-    let server = Mutable::new(vec![tool("delete_repo")]);
+    let server = Mutable::new(vec![tool("delete_repo"), tool("transfer")]);
     let up = mutable_server::spawn(server.clone()).await.unwrap();
     let admin_port = free_port();
-    let gw = start(dir.path(), &approvals_config(up, admin_port)).await;
+    let (hook, hooked) = webhook().await;
+    let gw = start(dir.path(), &approvals_config(up, admin_port, &hook)).await;
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let url = format!("http://{}/mcp/docs", gw.local_addr());
     let args = json!({"repo": "a"});
 
@@ -675,6 +701,35 @@ async fn interactive_clients_approve_and_decline_through_elicitation() {
             "{era}: a declined call never arrives"
         );
     }
+
+    // `ask_client = false`: the client that could answer is not asked; the admin listener
+    // decides, and the webhook heard of the call.
+    for era in ["legacy", "modern"] {
+        let task = tokio::spawn({
+            let url = url.clone();
+            async move { ts_client(&url, era, "transfer", json!({"to": "x"}), "accept").await }
+        });
+        let p = pending(admin, 1).await;
+        let (status, _) = decide(
+            admin,
+            p[0]["id"].as_str().unwrap(),
+            json!({"decision": "approve", "by": "ops"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let v = task.await.unwrap();
+        assert_eq!(
+            v["result"]["content"][0]["text"], "called transfer",
+            "{era}: {v}"
+        );
+        assert_eq!(v["elicited"], json!([]), "{era}: the client was not asked");
+    }
+    let hooked = hooked.lock().unwrap().clone();
+    assert_eq!(hooked.len(), 2, "{hooked:?}");
+    assert_eq!(hooked[0]["event"], "approval_pending");
+    assert_eq!(hooked[0]["call"]["tool"], "transfer");
+    assert_eq!(hooked[0]["call"]["arguments"], json!({"to": "x"}));
+    server.set_tools(vec![tool("delete_repo")]);
 
     // 2026-07-28 on the wire: the approval is bound to its arguments and used once.
     let c = client();
@@ -732,7 +787,12 @@ async fn interactive_clients_approve_and_decline_through_elicitation() {
         (200, Some("approval_invalid")),
         "replayed: {v}"
     );
-    let delivered: Vec<Value> = server.calls().into_iter().map(|(_, a)| a).collect();
+    let delivered: Vec<Value> = server
+        .calls()
+        .into_iter()
+        .filter(|(n, _)| n == "delete_repo")
+        .map(|(_, a)| a)
+        .collect();
     assert_eq!(
         delivered,
         [args.clone(), args.clone(), args],
@@ -892,4 +952,36 @@ async fn typescript_server_reordered_definitions_pass_a_changed_one_is_blocked()
     );
     gw.shutdown().await;
     let _ = child.kill().await;
+}
+
+/// Every error of `[integrity]` and `[[approvals]]` is located in the file.
+#[test]
+fn configuration_errors_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "gw.toml",
+        "[upstreams.a]\nurl = \"http://127.0.0.1:9/mcp\"\n[integrity]\npins_file = \"no/such/pins.json\"\nmode = \"blok\"\n\
+         [integrity.upstreams.zz]\nmode = \"warn\"\n[[approvals]]\nupstream = \"b\"\ntools = []\ntimeout = \"0s\"\nwebhook = \"ftp://x\"\n",
+    );
+    let errors: Vec<String> = mcp_gateway::config::load(&dir.path().join("gw.toml"))
+        .unwrap_err()
+        .iter()
+        .map(|e| e.to_string().rsplit_once("gw.toml:").unwrap().1.to_owned())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "5:8: integrity.mode: \"blok\" is not \"off\", \"warn\" or \"block\"",
+            "6:22: integrity.upstreams: no upstream named \"zz\"",
+            &format!(
+                "4:13: integrity.pins_file: folder {} does not exist",
+                dir.path().join("no/such").display()
+            ),
+            "9:12: approvals[0].upstream: no upstream named \"b\"",
+            "10:9: approvals[0].tools: give one or more non-empty tool name patterns",
+            "11:11: approvals[0].timeout must be more than 0",
+            "12:11: approvals[0].webhook: URL \"ftp://x\" must start with http:// or https://",
+        ]
+    );
 }

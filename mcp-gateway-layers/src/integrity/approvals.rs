@@ -291,12 +291,24 @@ impl Approvals {
 
     /// Voids every pending call of `upstream`'s `tool` made for another definition than
     /// `digest`: the tool changed while they waited. How many were voided.
+    ///
+    /// A call held before its tool was ever listed (`unknown`) learns the digest instead;
+    /// a call a 2026-07-28 client was asked about is compared at its retry.
     pub(crate) fn void_changed(&self, upstream: &str, tool: &str, digest: &str) -> usize {
         let mut p = self.lock();
+        for e in p.values_mut() {
+            if e.call.upstream == upstream
+                && e.call.tool == tool
+                && e.call.definition_digest == "unknown"
+            {
+                e.call.definition_digest = digest.to_owned();
+            }
+        }
         let ids: Vec<String> = p
             .iter()
             .filter(|(_, e)| {
-                e.call.upstream == upstream
+                matches!(e.waiter, Waiter::Held(_))
+                    && e.call.upstream == upstream
                     && e.call.tool == tool
                     && e.call.definition_digest != digest
             })
@@ -378,6 +390,11 @@ mod tests {
         assert_eq!(a.void_changed("github", "delete_repo", "sha256:ee"), 1);
         assert_eq!(rx.try_recv().unwrap(), Verdict::Voided);
         let asked = a.ask(call("x"), Duration::from_secs(60));
+        assert_eq!(
+            a.void_changed("github", "x", "sha256:ee"),
+            0,
+            "asked calls are compared at their retry"
+        );
         assert!(
             a.list().is_empty(),
             "asked calls are the client's to decide"

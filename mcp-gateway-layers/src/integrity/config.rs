@@ -16,6 +16,7 @@
 //! tools = ["delete_*", "merge_pull_request"]
 //! timeout = "10m"                   # no answer → denied (default 10m)
 //! # webhook = "https://hooks.example.com/approvals"   # POSTed each pending call
+//! # ask_client = false              # never ask the calling client: the admin listener decides
 //! ```
 //!
 //! An app with its own TOML file reads both sections with [`from_toml`]:
@@ -85,10 +86,14 @@ pub struct ApprovalConfig {
     pub tools: Spanned<Vec<String>>,
     /// How long a held call waits for a decision; then it is denied. Default 10m.
     #[serde(default)]
-    pub timeout: Option<Dur>,
+    pub timeout: Option<Spanned<Dur>>,
     /// A URL POSTed a JSON description of each call held by the rule.
     #[serde(default)]
     pub webhook: Option<Spanned<String>>,
+    /// Ask a client that declared elicitation (default true); false: only the admin
+    /// listener decides (the agent's own client never approves its calls).
+    #[serde(default)]
+    pub ask_client: Option<bool>,
 }
 
 /// One checked approval rule.
@@ -102,6 +107,9 @@ pub struct ApprovalRule {
     pub timeout: Duration,
     /// Where pending calls are announced.
     pub webhook: Option<http::Uri>,
+    /// Whether a client that declared elicitation is asked (else only the admin listener
+    /// decides).
+    pub ask_client: bool,
 }
 
 impl ApprovalRule {
@@ -115,7 +123,20 @@ impl ApprovalRule {
             tools: tools.into_iter().map(Into::into).collect(),
             timeout: DEFAULT_APPROVAL_TIMEOUT,
             webhook: None,
+            ask_client: true,
         }
+    }
+
+    /// Holds calls for `timeout` at most.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Never asks the calling client: only the admin listener decides.
+    pub fn admin_only(mut self) -> Self {
+        self.ask_client = false;
+        self
     }
 
     /// Whether the rule holds a call of `tool` on `upstream`.
@@ -242,9 +263,15 @@ pub fn check(
                 format!("approvals[{i}].tools: give one or more non-empty tool name patterns"),
             );
         }
-        let timeout = a.timeout.map_or(DEFAULT_APPROVAL_TIMEOUT, |d| d.0);
+        let timeout = a
+            .timeout
+            .as_ref()
+            .map_or(DEFAULT_APPROVAL_TIMEOUT, |d| d.get_ref().0);
         if timeout.is_zero() {
-            errors.error(None, format!("approvals[{i}].timeout must be more than 0"));
+            errors.error(
+                a.timeout.as_ref().map(Spanned::span),
+                format!("approvals[{i}].timeout must be more than 0"),
+            );
         }
         let webhook =
             a.webhook
@@ -261,6 +288,7 @@ pub fn check(
             tools: a.tools.get_ref().clone(),
             timeout,
             webhook,
+            ask_client: a.ask_client.unwrap_or(true),
         });
     }
     if errors.count() != before || (pins.is_none() && rules.is_empty()) {

@@ -164,8 +164,9 @@ impl ToolIntegrityLayer {
 
     /// What each upstream's lists showed against its pins, for `GET /integrity` and
     /// `mcp-gateway pins diff`: per upstream its mode, whether it is pinned, and each
-    /// definition's status (`pinned`, `changed`, `unpinned`, `unseen`), digests, and the
-    /// current and pinned definitions.
+    /// definition's status (`pinned`, `changed`, `unpinned` on a pinned upstream,
+    /// `unpinned_upstream` on one that is not, `unseen` for a pin not listed since start),
+    /// digests, and the current and pinned definitions.
     pub fn report(&self, upstream: Option<&str>) -> Value {
         let inner = &self.governor.inner;
         let pins = inner.pins.read().unwrap_or_else(PoisonError::into_inner);

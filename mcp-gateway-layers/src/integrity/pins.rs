@@ -8,7 +8,7 @@
 //!     "github": {
 //!       "tools": {
 //!         "search_code": {
-//!           "approved_at": "2026-12-06T10:00:00Z",
+//!           "approved_at": "2026-12-06T10:00:00.000000Z",
 //!           "approved_by": "alice",
 //!           "definition": { "description": "Search code", "inputSchema": {}, "name": "search_code" },
 //!           "digest": "sha256:…"

@@ -67,7 +67,7 @@ pub(crate) struct State {
     /// By upstream and kind, then by name (a list is checked under one lookup).
     pub(crate) observed: Mutex<HashMap<(String, Kind), HashMap<String, Seen>>>,
     /// Upstreams whose first complete list is being pinned (`trust_on_first_use`).
-    learning: Mutex<HashMap<String, Instant>>,
+    learning: Mutex<HashMap<(String, Kind), Instant>>,
     pub(crate) approvals: Approvals,
     pub(crate) metrics: Metrics,
     /// Legacy sessions whose client declared elicitation at `initialize` (by the session id
@@ -75,8 +75,9 @@ pub(crate) struct State {
     elicits: Mutex<HashSet<String>>,
 }
 
-/// The most legacy sessions remembered as able to answer elicitation (beyond it, the oldest
-/// half is forgotten and their held calls wait on the admin listener alone).
+/// The most legacy sessions remembered as able to answer elicitation (beyond it, an arbitrary
+/// half is forgotten, and their held calls wait on the admin listener alone). A session is
+/// forgotten when its client ends it (DELETE).
 const MAX_ELICITING_SESSIONS: usize = 100_000;
 
 /// The integrity settings and state one layer (and every route it serves) shares.
@@ -216,7 +217,7 @@ impl Inner {
             )),
             Verdict2::New { current } => {
                 // An upstream whose first list is being learnt has no quarantine yet.
-                if self.learning(upstream) {
+                if self.learning(upstream, kind) {
                     return None;
                 }
                 Some(self.refuse(
@@ -234,12 +235,12 @@ impl Inner {
         }
     }
 
-    fn learning(&self, upstream: &str) -> bool {
+    fn learning(&self, upstream: &str, kind: Kind) -> bool {
         self.state
             .learning
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(upstream)
+            .get(&(upstream.to_owned(), kind))
             .is_some_and(|t| *t > Instant::now())
     }
 }
@@ -342,6 +343,9 @@ impl Govern for Governor {
                         upstream: upstream.clone(),
                         kind,
                         exchange: x.clone(),
+                        // Only `block` changes lists; otherwise a JSON list streams through
+                        // untouched and is read on the side.
+                        removes: inner.mode(&upstream) == Mode::Block,
                     });
                 }
                 continue;
@@ -418,13 +422,15 @@ fn gate(
     if let (true, Some(id)) = (modern, state) {
         return retried(&inner, req, x, &view, body.clone(), id, &call);
     }
-    let elicits = modern
+    let elicits = rule.ask_client
+        && modern
         && params
             .and_then(|p| p.get("_meta"))
             .and_then(|m| m.get("io.modelcontextprotocol/clientCapabilities"))
             .and_then(|c| c.get("elicitation"))
             .is_some();
-    let legacy_asks = !modern
+    let legacy_asks = rule.ask_client
+        && !modern
         && view
             .protocol()
             .session_id
@@ -564,7 +570,7 @@ fn retried(
             "definition_changed",
             "the tool's definition changed while the approval was asked; call it again".into(),
             json!({"reason": "definition_changed", "upstream": upstream, "tool": call.tool,
-                   "pinned_digest": asked.definition_digest, "current_digest": call.definition_digest}),
+                   "asked_digest": asked.definition_digest, "current_digest": call.definition_digest}),
         ));
     }
     let answer = body
@@ -642,15 +648,9 @@ fn hold_asking(
     with_mode: bool,
 ) -> Decision<Req> {
     let params = elicit_params(&call, with_mode);
+    let upstream = call.upstream.clone();
     let (id, wait) = register(inner.clone(), x, call, rule);
-    bump(
-        &inner.state.metrics.decisions,
-        (
-            x.update(|r| r.route.as_deref().map(str::to_owned))
-                .unwrap_or_default(),
-            "asked",
-        ),
-    );
+    bump(&inner.state.metrics.decisions, (upstream, "asked"));
     let event = json!({"jsonrpc": "2.0", "id": format!("{STATE_PREFIX}{id}"), "method": "elicitation/create", "params": params});
     req.extensions_mut().insert(super::held::HeldCall {
         event: mcp_gateway_core::sse::SseEvent::data(event.to_string()).encode(),
@@ -830,11 +830,27 @@ struct ListCheck {
     upstream: Arc<str>,
     kind: Kind,
     exchange: Exchange,
+    removes: bool,
 }
 
 impl Observer for ListCheck {
     fn transforms(&self) -> bool {
-        true
+        self.removes
+    }
+
+    fn on_message(&mut self, msg: &ObservedMessage<'_>) {
+        if self.removes || msg.id() != Some(&self.id) {
+            return;
+        }
+        if let Ok(mut v) = serde_json::from_slice::<Value>(msg.text()) {
+            check_list(
+                &self.inner,
+                &self.upstream,
+                self.kind,
+                &mut v,
+                &self.exchange,
+            );
+        }
     }
 
     fn transform(&mut self, msg: &ObservedMessage<'_>) -> Option<Bytes> {
@@ -879,8 +895,14 @@ pub(crate) fn check_list(
     // the digest of the one it would use, and a change voids it.
     let checks = mode != Mode::Off;
     let tofu = checks && spec.is_some_and(|p| p.trust_on_first_use);
-    let pinned_upstream = inner.pins().upstreams.contains_key(upstream);
-    let learning = tofu && (!pinned_upstream || inner.learning(upstream));
+    // Trust on first use learns each kind's first complete list: tools learnt do not make
+    // the upstream's prompts count as new, and the reverse.
+    let pinned_kind = inner
+        .pins()
+        .upstreams
+        .get(upstream)
+        .is_some_and(|u| !u.of(kind).is_empty());
+    let learning = tofu && (!pinned_kind || inner.learning(upstream, kind));
     let mut changed = Vec::new();
     let mut new = Vec::new();
     let mut learnt = Vec::new();
@@ -962,10 +984,10 @@ pub(crate) fn check_list(
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if learning && !last_page {
-            l.entry(upstream.to_owned())
+            l.entry((upstream.to_owned(), kind))
                 .or_insert_with(|| Instant::now() + LEARNING_WINDOW);
         } else {
-            l.remove(upstream);
+            l.remove(&(upstream.to_owned(), kind));
         }
     }
     if changed.is_empty() && new.is_empty() {
