@@ -39,6 +39,7 @@ GATEWAY_CONFIGS = [
     "full.toml",
     "stdio.toml",
     "reload.toml",
+    "integrity.toml",
     "passthrough-mimalloc.toml",
     "full-mimalloc.toml",
 ]
