@@ -50,6 +50,14 @@
     doc = "| `audit` | `AuditLog` | `[audit]` | one hash-chained JSON-lines record per exchange (refusals included), written off the request path; `verify` and `query` |"
 )]
 #![cfg_attr(
+    feature = "integrity",
+    doc = "| [`integrity`] | `ToolIntegrity` | `[integrity]`, `[[approvals]]` | tool and prompt definitions pinned by their RFC 8785 digest and checked as lists stream (`warn` or `block`); calls of chosen tools held for a person (asked through MCP elicitation, or decided on an admin API) |"
+)]
+#![cfg_attr(
+    not(feature = "integrity"),
+    doc = "| `integrity` | `ToolIntegrity` | `[integrity]`, `[[approvals]]` | tool and prompt definitions pinned by their RFC 8785 digest and checked as lists stream (`warn` or `block`); calls of chosen tools held for a person (asked through MCP elicitation, or decided on an admin API) |"
+)]
+#![cfg_attr(
     feature = "upstream",
     doc = "| [`upstream`] | `Upstream` | `[upstreams.NAME]` | forwards to an MCP server: streamed bodies, SSE flushed per event, hop-by-hop and `Authorization` headers removed, pooled connections, timeouts |"
 )]
