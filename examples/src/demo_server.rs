@@ -208,9 +208,11 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: DemoOptions) {
     serve_service(listener, service(opts)).await;
 }
 
-async fn serve_service(
+/// Serves an `rmcp` Streamable HTTP service on `listener`, each connection in a task of its
+/// own, until the task running this is dropped.
+pub async fn serve_service<S: ServerHandler + Clone + Send + 'static>(
     listener: tokio::net::TcpListener,
-    svc: StreamableHttpService<Demo, LocalSessionManager>,
+    svc: StreamableHttpService<S, LocalSessionManager>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;

@@ -89,9 +89,6 @@ impl ServerHandler for Mutable {
 /// Serves `server` on a free port of 127.0.0.1 (legacy sessions and 2026-07-28 requests);
 /// returns the address.
 pub async fn spawn(server: Mutable) -> std::io::Result<SocketAddr> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let svc = StreamableHttpService::new(
@@ -99,18 +96,6 @@ pub async fn spawn(server: Mutable) -> std::io::Result<SocketAddr> {
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default().with_legacy_session_mode(true),
     );
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let svc = TowerToHyperService::new(svc.clone());
-            tokio::spawn(async move {
-                let _ = Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(crate::demo_server::serve_service(listener, svc));
     Ok(addr)
 }

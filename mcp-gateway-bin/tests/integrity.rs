@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{client, mcp_post};
+use common::{client, free_port, mcp_post, session};
 use mcp_gateway::Gateway;
 use mcp_gateway_examples::mutable_server::{self, Mutable};
 use serde_json::{json, Value};
@@ -13,8 +13,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
-const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 const PV: &str = "2025-11-25";
 
 fn root() -> PathBuf {
@@ -40,14 +38,6 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A gateway from `gw.toml` in `dir` (written from `text`), with an admin listener.
 async fn start(dir: &Path, text: &str) -> Gateway {
     write(dir, "gw.toml", text);
@@ -71,25 +61,6 @@ async fn cli(args: &[&str]) -> (i32, String, String) {
     })
     .await
     .unwrap()
-}
-
-/// A legacy session's id.
-async fn session(c: &reqwest::Client, url: &str) -> String {
-    let resp = mcp_post(c, url, INIT).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "{url}");
-    let sid = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let _ = resp.bytes().await.unwrap();
-    let resp = mcp_post(c, url, INITIALIZED)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", PV)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    sid
 }
 
 /// The one JSON-RPC message of an answer (JSON or a one-message SSE stream), with its status.

@@ -209,14 +209,6 @@ async fn large_sse_results_are_cut_off_by_the_token_budget() {
 
 // --- Two gateway processes sharing a real Redis -------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{client, demo, mcp_post, sha256_hex};
+use common::{client, demo, mcp_post, session, sha256_hex};
 use mcp_gateway::Gateway;
 use mcp_gateway_examples::demo_server::DemoOptions;
 use std::net::SocketAddr;
@@ -14,8 +14,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PV: &str = "2025-11-25";
-const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
-const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 const LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
 const SCOPE: &str = "mcp:tools";
 
@@ -46,25 +44,6 @@ async fn stateless() -> SocketAddr {
         json_response: true,
     })
     .await
-}
-
-/// Opens a legacy session; returns its id.
-async fn session(c: &reqwest::Client, url: &str) -> String {
-    let resp = mcp_post(c, url, INIT).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "{url}");
-    let sid = resp.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let _ = resp.bytes().await.unwrap();
-    let resp = mcp_post(c, url, INITIALIZED)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", PV)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    sid
 }
 
 /// Opens the session's GET stream.

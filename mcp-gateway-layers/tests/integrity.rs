@@ -283,3 +283,100 @@ async fn trust_on_first_use_pins_the_first_complete_list_only() {
         Some("trust_on_first_use")
     );
 }
+
+/// Approvals in an app of one's own: a held call is listed and decided through the layer's
+/// `approvals()`; a legacy session whose `initialize` declared elicitation is asked on the
+/// call's own SSE answer, and its answer (a JSON-RPC response POSTed like any) decides.
+#[tokio::test]
+async fn approvals_over_a_plain_service() {
+    use mcp_gateway_layers::integrity::config::ApprovalRule;
+    let layer = ToolIntegrityLayer::approvals_only([ApprovalRule::new("docs", ["delete_*"])])
+        .upstream("docs");
+    let calls = Arc::new(Mutex::new(0u32));
+    let seen = calls.clone();
+    let svc = layer.clone().layer(service_fn(move |req: Request<Full<Bytes>>| {
+        let seen = seen.clone();
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let mut r = if v["method"] == "initialize" {
+                let mut r = Response::new(Full::new(Bytes::from(
+                    json!({"jsonrpc": "2.0", "id": v["id"], "result": {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "0"}}}).to_string(),
+                )));
+                r.headers_mut().insert("mcp-session-id", "s-1".parse().unwrap());
+                r
+            } else {
+                *seen.lock().unwrap() += 1;
+                Response::new(Full::new(Bytes::from(
+                    json!({"jsonrpc": "2.0", "id": v["id"], "result": {"content": [{"type": "text", "text": "deleted"}]}}).to_string(),
+                )))
+            };
+            r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            Ok::<_, Infallible>(r)
+        }
+    }));
+    let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_repo","arguments":{"repo":"a"}}}"#;
+
+    // Headless: held until the app's operator decides.
+    let task = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, call).await }
+    });
+    let pending = loop {
+        let p = layer.approvals().list();
+        if !p.is_empty() {
+            break p;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(pending[0].tool, "delete_repo");
+    layer
+        .approvals()
+        .decide(&pending[0].id, true, "ops", None, None)
+        .unwrap();
+    let v = task.await.unwrap();
+    assert_eq!(v["result"]["content"][0]["text"], "deleted", "{v}");
+    assert_eq!(*calls.lock().unwrap(), 1);
+
+    // A legacy session that declared elicitation is asked on the call's stream.
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"elicitation":{}},"clientInfo":{"name":"c","version":"0"}}}"#;
+    let resp = svc.clone().oneshot(post(init)).await.unwrap();
+    assert_eq!(resp.headers()["mcp-session-id"], "s-1");
+    let _ = resp.into_body().collect().await.unwrap();
+    let with_session = |body: &str| {
+        let mut r = post(body);
+        r.headers_mut()
+            .insert("mcp-session-id", "s-1".parse().unwrap());
+        r.headers_mut()
+            .insert("mcp-protocol-version", "2025-11-25".parse().unwrap());
+        r
+    };
+    let resp = svc.clone().oneshot(with_session(call)).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let text = String::from_utf8(first.to_vec()).unwrap();
+    let asked: Value = serde_json::from_str(text.trim().strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(asked["method"], "elicitation/create");
+    assert_eq!(asked["params"]["mode"], "form");
+    assert!(asked["params"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(r#"{"repo":"a"}"#));
+    // The answer, as a client POSTs it: accepted (202), never forwarded.
+    let answer = json!({"jsonrpc": "2.0", "id": asked["id"], "result": {"action": "accept", "content": {"approve": true}}});
+    let resp = svc
+        .clone()
+        .oneshot(with_session(&answer.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let rest = body.collect().await.unwrap().to_bytes();
+    let rest = String::from_utf8(rest.to_vec()).unwrap();
+    assert!(rest.contains(r#""text":"deleted""#), "{rest}");
+    assert_eq!(
+        *calls.lock().unwrap(),
+        2,
+        "the answer itself never reached the service"
+    );
+}

@@ -193,3 +193,34 @@ pub fn sha256_hex(s: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// A port free on 127.0.0.1 now (for a server given its address in advance).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Opens a legacy (2025-11-25) session at `url`: `initialize` and `notifications/initialized`;
+/// returns its id.
+pub async fn session(c: &reqwest::Client, url: &str) -> String {
+    const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
+    const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let resp = mcp_post(c, url, INIT).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{url}");
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = resp.bytes().await.unwrap();
+    let resp = mcp_post(c, url, INITIALIZED)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    sid
+}

@@ -252,8 +252,9 @@ impl AuditRecord {
 }
 
 /// `s` as a JSON string, escaped as serde_json escapes it: `"`, `\\` and the control
-/// characters, the common ones by their short escapes.
-fn push_str(out: &mut Vec<u8>, s: &str) {
+/// characters, the common ones by their short escapes — which is also RFC 8785's escaping
+/// (tool integrity's canonical form writes its strings with it).
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();

@@ -130,28 +130,19 @@ impl Approvals {
     /// the receiver hears the verdict; nothing is heard on expiry.
     pub(crate) fn hold(
         &self,
-        mut call: PendingCall,
+        call: PendingCall,
         timeout: Duration,
     ) -> (String, oneshot::Receiver<Verdict>) {
         let (tx, rx) = oneshot::channel();
-        let id = new_id();
-        call.id.clone_from(&id);
-        call.expires_at = crate::audit::record::format_time(SystemTime::now() + timeout);
-        let mut p = self.lock();
-        sweep(&mut p);
-        p.insert(
-            id.clone(),
-            Entry {
-                call,
-                waiter: Waiter::Held(tx),
-                expires: Instant::now() + timeout,
-            },
-        );
-        (id, rx)
+        (self.insert(call, Waiter::Held(tx), timeout), rx)
     }
 
     /// Records that a client was asked about `call`; its retry will name the id returned.
-    pub(crate) fn ask(&self, mut call: PendingCall, timeout: Duration) -> String {
+    pub(crate) fn ask(&self, call: PendingCall, timeout: Duration) -> String {
+        self.insert(call, Waiter::Asked, timeout)
+    }
+
+    fn insert(&self, mut call: PendingCall, waiter: Waiter, timeout: Duration) -> String {
         let id = new_id();
         call.id.clone_from(&id);
         call.expires_at = crate::audit::record::format_time(SystemTime::now() + timeout);
@@ -161,7 +152,7 @@ impl Approvals {
             id.clone(),
             Entry {
                 call,
-                waiter: Waiter::Asked,
+                waiter,
                 expires: Instant::now() + timeout,
             },
         );

@@ -96,35 +96,11 @@ fn write(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// A string as RFC 8785 writes it: `"`, `\\` and the control characters escaped (the short
+/// escapes where JSON has them, else `\u00xx`), everything else as UTF-8 — the audit log's
+/// escaping, which is serde_json's.
 fn write_string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short = match b {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            0x08 => b'b',
-            0x0c => b'f',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0..=0x1f => b'u',
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.push(b'\\');
-        out.push(short);
-        if short == b'u' {
-            out.extend_from_slice(b"00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 15)]);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    crate::audit::record::push_str(out, s);
 }
 
 /// ECMAScript's `Number.prototype.toString` of a finite double (JSON has no others; a

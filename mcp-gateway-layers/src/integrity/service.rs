@@ -1051,69 +1051,73 @@ fn learn(inner: &Inner, upstream: &str, kind: Kind, items: Vec<(String, Value)>)
 impl Governor {
     /// Appends the integrity metrics in the Prometheus text format.
     pub fn render_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
         let m = &self.inner.state.metrics;
-        let _ = writeln!(out, "# HELP mcp_gateway_integrity_findings_total Listed definitions that differ from their pin (changed) or have none (unpinned), by mode.");
-        let _ = writeln!(out, "# TYPE mcp_gateway_integrity_findings_total counter");
-        for ((u, k, f, mode), n) in m
-            .findings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let findings: Vec<(String, u64)> = lock(&m.findings)
             .iter()
-        {
-            let _ = writeln!(out, "mcp_gateway_integrity_findings_total{{upstream=\"{}\",kind=\"{k}\",finding=\"{f}\",mode=\"{mode}\"}} {n}", esc(u));
-        }
-        let _ = writeln!(out, "# HELP mcp_gateway_integrity_refused_total Calls refused by tool integrity, by reason.");
-        let _ = writeln!(out, "# TYPE mcp_gateway_integrity_refused_total counter");
-        for ((u, r), n) in m
-            .refused
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .map(|((u, k, f, mode), n)| {
+                (
+                    format!(
+                        "upstream=\"{}\",kind=\"{k}\",finding=\"{f}\",mode=\"{mode}\"",
+                        esc(u)
+                    ),
+                    *n,
+                )
+            })
+            .collect();
+        family(out, "mcp_gateway_integrity_findings_total", "counter",
+            "Listed definitions that differ from their pin (changed) or have none (unpinned), by mode.", &findings);
+        let refused: Vec<(String, u64)> = lock(&m.refused)
             .iter()
-        {
-            let _ = writeln!(
-                out,
-                "mcp_gateway_integrity_refused_total{{upstream=\"{}\",reason=\"{r}\"}} {n}",
-                esc(u)
-            );
-        }
-        let _ = writeln!(out, "# HELP mcp_gateway_approvals_total Approval decisions (asked: a client was asked through MCP).");
-        let _ = writeln!(out, "# TYPE mcp_gateway_approvals_total counter");
-        for ((u, d), n) in m
-            .decisions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .map(|((u, r), n)| (format!("upstream=\"{}\",reason=\"{r}\"", esc(u)), *n))
+            .collect();
+        family(
+            out,
+            "mcp_gateway_integrity_refused_total",
+            "counter",
+            "Calls refused by tool integrity, by reason.",
+            &refused,
+        );
+        let decisions: Vec<(String, u64)> = lock(&m.decisions)
             .iter()
-        {
-            let _ = writeln!(
-                out,
-                "mcp_gateway_approvals_total{{upstream=\"{}\",decision=\"{d}\"}} {n}",
-                esc(u)
-            );
+            .map(|((u, d), n)| (format!("upstream=\"{}\",decision=\"{d}\"", esc(u)), *n))
+            .collect();
+        family(
+            out,
+            "mcp_gateway_approvals_total",
+            "counter",
+            "Approval decisions (asked: a client was asked through MCP).",
+            &decisions,
+        );
+        let pending = [(String::new(), self.inner.state.approvals.len() as u64)];
+        family(
+            out,
+            "mcp_gateway_approvals_pending",
+            "gauge",
+            "Calls held for a decision.",
+            &pending,
+        );
+        let learnt = [(String::new(), m.pins_written.load(Ordering::Relaxed))];
+        family(
+            out,
+            "mcp_gateway_integrity_pins_learnt_total",
+            "counter",
+            "Definitions pinned on first use.",
+            &learnt,
+        );
+    }
+}
+
+/// One metric family: its help, its type, and a sample per label set (`""`: no labels).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, n) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {n}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP mcp_gateway_approvals_pending Calls held for a decision."
-        );
-        let _ = writeln!(out, "# TYPE mcp_gateway_approvals_pending gauge");
-        let _ = writeln!(
-            out,
-            "mcp_gateway_approvals_pending {}",
-            self.inner.state.approvals.len()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mcp_gateway_integrity_pins_learnt_total Definitions pinned on first use."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE mcp_gateway_integrity_pins_learnt_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "mcp_gateway_integrity_pins_learnt_total {}",
-            m.pins_written.load(Ordering::Relaxed)
-        );
     }
 }
 
