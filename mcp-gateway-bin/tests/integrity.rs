@@ -137,6 +137,17 @@ async fn admin_get(addr: SocketAddr, path: &str) -> Value {
         .unwrap()
 }
 
+async fn metrics(admin: SocketAddr) -> String {
+    client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn reload(admin: SocketAddr) {
     let resp = client()
         .post(format!("http://{admin}/reload"))
@@ -262,14 +273,7 @@ async fn a_changed_definition_is_blocked_or_warned_and_a_new_tool_waits_for_appr
     assert_eq!(changed["name"], "search");
     assert_eq!(changed["diff"][0]["path"], "/description");
     assert_eq!(changed["diff"][0]["pinned"], "Search the docs");
-    let metrics = client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(admin).await;
     assert!(
         metrics.contains("mcp_gateway_integrity_findings_total{upstream=\"docs\",kind=\"tool\",finding=\"changed\",mode=\"block\"} 1"),
         "{metrics}"
@@ -891,14 +895,7 @@ async fn typescript_server_reordered_definitions_pass_a_changed_one_is_blocked()
         );
     }
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let metrics = client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(admin).await;
     assert!(
         !metrics.contains("mcp_gateway_integrity_findings_total{"),
         "no finding: {metrics}"

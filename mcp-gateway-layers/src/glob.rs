@@ -54,6 +54,9 @@ mod tests {
         assert!(glob("a*b*c", "a_b_c"));
         assert!(!glob("a*b*c", "a_c"));
         assert!(!glob("*ab", "b"));
+        assert!(glob("get_issue", "get_issue"));
+        assert!(!glob("get_issue", "get_issues"));
+        assert!(!glob("analyze_*", "analyz"));
         assert!(glob("caf?_*", "café_menu"));
         assert!(glob("*é", "thé"));
         assert!(!glob("?", "éé"));

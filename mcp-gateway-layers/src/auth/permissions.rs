@@ -194,19 +194,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn globs() {
-        assert!(glob("search_*", "search_code"));
-        assert!(glob("search_*", "search_"));
-        assert!(!glob("search_*", "get_search"));
-        assert!(glob("get_issue", "get_issue"));
-        assert!(!glob("get_issue", "get_issues"));
-        assert!(glob("*", ""));
-        assert!(glob("a?c*", "abcdef"));
-        assert!(glob("*_admin_*", "x_admin_y"));
-        assert!(!glob("*_admin_*", "x_admin"));
-    }
-
-    #[test]
     fn needed_scopes() {
         let p = Permissions::new()
             .with(Rule::new(

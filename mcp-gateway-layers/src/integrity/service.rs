@@ -125,16 +125,17 @@ impl Inner {
         self.pins.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How `upstream`'s `name` stands: by its pin and the definition last listed.
-    fn verdict(&self, upstream: &str, kind: Kind, name: &str) -> Verdict2 {
-        let seen = self
-            .state
-            .observed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// The digest of `upstream`'s `name` as last listed.
+    fn seen_digest(&self, upstream: &str, kind: Kind, name: &str) -> Option<String> {
+        lock(&self.state.observed)
             .get(&(upstream.to_owned(), kind))
             .and_then(|m| m.get(name))
-            .map(|s| s.digest.clone());
+            .map(|s| s.digest.clone())
+    }
+
+    /// How `upstream`'s `name` stands: by its pin and the definition last listed.
+    fn verdict(&self, upstream: &str, kind: Kind, name: &str) -> Verdict2 {
+        let seen = self.seen_digest(upstream, kind, name);
         let pins = self.pins();
         let Some(up) = pins.upstreams.get(upstream) else {
             return Verdict2::Unpinned;
@@ -151,14 +152,7 @@ impl Inner {
 
     /// The digest of the definition a call would use: as last listed, else as pinned.
     fn definition_digest(&self, upstream: &str, kind: Kind, name: &str) -> String {
-        let seen = self
-            .state
-            .observed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(upstream.to_owned(), kind))
-            .and_then(|m| m.get(name))
-            .map(|s| s.digest.clone());
+        let seen = self.seen_digest(upstream, kind, name);
         seen.or_else(|| {
             self.pins()
                 .upstreams

@@ -311,19 +311,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn globs() {
-        assert!(glob("analyze_*", "analyze_repo"));
-        assert!(glob("analyze_*", "analyze_"));
-        assert!(!glob("analyze_*", "analyz"));
-        assert!(glob("*", "x"));
-        assert!(glob("a*b*c", "a_b_c"));
-        assert!(!glob("a*b*c", "a_c"));
-        assert!(glob("exact", "exact"));
-        assert!(!glob("exact", "exactly"));
-        assert!(!glob("*ab", "b"));
-    }
-
-    #[test]
     fn keys() {
         assert_eq!("agent".parse(), Ok(KeySource::Agent));
         assert_eq!("ip".parse(), Ok(KeySource::Ip));
