@@ -953,3 +953,73 @@ fn configuration_errors_are_located() {
         ]
     );
 }
+
+/// A stdio upstream (the official Python SDK's server, run as the gateway's child) is governed
+/// the same: pinned with `pins approve`, a new tool quarantined, a gated call held until the
+/// admin listener decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_upstream_is_pinned_and_gated_like_any_route() {
+    let python = root().join(".tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/test",
+        python.display()
+    );
+    let server = root().join("mcp-gateway-bin/tests/fixtures/stdio_server.py");
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstreams.local]\ncommand = [{:?}, {:?}]\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
+         [integrity]\npins_file = \"pins.json\"\n\n\
+         [[approvals]]\nupstream = \"local\"\ntools = [\"echo\"]\nask_client = false\n",
+        python.display().to_string(),
+        server.display().to_string()
+    );
+    let gw = start(dir.path(), &text).await;
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let url = format!("http://{}/mcp/local", gw.local_addr());
+    let conf = dir.path().join("gw.toml");
+    let c = client();
+    let sid = session(&c, &url).await;
+    let all = list(&c, &url, &sid).await;
+    assert!(
+        all.contains(&"echo".to_owned()) && all.contains(&"pid".to_owned()),
+        "{all:?}"
+    );
+    // Only echo approved: the upstream is pinned, its other tools quarantined.
+    let (code, out, err) = cli(&[
+        "pins",
+        "approve",
+        "--config",
+        conf.to_str().unwrap(),
+        "local",
+        "echo",
+        "--reload",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(list(&c, &url, &sid).await, ["echo"]);
+    let (_, v) = call(&c, &url, &sid, "pid", json!({})).await;
+    assert_eq!(v["error"]["data"]["reason"], "definition_unpinned", "{v}");
+    let task = tokio::spawn({
+        let (c, url, sid) = (c.clone(), url.clone(), sid.clone());
+        async move { call(&c, &url, &sid, "echo", json!({"text": "hi"})).await }
+    });
+    let p = pending(admin, 1).await;
+    assert_eq!(
+        (p[0]["upstream"].as_str(), p[0]["tool"].as_str()),
+        (Some("local"), Some("echo"))
+    );
+    let (status, _) = decide(
+        admin,
+        p[0]["id"].as_str().unwrap(),
+        json!({"decision": "approve"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, v) = task.await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "hi", "{v}");
+    gw.shutdown().await;
+}
