@@ -1023,3 +1023,100 @@ async fn a_stdio_upstream_is_pinned_and_gated_like_any_route() {
     assert_eq!(v["result"]["content"][0]["text"], "hi", "{v}");
     gw.shutdown().await;
 }
+
+/// An approval asked of one agent is that agent's: another agent presenting its state is
+/// refused, and the state is then spent. Held calls name their agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_bound_to_its_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        format!(
+            "[[keys]]\nsha256 = \"{}\"\nagent = \"alice\"\n[[keys]]\nsha256 = \"{}\"\nagent = \"bob\"\n",
+            common::sha256_hex("alice-key-0123456789"),
+            common::sha256_hex("bob-key-0123456789")
+        ),
+    )
+    .unwrap();
+    let server = Mutable::new(vec![tool("delete_repo")]);
+    let up = mutable_server::spawn(server.clone()).await.unwrap();
+    let admin_port = free_port();
+    let text = format!(
+        "{}\n[auth]\napi_keys_file = \"keys.toml\"\n",
+        approvals_config(up, admin_port, "http://127.0.0.1:9/")
+    );
+    let gw = start(dir.path(), &text).await;
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let url = format!("http://{}/mcp/docs", gw.local_addr());
+    let c = client();
+    let args = json!({"repo": "a"});
+    let as_agent = |key: &'static str, body: String| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            answer(
+                mcp_post(&c, &url, &body)
+                    .bearer_auth(key)
+                    .header("mcp-protocol-version", "2026-07-28")
+                    .header("mcp-method", "tools/call")
+                    .header("mcp-name", "delete_repo")
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (_, v) = as_agent(
+        "alice-key-0123456789",
+        modern_call(1, "delete_repo", &args, json!({})),
+    )
+    .await;
+    let key = mcp_gateway_layers::integrity::APPROVAL_INPUT_KEY;
+    let yes = json!({"requestState": v["result"]["requestState"], "inputResponses": {key: {"action": "accept", "content": {"approve": true}}}});
+    let (status, v) = as_agent(
+        "bob-key-0123456789",
+        modern_call(2, "delete_repo", &args, yes.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["data"]["reason"].as_str()),
+        (200, Some("approval_invalid")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another principal"),
+        "{v}"
+    );
+    let (_, v) = as_agent(
+        "alice-key-0123456789",
+        modern_call(3, "delete_repo", &args, yes),
+    )
+    .await;
+    assert_eq!(
+        v["error"]["data"]["reason"], "approval_invalid",
+        "spent by the attempt: {v}"
+    );
+    assert!(server.calls().is_empty());
+
+    // A headless call (no elicitation declared) names its agent on the admin listener.
+    let mut plain =
+        serde_json::from_str::<Value>(&modern_call(4, "delete_repo", &args, json!({}))).unwrap();
+    plain["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({});
+    let task = tokio::spawn(as_agent("bob-key-0123456789", plain.to_string()));
+    let p = pending(admin, 1).await;
+    assert_eq!(p[0]["principal"]["agent"], "bob");
+    decide(
+        admin,
+        p[0]["id"].as_str().unwrap(),
+        json!({"decision": "approve"}),
+    )
+    .await;
+    assert_eq!(
+        task.await.unwrap().1["result"]["content"][0]["text"],
+        "called delete_repo"
+    );
+    gw.shutdown().await;
+}
