@@ -346,10 +346,15 @@ impl Router {
             (None, _) => None,
         };
         // Pins are read again from their file; what was seen and the calls held carry over.
+        // With `[sessions]`, approval states are sealed with the session key (any replica
+        // opens them) and spent in the session store (Redis: on every replica).
         let integrity = match &settings.integrity {
             Some(spec) => {
-                let layer = mcp_gateway_layers::integrity::config::layer(spec)?
+                let mut layer = mcp_gateway_layers::integrity::config::layer(spec)?
                     .body_limit(settings.body_limit);
+                if let Some(s) = sessions.as_ref().filter(|_| settings.sessions.is_some()) {
+                    layer = layer.sealed_with(s.keyring(), s.session_store());
+                }
                 Some(match previous.and_then(|p| p.integrity.as_ref()) {
                     Some(old) => layer.carry_over(old),
                     None => layer,

@@ -1120,3 +1120,124 @@ async fn an_approval_is_bound_to_its_principal() {
     );
     gw.shutdown().await;
 }
+
+/// With `[sessions]` (a shared key, a Redis store) a 2026-07-28 approval state is sealed:
+/// asked on one replica, it is honoured on another, spent on both, and a forged one opens
+/// nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_approval_state_is_honoured_on_another_replica_and_spent_on_all() {
+    use std::process::{Command, Stdio};
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("\n!!! SKIPPED: redis-server is not installed (scripts/test installs it) !!!\n");
+        return;
+    }
+    struct Redis(std::process::Child);
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let rport = free_port();
+    let _redis = Redis(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &rport.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", rport)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = mcp_gateway_layers::sessions::SessionKey::generate().unwrap();
+    std::fs::write(dir.path().join("session.key"), key.to_base64()).unwrap();
+    let server = Mutable::new(vec![tool("delete_repo")]);
+    let up = mutable_server::spawn(server.clone()).await.unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstreams.docs]\nurl = \"http://{up}/mcp\"\n\n\
+         [sessions]\nkey_file = \"session.key\"\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:{rport}/0\"\n\n\
+         [[approvals]]\nupstream = \"docs\"\ntools = [\"delete_*\"]\n"
+    );
+    let a = start(dir.path(), &text).await;
+    let b = start(dir.path(), &text).await;
+    let (url_a, url_b) = (
+        format!("http://{}/mcp/docs", a.local_addr()),
+        format!("http://{}/mcp/docs", b.local_addr()),
+    );
+    let c = client();
+    let args = json!({"repo": "a"});
+    let key = mcp_gateway_layers::integrity::APPROVAL_INPUT_KEY;
+    let (_, v) = modern(
+        &c,
+        &url_a,
+        modern_call(1, "delete_repo", &args, json!({})),
+        "delete_repo",
+    )
+    .await;
+    let state = v["result"]["requestState"].as_str().unwrap().to_owned();
+    assert!(state.starts_with("mcp-gateway-approval:s."), "{state}");
+    let retry = |state: &str| json!({"requestState": state, "inputResponses": {key: {"action": "accept", "content": {"approve": true}}}});
+    // A forged state opens nowhere.
+    let mut forged = state.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let (_, v) = modern(
+        &c,
+        &url_b,
+        modern_call(2, "delete_repo", &args, retry(&forged)),
+        "delete_repo",
+    )
+    .await;
+    assert_eq!(v["error"]["data"]["reason"], "approval_invalid", "{v}");
+    // Asked on A, answered on B.
+    let (status, v) = modern(
+        &c,
+        &url_b,
+        modern_call(3, "delete_repo", &args, retry(&state)),
+        "delete_repo",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["result"]["content"][0]["text"], "called delete_repo",
+        "{v}"
+    );
+    // Spent on every replica.
+    for url in [&url_a, &url_b] {
+        let (_, v) = modern(
+            &c,
+            url,
+            modern_call(4, "delete_repo", &args, retry(&state)),
+            "delete_repo",
+        )
+        .await;
+        assert_eq!(v["error"]["data"]["reason"], "approval_invalid", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("used already"),
+            "{v}"
+        );
+    }
+    assert_eq!(server.calls().len(), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}

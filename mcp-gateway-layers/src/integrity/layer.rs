@@ -62,6 +62,7 @@ impl ToolIntegrityLayer {
                     pins: RwLock::new(pins),
                     state: Arc::new(State::default()),
                     upstream: None,
+                    sealing: None,
                 }),
             },
             body_limit: crate::parse::DEFAULT_BODY_LIMIT,
@@ -85,6 +86,7 @@ impl ToolIntegrityLayer {
                     pins: RwLock::new(pins),
                     state: inner.state.clone(),
                     upstream,
+                    sealing: inner.sealing.clone(),
                 }),
             },
             body_limit: self.body_limit,
@@ -112,6 +114,38 @@ impl ToolIntegrityLayer {
         self.edit(|_, u| *u = Some(name))
     }
 
+    /// Seals 2026-07-28 approval states with `keys` and spends them in `store` —
+    /// SessionAffinity's ([`SessionAffinityLayer::keyring`](crate::sessions::SessionAffinityLayer::keyring),
+    /// [`session_store`](crate::sessions::SessionAffinityLayer::session_store)): a client's
+    /// retry then opens on any replica holding the key, and with a shared store (Redis) it is
+    /// spent on all of them. Without it, a state lives in the replica that minted it.
+    #[cfg(feature = "sessions")]
+    pub fn sealed_with(
+        self,
+        keys: Arc<crate::sessions::Keyring>,
+        store: Arc<dyn crate::sessions::SessionStore>,
+    ) -> Self {
+        let inner = &self.governor.inner;
+        Self {
+            governor: Governor {
+                inner: Arc::new(Inner {
+                    spec: inner.spec.clone(),
+                    pins: RwLock::new(
+                        inner
+                            .pins
+                            .read()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clone(),
+                    ),
+                    state: inner.state.clone(),
+                    upstream: inner.upstream.clone(),
+                    sealing: Some(super::service::Sealing { keys, store }),
+                }),
+            },
+            body_limit: self.body_limit,
+        }
+    }
+
     /// The largest request body read (default 4 MiB).
     pub fn body_limit(mut self, limit: usize) -> Self {
         self.body_limit = limit;
@@ -135,6 +169,7 @@ impl ToolIntegrityLayer {
                     ),
                     state: old.governor.inner.state.clone(),
                     upstream: inner.upstream.clone(),
+                    sealing: inner.sealing.clone(),
                 }),
             },
             body_limit: self.body_limit,

@@ -88,7 +88,33 @@ pub(crate) struct Inner {
     pub(crate) state: Arc<State>,
     /// The upstream this layer serves, when it serves one (else the record's route).
     pub(crate) upstream: Option<Arc<str>>,
+    /// Seals 2026-07-28 approval states so that any replica holding the key opens them.
+    pub(crate) sealing: Option<Sealing>,
 }
+
+/// The key approval states are sealed with and the store that spends them, shared with
+/// SessionAffinity: a state opens on any replica holding the key, and with a shared store
+/// (Redis) it is spent on all of them. Without the `sessions` feature there is none, and
+/// states live in the replica that minted them.
+#[derive(Clone)]
+pub(crate) struct Sealing {
+    #[cfg(feature = "sessions")]
+    pub(crate) keys: Arc<crate::sessions::Keyring>,
+    #[cfg(feature = "sessions")]
+    pub(crate) store: Arc<dyn crate::sessions::SessionStore>,
+}
+
+impl std::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealing").finish_non_exhaustive()
+    }
+}
+
+/// The scope sealed approval states are bound to (they never open as session ids).
+#[cfg(feature = "sessions")]
+const SEAL_SCOPE: &[u8] = b"mcp-gateway/approval";
+/// How a sealed state starts, after [`STATE_PREFIX`].
+const SEALED: &str = "s.";
 
 /// The deciding part of [`ToolIntegrity`]: checks list results against the pins (as the
 /// response streams) and calls against what the lists showed, and holds calls that an
@@ -414,7 +440,7 @@ fn gate(
         .and_then(Value::as_str)
         .and_then(|s| s.strip_prefix(STATE_PREFIX));
     if let (true, Some(id)) = (modern, state) {
-        return retried(&inner, req, x, &view, body.clone(), id, &call);
+        return retried(inner, req, x, &view, body.clone(), id, &call, rule.timeout);
     }
     let elicits = rule.ask_client
         && modern
@@ -446,14 +472,21 @@ fn gate(
         return hold_asking(inner, req, x, call, rule, with_mode);
     }
     if elicits {
-        let id = inner.state.approvals.ask(call.clone(), rule.timeout);
+        let id = match mint(&inner, &call) {
+            Some(sealed) => sealed,
+            None => inner.state.approvals.ask(call.clone(), rule.timeout),
+        };
         bump(
             &inner.state.metrics.decisions,
             (upstream.to_owned(), "asked"),
         );
+        let audited = match id.strip_prefix(SEALED) {
+            Some(sealed) => canon::digest_bytes(sealed.as_bytes()),
+            None => id.clone(),
+        };
         note(
             x,
-            json!({"approval": {"id": id, "decision": "asked", "arguments_digest": call.arguments_digest,
+            json!({"approval": {"id": audited, "decision": "asked", "arguments_digest": call.arguments_digest,
                                 "definition_digest": call.definition_digest}}),
         );
         return Decision::Refuse(Refusal::answer(input_required(&call, &id)));
@@ -510,54 +543,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A 2026-07-28 retry carrying the client's answer: approved only when it is the same
-/// principal, the same arguments and the same definition, once.
+/// principal, the same arguments and the same definition, within the rule's timeout, once.
+#[allow(clippy::too_many_arguments)]
 fn retried(
-    inner: &Inner,
+    inner: Arc<Inner>,
     req: Req,
     x: &Exchange,
     view: &McpRequest,
-    mut body: Value,
+    body: Value,
     id: &str,
     call: &PendingCall,
+    timeout: Duration,
 ) -> Decision<Req> {
-    let upstream = call.upstream.as_str();
-    let invalid = |why: &str| {
-        bump(
-            &inner.state.metrics.refused,
-            (upstream.to_owned(), "approval_invalid"),
-        );
-        x.deny(Denial::new(
-            "integrity",
-            DenialKind::BadRequest,
-            StatusCode::OK,
-            "approval_invalid",
-        ));
-        Decision::Refuse(Refusal::new(
-            StatusCode::OK,
-            JsonRpcError::new(
-                ErrorCode::INVALID_PARAMS,
-                format!(
-                    "requestState refused: {why}; call the tool again without it to be asked anew"
-                ),
-            )
-            .with_data(
-                json!({"reason": "approval_invalid", "upstream": upstream, "tool": call.tool}),
-            ),
-        ))
+    let presented = match id.strip_prefix(SEALED) {
+        Some(sealed) => open(&inner, sealed, timeout),
+        None => inner
+            .state
+            .approvals
+            .take_asked(id)
+            .map(|asked| Presented {
+                principal: agent_digest(&asked.principal.agent),
+                upstream: asked.upstream,
+                tool: asked.tool,
+                arguments_digest: asked.arguments_digest,
+                definition_digest: asked.definition_digest,
+                spend: None,
+            })
+            .ok_or("it is unknown, used already, or expired"),
     };
-    let Some(asked) = inner.state.approvals.take_asked(id) else {
-        return invalid("it is unknown, used already, or expired");
+    let asked = match presented {
+        Ok(p) => p,
+        Err(why) => return invalid(&inner, x, call, why),
     };
-    if asked.principal.agent != call.principal.agent {
-        return invalid("it was issued to another principal");
+    if asked.principal != agent_digest(&call.principal.agent) {
+        return invalid(&inner, x, call, "it was issued to another principal");
     }
     if asked.tool != call.tool || asked.upstream != call.upstream {
-        return invalid("it was issued for another tool");
+        return invalid(&inner, x, call, "it was issued for another tool");
     }
     if asked.arguments_digest != call.arguments_digest {
-        return invalid("it was issued for other arguments");
+        return invalid(&inner, x, call, "it was issued for other arguments");
     }
     if asked.definition_digest != call.definition_digest {
+        let upstream = call.upstream.as_str();
         return Decision::Refuse(inner.refuse(
             x,
             upstream,
@@ -567,6 +595,171 @@ fn retried(
                    "asked_digest": asked.definition_digest, "current_digest": call.definition_digest}),
         ));
     }
+    let Some(spend) = asked.spend else {
+        return conclude(&inner, req, x, view, body, id, call);
+    };
+    // A sealed state is spent in the store the replicas share: the first to present it wins.
+    let (x, view, id, call) = (x.clone(), view.clone(), id.to_owned(), call.clone());
+    Decision::Wait(Box::pin(async move {
+        let decided = match spend.await {
+            Ok(true) => conclude(&inner, req, &x, &view, body, &id, &call),
+            Ok(false) => invalid(&inner, &x, &call, "it was used already"),
+            Err(e) => {
+                tracing::warn!(target: "mcp_gateway::integrity", error = %e, "approval state: the store could not spend it; refused");
+                invalid(&inner, &x, &call, "the gateway could not record its use")
+            }
+        };
+        match decided {
+            Decision::Pass(r) => Ok(r),
+            Decision::Refuse(r) => Err(r),
+            Decision::Wait(w) => w.await,
+        }
+    }))
+}
+
+/// The spending of a sealed state: true the first time, on any replica sharing the store.
+type Spend = std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send>>;
+
+/// An approval state as presented: what it was asked for, and (sealed) how to spend it.
+struct Presented {
+    principal: u64,
+    upstream: String,
+    tool: String,
+    arguments_digest: String,
+    definition_digest: String,
+    /// Spends a sealed state in the shared store: true the first time.
+    spend: Option<Spend>,
+}
+
+/// A digest of an agent, as states are bound to it.
+fn agent_digest(agent: &str) -> u64 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(agent.as_bytes());
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(w)
+}
+
+#[cfg(feature = "sessions")]
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// A sealed approval state for `call`, when the layer seals them.
+fn mint(inner: &Inner, call: &PendingCall) -> Option<String> {
+    #[cfg(feature = "sessions")]
+    if let Some(s) = &inner.sealing {
+        let claims = crate::sessions::Claims {
+            instance: 0,
+            issued_ms: now_ms(),
+            principal: agent_digest(&call.principal.agent),
+            upstream: format!(
+                "{}\n{}\n{}\n{}",
+                call.upstream, call.tool, call.arguments_digest, call.definition_digest
+            )
+            .into(),
+        };
+        match s.keys.seal(&claims, SEAL_SCOPE) {
+            Ok((text, _)) => return Some(format!("{SEALED}{text}")),
+            Err(e) => {
+                tracing::warn!(target: "mcp_gateway::integrity", error = %e, "approval state not sealed; kept in this replica")
+            }
+        }
+    }
+    let _ = (inner, call);
+    None
+}
+
+/// Opens a sealed state: what it was asked for, and the spending of it.
+fn open(inner: &Inner, sealed: &str, timeout: Duration) -> Result<Presented, &'static str> {
+    #[cfg(feature = "sessions")]
+    if let Some(s) = &inner.sealing {
+        let (claims, nonce) = s
+            .keys
+            .open(sealed.as_bytes(), SEAL_SCOPE)
+            .map_err(|_| "it is not one this gateway issued")?;
+        let expires_ms = claims
+            .issued_ms
+            .saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let now = now_ms();
+        if now >= expires_ms {
+            return Err("it expired");
+        }
+        let mut parts = claims.upstream.split('\n').map(str::to_owned);
+        let mut next = || parts.next().unwrap_or_default();
+        let (upstream, tool, arguments_digest, definition_digest) =
+            (next(), next(), next(), next());
+        let store = s.store.clone();
+        let handle = crate::sessions::SessionHandle(nonce);
+        let spend = Box::pin(async move {
+            let u = crate::sessions::Use::new(now, None, expires_ms);
+            match store.touch(handle, u).await.map_err(|e| e.to_string())? {
+                crate::sessions::SessionState::Ended => Ok(false),
+                _ => {
+                    store.end(handle, u).await.map_err(|e| e.to_string())?;
+                    Ok(true)
+                }
+            }
+        });
+        return Ok(Presented {
+            principal: claims.principal,
+            upstream,
+            tool,
+            arguments_digest,
+            definition_digest,
+            spend: Some(spend),
+        });
+    }
+    let _ = (inner, sealed, timeout);
+    Err("it is not one this gateway issued")
+}
+
+/// The refusal of a state that does not hold.
+fn invalid(inner: &Inner, x: &Exchange, call: &PendingCall, why: &str) -> Decision<Req> {
+    let upstream = call.upstream.as_str();
+    bump(
+        &inner.state.metrics.refused,
+        (upstream.to_owned(), "approval_invalid"),
+    );
+    x.deny(Denial::new(
+        "integrity",
+        DenialKind::BadRequest,
+        StatusCode::OK,
+        "approval_invalid",
+    ));
+    Decision::Refuse(Refusal::new(
+        StatusCode::OK,
+        JsonRpcError::new(
+            ErrorCode::INVALID_PARAMS,
+            format!("requestState refused: {why}; call the tool again without it to be asked anew"),
+        )
+        .with_data(json!({"reason": "approval_invalid", "upstream": upstream, "tool": call.tool})),
+    ))
+}
+
+/// The client's answer to a state that holds: approved (the call goes on, without the
+/// gateway's state) or denied.
+fn conclude(
+    inner: &Inner,
+    req: Req,
+    x: &Exchange,
+    view: &McpRequest,
+    mut body: Value,
+    id: &str,
+    call: &PendingCall,
+) -> Decision<Req> {
+    let upstream = call.upstream.as_str();
+    // The id as audited: a sealed state is named by its digest, never by itself.
+    let id = match id.strip_prefix(SEALED) {
+        Some(sealed) => canon::digest_bytes(sealed.as_bytes()),
+        None => id.to_owned(),
+    };
     let answer = body
         .pointer(&format!(
             "/params/inputResponses/{}",
@@ -612,7 +805,7 @@ fn retried(
             parts.extensions.insert(v.clone());
             x.update(|r| r.request = Some(v));
         }
-        Err(_) => return invalid("the call could not be rewritten"),
+        Err(_) => return invalid(inner, x, call, "the call could not be rewritten"),
     }
     parts.headers.remove(http::header::CONTENT_LENGTH);
     Decision::Pass(Request::from_parts(parts, Full::new(bytes)))

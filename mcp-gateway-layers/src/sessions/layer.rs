@@ -124,6 +124,17 @@ impl SessionAffinityLayer {
         self
     }
 
+    /// The keys session ids are sealed with: other handles a client echoes back (tool
+    /// integrity's approval states) are sealed with them too, so that any replica opens them.
+    pub fn keyring(&self) -> Arc<super::Keyring> {
+        self.settings.keys.clone()
+    }
+
+    /// The store of session ends, shared by the replicas when it is Redis.
+    pub fn session_store(&self) -> Arc<dyn SessionStore> {
+        self.settings.store.clone()
+    }
+
     /// How many times the store could not answer (each logged; routing failed open).
     pub fn store_errors(&self) -> u64 {
         self.settings
