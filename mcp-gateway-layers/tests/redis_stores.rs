@@ -101,6 +101,26 @@ async fn sessions_store_prefix_holds_on_a_cloned_store() {
     assert_eq!(keys(port), [format!("team-b:{}", h.to_hex())]);
 }
 
+/// A handle claimed once: the first claim, from either of two stores on one Redis, wins;
+/// every later one finds it; a handle the store knows (an ended session) is not claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_store_claims_a_handle_once_across_stores() {
+    let (_redis, port) = redis();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let (a, b) = (
+        SessionsRedis::open(&url).unwrap(),
+        SessionsRedis::open(&url).unwrap(),
+    );
+    let h = SessionHandle([9; 12]);
+    let (x, y) = tokio::join!(a.claim(h, usage()), b.claim(h, usage()));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(x ^ y, "exactly one of two concurrent claims wins: {x} {y}");
+    assert!(!a.claim(h, usage()).await.unwrap());
+    let ended = SessionHandle([10; 12]);
+    b.end(ended, usage()).await.unwrap();
+    assert!(!a.claim(ended, usage()).await.unwrap());
+}
+
 /// A server that accepts connections and never answers.
 async fn silent_server() -> (tokio::task::JoinHandle<()>, u16) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -699,13 +699,7 @@ fn open(inner: &Inner, sealed: &str, timeout: Duration) -> Result<Presented, &'s
         let handle = crate::sessions::SessionHandle(nonce);
         let spend = Box::pin(async move {
             let u = crate::sessions::Use::new(now, None, expires_ms);
-            match store.touch(handle, u).await.map_err(|e| e.to_string())? {
-                crate::sessions::SessionState::Ended => Ok(false),
-                _ => {
-                    store.end(handle, u).await.map_err(|e| e.to_string())?;
-                    Ok(true)
-                }
-            }
+            store.claim(handle, u).await.map_err(|e| e.to_string())
         });
         return Ok(Presented {
             principal: claims.principal,

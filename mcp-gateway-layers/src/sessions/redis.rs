@@ -139,4 +139,33 @@ impl SessionStore for RedisStore {
             .boxed(),
         )
     }
+
+    /// One command: `SET key e NX PX ttl` sets only a key that does not exist — the first
+    /// replica to present the handle sets it, every later one finds it.
+    fn claim(&self, session: SessionHandle, u: Use) -> StoreFuture<bool> {
+        let mut conn = match self.shell.conn() {
+            Ok(c) => c,
+            Err(e) => return Either::Left(futures_util::future::ready(Err(StoreError(e)))),
+        };
+        let store = self.clone();
+        let key = self.key(session);
+        Either::Right(
+            async move {
+                let cmd = redis::cmd("SET")
+                    .arg(key)
+                    .arg("e")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl(&u))
+                    .to_owned();
+                let set: Option<String> = store
+                    .shell
+                    .run(cmd.query_async(&mut conn))
+                    .await
+                    .map_err(StoreError)?;
+                Ok(set.is_some())
+            }
+            .boxed(),
+        )
+    }
 }

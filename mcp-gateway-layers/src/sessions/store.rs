@@ -83,6 +83,23 @@ pub trait SessionStore: Send + Sync + 'static {
     fn touch(&self, session: SessionHandle, u: Use) -> StoreFuture<SessionState>;
     /// Ends `session` on every replica sharing this store.
     fn end(&self, session: SessionHandle, u: Use) -> StoreFuture<()>;
+
+    /// Records `session` as used and says whether this call was the first to — true for the
+    /// first caller on any replica sharing the store, false for every later one: a handle
+    /// used once, and only this way (tool integrity's approval states, never a session that
+    /// is touched). The default checks with [`touch`](Self::touch) and ends with
+    /// [`end`](Self::end), two steps; [`MemoryStore`] and the Redis store do it in one.
+    fn claim(&self, session: SessionHandle, u: Use) -> StoreFuture<bool> {
+        let touch = self.touch(session, u);
+        let end = self.end(session, u);
+        Either::Right(Box::pin(async move {
+            if touch.await? == SessionState::Ended {
+                return Ok(false);
+            }
+            end.await?;
+            Ok(true)
+        }))
+    }
 }
 
 /// A source of wall-clock time: injectable, so tests move time without sleeping.
@@ -232,6 +249,22 @@ impl MemoryStore {
         }
     }
 
+    /// Records `session` as used (ended); true when the store did not know it (the
+    /// synchronous form of [`SessionStore::claim`]).
+    pub fn claim_now(&self, session: SessionHandle, u: Use) -> bool {
+        let mut shard = self.shard(&session);
+        if shard.map.contains_key(&session) {
+            return false;
+        }
+        let e = Entry {
+            last_ms: u.now_ms,
+            expires_ms: u.expires_ms,
+            ended: true,
+        };
+        Self::insert(&mut shard, session, e, u.now_ms);
+        true
+    }
+
     /// Ends `session` (the synchronous form of [`SessionStore::end`]).
     pub fn end_now(&self, session: SessionHandle, u: Use) {
         let mut shard = self.shard(&session);
@@ -255,6 +288,9 @@ impl SessionStore for MemoryStore {
         self.end_now(session, u);
         Either::Left(futures_util::future::ready(Ok(())))
     }
+    fn claim(&self, session: SessionHandle, u: Use) -> StoreFuture<bool> {
+        Either::Left(futures_util::future::ready(Ok(self.claim_now(session, u))))
+    }
 }
 
 impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
@@ -263,6 +299,9 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
     }
     fn end(&self, session: SessionHandle, u: Use) -> StoreFuture<()> {
         (**self).end(session, u)
+    }
+    fn claim(&self, session: SessionHandle, u: Use) -> StoreFuture<bool> {
+        (**self).claim(session, u)
     }
 }
 
@@ -284,6 +323,22 @@ mod tests {
     use super::*;
 
     const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_claim_wins_once() {
+        let s = MemoryStore::new();
+        let u = Use::new(1_000, None, 3_600_000);
+        let h = SessionHandle([3; 12]);
+        assert!(s.claim_now(h, u));
+        assert!(!s.claim_now(h, u));
+        assert_eq!(s.touch_now(h, u), SessionState::Ended);
+        let known = SessionHandle([4; 12]);
+        assert_eq!(s.touch_now(known, u), SessionState::Alive);
+        assert!(
+            !s.claim_now(known, u),
+            "a handle the store knows is not claimed"
+        );
+    }
 
     #[test]
     fn idle_ended_and_unknown() {
