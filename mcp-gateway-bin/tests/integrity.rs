@@ -699,8 +699,16 @@ async fn interactive_clients_approve_and_decline_through_elicitation() {
         );
         assert_eq!(v["elicited"], json!([]), "{era}: the client was not asked");
     }
+    // The webhook is POSTed in the background: wait (bounded) for both.
+    for _ in 0..500 {
+        if hooked.lock().unwrap().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let hooked = hooked.lock().unwrap().clone();
     assert_eq!(hooked.len(), 2, "{hooked:?}");
+    assert!(!hooked[0]["call"]["expires_at"].as_str().unwrap().is_empty());
     assert_eq!(hooked[0]["event"], "approval_pending");
     assert_eq!(hooked[0]["call"]["tool"], "transfer");
     assert_eq!(hooked[0]["call"]["arguments"], json!({"to": "x"}));

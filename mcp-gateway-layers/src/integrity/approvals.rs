@@ -126,37 +126,38 @@ impl Approvals {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Holds `call` (its id filled in) until it is decided, voided or `timeout` passes:
-    /// the receiver hears the verdict; nothing is heard on expiry.
+    /// Holds `call` until it is decided, voided or `timeout` passes: the call as held (its
+    /// id and expiry filled in), and the receiver that hears the verdict (nothing is heard on
+    /// expiry).
     pub(crate) fn hold(
         &self,
         call: PendingCall,
         timeout: Duration,
-    ) -> (String, oneshot::Receiver<Verdict>) {
+    ) -> (PendingCall, oneshot::Receiver<Verdict>) {
         let (tx, rx) = oneshot::channel();
         (self.insert(call, Waiter::Held(tx), timeout), rx)
     }
 
     /// Records that a client was asked about `call`; its retry will name the id returned.
     pub(crate) fn ask(&self, call: PendingCall, timeout: Duration) -> String {
-        self.insert(call, Waiter::Asked, timeout)
+        self.insert(call, Waiter::Asked, timeout).id
     }
 
-    fn insert(&self, mut call: PendingCall, waiter: Waiter, timeout: Duration) -> String {
+    fn insert(&self, mut call: PendingCall, waiter: Waiter, timeout: Duration) -> PendingCall {
         let id = new_id();
         call.id.clone_from(&id);
         call.expires_at = crate::audit::record::format_time(SystemTime::now() + timeout);
         let mut p = self.lock();
         sweep(&mut p);
         p.insert(
-            id.clone(),
+            id,
             Entry {
-                call,
+                call: call.clone(),
                 waiter,
                 expires: Instant::now() + timeout,
             },
         );
-        id
+        call
     }
 
     /// Takes the asked call `id` (once: a second retry with the same id finds nothing).
@@ -350,7 +351,9 @@ mod tests {
     #[test]
     fn decided_once_and_bound_to_digests() {
         let a = Approvals::default();
-        let (id, mut rx) = a.hold(call("delete_repo"), Duration::from_secs(60));
+        let (held, mut rx) = a.hold(call("delete_repo"), Duration::from_secs(60));
+        let id = held.id;
+        assert!(!held.expires_at.is_empty());
         assert_eq!(a.list().len(), 1);
         let err = a
             .decide(&id, true, "alice", Some("sha256:bb"), None)

@@ -848,9 +848,8 @@ fn register(
     call: PendingCall,
     rule: &ApprovalRule,
 ) -> (String, crate::govern::Waiting<()>) {
-    let (id, rx) = inner.state.approvals.hold(call.clone(), rule.timeout);
-    let mut call = call;
-    call.id.clone_from(&id);
+    let (call, rx) = inner.state.approvals.hold(call, rule.timeout);
+    let id = call.id.clone();
     tracing::warn!(target: "mcp_gateway::integrity", id = %id, upstream = %call.upstream, tool = %call.tool,
         agent = %call.principal.agent, "call held for approval: POST /approvals/{id} on the admin listener decides it");
     if let Some(url) = rule.webhook.clone() {
