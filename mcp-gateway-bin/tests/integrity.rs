@@ -1249,3 +1249,68 @@ async fn a_sealed_approval_state_is_honoured_on_another_replica_and_spent_on_all
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The admin endpoints answer bad requests with a status and a JSON error, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoints_refuse_bad_requests_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Mutable::new(vec![tool("delete_repo")]);
+    let up = mutable_server::spawn(server).await.unwrap();
+    let admin_port = free_port();
+    let gw = start(
+        dir.path(),
+        &approvals_config(up, admin_port, "http://127.0.0.1:9/"),
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{admin_port}");
+    let c = client();
+    for (method, path, body, status) in [
+        (
+            "POST",
+            "/approvals/nope",
+            "{\"decision\": \"approve\"}",
+            404,
+        ),
+        ("POST", "/approvals/nope", "{\"decision\": \"maybe\"}", 400),
+        ("POST", "/approvals/nope", "not json", 400),
+        (
+            "POST",
+            "/approvals/nope",
+            "{\"decision\": \"approve\", \"extra\": 1}",
+            400,
+        ),
+        ("GET", "/approvals/nope", "", 405),
+        ("POST", "/approvals", "", 405),
+        ("DELETE", "/integrity", "", 405),
+    ] {
+        let resp = c
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{method} {path} {body}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+    assert_eq!(
+        admin_get(SocketAddr::from(([127, 0, 0, 1], admin_port)), "/approvals").await,
+        json!([])
+    );
+    gw.shutdown().await;
+
+    // Without [integrity] or [[approvals]]: 404 that says so.
+    let plain = start(
+        dir.path(),
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.docs]\nurl = \"http://{up}/mcp\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"),
+    )
+    .await;
+    let resp = c.get(format!("{base}/approvals")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("no [integrity] or [[approvals]]"));
+    plain.shutdown().await;
+}
