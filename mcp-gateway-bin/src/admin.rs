@@ -178,7 +178,14 @@ async fn integrity(req: Request<Incoming>, router: &Router) -> Response<Full<Byt
                 .find_map(|kv| kv.strip_prefix("upstream="))
                 .map(str::to_owned)
         });
-        return json(StatusCode::OK, &layer.report(upstream.as_deref()));
+        let report = layer.report(upstream.as_deref());
+        if let Some(u) = upstream.filter(|u| report.get(u).is_none()) {
+            return json(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("{u:?} is neither pinned nor listed through this gateway yet")}),
+            );
+        }
+        return json(StatusCode::OK, &report);
     }
     if path == "/approvals" {
         if method != Method::GET {

@@ -209,6 +209,12 @@ async fn a_changed_definition_is_blocked_or_warned_and_a_new_tool_waits_for_appr
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("tool search: approved sha256:"), "{out}");
+    let (code, _, err) = cli(&["pins", "list", "--config", conf, "doc"]).await;
+    assert_eq!(
+        code, 2,
+        "a misspelt upstream is an error, not an empty list"
+    );
+    assert!(err.contains("no upstream named \"doc\""), "{err}");
     let (code, out, _) = cli(&["pins", "list", "--config", conf, "docs"]).await;
     assert_eq!(code, 0);
     assert!(
@@ -1282,6 +1288,7 @@ async fn the_admin_endpoints_refuse_bad_requests_clearly() {
         ("GET", "/approvals/nope", "", 405),
         ("POST", "/approvals", "", 405),
         ("DELETE", "/integrity", "", 405),
+        ("GET", "/integrity?upstream=nope", "", 404),
     ] {
         let resp = c
             .request(method.parse().unwrap(), format!("{base}{path}"))

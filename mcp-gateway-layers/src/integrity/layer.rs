@@ -69,25 +69,26 @@ impl ToolIntegrityLayer {
         }
     }
 
-    fn edit(self, f: impl FnOnce(&mut IntegritySpec, &mut Option<Arc<str>>)) -> Self {
-        let inner = &self.governor.inner;
-        let mut spec = inner.spec.clone();
-        let mut upstream = inner.upstream.clone();
-        f(&mut spec, &mut upstream);
-        let pins = inner
-            .pins
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+    /// A copy of this layer changed by `f`, sharing its state (what was seen, the calls
+    /// held) unless `f` replaces it.
+    fn edit(self, f: impl FnOnce(&mut Inner)) -> Self {
+        let old = &self.governor.inner;
+        let mut inner = Inner {
+            spec: old.spec.clone(),
+            pins: RwLock::new(
+                old.pins
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            ),
+            state: old.state.clone(),
+            upstream: old.upstream.clone(),
+            sealing: old.sealing.clone(),
+        };
+        f(&mut inner);
         Self {
             governor: Governor {
-                inner: Arc::new(Inner {
-                    spec,
-                    pins: RwLock::new(pins),
-                    state: inner.state.clone(),
-                    upstream,
-                    sealing: inner.sealing.clone(),
-                }),
+                inner: Arc::new(inner),
             },
             body_limit: self.body_limit,
         }
@@ -95,15 +96,17 @@ impl ToolIntegrityLayer {
 
     /// Adds an approval rule (after the others: the first rule that holds a call applies).
     pub fn approval(self, rule: ApprovalRule) -> Self {
-        self.edit(|s, _| s.approvals.push(rule))
+        self.edit(|i| i.spec.approvals.push(rule))
     }
 
-    /// Pins an unpinned upstream's first complete list (`trust_on_first_use`).
+    /// Pins an unpinned upstream's first complete list (`trust_on_first_use`). A layer
+    /// without pins ([`approvals_only`](Self::approvals_only)) has nothing to pin: asking
+    /// for it there is logged as an error and changes nothing.
     pub fn trust_on_first_use(self, yes: bool) -> Self {
-        self.edit(|s, _| {
-            if let Some(p) = &mut s.pins {
-                p.trust_on_first_use = yes;
-            }
+        self.edit(|i| match &mut i.spec.pins {
+            Some(p) => p.trust_on_first_use = yes,
+            None if yes => tracing::error!(target: "mcp_gateway::integrity", "trust_on_first_use on a ToolIntegrityLayer without a pins file: nothing is pinned (build it with ToolIntegrityLayer::new)"),
+            None => {}
         })
     }
 
@@ -111,7 +114,7 @@ impl ToolIntegrityLayer {
     /// is the request's route (the `mcp-gateway` binary's `/mcp/NAME`, axum's matched path).
     pub fn upstream(self, name: impl Into<Arc<str>>) -> Self {
         let name = name.into();
-        self.edit(|_, u| *u = Some(name))
+        self.edit(|i| i.upstream = Some(name))
     }
 
     /// Seals 2026-07-28 approval states with `keys` and spends them in `store` —
@@ -125,25 +128,7 @@ impl ToolIntegrityLayer {
         keys: Arc<crate::sessions::Keyring>,
         store: Arc<dyn crate::sessions::SessionStore>,
     ) -> Self {
-        let inner = &self.governor.inner;
-        Self {
-            governor: Governor {
-                inner: Arc::new(Inner {
-                    spec: inner.spec.clone(),
-                    pins: RwLock::new(
-                        inner
-                            .pins
-                            .read()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .clone(),
-                    ),
-                    state: inner.state.clone(),
-                    upstream: inner.upstream.clone(),
-                    sealing: Some(super::service::Sealing { keys, store }),
-                }),
-            },
-            body_limit: self.body_limit,
-        }
+        self.edit(|i| i.sealing = Some(super::service::Sealing { keys, store }))
     }
 
     /// The largest request body read (default 4 MiB).
@@ -155,25 +140,8 @@ impl ToolIntegrityLayer {
     /// This layer, taking over `old`'s state: the definitions it saw and the calls it holds
     /// (a reload keeps them).
     pub fn carry_over(self, old: &Self) -> Self {
-        let inner = &self.governor.inner;
-        Self {
-            governor: Governor {
-                inner: Arc::new(Inner {
-                    spec: inner.spec.clone(),
-                    pins: RwLock::new(
-                        inner
-                            .pins
-                            .read()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .clone(),
-                    ),
-                    state: old.governor.inner.state.clone(),
-                    upstream: inner.upstream.clone(),
-                    sealing: inner.sealing.clone(),
-                }),
-            },
-            body_limit: self.body_limit,
-        }
+        let state = old.governor.inner.state.clone();
+        self.edit(|i| i.state = state)
     }
 
     /// The calls held for a decision: list them, decide them.

@@ -312,7 +312,14 @@ impl Govern for Governor {
             Some(u) => u.clone(),
             None => match x.update(|r| r.route.clone()) {
                 Some(r) => r,
-                None => return Decision::Pass(req),
+                None => {
+                    // Nothing names the upstream: nothing can be checked. Said loudly, once.
+                    static SAID: std::sync::Once = std::sync::Once::new();
+                    SAID.call_once(|| {
+                        tracing::error!(target: "mcp_gateway::integrity", "ToolIntegrity: a request with no route and no ToolIntegrityLayer::upstream(NAME): its lists and calls pass unchecked");
+                    });
+                    return Decision::Pass(req);
+                }
             },
         };
         let batch = parsed.is_batch();

@@ -115,49 +115,35 @@ impl SessionStore for RedisStore {
     }
 
     fn end(&self, session: SessionHandle, u: Use) -> StoreFuture<()> {
-        let mut conn = match self.shell.conn() {
-            Ok(c) => c,
-            Err(e) => return Either::Left(futures_util::future::ready(Err(StoreError(e)))),
-        };
-        let store = self.clone();
-        let key = self.key(session);
-        Either::Right(
-            async move {
-                let cmd = redis::cmd("SET")
-                    .arg(key)
-                    .arg("e")
-                    .arg("PX")
-                    .arg(ttl(&u))
-                    .to_owned();
-                let _: () = store
-                    .shell
-                    .run(cmd.query_async(&mut conn))
-                    .await
-                    .map_err(StoreError)?;
-                Ok(())
-            }
-            .boxed(),
-        )
+        match self.mark_ended(session, u, false) {
+            Either::Left(r) => Either::Left(futures_util::future::ready(r.into_inner().map(drop))),
+            Either::Right(f) => Either::Right(async move { f.await.map(drop) }.boxed()),
+        }
     }
 
     /// One command: `SET key e NX PX ttl` sets only a key that does not exist — the first
     /// replica to present the handle sets it, every later one finds it.
     fn claim(&self, session: SessionHandle, u: Use) -> StoreFuture<bool> {
+        self.mark_ended(session, u, true)
+    }
+}
+
+impl RedisStore {
+    /// `SET key e PX ttl` (with `NX`: only when the key does not exist): whether it was set.
+    fn mark_ended(&self, session: SessionHandle, u: Use, nx: bool) -> StoreFuture<bool> {
         let mut conn = match self.shell.conn() {
             Ok(c) => c,
             Err(e) => return Either::Left(futures_util::future::ready(Err(StoreError(e)))),
         };
         let store = self.clone();
-        let key = self.key(session);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(session)).arg("e");
+        if nx {
+            cmd.arg("NX");
+        }
+        cmd.arg("PX").arg(ttl(&u));
         Either::Right(
             async move {
-                let cmd = redis::cmd("SET")
-                    .arg(key)
-                    .arg("e")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl(&u))
-                    .to_owned();
                 let set: Option<String> = store
                     .shell
                     .run(cmd.query_async(&mut conn))
