@@ -20,7 +20,8 @@
 //!   made for, which must be the call's): 200 with the call decided, 404 when no call is
 //!   pending under that id (decided already, expired, or its client went away), 409 when a
 //!   digest named is not the call's, 400 for a body that is not such a decision.
-//! - `GET /integrity` (`?upstream=NAME`): what each upstream's lists showed against its pins
+//! - `GET /integrity` (`?upstream=NAME`; 404 for one neither pinned nor listed yet): what each
+//!   upstream's lists showed against its pins
 //!   (`mcp-gateway pins diff` reads it).
 
 use crate::reload::Reloader;

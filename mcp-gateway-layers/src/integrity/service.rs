@@ -1094,6 +1094,12 @@ pub(crate) fn check_list(
     let mut new = Vec::new();
     let mut learnt = Vec::new();
     let mut bad = Vec::new();
+    // Digested before any lock is taken: the work per definition stays off the calls'
+    // lookups.
+    let digests: Vec<Option<String>> = items
+        .iter()
+        .map(|item| item.get("name").is_some().then(|| canon::digest(item)))
+        .collect();
     {
         let pins = inner.pins();
         let up = pins.upstreams.get(upstream);
@@ -1104,10 +1110,11 @@ pub(crate) fn check_list(
             .unwrap_or_else(PoisonError::into_inner);
         let observed = all.entry((upstream.to_owned(), kind)).or_default();
         for (i, item) in items.iter().enumerate() {
-            let Some(name) = item.get("name").and_then(Value::as_str) else {
+            let (Some(name), Some(digest)) =
+                (item.get("name").and_then(Value::as_str), digests[i].clone())
+            else {
                 continue;
             };
-            let digest = canon::digest(item);
             if !observed.contains_key(name) {
                 observed.insert(
                     name.to_owned(),
