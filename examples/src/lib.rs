@@ -9,6 +9,8 @@
 //!   document and shutdown.
 //! - [`mutable_server`]: an `rmcp` server whose tool definitions change while it serves (the
 //!   tool-integrity tests' "rug pull").
+//! - [`fleet_server`]: an `rmcp` server with as many tools as asked, listed in pages, that
+//!   counts calls and cancellations (the virtual-server tests federate ten of them).
 //! - [`conformance`]: the server the official conformance suite is run against, directly and
 //!   through the gateway (`conformance-server` binary, `scripts/conformance`).
 #![forbid(unsafe_code)]
@@ -17,4 +19,5 @@ pub mod conformance;
 pub mod demo_server;
 pub mod embed;
 pub mod embed_full;
+pub mod fleet_server;
 pub mod mutable_server;

@@ -331,5 +331,6 @@ fn render(router: &Router, out: &mut String) {
         .with_some(router.integrity().cloned())
         .with_some(router.sessions().cloned())
         .with_some(router.stdio_metrics())
+        .with(router.virtuals().to_vec())
         .render_into(out);
 }

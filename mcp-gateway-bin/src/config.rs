@@ -56,6 +56,7 @@
 use mcp_gateway_layers::audit::config::{AuditConfig, AuditSpec};
 use mcp_gateway_layers::auth::config::{AuthConfig, AuthSpec};
 use mcp_gateway_layers::config::{from_toml_all, resolve, Diagnostics};
+use mcp_gateway_layers::federation::config::{VirtualConfig, VirtualSpec};
 use mcp_gateway_layers::integrity::config::{ApprovalConfig, IntegrityConfig, IntegritySpec};
 use mcp_gateway_layers::limits::config::{LimitsConfig, LimitsSpec};
 use mcp_gateway_layers::reload::config::ReloadSpec;
@@ -113,6 +114,9 @@ pub struct Config {
     /// Approval gates: `[[approvals]]`, one per rule.
     #[serde(default)]
     pub approvals: Vec<ApprovalConfig>,
+    /// Virtual servers: `[virtual.NAME]`, each one endpoint over several upstreams.
+    #[serde(default, rename = "virtual")]
+    pub virtual_servers: BTreeMap<Spanned<String>, VirtualConfig>,
 }
 
 /// `[server]`.
@@ -373,6 +377,8 @@ pub struct Settings {
     pub admin: Option<AdminSpec>,
     /// Pins and approval gates, when `[integrity]` or `[[approvals]]` is present.
     pub integrity: Option<IntegritySpec>,
+    /// The virtual servers (`[virtual.NAME]`), each served at `/mcp/NAME`.
+    pub virtual_servers: Vec<VirtualSpec>,
     /// The reload keys of `[server]`.
     pub reload: ReloadSpec,
     /// The configuration file (`None`: started from flags alone, so nothing to reload from).
@@ -650,6 +656,8 @@ pub fn check(
         base,
         &mut errors,
     );
+    let virtual_servers =
+        mcp_gateway_layers::federation::config::check(&config.virtual_servers, &names, &mut errors);
     let admin = config.admin.as_ref().map(|a| {
         let spec = AdminSpec {
             listen: *a.listen.get_ref(),
@@ -678,6 +686,7 @@ pub fn check(
         telemetry,
         admin,
         integrity,
+        virtual_servers,
         sessions,
         public_url,
         auth,
@@ -740,6 +749,7 @@ impl Settings {
             telemetry: None,
             admin: None,
             integrity: None,
+            virtual_servers: Vec::new(),
             reload: ReloadSpec::default(),
             source: None,
             named_files: Vec::new(),

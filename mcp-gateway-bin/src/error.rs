@@ -31,6 +31,9 @@ pub enum StartError {
     /// The pins file cannot be read.
     #[error("integrity: {0}")]
     Integrity(#[from] mcp_gateway_layers::integrity::pins::PinsError),
+    /// A virtual server names what is not there.
+    #[error("{0}")]
+    Virtual(String),
     /// Telemetry cannot start.
     #[error(transparent)]
     Telemetry(#[from] mcp_gateway_layers::telemetry::config::TelemetryError),

@@ -23,6 +23,7 @@ use mcp_gateway_core::outcome::{self, Outcome};
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::audit::{AuditSink as _, AuditWriter};
 use mcp_gateway_layers::auth::{MetadataService, OAuthGuardLayer};
+use mcp_gateway_layers::federation::{Member, VirtualBody, VirtualServer};
 use mcp_gateway_layers::govern::{Chain, GovernedFuture};
 use mcp_gateway_layers::head::HeadCheck;
 use mcp_gateway_layers::integrity::held::HeldBody;
@@ -90,6 +91,7 @@ impl Target {
 }
 
 /// What serves a route: a server reached over HTTP, or a local one run as child processes.
+#[derive(Clone)]
 enum Server {
     Remote(Upstream),
     Local(StdioUpstream),
@@ -117,7 +119,11 @@ pub type StackBody = Either<Refused<UpstreamBody>, ResponseBody<Either<TargetBod
 impl Stack {
     /// Serves one request: one inline future, with no boxed future, service clone or
     /// `Oneshot` on either shape.
-    pub async fn serve(&self, req: Request<RequestBody>) -> Response<StackBody> {
+    pub async fn serve<B>(&self, req: Request<B>) -> Response<StackBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<mcp_gateway_layers::BoxError>,
+    {
         match self {
             Self::Plain(parse) => parse.serve(req).await.map(Either::Left),
             Self::Governed {
@@ -147,19 +153,74 @@ impl Stack {
     }
 }
 
+/// An upstream's stack is a member of the virtual servers that name it: a virtual route's
+/// request reaches it exactly as one of its own route would, through its governing chain.
+impl Member for Stack {
+    type Body = StackBody;
+    fn call(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> impl std::future::Future<Output = Response<StackBody>> + Send {
+        self.serve(req)
+    }
+}
+
+/// What a route serves: one upstream, or a virtual server over several.
+#[derive(Clone, Debug)]
+pub enum RouteStack {
+    /// An upstream's route.
+    Upstream(Stack),
+    /// A virtual server: its own chain (authentication for its resource) over the server,
+    /// whose members are the upstreams' stacks.
+    Virtual {
+        /// Authenticates the caller for the virtual route (no permissions: each member's
+        /// stack applies its upstream's).
+        chain: Chain,
+        /// The largest request body read.
+        body_limit: usize,
+        /// The virtual server.
+        server: VirtualServer<Stack>,
+    },
+}
+
+/// The body of a route's answers.
+pub type RouteBody = Either<StackBody, ResponseBody<VirtualBody<StackBody>>>;
+
+impl RouteStack {
+    /// Serves one request.
+    pub async fn serve(&self, req: Request<RequestBody>) -> Response<RouteBody> {
+        match self {
+            Self::Upstream(stack) => stack.serve(req).await.map(Either::Left),
+            Self::Virtual {
+                chain,
+                body_limit,
+                server,
+            } => {
+                let inner = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+                    Ok::<_, Infallible>(server.serve(req).await)
+                });
+                match GovernedFuture::new(chain.clone(), inner, req, *body_limit).await {
+                    Ok(resp) => resp.map(Either::Right),
+                    Err(never) => match never {},
+                }
+            }
+        }
+    }
+}
+
 /// The body of a request as routes read it: the client's, failing when it stalls for
 /// `server.body_read_timeout` (the read then answers 408).
 pub type RequestBody = ReadTimeout<Incoming>;
 
 /// The body of every gateway response: a route's (its streams watched for a reload), or the
 /// router's own.
-pub type GatewayBody = Either<Watched<StackBody>, Full<Bytes>>;
+pub type GatewayBody = Either<Watched<RouteBody>, Full<Bytes>>;
 
 /// One route: its name, its stack, and its protected resource metadata when guarded.
 #[derive(Clone)]
 struct Route {
     name: Arc<str>,
-    stack: OriginGuard<Stack>,
+    stack: OriginGuard<RouteStack>,
     metadata: Option<MetadataService>,
     /// What the route serves, as a reload compares it (its upstream and the permissions
     /// that apply to it): a difference makes its open streams hear `list_changed`.
@@ -171,7 +232,7 @@ struct Route {
 impl Route {
     /// An SSE answer watches the route for a reload: it hears `list_changed` (a legacy GET
     /// stream, when the route changed) and ends once a removed route's drain is over.
-    fn watch(&self, resp: Response<StackBody>, method: &Method) -> Response<Watched<StackBody>> {
+    fn watch(&self, resp: Response<RouteBody>, method: &Method) -> Response<Watched<RouteBody>> {
         let sse = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -235,6 +296,9 @@ pub struct Router {
     telemetry: Option<TraceInjectLayer>,
     /// The stdio upstreams (their readiness, metrics, and the stop of their children).
     stdio: Vec<StdioUpstream>,
+    /// The virtual servers, in `settings.virtual_servers` order (their metrics, and the
+    /// sessions a reload carries over).
+    virtuals: Vec<VirtualServer<Stack>>,
     /// The settings it was built from (a reload compares the next file's with them).
     settings: Arc<Settings>,
 }
@@ -363,6 +427,90 @@ impl Router {
             None => None,
         };
         let mut stdio = Vec::new();
+        // One upstream's governed stack, for its own route or (with the virtual route's
+        // resource as the audience of its tokens) as a member of a virtual server.
+        let stack_for =
+            |spec: &mcp_gateway_layers::upstream::config::UpstreamSpec,
+             server: Server,
+             resource: String|
+             -> Result<(Stack, Option<MetadataService>), crate::error::StartError> {
+                let guard = match &auth {
+                    Some(a) => Some(a.layer(
+                        &spec.name,
+                        resource,
+                        spec.credentials.as_ref(),
+                        settings.body_limit,
+                    )?),
+                    None => None,
+                };
+                let metadata = guard.as_ref().map(OAuthGuardLayer::metadata_service);
+                let routed = sessions.as_ref().filter(|_| {
+                    settings.sessions.is_some()
+                        || matches!(&server, Server::Remote(u) if u.instance_count() > 1)
+                });
+                // The governing layers, outermost first. A layer that is off is not in the chain.
+                let chain = Chain::new()
+                    // AuditLog: outermost, so every refusal below it is recorded — bad input,
+                    // authentication, permission, rate limit, unknown session — with the
+                    // principal when one was established.
+                    .with(audit_layer.clone())
+                    // TraceInject: inside audit (the audit record carries its trace and span ids)
+                    // and outside every refusing layer, so refusals are traced too; it writes trace
+                    // context into the forwarded body.
+                    .with(telemetry.clone())
+                    // (the request is read and classified once here, bounded by `body_limit`:
+                    // every layer below reuses the view)
+                    // OAuthGuard: first of the deciders — an unauthenticated call costs nothing
+                    // further, and its principal is what limits and sessions are keyed by.
+                    .with(guard)
+                    // TokenBucket2D: after authentication (budgets are per agent), before
+                    // sessions, so a refused call never touches session state or picks an instance.
+                    .with(limits.clone())
+                    // ToolIntegrity: after limits (a call over budget is never held for a
+                    // person), innermost of the deciders: it checks lists as they stream back and
+                    // holds the calls an approval rule names, with the principal known.
+                    .with(integrity.clone());
+                // SessionAffinity, innermost: it sits over the upstream's instances, routes a
+                // session to its owner and balances new work. Without `[sessions]` a
+                // single-instance upstream does without it (session ids pass through).
+                let stack = match (server, routed) {
+                    // A stdio upstream; under `[sessions]` the ids it issues are sealed and bound
+                    // to the principal like any instance's.
+                    (Server::Local(local), routed) => Stack::Governed {
+                        chain,
+                        body_limit: settings.body_limit,
+                        target: match routed {
+                            Some(layer) => Target::StdioAffinity(
+                                layer.clone().scope(&spec.name).service([("stdio", local)]),
+                            ),
+                            None => Target::Stdio(local),
+                        },
+                    },
+                    (Server::Remote(upstream), None) if chain.is_empty() => Stack::Plain(
+                        ParseMcpLayer::new()
+                            .body_limit(settings.body_limit)
+                            .view_on_response(access_log)
+                            .layer(upstream),
+                    ),
+                    (Server::Remote(upstream), None) => Stack::Governed {
+                        chain,
+                        body_limit: settings.body_limit,
+                        target: Target::Direct(upstream),
+                    },
+                    (Server::Remote(upstream), Some(layer)) => Stack::Governed {
+                        chain,
+                        body_limit: settings.body_limit,
+                        target: Target::Affinity(
+                            layer
+                                .clone()
+                                .scope(&spec.name)
+                                .service(upstream.instances()),
+                        ),
+                    },
+                };
+                Ok((stack, metadata))
+            };
+        let mut servers = HashMap::new();
         for spec in &settings.upstreams {
             // A local server (`command`): its children start now (`shared`) or with their
             // first session or agent.
@@ -384,81 +532,14 @@ impl Router {
                 }
                 None => Server::Remote(mcp_gateway_layers::upstream::config::build(spec)?),
             };
-            let guard = match &auth {
-                Some(a) => Some(a.layer(
-                    &spec.name,
-                    format!("{}/mcp/{}", settings.public_base(), spec.name),
-                    spec.credentials.as_ref(),
-                    settings.body_limit,
-                )?),
-                None => None,
-            };
-            let metadata = guard.as_ref().map(OAuthGuardLayer::metadata_service);
-            let routed = sessions.as_ref().filter(|_| {
-                settings.sessions.is_some()
-                    || matches!(&server, Server::Remote(u) if u.instance_count() > 1)
-            });
-            // The governing layers, outermost first. A layer that is off is not in the chain.
-            let chain = Chain::new()
-                // AuditLog: outermost, so every refusal below it is recorded — bad input,
-                // authentication, permission, rate limit, unknown session — with the
-                // principal when one was established.
-                .with(audit_layer.clone())
-                // TraceInject: inside audit (the audit record carries its trace and span ids)
-                // and outside every refusing layer, so refusals are traced too; it writes trace
-                // context into the forwarded body.
-                .with(telemetry.clone())
-                // (the request is read and classified once here, bounded by `body_limit`:
-                // every layer below reuses the view)
-                // OAuthGuard: first of the deciders — an unauthenticated call costs nothing
-                // further, and its principal is what limits and sessions are keyed by.
-                .with(guard)
-                // TokenBucket2D: after authentication (budgets are per agent), before
-                // sessions, so a refused call never touches session state or picks an instance.
-                .with(limits.clone())
-                // ToolIntegrity: after limits (a call over budget is never held for a
-                // person), innermost of the deciders: it checks lists as they stream back and
-                // holds the calls an approval rule names, with the principal known.
-                .with(integrity.clone());
-            // SessionAffinity, innermost: it sits over the upstream's instances, routes a
-            // session to its owner and balances new work. Without `[sessions]` a
-            // single-instance upstream does without it (session ids pass through).
-            let below_origin = match (server, routed) {
-                // A stdio upstream; under `[sessions]` the ids it issues are sealed and bound
-                // to the principal like any instance's.
-                (Server::Local(local), routed) => Stack::Governed {
-                    chain,
-                    body_limit: settings.body_limit,
-                    target: match routed {
-                        Some(layer) => Target::StdioAffinity(
-                            layer.clone().scope(&spec.name).service([("stdio", local)]),
-                        ),
-                        None => Target::Stdio(local),
-                    },
-                },
-                (Server::Remote(upstream), None) if chain.is_empty() => Stack::Plain(
-                    ParseMcpLayer::new()
-                        .body_limit(settings.body_limit)
-                        .view_on_response(access_log)
-                        .layer(upstream),
-                ),
-                (Server::Remote(upstream), None) => Stack::Governed {
-                    chain,
-                    body_limit: settings.body_limit,
-                    target: Target::Direct(upstream),
-                },
-                (Server::Remote(upstream), Some(layer)) => Stack::Governed {
-                    chain,
-                    body_limit: settings.body_limit,
-                    target: Target::Affinity(
-                        layer
-                            .clone()
-                            .scope(&spec.name)
-                            .service(upstream.instances()),
-                    ),
-                },
-            };
-            let stack = OriginGuardLayer::new(settings.origins.clone()).layer(below_origin);
+            servers.insert(spec.name.as_str(), (spec, server.clone()));
+            let (stack, metadata) = stack_for(
+                spec,
+                server,
+                format!("{}/mcp/{}", settings.public_base(), spec.name),
+            )?;
+            let stack =
+                OriginGuardLayer::new(settings.origins.clone()).layer(RouteStack::Upstream(stack));
             routes.insert(
                 spec.name.clone(),
                 Route {
@@ -475,6 +556,78 @@ impl Router {
                         ))
                     )
                     .into(),
+                    state: Arc::new(tokio::sync::watch::Sender::new(RouteState::Live)),
+                },
+            );
+        }
+        // Virtual servers: each member is its upstream's stack, built again with the
+        // virtual route as the audience of tokens (the same servers, pools and children).
+        let mut virtuals = Vec::new();
+        for v in &settings.virtual_servers {
+            if routes.contains_key(&v.name) {
+                return Err(crate::error::StartError::Virtual(format!(
+                    "virtual.{0}: an upstream is also named {0:?} (both would be /mcp/{0})",
+                    v.name
+                )));
+            }
+            let resource = format!("{}/mcp/{}", settings.public_base(), v.name);
+            let mut members = Vec::new();
+            let mut prints = vec![format!("{v:?}")];
+            for alias in &v.upstreams {
+                let Some((spec, server)) = servers.get(alias.as_str()) else {
+                    return Err(crate::error::StartError::Virtual(format!(
+                        "virtual.{}: no upstream named {alias:?}",
+                        v.name
+                    )));
+                };
+                let (stack, _) = stack_for(spec, server.clone(), resource.clone())?;
+                prints.push(routes[alias.as_str()].fingerprint.to_string());
+                members.push((alias.clone(), stack));
+            }
+            // The virtual route's own guard authenticates the caller for its resource; the
+            // members' guards apply each upstream's permissions.
+            let guard = match &auth {
+                Some(a) => Some(
+                    a.layer(&v.name, resource.clone(), None, settings.body_limit)?
+                        .permissions(Arc::default()),
+                ),
+                None => None,
+            };
+            let metadata = guard.as_ref().map(OAuthGuardLayer::metadata_service);
+            let mut layer = v.layer().body_limit(settings.body_limit).filtered(
+                settings
+                    .auth
+                    .as_ref()
+                    .is_some_and(|a| !a.permissions.is_empty()),
+            );
+            if let Some(key) = settings.sessions.as_ref().and_then(|s| s.key.as_ref()) {
+                layer = layer.cursor_key(key);
+            }
+            let old = previous.and_then(|p| {
+                p.virtuals
+                    .iter()
+                    .zip(&p.settings.virtual_servers)
+                    .find(|(_, o)| o.name == v.name && o.upstreams == v.upstreams)
+                    .map(|(s, _)| s)
+            });
+            if let Some(old) = old {
+                layer = layer.carry_over(old);
+            }
+            let server = layer.service(members);
+            virtuals.push(server.clone());
+            let stack =
+                OriginGuardLayer::new(settings.origins.clone()).layer(RouteStack::Virtual {
+                    chain: Chain::new().with(guard),
+                    body_limit: settings.body_limit,
+                    server,
+                });
+            routes.insert(
+                v.name.clone(),
+                Route {
+                    name: Arc::from(v.name.as_str()),
+                    stack,
+                    metadata,
+                    fingerprint: prints.join("|").into(),
                     state: Arc::new(tokio::sync::watch::Sender::new(RouteState::Live)),
                 },
             );
@@ -505,6 +658,7 @@ impl Router {
             sessions,
             telemetry,
             stdio,
+            virtuals,
             settings: Arc::new(settings.clone()),
         })
     }
@@ -567,6 +721,11 @@ impl Router {
     pub fn stdio_metrics(&self) -> Option<StdioMetrics> {
         let m = StdioMetrics::of(&self.stdio);
         (!m.is_empty()).then_some(m)
+    }
+
+    /// The virtual servers.
+    pub fn virtuals(&self) -> &[VirtualServer<Stack>] {
+        &self.virtuals
     }
 
     /// The stdio upstreams, whose children the server stops last.

@@ -213,6 +213,8 @@ pub mod boxed;
     feature = "integrity"
 ))]
 pub mod config;
+#[cfg(feature = "federation")]
+pub mod federation;
 pub mod glob;
 pub mod govern;
 pub mod head;

@@ -68,6 +68,11 @@ impl SessionKey {
         Ok(Self(k))
     }
 
+    /// The key's bytes, for keys derived from it inside the crate.
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.0
+    }
+
     /// A key from its bytes.
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)

@@ -1,0 +1,471 @@
+//! Virtual servers (`[virtual.NAME]`): one endpoint over several real upstreams (`rmcp`
+//! servers in-process), reached by the official Rust client in both eras and by hand for the
+//! wire-level checks: names, merged pagination, partial failure, cancellation.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use mcp_gateway_examples::demo_server::DemoOptions;
+use mcp_gateway_examples::fleet_server::{self, Fleet};
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation,
+    ProgressNotificationParam, ProtocolVersion,
+};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt, RoleClient, ServiceExt};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A gateway from a configuration text.
+async fn start(text: &str) -> mcp_gateway::Gateway {
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{text}");
+    let settings = mcp_gateway::config::parse(&text, "gw.toml", Path::new(".")).unwrap();
+    gateway(settings).await
+}
+
+#[derive(Clone)]
+struct Client {
+    info: ClientConfig,
+    progress: Arc<AtomicUsize>,
+}
+
+impl ClientHandler for Client {
+    fn get_info(&self) -> ClientConfig {
+        self.info.clone()
+    }
+    async fn on_progress(&self, _: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
+        self.progress.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn client(version: ProtocolVersion) -> Client {
+    let mut info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("federation-test", "0"),
+    );
+    info.protocol_version = version;
+    Client {
+        info,
+        progress: Arc::default(),
+    }
+}
+
+async fn call(c: &RunningService<RoleClient, Client>, tool: &str, args: Value) -> String {
+    let mut p = CallToolRequestParams::new(tool.to_owned());
+    if let Value::Object(m) = args {
+        p = p.with_arguments(m);
+    }
+    let r = c
+        .call_tool(p)
+        .await
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    r.content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default()
+}
+
+async fn names(c: &RunningService<RoleClient, Client>) -> Vec<String> {
+    c.list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
+/// A 2026-07-28 request by hand; returns the HTTP status and the JSON-RPC answer.
+async fn modern(c: &reqwest::Client, url: &str, method: &str, mut params: Value) -> (u16, Value) {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let mut req = c
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(n) = params["name"].as_str().or(params["uri"].as_str()) {
+        req = req.header("mcp-name", n);
+    }
+    let resp = req.body(body.to_string()).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let sse = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
+    let bytes = resp.bytes().await.unwrap();
+    let v = if sse {
+        sse_messages(&bytes)
+            .into_iter()
+            .find(|m| m.get("result").is_some() || m.get("error").is_some())
+            .unwrap_or(Value::Null)
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    (status, v)
+}
+
+fn tool_names(list: &Value) -> Vec<String> {
+    list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools in {list}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_lists_and_calls_both_eras() {
+    let demo = demo(DemoOptions::default()).await;
+    let fleet = Fleet::new("f", 2, 0);
+    let f = fleet_server::spawn(fleet.clone()).await.unwrap();
+    let gw = start(&format!(
+        "[upstreams.demo]\nurl = \"http://{demo}/mcp\"\n[upstreams.fleet]\nurl = \"http://{f}/mcp\"\n\n[virtual.all]\nupstreams = [\"demo\", \"fleet\"]\n"
+    ))
+    .await;
+    let url = format!("http://{}/mcp/all", gw.local_addr());
+    let expected = [
+        "demo__blob",
+        "demo__echo",
+        "demo__increment",
+        "demo__slow_count",
+        "demo__trace_context",
+        "fleet__f_0",
+        "fleet__f_1",
+        "fleet__wait",
+    ];
+
+    // Legacy: the gateway answers initialize; the upstream sessions open on first use.
+    let c = client(ProtocolVersion::V_2025_11_25)
+        .serve(StreamableHttpClientTransport::from_uri(url.clone()))
+        .await
+        .expect("initialize a virtual server");
+    let info = c.peer_info().unwrap();
+    assert_eq!(info.protocol_version, ProtocolVersion::V_2025_11_25);
+    assert_eq!(info.server_info.as_ref().unwrap().name, "mcp-gateway/all");
+    assert_eq!(names(&c).await, expected);
+    assert_eq!(
+        call(&c, "demo__echo", json!({"text": "héllo"})).await,
+        "héllo"
+    );
+    // The demo's counter lives in its session: the same upstream session every call.
+    assert_eq!(call(&c, "demo__increment", json!({})).await, "1");
+    assert_eq!(call(&c, "demo__increment", json!({})).await, "2");
+    assert_eq!(call(&c, "fleet__f_1", json!({})).await, "f_1 from f");
+    assert_eq!(fleet.calls(), ["f_1"], "the upstream got the original name");
+    // Progress streams through from the owning upstream.
+    call(&c, "demo__slow_count", json!({"n": 3})).await;
+    for _ in 0..500 {
+        if c.service().progress.load(Ordering::SeqCst) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(c.service().progress.load(Ordering::SeqCst), 3);
+    // A second client session has its own upstream sessions.
+    let c2 = client(ProtocolVersion::V_2025_06_18)
+        .serve(StreamableHttpClientTransport::from_uri(url.clone()))
+        .await
+        .unwrap();
+    assert_eq!(call(&c2, "demo__increment", json!({})).await, "1");
+    c.cancel().await.unwrap();
+    c2.cancel().await.unwrap();
+
+    // 2026-07-28: server/discover answered by the gateway, every request routed alone.
+    let m = client(ProtocolVersion::V_2026_07_28)
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_uri(url.clone()),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("server/discover on a virtual server");
+    assert_eq!(names(&m).await, expected);
+    assert_eq!(call(&m, "demo__echo", json!({"text": "new"})).await, "new");
+    assert_eq!(call(&m, "fleet__f_0", json!({})).await, "f_0 from f");
+    m.cancel().await.unwrap();
+
+    // Unknown names and forged cursors are the caller's errors, with a reason.
+    let http = reqwest::Client::new();
+    let (status, v) = modern(&http, &url, "tools/call", json!({"name": "nope__x"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("nope__x"));
+    let (_, v) = modern(&http, &url, "tools/list", json!({"cursor": "forged"})).await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let (_, v) = modern(&http, &url, "ping", json!({})).await;
+    assert_eq!(v["result"], json!({}));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_pagination_loses_and_repeats_nothing() {
+    let mut config = String::new();
+    let mut aliases = Vec::new();
+    for i in 0..10 {
+        let addr = fleet_server::spawn(Fleet::new(&format!("s{i}"), 250, 50))
+            .await
+            .unwrap();
+        config.push_str(&format!("[upstreams.u{i}]\nurl = \"http://{addr}/mcp\"\n"));
+        aliases.push(format!("\"u{i}\""));
+    }
+    config.push_str(&format!(
+        "\n[virtual.all]\nupstreams = [{}]\n",
+        aliases.join(", ")
+    ));
+    let gw = start(&config).await;
+    let url = format!("http://{}/mcp/all", gw.local_addr());
+    let http = reqwest::Client::new();
+
+    // Every page of the merged list, following nextCursor.
+    let mut pages: Vec<(Value, String)> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let params = match &cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let (status, v) = modern(&http, &url, "tools/list", params.clone()).await;
+        assert_eq!(status, 200, "{v}");
+        let next = v["result"]["nextCursor"].as_str().map(str::to_owned);
+        pages.push((params, v.to_string()));
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+        assert!(pages.len() < 20, "the pages end");
+    }
+    let all: Vec<String> = pages
+        .iter()
+        .flat_map(|(_, v)| tool_names(&serde_json::from_str(v).unwrap()))
+        .collect();
+    // 250 tools and `wait` on each of 10 upstreams, 50 per page: 6 merged pages.
+    assert_eq!(pages.len(), 6);
+    assert_eq!(all.len(), 2510, "none lost or repeated");
+    let distinct: HashSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), 2510);
+    for i in 0..10 {
+        for t in 0..250 {
+            assert!(distinct.contains(&format!("u{i}__s{i}_{t}")));
+        }
+    }
+    // 1,000 lists of the same state (every page in turn) give byte-identical answers.
+    for n in 0..1000 {
+        let (params, expected) = &pages[n % pages.len()];
+        let (_, v) = modern(&http, &url, "tools/list", params.clone()).await;
+        assert_eq!(&v.to_string(), expected, "list {n} differs");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_upstreams_are_named_and_the_others_answer() {
+    let a = fleet_server::spawn(Fleet::new("a", 2, 0)).await.unwrap();
+    let b = fleet_server::spawn(Fleet::new("b", 2, 0)).await.unwrap();
+    // Down: nothing listens. Hanging: accepts, never answers.
+    let down = free_port();
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let upstreams = format!(
+        "[upstreams.a]\nurl = \"http://{a}/mcp\"\n[upstreams.down]\nurl = \"http://127.0.0.1:{down}/mcp\"\n[upstreams.hang]\nurl = \"http://{hang_addr}/mcp\"\n[upstreams.b]\nurl = \"http://{b}/mcp\"\n"
+    );
+    let gw = start(&format!(
+        "{upstreams}\n[virtual.all]\nupstreams = [\"a\", \"down\", \"hang\", \"b\"]\nlist_timeout = \"500ms\"\n\n[virtual.strict]\nupstreams = [\"a\", \"down\"]\non_upstream_error = \"fail\"\n"
+    ))
+    .await;
+    let base = format!("http://{}/mcp", gw.local_addr());
+    let http = reqwest::Client::new();
+
+    let started = Instant::now();
+    let (status, v) = modern(&http, &format!("{base}/all"), "tools/list", json!({})).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(3), "answered in {took:?}");
+    assert_eq!(
+        tool_names(&v),
+        ["a__a_0", "a__a_1", "a__wait", "b__b_0", "b__b_1", "b__wait"]
+    );
+    let omitted = v["result"]["_meta"]["mcp-gateway/omitted"]
+        .as_array()
+        .unwrap();
+    let named: Vec<&str> = omitted
+        .iter()
+        .map(|o| o["upstream"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, ["down", "hang"], "{v}");
+    assert!(omitted[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("list_timeout"));
+
+    // A call to the dead upstream fails fast, with its error; the others are unaffected.
+    let started = Instant::now();
+    let (status, v) = modern(
+        &http,
+        &format!("{base}/all"),
+        "tools/call",
+        json!({"name": "down__x"}),
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(v["error"]["code"], -32050);
+    let (_, v) = modern(
+        &http,
+        &format!("{base}/all"),
+        "tools/call",
+        json!({"name": "b__b_1"}),
+    )
+    .await;
+    assert_eq!(v["result"]["content"][0]["text"], "b_1 from b");
+
+    // on_upstream_error = "fail": the list fails, naming the upstream.
+    let (status, v) = modern(&http, &format!("{base}/strict"), "tools/list", json!({})).await;
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(v["error"]["code"], -32050);
+    assert_eq!(v["error"]["data"]["upstream"], "down");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_never_and_conditional() {
+    let a = fleet_server::spawn(Fleet::new("a", 2, 0)).await.unwrap();
+    let bf = Fleet::new("b", 1, 0);
+    let b = fleet_server::spawn(bf.clone()).await.unwrap();
+    let gw = start(&format!(
+        "[upstreams.a]\nurl = \"http://{a}/mcp\"\n[upstreams.b]\nurl = \"http://{b}/mcp\"\n\n[virtual.never]\nupstreams = [\"a\", \"b\"]\nprefix = \"never\"\n\n[virtual.cond]\nupstreams = [\"a\", \"b\"]\nprefix = \"conditional\"\n"
+    ))
+    .await;
+    let base = format!("http://{}/mcp", gw.local_addr());
+    let http = reqwest::Client::new();
+
+    // `wait` is on both: removed with "never", prefixed with "conditional".
+    let (_, v) = modern(&http, &format!("{base}/never"), "tools/list", json!({})).await;
+    assert_eq!(tool_names(&v), ["a_0", "a_1", "b_0"]);
+    let (_, v) = modern(
+        &http,
+        &format!("{base}/never"),
+        "tools/call",
+        json!({"name": "wait"}),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert_eq!(v["error"]["data"]["upstreams"], json!(["a", "b"]));
+    let (_, v) = modern(
+        &http,
+        &format!("{base}/never"),
+        "tools/call",
+        json!({"name": "b_0"}),
+    )
+    .await;
+    assert_eq!(v["result"]["content"][0]["text"], "b_0 from b");
+
+    let (_, v) = modern(&http, &format!("{base}/cond"), "tools/list", json!({})).await;
+    assert_eq!(tool_names(&v), ["a_0", "a_1", "a__wait", "b_0", "b__wait"]);
+    let (_, v) = modern(
+        &http,
+        &format!("{base}/cond"),
+        "tools/call",
+        json!({"name": "b__wait"}),
+    )
+    .await;
+    assert_eq!(v["result"]["content"][0]["text"], "wait from b");
+    // A gateway that never listed still routes: the names are learnt on the first miss.
+    let gw2 = start(&format!(
+        "[upstreams.a]\nurl = \"http://{a}/mcp\"\n[upstreams.b]\nurl = \"http://{b}/mcp\"\n\n[virtual.never]\nupstreams = [\"a\", \"b\"]\nprefix = \"never\"\n"
+    ))
+    .await;
+    let (_, v) = modern(
+        &http,
+        &format!("http://{}/mcp/never", gw2.local_addr()),
+        "tools/call",
+        json!({"name": "b_0"}),
+    )
+    .await;
+    assert_eq!(v["result"]["content"][0]["text"], "b_0 from b");
+    assert_eq!(bf.calls(), ["b_0", "wait", "b_0"]);
+    gw.shutdown().await;
+    gw2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_reaches_only_the_owner() {
+    let fa = Fleet::new("a", 1, 0);
+    let fb = Fleet::new("b", 1, 0);
+    let a = fleet_server::spawn(fa.clone()).await.unwrap();
+    let b = fleet_server::spawn(fb.clone()).await.unwrap();
+    let gw = start(&format!(
+        "[upstreams.a]\nurl = \"http://{a}/mcp\"\n[upstreams.b]\nurl = \"http://{b}/mcp\"\n\n[virtual.all]\nupstreams = [\"a\", \"b\"]\n"
+    ))
+    .await;
+    let url = format!("http://{}/mcp/all", gw.local_addr());
+    let c = client(ProtocolVersion::V_2025_11_25)
+        .serve(StreamableHttpClientTransport::from_uri(url.clone()))
+        .await
+        .unwrap();
+    // Both upstream sessions are open (a list asks both).
+    assert_eq!(names(&c).await.len(), 4);
+    let peer = c.peer().clone();
+    let waiting = tokio::spawn(async move {
+        let mut p = CallToolRequestParams::new("b__wait");
+        p = p.with_arguments(json!({"seconds": 30}).as_object().unwrap().clone());
+        let req = rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(p));
+        let handle = peer
+            .send_cancellable_request(req, Default::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        handle.cancel(Some("test".into())).await.unwrap();
+    });
+    waiting.await.unwrap();
+    for _ in 0..300 {
+        if fb.cancelled() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fb.cancelled(), 1, "the owner heard the cancellation");
+    assert_eq!(fa.cancelled(), 0);
+    assert_eq!(fb.calls(), ["wait"]);
+    assert!(fa.calls().is_empty());
+    c.cancel().await.unwrap();
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_errors_are_located() {
+    let text = "[upstreams.a]\nurl = \"http://127.0.0.1:1/mcp\"\n\n[virtual.a]\nupstreams = [\"a\", \"b\", \"a\"]\nprefix = \"sometimes\"\nlist_timeout = \"0s\"\non_upstream_error = \"ignore\"\n";
+    let errors: Vec<String> = mcp_gateway::config::parse(text, "gw.toml", Path::new("."))
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let all = errors.join("\n");
+    for needle in [
+        "virtual.a: an upstream is already named \"a\"",
+        "virtual.a.upstreams: no upstream named \"b\"",
+        "virtual.a.upstreams: \"a\" is named twice",
+        "virtual.a.prefix: \"sometimes\" is not",
+        "virtual.a.list_timeout: give a duration above zero",
+        "virtual.a.on_upstream_error: \"ignore\" is not",
+    ] {
+        assert!(all.contains(needle), "{needle:?} not in:\n{all}");
+    }
+}

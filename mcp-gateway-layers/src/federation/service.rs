@@ -1,0 +1,1373 @@
+//! [`VirtualServer`]: one MCP endpoint over several upstreams.
+
+use super::cursor::{CursorError, CursorKey, Position};
+use super::names::{expose, split_uri, Catalog, Kind, Owner, SEPARATOR};
+use super::session::{MemberSession, SessionTable, VirtualSession};
+use super::{Member, OnUpstreamError, Prefix};
+use crate::BoxError;
+use bytes::Bytes;
+use futures_util::future::{join_all, BoxFuture};
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use mcp_gateway_core::exchange::{Exchange, ExchangeContext};
+use mcp_gateway_core::headers::{
+    is_event_stream, APPLICATION_JSON, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID,
+};
+use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
+use mcp_gateway_core::message::MessageKind;
+use mcp_gateway_core::sse::{SseDecoder, SseItem};
+use mcp_gateway_core::{Era, McpRequest, Principal};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The body of a virtual server's answers: an upstream's, streamed, or the gateway's own.
+pub type VirtualBody<B> = Either<B, Full<Bytes>>;
+
+/// The legacy protocol versions a virtual server answers `initialize` with.
+pub const LEGACY_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+
+/// The `_meta` key naming the upstreams a merged list omitted.
+pub const OMITTED_META: &str = "mcp-gateway/omitted";
+/// The `_meta` key of an exposed entry naming its upstream and original name.
+pub const ORIGIN_META: &str = "mcp-gateway/origin";
+
+/// One MCP endpoint that federates several upstreams ([module docs](super)). Cheap to clone.
+pub struct VirtualServer<M> {
+    pub(crate) inner: Arc<Inner<M>>,
+}
+
+impl<M> Clone for VirtualServer<M> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for VirtualServer<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualServer")
+            .field("name", &self.inner.name)
+            .field("upstreams", &self.inner.aliases)
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner<M> {
+    pub name: Arc<str>,
+    /// What cursors are bound to: the name and the upstreams, in order.
+    pub binding: String,
+    pub aliases: Vec<Arc<str>>,
+    pub members: Vec<M>,
+    pub prefix: Prefix,
+    pub list_timeout: Duration,
+    pub on_error: OnUpstreamError,
+    pub filtered: bool,
+    pub body_limit: usize,
+    pub cursors: Arc<CursorKey>,
+    pub state: Arc<Shared>,
+}
+
+/// What a virtual server keeps across a rebuild with the same upstreams (a reload).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub sessions: SessionTable,
+    pub catalog: Mutex<Catalog>,
+    pub metrics: Metrics,
+}
+
+/// The counters of one virtual server.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    /// (upstream, list) → lists that omitted it or failed because of it.
+    pub upstream_errors: Mutex<BTreeMap<(Arc<str>, &'static str), u64>>,
+    /// kind → names found ambiguous (prefix `never`) and removed.
+    pub clashes: Mutex<BTreeMap<&'static str, u64>>,
+    /// Merged lists answered.
+    pub lists: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why an upstream's part of a request failed.
+enum Failure {
+    /// The upstream's stack refused the caller (401/403): the answer goes to the client as is.
+    Refused(Box<Response<Full<Bytes>>>),
+    /// It failed; the text says how.
+    Failed(String),
+}
+
+/// One upstream's page of a list.
+struct Page {
+    items: Vec<Value>,
+    next: Option<String>,
+    ttl_ms: Option<u64>,
+    private: bool,
+}
+
+/// The request being served, as every step needs it.
+struct Call<'a> {
+    parts: &'a Parts,
+    value: Value,
+    id: Option<RequestId>,
+    session: Option<Arc<VirtualSession>>,
+    modern: bool,
+}
+
+impl Call<'_> {
+    fn id_raw(&self) -> &str {
+        self.id.as_ref().map_or("null", RequestId::as_raw)
+    }
+}
+
+type Answer<B> = Response<VirtualBody<B>>;
+
+fn own<B>(resp: Response<Full<Bytes>>) -> Answer<B> {
+    resp.map(Either::Right)
+}
+
+fn error<B>(status: StatusCode, id: Option<&RequestId>, err: JsonRpcError) -> Answer<B> {
+    own(err.into_response(status, id))
+}
+
+fn invalid<B>(id: Option<&RequestId>, message: impl Into<String>) -> Answer<B> {
+    error(
+        StatusCode::OK,
+        id,
+        JsonRpcError::new(ErrorCode::INVALID_PARAMS, message),
+    )
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(APPLICATION_JSON),
+    );
+    resp
+}
+
+fn result_response(id: &str, result: &Value) -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::OK,
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#),
+    )
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Reads an upstream's answer: its head, its bytes, and the JSON-RPC response in it (the
+/// JSON body, or the first response event of an SSE stream).
+async fn read_answer<B>(
+    resp: Response<B>,
+    limit: usize,
+) -> Result<(http::response::Parts, Bytes, Option<Value>), String>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = resp.into_parts();
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| format!("its answer could not be read: {e}"))?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok((parts, bytes, None));
+    }
+    let sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(is_event_stream);
+    if !sse {
+        return match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) => Ok((parts, bytes, Some(v))),
+            Err(_) if !parts.status.is_success() => Ok((parts, bytes, None)),
+            Err(e) => Err(format!("its answer is not JSON: {e}")),
+        };
+    }
+    let mut found = None;
+    let mut dec = SseDecoder::new(limit);
+    dec.feed(&bytes, &mut |item| {
+        if let (SseItem::Event(ev), None) = (item, &found) {
+            if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                if v.get("result").is_some() || v.get("error").is_some() {
+                    found = Some(v);
+                }
+            }
+        }
+    })
+    .map_err(|e| format!("its event stream is malformed: {e}"))?;
+    Ok((parts, bytes, found))
+}
+
+fn error_text(v: &Value) -> String {
+    let e = &v["error"];
+    format!(
+        "{} ({})",
+        e["message"].as_str().unwrap_or("error"),
+        e["code"].as_i64().unwrap_or(0)
+    )
+}
+
+/// The caller's identity as sessions are bound to it.
+fn principal_key(parts: &Parts) -> Option<Arc<str>> {
+    parts
+        .extensions
+        .get::<Principal>()
+        .map(|p| Arc::from(p.agent_key()))
+}
+
+impl<M: Member> VirtualServer<M> {
+    /// The virtual server's name (its route).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The upstreams it federates, in order.
+    pub fn upstreams(&self) -> impl Iterator<Item = &str> {
+        self.inner.aliases.iter().map(|a| &**a)
+    }
+
+    /// How many legacy client sessions are open.
+    pub fn sessions(&self) -> usize {
+        self.inner.state.sessions.len()
+    }
+
+    /// Serves one request: answered here (`initialize`, `server/discover`, `ping`, merged
+    /// lists) or forwarded to the upstream that owns it.
+    pub async fn serve(&self, req: Request<Full<Bytes>>) -> Answer<M::Body> {
+        let (parts, body) = req.into_parts();
+        if parts.method == Method::DELETE {
+            return self.delete(&parts).await;
+        }
+        if parts.method != Method::POST {
+            let mut resp = JsonRpcError::new(
+                ErrorCode::INVALID_REQUEST,
+                "a virtual server takes POST (and DELETE to end a legacy session); it opens no GET stream",
+            )
+            .into_response(StatusCode::METHOD_NOT_ALLOWED, None);
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            return own(resp);
+        }
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(never) => match never {},
+        };
+        let view = match McpRequest::from_extensions(&parts.extensions) {
+            Some(v) => v.clone(),
+            None => match McpRequest::parse(&parts.headers, Some(bytes.clone())) {
+                Ok(v) => v,
+                Err(e) => {
+                    let (status, err) = e.to_jsonrpc();
+                    return error(status, None, err);
+                }
+            },
+        };
+        let Some(msg) = view.single() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                None,
+                JsonRpcError::new(
+                    ErrorCode::INVALID_REQUEST,
+                    "a virtual server takes one JSON-RPC message per request, not a batch",
+                ),
+            );
+        };
+        let id = msg.id().cloned();
+        let method = msg.method().unwrap_or("").to_owned();
+        let kind = msg.kind();
+        let modern = view.protocol().era == Era::Modern;
+        let value: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    JsonRpcError::new(ErrorCode::PARSE_ERROR, format!("invalid JSON: {e}")),
+                )
+            }
+        };
+        if !modern && method == "initialize" {
+            return self.initialize(&parts, &value, id.as_ref());
+        }
+        let session = if modern {
+            None
+        } else {
+            match self.session(&parts, id.as_ref()) {
+                Ok(s) => Some(s),
+                Err(resp) => return *resp,
+            }
+        };
+        let c = Call {
+            parts: &parts,
+            value,
+            id,
+            session,
+            modern,
+        };
+        match kind {
+            MessageKind::Notification => return self.notification(&c, &method).await,
+            MessageKind::Response | MessageKind::ErrorResponse => {
+                return self.client_answer(&c, bytes).await
+            }
+            MessageKind::Request => {}
+        }
+        if let Some(list) = Kind::of_list(&method) {
+            return self.list(&c, list).await;
+        }
+        match method.as_str() {
+            "ping" => own(result_response(c.id_raw(), &json!({}))),
+            "server/discover" => self.discover(&c).await,
+            "tools/call"
+            | "prompts/get"
+            | "resources/read"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+            | "completion/complete" => self.call(&c, &method).await,
+            "logging/setLevel" => self.set_level(&c).await,
+            other => error(
+                StatusCode::OK,
+                c.id.as_ref(),
+                JsonRpcError::new(
+                    ErrorCode::METHOD_NOT_FOUND,
+                    format!(
+                        "method {other:?} is not available on virtual server {:?}",
+                        self.inner.name
+                    ),
+                ),
+            ),
+        }
+    }
+
+    /// The legacy session a request names.
+    fn session(
+        &self,
+        parts: &Parts,
+        id: Option<&RequestId>,
+    ) -> Result<Arc<VirtualSession>, Box<Answer<M::Body>>> {
+        let Some(sid) = parts
+            .headers
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                id,
+                JsonRpcError::new(
+                    ErrorCode::INVALID_REQUEST,
+                    "Mcp-Session-Id header is required (send initialize first)",
+                ),
+            )));
+        };
+        match self.inner.state.sessions.get(sid) {
+            Some(s) if s.principal == principal_key(parts) => Ok(s),
+            _ => Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                id,
+                JsonRpcError::new(
+                    ErrorCode::SESSION_NOT_FOUND,
+                    "session not found: it ended or expired; initialize again without a session id",
+                ),
+            ))),
+        }
+    }
+
+    /// `initialize`, answered by the gateway: upstream sessions open on first use.
+    fn initialize(&self, parts: &Parts, value: &Value, id: Option<&RequestId>) -> Answer<M::Body> {
+        let params = value.get("params").cloned().unwrap_or_else(|| json!({}));
+        let requested = params["protocolVersion"].as_str().unwrap_or("");
+        let version = LEGACY_VERSIONS
+            .iter()
+            .find(|v| **v == requested)
+            .copied()
+            .unwrap_or(LEGACY_VERSIONS[0]);
+        let init = Bytes::from(params.to_string());
+        let Some((sid, _)) =
+            self.inner
+                .state
+                .sessions
+                .create(init, principal_key(parts), self.inner.members.len())
+        else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                id,
+                JsonRpcError::new(
+                    ErrorCode::UNAVAILABLE,
+                    "virtual server has too many open sessions; try again later",
+                ),
+            );
+        };
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": {"tools": {}, "prompts": {}, "resources": {}, "completions": {}},
+            "serverInfo": {
+                "name": format!("mcp-gateway/{}", self.inner.name),
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+            "instructions": format!(
+                "A virtual server of mcp-gateway federating {}. Tool and prompt names are prefixed per prefix = \"{}\".",
+                self.inner.aliases.join(", "),
+                self.inner.prefix.as_str()
+            ),
+        });
+        let mut resp = result_response(id.map_or("null", RequestId::as_raw), &result);
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            resp.headers_mut().insert(MCP_SESSION_ID, v);
+        }
+        own(resp)
+    }
+
+    /// A request to upstream `member`, built from the client's: its headers (the upstream's
+    /// session and protocol version instead of the client's), `body`, the record's context.
+    #[allow(clippy::too_many_arguments)]
+    fn sub_request(
+        &self,
+        parts: &Parts,
+        member: usize,
+        method: Method,
+        rpc: Option<&str>,
+        body: Bytes,
+        session: Option<&MemberSession>,
+        name: Option<&str>,
+        exposed: Option<&str>,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = parts.uri.clone();
+        *req.version_mut() = parts.version;
+        let mut headers: HeaderMap = parts.headers.clone();
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(MCP_SESSION_ID);
+        if let Some(s) = session {
+            if let Some(id) = &s.id {
+                headers.insert(MCP_SESSION_ID, id.clone());
+            }
+            headers.insert(MCP_PROTOCOL_VERSION, s.version.clone());
+        }
+        // 2026-07-28 headers describe this request, not the client's.
+        if headers.contains_key(MCP_METHOD) {
+            if let Some(v) = rpc.and_then(|m| HeaderValue::from_str(m).ok()) {
+                headers.insert(MCP_METHOD, v);
+            }
+            match name.and_then(|n| HeaderValue::from_str(n).ok()) {
+                Some(v) => {
+                    headers.insert(MCP_NAME, v);
+                }
+                None => {
+                    headers.remove(MCP_NAME);
+                }
+            }
+        }
+        *req.headers_mut() = headers;
+        let alias = self.inner.aliases[member].clone();
+        if let Some(ctx) = parts.extensions.get::<ExchangeContext>() {
+            req.extensions_mut().insert(ExchangeContext::new(
+                ctx.client,
+                Some(alias.clone()),
+                ctx.cutoff.clone(),
+            ));
+            if let Some(exposed) = exposed {
+                let (x, _) = Exchange::get_or_insert(req.extensions_mut());
+                let note =
+                    json!({"server": &*self.inner.name, "upstream": &*alias, "name": exposed});
+                x.update(|r| r.notes.push(("virtual", note)));
+            }
+        }
+        req
+    }
+
+    /// Upstream `member`'s session for legacy session `s`, opened now if it is not yet.
+    async fn member_session(
+        &self,
+        parts: &Parts,
+        s: &VirtualSession,
+        member: usize,
+    ) -> Result<Arc<MemberSession>, Failure> {
+        let mut slot = s.members[member].lock().await;
+        if let Some(m) = &*slot {
+            return Ok(m.clone());
+        }
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":"mcp-gateway-initialize","method":"initialize","params":{}}}"#,
+            String::from_utf8_lossy(&s.init)
+        );
+        let mut req = self.sub_request(
+            parts,
+            member,
+            Method::POST,
+            Some("initialize"),
+            Bytes::from(body),
+            None,
+            None,
+            None,
+        );
+        req.headers_mut().remove(MCP_PROTOCOL_VERSION);
+        let resp = self.inner.members[member].call(req).await;
+        let (head, bytes, v) = read_answer(resp, self.inner.body_limit)
+            .await
+            .map_err(Failure::Failed)?;
+        refused(&head, &bytes)?;
+        let v = match v {
+            Some(v) if head.status.is_success() => v,
+            _ => {
+                return Err(Failure::Failed(format!(
+                    "initialize answered HTTP {}",
+                    head.status
+                )))
+            }
+        };
+        if v.get("error").is_some() {
+            return Err(Failure::Failed(format!(
+                "initialize failed: {}",
+                error_text(&v)
+            )));
+        }
+        let version = v["result"]["protocolVersion"]
+            .as_str()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+            .ok_or_else(|| Failure::Failed("initialize answered no protocol version".into()))?;
+        let opened = MemberSession {
+            id: head.headers.get(MCP_SESSION_ID).cloned(),
+            version,
+        };
+        let note = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        let req = self.sub_request(
+            parts,
+            member,
+            Method::POST,
+            Some("notifications/initialized"),
+            note,
+            Some(&opened),
+            None,
+            None,
+        );
+        let resp = self.inner.members[member].call(req).await;
+        let status = resp.status();
+        drop(resp);
+        if !status.is_success() {
+            return Err(Failure::Failed(format!(
+                "notifications/initialized answered HTTP {status}"
+            )));
+        }
+        let opened = Arc::new(opened);
+        *slot = Some(opened.clone());
+        Ok(opened)
+    }
+
+    /// Forgets upstream `member`'s session for `s` (the upstream no longer knows it).
+    async fn forget_member(&self, s: &VirtualSession, member: usize, gone: &Arc<MemberSession>) {
+        let mut slot = s.members[member].lock().await;
+        if slot.as_ref().is_some_and(|m| Arc::ptr_eq(m, gone)) {
+            *slot = None;
+        }
+    }
+
+    /// One page of upstream `member`'s list of `kind`.
+    async fn fetch_page(
+        &self,
+        c: &Call<'_>,
+        member: usize,
+        kind: Kind,
+        cursor: Option<&str>,
+    ) -> Result<Page, Failure> {
+        let ms = match &c.session {
+            Some(s) => Some(self.member_session(c.parts, s, member).await?),
+            None => None,
+        };
+        // The client's `_meta` (a 2026-07-28 request's protocol version and capabilities),
+        // and this upstream's cursor.
+        let mut params = Map::new();
+        if let Some(meta) = c.value["params"].get("_meta") {
+            params.insert("_meta".into(), meta.clone());
+        }
+        if let Some(cur) = cursor {
+            params.insert("cursor".into(), Value::String(cur.to_owned()));
+        }
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"{}","params":{}}}"#,
+            c.id_raw(),
+            kind.method(),
+            Value::Object(params)
+        );
+        let req = self.sub_request(
+            c.parts,
+            member,
+            Method::POST,
+            Some(kind.method()),
+            Bytes::from(body),
+            ms.as_deref(),
+            None,
+            None,
+        );
+        let resp = self.inner.members[member].call(req).await;
+        let (head, bytes, v) = read_answer(resp, self.inner.body_limit)
+            .await
+            .map_err(Failure::Failed)?;
+        refused(&head, &bytes)?;
+        if head.status == StatusCode::NOT_FOUND {
+            if let (Some(s), Some(ms)) = (&c.session, &ms) {
+                self.forget_member(s, member, ms).await;
+            }
+        }
+        let mut v = match v {
+            Some(v) if head.status.is_success() => v,
+            Some(v) if v.get("error").is_some() => {
+                return Err(Failure::Failed(format!(
+                    "HTTP {}: {}",
+                    head.status,
+                    error_text(&v)
+                )))
+            }
+            _ => return Err(Failure::Failed(format!("HTTP {}", head.status))),
+        };
+        if v.get("error").is_some() {
+            // A server without this kind of list has nothing to merge.
+            if v["error"]["code"].as_i64() == Some(i64::from(ErrorCode::METHOD_NOT_FOUND.0)) {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next: None,
+                    ttl_ms: None,
+                    private: false,
+                });
+            }
+            return Err(Failure::Failed(error_text(&v)));
+        }
+        let mut result = v["result"].take();
+        let items = match result.get_mut(kind.key()).map(Value::take) {
+            Some(Value::Array(a)) => a,
+            _ => {
+                return Err(Failure::Failed(format!(
+                    "its {} result has no {:?} array",
+                    kind.method(),
+                    kind.key()
+                )))
+            }
+        };
+        Ok(Page {
+            items,
+            next: result["nextCursor"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+            ttl_ms: result["ttlMs"].as_u64(),
+            private: result["cacheScope"].as_str() == Some("private"),
+        })
+    }
+
+    /// Counts and logs an upstream's failure in a list.
+    fn upstream_failed(&self, member: usize, kind: Kind, why: &str) {
+        let alias = self.inner.aliases[member].clone();
+        tracing::warn!(target: "mcp_gateway::virtual", server = %self.inner.name, upstream = %alias, list = kind.method(), error = %why, "upstream failed in a merged list");
+        *lock(&self.inner.state.metrics.upstream_errors)
+            .entry((alias, kind.method()))
+            .or_default() += 1;
+    }
+
+    /// A merged list: every upstream asked in parallel (within `list_timeout`), each page's
+    /// entries renamed, in upstream order, and a sealed cursor carrying every upstream's own.
+    async fn list(&self, c: &Call<'_>, kind: Kind) -> Answer<M::Body> {
+        let n = self.inner.members.len();
+        let starts: Vec<Option<Position>> = match c.value["params"].get("cursor") {
+            None | Some(Value::Null) => vec![None; n],
+            Some(Value::String(text)) => {
+                match self
+                    .inner
+                    .cursors
+                    .open(&self.inner.binding, kind.method(), n, text)
+                {
+                    Ok(p) => p.into_iter().map(Some).collect(),
+                    Err(CursorError::Invalid) => {
+                        return invalid(c.id.as_ref(), "invalid cursor: not one this list gave")
+                    }
+                    Err(CursorError::Stale) => {
+                        return invalid(
+                            c.id.as_ref(),
+                            "stale cursor: the virtual server's upstreams changed; list again from the start",
+                        )
+                    }
+                }
+            }
+            Some(_) => return invalid(c.id.as_ref(), "cursor must be a string"),
+        };
+        let timeout = self.inner.list_timeout;
+        let asked = starts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !matches!(p, Some(Position::Done)))
+            .map(|(i, p)| {
+                let cursor = match p {
+                    Some(Position::Next(c)) => Some(c.as_str()),
+                    _ => None,
+                };
+                async move {
+                    let page = tokio::time::timeout(timeout, self.fetch_page(c, i, kind, cursor));
+                    (i, page.await)
+                }
+            });
+        let answers = join_all(asked).await;
+        let mut next = vec![Position::Done; n];
+        let mut pages = Vec::with_capacity(n);
+        let mut omitted = Vec::new();
+        for (i, answer) in answers {
+            let why = match answer {
+                Ok(Ok(page)) => {
+                    if let Some(c) = &page.next {
+                        next[i] = Position::Next(c.clone());
+                    }
+                    pages.push((i, page));
+                    continue;
+                }
+                Ok(Err(Failure::Refused(resp))) => return own(*resp),
+                Ok(Err(Failure::Failed(why))) => why,
+                Err(_) => format!("no answer within list_timeout ({timeout:?})"),
+            };
+            self.upstream_failed(i, kind, &why);
+            if self.inner.on_error == OnUpstreamError::Fail {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    c.id.as_ref(),
+                    JsonRpcError::new(
+                        ErrorCode::UPSTREAM_UNAVAILABLE,
+                        format!(
+                            "upstream {:?} of virtual server {:?} failed: {why}",
+                            &*self.inner.aliases[i], &*self.inner.name
+                        ),
+                    )
+                    .with_data(json!({"upstream": &*self.inner.aliases[i], "reason": why})),
+                );
+            }
+            omitted.push(json!({"upstream": &*self.inner.aliases[i], "error": why}));
+        }
+        let mut items = Vec::new();
+        {
+            let mut cat = lock(&self.inner.state.catalog);
+            for (i, page) in &pages {
+                let names = page
+                    .items
+                    .iter()
+                    .filter_map(|e| e[kind.field()].as_str().map(str::to_owned));
+                cat.record(kind, *i, starts[*i].is_none(), names);
+            }
+            let fresh = cat.rebuild(kind, self.inner.prefix, &self.inner.aliases);
+            for (name, owners) in &fresh {
+                let owners: Vec<&str> = owners.iter().map(|o| &*self.inner.aliases[*o]).collect();
+                if self.inner.prefix == Prefix::Never {
+                    tracing::warn!(target: "mcp_gateway::virtual", server = %self.inner.name, kind = kind.label(), name = %name, upstreams = ?owners, "name listed by several upstreams with prefix = \"never\": removed from the list, calls to it refused");
+                    *lock(&self.inner.state.metrics.clashes)
+                        .entry(kind.label())
+                        .or_default() += 1;
+                } else {
+                    tracing::info!(target: "mcp_gateway::virtual", server = %self.inner.name, kind = kind.label(), name = %name, upstreams = ?owners, "name listed by several upstreams: exposed with their prefixes");
+                }
+            }
+            for (i, page) in pages.iter_mut() {
+                for mut e in page.items.drain(..) {
+                    let Some(original) = e[kind.field()].as_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    let Some(exposed) =
+                        cat.exposed(kind, self.inner.prefix, &self.inner.aliases, *i, &original)
+                    else {
+                        continue;
+                    };
+                    if exposed != original {
+                        if let Some(obj) = e.as_object_mut() {
+                            obj.insert(kind.field().into(), Value::String(exposed));
+                            let meta = obj
+                                .entry("_meta")
+                                .or_insert_with(|| Value::Object(Map::new()));
+                            if let Some(m) = meta.as_object_mut() {
+                                m.insert(
+                                    ORIGIN_META.into(),
+                                    json!({"upstream": &*self.inner.aliases[*i], kind.field(): original}),
+                                );
+                            }
+                        }
+                    }
+                    items.push(e);
+                }
+            }
+        }
+        let mut result = Map::new();
+        result.insert(kind.key().into(), Value::Array(items));
+        if next.iter().any(|p| matches!(p, Position::Next(_))) {
+            if let Some(cursor) = self
+                .inner
+                .cursors
+                .seal(&self.inner.binding, kind.method(), &next)
+            {
+                result.insert("nextCursor".into(), Value::String(cursor));
+            }
+        }
+        if c.modern {
+            result.insert("resultType".into(), Value::String("complete".into()));
+            let ttl = pages
+                .iter()
+                .filter_map(|(_, p)| p.ttl_ms)
+                .min()
+                .unwrap_or(0);
+            result.insert("ttlMs".into(), json!(ttl));
+            let private = self.inner.filtered || pages.iter().any(|(_, p)| p.private);
+            result.insert(
+                "cacheScope".into(),
+                Value::String(if private { "private" } else { "public" }.into()),
+            );
+        }
+        if !omitted.is_empty() {
+            result.insert("_meta".into(), json!({ OMITTED_META: omitted }));
+        }
+        self.inner
+            .state
+            .metrics
+            .lists
+            .fetch_add(1, Ordering::Relaxed);
+        own(result_response(c.id_raw(), &Value::Object(result)))
+    }
+
+    /// Lists `kind` of `members` to the end (every page), so that the catalog knows their
+    /// names: what a call to a name the catalog does not know yet needs.
+    async fn refresh(&self, c: &Call<'_>, kind: Kind, members: &[usize]) -> Result<(), Failure> {
+        let timeout = self.inner.list_timeout;
+        let all = members.iter().map(|&i| async move {
+            let mut cursor: Option<String> = None;
+            let mut names = Vec::new();
+            for _ in 0..1000 {
+                let page = match tokio::time::timeout(
+                    timeout,
+                    self.fetch_page(c, i, kind, cursor.as_deref()),
+                )
+                .await
+                {
+                    Ok(p) => p?,
+                    Err(_) => return Err(Failure::Failed("no answer within list_timeout".into())),
+                };
+                names.extend(
+                    page.items
+                        .iter()
+                        .filter_map(|e| e[kind.field()].as_str().map(str::to_owned)),
+                );
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            Ok((i, names))
+        });
+        let done = join_all(all).await;
+        let mut cat = lock(&self.inner.state.catalog);
+        for r in done {
+            match r {
+                Ok((i, names)) => cat.record(kind, i, true, names),
+                Err(Failure::Refused(resp)) => return Err(Failure::Refused(resp)),
+                Err(Failure::Failed(_)) => {}
+            }
+        }
+        cat.rebuild(kind, self.inner.prefix, &self.inner.aliases);
+        Ok(())
+    }
+
+    /// The upstream and original name of exposed `name` of `kind`.
+    async fn resolve(
+        &self,
+        c: &Call<'_>,
+        kind: Kind,
+        name: &str,
+    ) -> Result<(usize, String), Answer<M::Body>> {
+        let alias_index = |a: &str| self.inner.aliases.iter().position(|x| &**x == a);
+        if self.inner.prefix == Prefix::Always {
+            if kind.is_uri() {
+                if let Some((a, original)) = split_uri(name) {
+                    if let Some(i) = alias_index(a) {
+                        return Ok((i, original.to_owned()));
+                    }
+                }
+            } else if let Some((a, original)) = name.split_once(SEPARATOR) {
+                if let Some(i) = alias_index(a) {
+                    if expose(Some(a), original) == name {
+                        return Ok((i, original.to_owned()));
+                    }
+                }
+            }
+        }
+        let lookup = |kind: Kind| -> Option<Result<(usize, String), Vec<usize>>> {
+            let cat = lock(&self.inner.state.catalog);
+            match cat.owner(kind, name) {
+                Some(Owner::One(i, n)) => Some(Ok((*i, n.clone()))),
+                Some(Owner::Ambiguous(v)) => Some(Err(v.clone())),
+                None if kind == Kind::Resources => {
+                    let t = cat.template_owners(name);
+                    (t.len() == 1).then(|| Ok((t[0], name.to_owned())))
+                }
+                None => None,
+            }
+        };
+        let mut found = lookup(kind);
+        if found.is_none() {
+            let all: Vec<usize> = (0..self.inner.members.len()).collect();
+            let kinds: &[Kind] = if kind == Kind::Resources {
+                &[Kind::Resources, Kind::Templates]
+            } else {
+                std::slice::from_ref(&kind)
+            };
+            for k in kinds {
+                if let Err(Failure::Refused(resp)) = self.refresh(c, *k, &all).await {
+                    return Err(own(*resp));
+                }
+            }
+            found = lookup(kind);
+        }
+        match found {
+            Some(Ok(owner)) => Ok(owner),
+            Some(Err(owners)) => {
+                let owners: Vec<&str> = owners.iter().map(|o| &*self.inner.aliases[*o]).collect();
+                Err(error(
+                    StatusCode::OK,
+                    c.id.as_ref(),
+                    JsonRpcError::new(
+                        ErrorCode::INVALID_PARAMS,
+                        format!(
+                            "{} {name:?} is ambiguous on virtual server {:?}: upstreams {} all have it (prefix = \"never\")",
+                            kind.label(),
+                            &*self.inner.name,
+                            owners.join(", ")
+                        ),
+                    )
+                    .with_data(json!({"name": name, "upstreams": owners})),
+                ))
+            }
+            None => Err(invalid(
+                c.id.as_ref(),
+                format!(
+                    "unknown {} {name:?}: no upstream of virtual server {:?} lists it",
+                    kind.label(),
+                    &*self.inner.name
+                ),
+            )),
+        }
+    }
+
+    /// A call routed to the upstream that owns its tool, prompt or resource, the original
+    /// name restored.
+    async fn call(&self, c: &Call<'_>, method: &str) -> Answer<M::Body> {
+        let params = &c.value["params"];
+        let (kind, path): (Kind, &[&str]) = match method {
+            "tools/call" => (Kind::Tools, &["name"]),
+            "prompts/get" => (Kind::Prompts, &["name"]),
+            "completion/complete" => match params["ref"]["type"].as_str() {
+                Some("ref/prompt") => (Kind::Prompts, &["ref", "name"]),
+                _ => (Kind::Resources, &["ref", "uri"]),
+            },
+            _ => (Kind::Resources, &["uri"]),
+        };
+        let Some(exposed) = path
+            .iter()
+            .try_fold(params, |v, k| v.get(*k))
+            .and_then(Value::as_str)
+        else {
+            return invalid(
+                c.id.as_ref(),
+                format!("params.{} is required", path.join(".")),
+            );
+        };
+        let (member, original) = match self.resolve(c, kind, exposed).await {
+            Ok(o) => o,
+            Err(resp) => return resp,
+        };
+        let mut value = c.value.clone();
+        let mut slot = &mut value["params"];
+        for k in path {
+            slot = &mut slot[*k];
+        }
+        *slot = Value::String(original.clone());
+        let body = Bytes::from(value.to_string());
+        let mut retried = false;
+        loop {
+            let ms = match &c.session {
+                Some(s) => match self.member_session(c.parts, s, member).await {
+                    Ok(ms) => {
+                        s.sent(c.id_raw(), member);
+                        Some(ms)
+                    }
+                    Err(f) => return self.failed(c, member, f),
+                },
+                None => None,
+            };
+            let req = self.sub_request(
+                c.parts,
+                member,
+                Method::POST,
+                Some(method),
+                body.clone(),
+                ms.as_deref(),
+                Some(&original),
+                Some(exposed),
+            );
+            let resp = self.inner.members[member].call(req).await;
+            // The upstream lost its session (it restarted): opened again, sent once more.
+            if let (StatusCode::NOT_FOUND, Some(s), Some(ms), false) =
+                (resp.status(), &c.session, &ms, retried)
+            {
+                self.forget_member(s, member, ms).await;
+                retried = true;
+                continue;
+            }
+            return resp.map(Either::Left);
+        }
+    }
+
+    /// The answer to a request upstream `member` could not take.
+    fn failed(&self, c: &Call<'_>, member: usize, f: Failure) -> Answer<M::Body> {
+        match f {
+            Failure::Refused(resp) => own(*resp),
+            Failure::Failed(why) => error(
+                StatusCode::BAD_GATEWAY,
+                c.id.as_ref(),
+                JsonRpcError::new(
+                    ErrorCode::UPSTREAM_UNAVAILABLE,
+                    format!(
+                        "upstream {:?} of virtual server {:?} failed: {why}",
+                        &*self.inner.aliases[member], &*self.inner.name
+                    ),
+                )
+                .with_data(json!({"upstream": &*self.inner.aliases[member], "reason": why})),
+            ),
+        }
+    }
+
+    /// A notification: `notifications/cancelled` goes to the upstream that owns the request
+    /// only; others reach the upstream sessions open for the client.
+    async fn notification(&self, c: &Call<'_>, method: &str) -> Answer<M::Body> {
+        let Some(s) = &c.session else {
+            // 2026-07-28: closing a request's stream cancels it; nothing else to relay.
+            return own(empty(StatusCode::ACCEPTED));
+        };
+        let targets: Vec<usize> = match method {
+            "notifications/initialized" => Vec::new(),
+            "notifications/cancelled" => {
+                let rid = c.value["params"]["requestId"].to_string();
+                s.owner_of(&rid).into_iter().collect()
+            }
+            _ => s.opened().await.into_iter().map(|(i, _)| i).collect(),
+        };
+        let body = Bytes::from(c.value.to_string());
+        for i in targets {
+            let Ok(ms) = self.member_session(c.parts, s, i).await else {
+                continue;
+            };
+            let req = self.sub_request(
+                c.parts,
+                i,
+                Method::POST,
+                Some(method),
+                body.clone(),
+                Some(&ms),
+                None,
+                None,
+            );
+            drop(self.inner.members[i].call(req).await);
+        }
+        own(empty(StatusCode::ACCEPTED))
+    }
+
+    /// A client's answer to a server's request: it can be routed only when one upstream
+    /// session is open (server-to-client requests are not relayed with ids of their own).
+    async fn client_answer(&self, c: &Call<'_>, body: Bytes) -> Answer<M::Body> {
+        if let Some(s) = &c.session {
+            let opened = s.opened().await;
+            if let [(i, ms)] = opened.as_slice() {
+                let req =
+                    self.sub_request(c.parts, *i, Method::POST, None, body, Some(ms), None, None);
+                return self.inner.members[*i].call(req).await.map(Either::Left);
+            }
+        }
+        error(
+            StatusCode::BAD_REQUEST,
+            None,
+            JsonRpcError::new(
+                ErrorCode::INVALID_REQUEST,
+                "a virtual server cannot tell which upstream this answer is for",
+            ),
+        )
+    }
+
+    /// `logging/setLevel`: every upstream is told; the answer is the gateway's.
+    async fn set_level(&self, c: &Call<'_>) -> Answer<M::Body> {
+        let body = Bytes::from(c.value.to_string());
+        let all = (0..self.inner.members.len()).map(|i| {
+            let body = body.clone();
+            async move {
+                let ms = match &c.session {
+                    Some(s) => match self.member_session(c.parts, s, i).await {
+                        Ok(ms) => Some(ms),
+                        Err(_) => return,
+                    },
+                    None => None,
+                };
+                let req = self.sub_request(
+                    c.parts,
+                    i,
+                    Method::POST,
+                    Some("logging/setLevel"),
+                    body,
+                    ms.as_deref(),
+                    None,
+                    None,
+                );
+                let call = self.inner.members[i].call(req);
+                drop(tokio::time::timeout(self.inner.list_timeout, call).await);
+            }
+        });
+        join_all(all).await;
+        own(result_response(c.id_raw(), &json!({})))
+    }
+
+    /// `server/discover`, answered by the gateway: the protocol versions every upstream
+    /// supports, and the capabilities any of them has.
+    async fn discover(&self, c: &Call<'_>) -> Answer<M::Body> {
+        let body = Bytes::from(c.value.to_string());
+        let timeout = self.inner.list_timeout;
+        let all = (0..self.inner.members.len()).map(|i| {
+            let body = body.clone();
+            async move {
+                let req = self.sub_request(
+                    c.parts,
+                    i,
+                    Method::POST,
+                    Some("server/discover"),
+                    body,
+                    None,
+                    None,
+                    None,
+                );
+                let call = async {
+                    let resp = self.inner.members[i].call(req).await;
+                    read_answer(resp, self.inner.body_limit).await
+                };
+                (i, tokio::time::timeout(timeout, call).await)
+            }
+        });
+        let mut versions: Option<Vec<String>> = None;
+        let mut caps = Map::new();
+        let mut ttl: Option<u64> = None;
+        let mut private = self.inner.filtered;
+        for (i, answer) in join_all(all).await {
+            let (head, bytes, v) = match answer {
+                Ok(Ok(a)) => a,
+                Ok(Err(why)) => {
+                    self.upstream_failed(i, Kind::Tools, &why);
+                    continue;
+                }
+                Err(_) => {
+                    self.upstream_failed(
+                        i,
+                        Kind::Tools,
+                        "server/discover: no answer within list_timeout",
+                    );
+                    continue;
+                }
+            };
+            if let Err(Failure::Refused(resp)) = refused(&head, &bytes) {
+                return own(*resp);
+            }
+            if head.status.is_server_error() {
+                self.upstream_failed(
+                    i,
+                    Kind::Tools,
+                    &format!("server/discover answered HTTP {}", head.status),
+                );
+                continue;
+            }
+            let result = v.as_ref().map(|v| &v["result"]);
+            let theirs: Vec<String> = match result.and_then(|r| r["supportedVersions"].as_array()) {
+                Some(a) => a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+                // No discovery: it speaks the legacy protocol only.
+                None => LEGACY_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
+            };
+            versions = Some(match versions {
+                None => theirs,
+                Some(mine) => mine.into_iter().filter(|v| theirs.contains(v)).collect(),
+            });
+            match result.and_then(|r| r["capabilities"].as_object()) {
+                Some(their) => {
+                    for k in ["tools", "prompts", "resources", "completions"] {
+                        if their.contains_key(k) {
+                            caps.insert(k.into(), json!({}));
+                        }
+                    }
+                }
+                None => {
+                    caps.insert("tools".into(), json!({}));
+                }
+            }
+            if let Some(t) = result.and_then(|r| r["ttlMs"].as_u64()) {
+                ttl = Some(ttl.map_or(t, |m| m.min(t)));
+            }
+            private |= result.is_some_and(|r| r["cacheScope"].as_str() == Some("private"));
+        }
+        let result = json!({
+            "resultType": "complete",
+            "supportedVersions": versions.unwrap_or_default(),
+            "capabilities": caps,
+            "ttlMs": ttl.unwrap_or(0),
+            "cacheScope": if private { "private" } else { "public" },
+            "_meta": {"io.modelcontextprotocol/serverInfo": {
+                "name": format!("mcp-gateway/{}", self.inner.name),
+                "version": env!("CARGO_PKG_VERSION"),
+            }},
+        });
+        own(result_response(c.id_raw(), &result))
+    }
+
+    /// DELETE: ends the client's session and every upstream session opened for it.
+    async fn delete(&self, parts: &Parts) -> Answer<M::Body> {
+        let s = match self.session(parts, None) {
+            Ok(s) => s,
+            Err(resp) => return *resp,
+        };
+        let Some(sid) = parts
+            .headers
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return own(empty(StatusCode::BAD_REQUEST));
+        };
+        self.inner.state.sessions.remove(sid);
+        let opened = s.opened().await;
+        let ends = opened
+            .iter()
+            .filter(|(_, ms)| ms.id.is_some())
+            .map(|(i, ms)| {
+                let req = self.sub_request(
+                    parts,
+                    *i,
+                    Method::DELETE,
+                    None,
+                    Bytes::new(),
+                    Some(ms),
+                    None,
+                    None,
+                );
+                async move { drop(self.inner.members[*i].call(req).await) }
+            });
+        join_all(ends).await;
+        own(empty(StatusCode::OK))
+    }
+}
+
+/// A 401 or 403 from an upstream's stack: the caller is refused, whatever the upstream.
+fn refused(head: &http::response::Parts, bytes: &Bytes) -> Result<(), Failure> {
+    if head.status == StatusCode::UNAUTHORIZED || head.status == StatusCode::FORBIDDEN {
+        let mut resp = Response::new(Full::new(bytes.clone()));
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = head.headers.clone();
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+        return Err(Failure::Refused(Box::new(resp)));
+    }
+    Ok(())
+}
+
+/// The metrics of several virtual servers, each metric family written once (a Prometheus
+/// text rendering allows one `# TYPE` line per family).
+impl<M: Member> crate::prometheus::RenderPrometheus for Vec<VirtualServer<M>> {
+    fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        if self.is_empty() {
+            return;
+        }
+        out.push_str("# HELP mcp_gateway_virtual_upstream_errors_total Merged lists of a virtual server in which an upstream failed (omitted, or the list failed).\n# TYPE mcp_gateway_virtual_upstream_errors_total counter\n");
+        for v in self {
+            for ((up, list), n) in lock(&v.inner.state.metrics.upstream_errors).iter() {
+                let _ = writeln!(out, "mcp_gateway_virtual_upstream_errors_total{{virtual=\"{}\",upstream=\"{up}\",list=\"{list}\"}} {n}", v.inner.name);
+            }
+        }
+        out.push_str("# HELP mcp_gateway_virtual_name_clashes_total Names several upstreams of a virtual server list, with prefix = \"never\" (removed from lists).\n# TYPE mcp_gateway_virtual_name_clashes_total counter\n");
+        for v in self {
+            for (kind, n) in lock(&v.inner.state.metrics.clashes).iter() {
+                let _ = writeln!(
+                    out,
+                    "mcp_gateway_virtual_name_clashes_total{{virtual=\"{}\",kind=\"{kind}\"}} {n}",
+                    v.inner.name
+                );
+            }
+        }
+        out.push_str("# HELP mcp_gateway_virtual_lists_total Merged lists a virtual server answered.\n# TYPE mcp_gateway_virtual_lists_total counter\n");
+        for v in self {
+            let _ = writeln!(
+                out,
+                "mcp_gateway_virtual_lists_total{{virtual=\"{}\"}} {}",
+                v.inner.name,
+                v.inner.state.metrics.lists.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP mcp_gateway_virtual_sessions Legacy client sessions open on a virtual server.\n# TYPE mcp_gateway_virtual_sessions gauge\n");
+        for v in self {
+            let _ = writeln!(
+                out,
+                "mcp_gateway_virtual_sessions{{virtual=\"{}\"}} {}",
+                v.inner.name,
+                v.inner.state.sessions.len()
+            );
+        }
+    }
+}
+
+impl<M, B> tower_service::Service<Request<B>> for VirtualServer<M>
+where
+    M: Member,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Answer<M::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let bytes = match Limited::new(body, this.inner.body_limit).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(_) => {
+                    return Ok(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        None,
+                        JsonRpcError::new(
+                            ErrorCode::INVALID_REQUEST,
+                            format!(
+                                "request body unreadable or larger than {} bytes",
+                                this.inner.body_limit
+                            ),
+                        ),
+                    ))
+                }
+            };
+            Ok(this
+                .serve(Request::from_parts(parts, Full::new(bytes)))
+                .await)
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! Legacy (2025-11-25 and older) sessions of a virtual server: the gateway answers
+//! `initialize` itself and opens one upstream session per (client session, upstream) on
+//! first use.
+
+use bytes::Bytes;
+use http::HeaderValue;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The most requests remembered per session for routing their cancellations.
+const INFLIGHT: usize = 1024;
+
+/// An upstream session opened for a client session.
+#[derive(Debug)]
+pub struct MemberSession {
+    /// The id the upstream issued (none: it keeps no sessions).
+    pub id: Option<HeaderValue>,
+    /// The protocol version it negotiated.
+    pub version: HeaderValue,
+}
+
+/// One client session of a virtual server.
+#[derive(Debug)]
+pub struct VirtualSession {
+    /// The `initialize` params the client sent (each upstream session is opened with them).
+    pub init: Bytes,
+    /// The caller the session belongs to (its agent key), when authenticated.
+    pub principal: Option<Arc<str>>,
+    /// Per upstream: its session, once opened (the lock serialises opening it).
+    pub members: Vec<tokio::sync::Mutex<Option<Arc<MemberSession>>>>,
+    /// Recent requests' ids and the upstream each went to, for `notifications/cancelled`.
+    inflight: Mutex<(HashMap<String, usize>, VecDeque<String>)>,
+    /// When the session was last used (ms since the table's start).
+    last_used: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl VirtualSession {
+    /// Remembers that request `id` went to upstream `member`.
+    pub fn sent(&self, id: &str, member: usize) {
+        let mut g = lock(&self.inflight);
+        let (map, order) = &mut *g;
+        if map.insert(id.to_owned(), member).is_none() {
+            order.push_back(id.to_owned());
+        }
+        while order.len() > INFLIGHT {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    /// The upstream request `id` went to.
+    pub fn owner_of(&self, id: &str) -> Option<usize> {
+        lock(&self.inflight).0.get(id).copied()
+    }
+
+    /// The upstream sessions opened so far.
+    pub async fn opened(&self) -> Vec<(usize, Arc<MemberSession>)> {
+        let mut out = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if let Some(s) = m.lock().await.clone() {
+                out.push((i, s));
+            }
+        }
+        out
+    }
+}
+
+/// The sessions of one virtual server.
+#[derive(Debug)]
+pub struct SessionTable {
+    sessions: Mutex<HashMap<String, Arc<VirtualSession>>>,
+    start: Instant,
+    idle: Duration,
+    max: usize,
+}
+
+impl SessionTable {
+    /// A table ending sessions idle for `idle`, holding at most `max`.
+    pub fn new(idle: Duration, max: usize) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            start: Instant::now(),
+            idle,
+            max,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Opens a session for a client; `None` when the table is full of live sessions.
+    pub fn create(
+        &self,
+        init: Bytes,
+        principal: Option<Arc<str>>,
+        members: usize,
+    ) -> Option<(String, Arc<VirtualSession>)> {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).ok()?;
+        let mut id = String::with_capacity(32);
+        for b in raw {
+            id.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            id.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        }
+        let s = Arc::new(VirtualSession {
+            init,
+            principal,
+            members: (0..members)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            inflight: Mutex::new((HashMap::new(), VecDeque::new())),
+            last_used: AtomicU64::new(self.now()),
+        });
+        let now = self.now();
+        let idle = self.idle.as_millis() as u64;
+        let mut map = lock(&self.sessions);
+        if map.len() >= self.max {
+            map.retain(|_, s| now.saturating_sub(s.last_used.load(Ordering::Relaxed)) < idle);
+            if map.len() >= self.max {
+                return None;
+            }
+        }
+        map.insert(id.clone(), s.clone());
+        Some((id, s))
+    }
+
+    /// The live session `id`, touched.
+    pub fn get(&self, id: &str) -> Option<Arc<VirtualSession>> {
+        let now = self.now();
+        let mut map = lock(&self.sessions);
+        let s = map.get(id)?.clone();
+        if now.saturating_sub(s.last_used.load(Ordering::Relaxed)) >= self.idle.as_millis() as u64 {
+            map.remove(id);
+            return None;
+        }
+        s.last_used.store(now, Ordering::Relaxed);
+        Some(s)
+    }
+
+    /// Ends session `id`.
+    pub fn remove(&self, id: &str) -> Option<Arc<VirtualSession>> {
+        lock(&self.sessions).remove(id)
+    }
+
+    /// How many sessions are open.
+    pub fn len(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.sessions).is_empty()
+    }
+}
