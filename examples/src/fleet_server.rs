@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// A server listing `tools` tools named `{name}_{i}` (plus `wait`), `page` per page.
+/// A server listing `tools` tools named `{name}_{i}` (plus `wait`), `page` per page, and
+/// serving two unlisted tools: `roots` (asks the client for its roots) and `flap` (announces
+/// `n` tool list changes).
 #[derive(Clone)]
 pub struct Fleet {
     name: Arc<str>,
@@ -72,8 +74,13 @@ impl Fleet {
 
 impl ServerHandler for Fleet {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(&*self.name, env!("CARGO_PKG_VERSION")))
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new(&*self.name, env!("CARGO_PKG_VERSION")))
     }
 
     async fn list_tools(
@@ -130,6 +137,39 @@ impl ServerHandler for Fleet {
             .and_then(|a| a.get("seconds"))
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
+        // Unlisted tools the relay tests call: `roots` asks the client for its roots (a
+        // server-to-client request), `flap` announces `n` tool list changes, 20 ms apart,
+        // on the session's stream after answering.
+        if name == "roots" {
+            // Roots belong to the legacy protocol (deprecated in 2026-07-28), which the relay
+            // of server-to-client requests serves.
+            #[allow(deprecated)]
+            let roots = ctx
+                .peer
+                .list_roots()
+                .await
+                .map_err(|e| ErrorData::internal_error(format!("roots/list: {e}"), None))?;
+            #[allow(deprecated)]
+            let uris: Vec<String> = roots.roots.iter().map(|r| r.uri.clone()).collect();
+            return Ok(CallToolResult::success(vec![ContentBlock::text(uris.join(","))]).into());
+        }
+        if name == "flap" {
+            let n = request
+                .arguments
+                .as_ref()
+                .and_then(|a| a.get("n"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(1);
+            let peer = ctx.peer.clone();
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    if peer.notify_tool_list_changed().await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        }
         if name == "wait" && seconds > 0 {
             tokio::select! {
                 _ = ctx.ct.cancelled() => {

@@ -33,6 +33,8 @@ async fn start(text: &str) -> mcp_gateway::Gateway {
 struct Client {
     info: ClientConfig,
     progress: Arc<AtomicUsize>,
+    /// When each `notifications/tools/list_changed` arrived.
+    changes: Arc<std::sync::Mutex<Vec<Instant>>>,
 }
 
 impl ClientHandler for Client {
@@ -42,17 +44,32 @@ impl ClientHandler for Client {
     async fn on_progress(&self, _: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
         self.progress.fetch_add(1, Ordering::SeqCst);
     }
+    async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.changes.lock().unwrap().push(Instant::now());
+    }
+    #[allow(deprecated)]
+    async fn list_roots(
+        &self,
+        _: rmcp::service::RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ListRootsResult, rmcp::ErrorData> {
+        Ok(rmcp::model::ListRootsResult::new(vec![
+            rmcp::model::Root::new("file:///federated"),
+        ]))
+    }
 }
 
+// Roots are a legacy feature (deprecated in 2026-07-28): the relay test asks for them.
+#[allow(deprecated)]
 fn client(version: ProtocolVersion) -> Client {
     let mut info = ClientConfig::new(
-        ClientCapabilities::default(),
+        ClientCapabilities::builder().enable_roots().build(),
         Implementation::new("federation-test", "0"),
     );
     info.protocol_version = version;
     Client {
         info,
         progress: Arc::default(),
+        changes: Arc::default(),
     }
 }
 
@@ -468,4 +485,45 @@ async fn configuration_errors_are_located() {
     ] {
         assert!(all.contains(needle), "{needle:?} not in:\n{all}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_requests_relayed_and_list_changes_debounced() {
+    let a = fleet_server::spawn(Fleet::new("a", 1, 0)).await.unwrap();
+    let b = fleet_server::spawn(Fleet::new("b", 1, 0)).await.unwrap();
+    let gw = start(&format!(
+        "[upstreams.a]\nurl = \"http://{a}/mcp\"\n[upstreams.b]\nurl = \"http://{b}/mcp\"\n\n[virtual.all]\nupstreams = [\"a\", \"b\"]\n"
+    ))
+    .await;
+    let url = format!("http://{}/mcp/all", gw.local_addr());
+    let c = client(ProtocolVersion::V_2025_11_25)
+        .serve(StreamableHttpClientTransport::from_uri(url.clone()))
+        .await
+        .unwrap();
+    // Both upstream sessions open: an answer cannot be routed by elimination.
+    assert_eq!(names(&c).await.len(), 4);
+    // b asks the client for its roots in the middle of a call: relayed, answered, routed back.
+    assert_eq!(call(&c, "b__roots", json!({})).await, "file:///federated");
+    assert_eq!(call(&c, "a__roots", json!({})).await, "file:///federated");
+
+    // a announces 100 list changes in 2 s (50 a second), b 10: the client hears at most one
+    // a second.
+    call(&c, "a__flap", json!({"n": 100})).await;
+    call(&c, "b__flap", json!({"n": 10})).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let changes = c.service().changes.lock().unwrap().clone();
+    assert!(
+        (2..=5).contains(&changes.len()),
+        "{} notifications in 3.5 s",
+        changes.len()
+    );
+    for w in changes.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(900),
+            "two notifications {gap:?} apart"
+        );
+    }
+    c.cancel().await.unwrap();
+    gw.shutdown().await;
 }

@@ -136,7 +136,10 @@ def main() -> int:
                 direct = run_suite(bin_path, args, ups[upstream][0], OUT / suite / upstream / "direct")
                 n_pass, n_all = passed(direct)
                 for c in configs:
-                    url = f"{gateways[c.name]}/mcp/{upstream}"
+                    route = c.route(upstream)
+                    if route is None:
+                        continue  # the configuration's --route flags name other upstreams
+                    url = f"{gateways[c.name]}/mcp/{route}"
                     via = run_suite(bin_path, args, url, OUT / suite / upstream / c.name)
                     v_pass, v_all = passed(via)
                     problems = compare(suite, upstream, c.name, direct, via, allowed, used, transport, used_t)
@@ -144,7 +147,8 @@ def main() -> int:
                         log(f"    {p}")
                     failed |= bool(problems)
                     line = (
-                        f"| {suite} | {upstream} | {c.name} ({c.instances} instance{'s' * (c.instances > 1)}) "
+                        f"| {suite} | {upstream} | {c.name} ({c.instances} instance{'s' * (c.instances > 1)}"
+                        f"{'' if route == upstream else f', /mcp/{route}'}) "
                         f"| {n_pass}/{n_all} | {v_pass}/{v_all} | {len(problems)} |"
                     )
                     lines.append(line)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,9 +58,23 @@ class GatewayConfig:
     instances: int
     args: list[str]
     interop_only: bool = False
+    routes: dict[str, str] = field(default_factory=dict)
 
     def headers(self) -> list[str]:
         return [f"Authorization: Bearer {self.token}"] if self.token else []
+
+    def route(self, upstream: str) -> str | None:
+        """The route (`/mcp/ROUTE`) that serves `upstream` in this configuration; None when the
+        configuration is not used for it (it has --route flags, none for `upstream`)."""
+        if not self.routes:
+            return upstream
+        return self.routes.get(upstream)
+
+    def virtual_servers(self) -> dict[str, list[str]]:
+        """The `[virtual.NAME]` sections of the configuration's TOML template: NAME -> upstreams."""
+        if "--config" not in self.args:
+            return {}
+        return virtual_servers(Path(self.args[self.args.index("--config") + 1]).read_text())
 
 
 def gateway_configs(path: Path = HERE / "gateways.conf") -> list[GatewayConfig]:
@@ -68,20 +83,38 @@ def gateway_configs(path: Path = HERE / "gateways.conf") -> list[GatewayConfig]:
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        name, token, instances, *args = shlex.split(line)
-        interop_only = "--interop-only" in args
-        args = [a.replace("{dir}", str(HERE)) for a in args if a != "--interop-only"]
-        configs.append(GatewayConfig(name, None if token == "-" else token, int(instances), args, interop_only))
+        name, token, instances, *words = shlex.split(line)
+        interop_only, routes, args = False, {}, []
+        it = iter(words)
+        for a in it:
+            if a == "--interop-only":
+                interop_only = True
+            elif a == "--route":
+                upstream, _, route = next(it).partition("=")
+                routes[upstream] = route
+            else:
+                args.append(a.replace("{dir}", str(HERE)))
+        configs.append(GatewayConfig(name, None if token == "-" else token, int(instances), args, interop_only,
+                                     routes))
     return configs
 
 
+def virtual_servers(template: str) -> dict[str, list[str]]:
+    """`[virtual.NAME]` of a TOML template (placeholders not yet filled): NAME -> upstreams."""
+    text = re.sub(r"\{(cmd:)?[a-z]+\}", '"placeholder"', template)
+    return {n: list(v.get("upstreams", [])) for n, v in tomllib.loads(text).get("virtual", {}).items()}
+
+
 def drop_unused_upstreams(toml: str, upstreams: dict) -> str:
-    """Removes the `[upstreams.NAME]` tables of servers this run does not start."""
+    """Removes the `[upstreams.NAME]` tables of servers this run does not start, and the
+    `[virtual.NAME]` tables naming one of them."""
+    gone = {n for n, members in virtual_servers(toml).items() if any(m not in upstreams for m in members)}
     out, keep = [], True
     for line in toml.splitlines(keepends=True):
-        header = re.match(r"^\[upstreams\.([A-Za-z0-9_.-]+)\]", line)
+        header = re.match(r"^\[(upstreams|virtual)\.([A-Za-z0-9_.-]+)\]", line)
         if line.startswith("["):
-            keep = not header or header.group(1) in upstreams
+            keep = not header or (header.group(2) in upstreams if header.group(1) == "upstreams"
+                                  else header.group(2) not in gone)
         if keep:
             out.append(line)
     return "".join(out)

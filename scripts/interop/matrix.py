@@ -6,6 +6,13 @@ the tools, calls one, and makes a call that streams progress, through every gate
 configuration. A pair that fails the same way directly does not support that era: the cell
 says so, with the direct error. Exit status 1 when a run fails through the gateway but passes
 directly (the gateway is not invisible).
+
+Virtual server rows (VIRTUAL_ROWS: a `[virtual.NAME]` of a configuration's TOML over several
+upstreams, names prefixed with the upstream's): the client connects to /mcp/NAME, lists the
+tools — exactly the union of what it lists directly from each member, prefixed `MEMBER__` (the
+rmcp client reports only a count: the sum) — and makes each member's plain call and progress
+call under the prefixed name. "Directly" there means the same client against each member on its
+own.
 """
 
 from __future__ import annotations
@@ -37,6 +44,23 @@ SERVER_TITLES = {
     "everything": "server-everything (TypeScript SDK)",
     "python": "Python SDK server",
 }
+# Virtual servers that get rows, when a gateway configuration's TOML defines them (its members
+# are read from there): `all` federates every server; `modern` only those that speak
+# 2026-07-28 (a virtual server offers the versions all its members support, and
+# server-everything has no 2026-07-28).
+VIRTUAL_ROWS = ("all", "modern")
+MEMBER_TITLES = {"fixture": "fixture", "everything": "server-everything", "python": "Python SDK server"}
+
+
+def steps(step: list) -> list:
+    """A case step is [tool, args], or a list of them (a virtual server: one per member)."""
+    return step if step and isinstance(step[0], list) else [step]
+
+
+def virtual_case(members: list[str]) -> dict:
+    """Every member's plain call and progress call, under the prefixed names (prefix always)."""
+    return {step: [[f"{m}__{CASES[m][step][0]}", CASES[m][step][1]] for m in members]
+            for step in ("call", "progress")}
 
 
 def run_json(cmd: list[str], timeout: float = 60, env: dict | None = None) -> dict:
@@ -60,6 +84,33 @@ def sdk_client(cmd: list[str]):
     return run
 
 
+def one_step_at_a_time(run):
+    """For a client that takes a single call and progress call (the rmcp `interop-client`): a
+    case with several is run as one client run (one connection) per pair, and the results merged."""
+
+    def multi(url: str, era: str, case: dict, headers: list[str]) -> dict:
+        calls, progress = steps(case["call"]), steps(case["progress"])
+        if len(calls) == 1 and len(progress) == 1:
+            return run(url, era, case, headers)
+        outs = [run(url, era, {"call": c, "progress": p}, headers) for c, p in zip(calls, progress)]
+        out = {"ok": all(o.get("ok") for o in outs), "protocol": outs[0].get("protocol"),
+               "calls": sum(1 for o in outs if "call" in o),
+               "call": " | ".join(o["call"] for o in outs if "call" in o),
+               "progress": sum(o.get("progress") or 0 for o in outs)}
+        counts = {o["tools"] for o in outs if "tools" in o}
+        if counts:
+            out["tools"] = max(counts)
+        if len(counts) > 1:
+            out["ok"], out["error"] = False, f"tools/list counts differ between connections: {sorted(counts)}"
+        for (name, _), o in zip(calls, outs):
+            if not o.get("ok"):
+                out["error"] = f"[{name}] {o.get('error')}"
+                break
+        return out
+
+    return multi
+
+
 INSPECTOR_HOME = OUT / "inspector-home"
 
 
@@ -77,23 +128,29 @@ def inspector(url: str, era: str, case: dict, headers: list[str]) -> dict:
     if tools is None:
         return {**out, "error": f"tools/list: {r.get('error') or r}"}
     out["tools"] = len(tools)
+    out["tool_names"] = [t.get("name") for t in tools]
+    texts = []
     for step in ("call", "progress"):
-        name, args = case[step]
-        cmd = [*base, "--method", "tools/call", "--tool-name", name, "--tool-args-json", json.dumps(args)]
-        if step == "progress":
-            cmd += ["--tool-metadata", "progressToken=interop-1"]
-        r = run_json(cmd, env=env)
-        result = r.get("result")
-        if not result or result.get("isError"):
-            return {**out, "error": f"tools/call {name}: {r.get('error') or r}"}
-        text = " ".join(c.get("text", "") for c in result.get("content", []))
-        out[step] = text if step == "call" else "completed (the CLI does not show notifications)"
+        for name, args in steps(case[step]):
+            cmd = [*base, "--method", "tools/call", "--tool-name", name, "--tool-args-json", json.dumps(args)]
+            if step == "progress":
+                cmd += ["--tool-metadata", "progressToken=interop-1"]
+            r = run_json(cmd, env=env)
+            result = r.get("result")
+            if not result or result.get("isError"):
+                return {**out, "error": f"tools/call {name}: {r.get('error') or r}"}
+            text = " ".join(c.get("text", "") for c in result.get("content", []))
+            if step == "call":
+                texts.append(text)
+                out["call"], out["calls"] = " | ".join(texts), len(texts)
+            else:
+                out[step] = "completed (the CLI does not show notifications)"
     out["ok"] = True
     return out
 
 
 CLIENTS = {
-    "rmcp": sdk_client([str(BIN / "interop-client")]),
+    "rmcp": one_step_at_a_time(sdk_client([str(BIN / "interop-client")])),
     "TypeScript SDK": sdk_client([str(NODE), str(NPM / "ts_client.mjs")]),
     "Python SDK": sdk_client([str(VENV_PY), str(HERE / "py_client.py")]),
     "MCP Inspector CLI": inspector,
@@ -104,6 +161,8 @@ def summary(r: dict) -> str:
     parts = [r.get("protocol") or "?"]
     if "tools" in r:
         parts.append(f"{r['tools']} tools")
+    if (r.get("calls") or 0) > 1:
+        parts.append(f"{r['calls']} calls")
     if isinstance(r.get("progress"), int):
         parts.append(f"{r['progress']} progress")
     elif r.get("progress"):
@@ -152,6 +211,38 @@ def judge(direct: dict, via: dict) -> tuple[str, bool]:
         sorted(set(via) - set(bad))), False
 
 
+def virtual_direct(results: dict[str, dict]) -> dict:
+    """A virtual row's "direct" run: the client against each member on its own."""
+    bad = {m: r for m, r in results.items() if not r.get("ok")}
+    if not bad:
+        return {"ok": True}
+    errors = {str(r.get("error")) for r in bad.values()}
+    if len(errors) == 1 and len(bad) == len(results):
+        return {"ok": False, "error": errors.pop()}
+    return {"ok": False, "error": "; ".join(f"{MEMBER_TITLES[m]}: {r.get('error')}" for m, r in bad.items())}
+
+
+def check_virtual(r: dict, members: list[str], direct: dict[str, dict]) -> dict:
+    """A run against a virtual server, checked against the members' direct runs: the listed tools
+    are exactly theirs, prefixed (or, for a client that reports only a count, as many), and
+    every member's call answered."""
+    if not r.get("ok"):
+        return r
+    if "tool_names" in r and all("tool_names" in direct[m] for m in members):
+        want = {f"{m}__{n}" for m in members for n in direct[m]["tool_names"]}
+        got = set(r["tool_names"])
+        if got != want:
+            return {**r, "ok": False, "error": f"tools/list: missing {sorted(want - got)}, unexpected {sorted(got - want)}"}
+    else:
+        want_n = sum(direct[m].get("tools", 0) for m in members)
+        if r.get("tools") != want_n:
+            return {**r, "ok": False, "error": f"tools/list: {r.get('tools')} tools, the members list {want_n} directly"}
+    texts = (r.get("call") or "").split(" | ")
+    if len(texts) != len(members) or not all("interop" in t for t in texts):
+        return {**r, "ok": False, "error": f"calls: {r.get('call')!r}, want one echo of 'interop' per member"}
+    return r
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     INSPECTOR_HOME.mkdir(parents=True, exist_ok=True)
@@ -160,27 +251,69 @@ def main() -> int:
     failed = False
     rows = []
     t0 = time.monotonic()
+    virtuals = {}  # virtual row -> (members, the configurations that have it)
+    for v in VIRTUAL_ROWS:
+        having = [c for c in configs if v in c.virtual_servers()]
+        if having:
+            virtuals[v] = (having[0].virtual_servers()[v], having)
     try:
         instances = max(c.instances for c in configs)
         ups = h.start_servers(harness.SERVERS, instances)
         gateways = {c.name: h.start_gateway(c, {k: v[: c.instances] for k, v in ups.items()}) for c in configs}
         for client, run in CLIENTS.items():
+            directs: dict[tuple, dict] = {}
             for server in harness.SERVERS:
                 cells = []
                 for era in ERAS:
                     case = CASES[server]
-                    direct = run(ups[server][0], era, case, [])
-                    via = {c.name: run(f"{gateways[c.name]}/mcp/{server}", era, case, c.headers()) for c in configs}
+                    direct = directs[server, era] = run(ups[server][0], era, case, [])
+                    via = {c.name: run(f"{gateways[c.name]}/mcp/{c.route(server)}", era, case, c.headers())
+                           for c in configs if c.route(server)}
                     cell, bad = judge(direct, via)
                     failed |= bad
                     log(f"interop {client} → {server} [{era}]: {cell}")
                     cells.append(cell)
                 rows.append(f"| {client} | {SERVER_TITLES[server]} | " + " | ".join(cells) + " |")
+            for v, (members, having) in virtuals.items():
+                cells = []
+                for era in ERAS:
+                    member_direct = {m: directs[m, era] for m in members}
+                    direct = virtual_direct(member_direct)
+                    case = virtual_case(members)
+                    via = {c.name: check_virtual(run(f"{gateways[c.name]}/mcp/{v}", era, case, c.headers()),
+                                                 members, member_direct) for c in having}
+                    cell, bad = judge(direct, via)
+                    failed |= bad
+                    log(f"interop {client} → virtual {v} [{era}]: {cell}")
+                    cells.append(cell)
+                title = f"virtual server `/mcp/{v}` (" + " + ".join(MEMBER_TITLES[m] for m in members) + ")"
+                rows.append(f"| {client} | {title} | " + " | ".join(cells) + " |")
     finally:
         h.close()
     gw_list = ", ".join(f"`{c.name}` ({c.instances} instance{'s' * (c.instances > 1)} per upstream"
-                        f"{', token' if c.token else ''}{', ' + ' '.join(Path(a).name if '/' in a else a for a in c.args) if c.args else ''})"
+                        f"{', token' if c.token else ''}{', ' + ' '.join(Path(a).name if '/' in a else a for a in c.args) if c.args else ''}"
+                        f"{''.join(f', {u} at /mcp/{r} only' for u, r in c.routes.items())})"
                         for c in configs)
+    virtual_text = []
+    if virtuals:
+        names = ", ".join(f"`{c.name}`" for c in {c.name: c for _, hv in virtuals.values() for c in hv}.values())
+        virtual_text = [
+            "",
+            f"**Virtual servers** (`[virtual.NAME]`, configuration {names}): one endpoint over several",
+            "upstreams, names prefixed with the upstream's configuration name (`fixture__echo`,",
+            "`everything__echo`, `python__echo`, ...). In a virtual server's row the client connects to",
+            "`/mcp/NAME`, lists the tools and checks that the list is exactly the union of what it lists",
+            "from each member directly, prefixed (the rmcp client reports only a count, so for it the count",
+            "must be the sum), then calls every member's echo tool and every member's progress-streaming",
+            "tool under the prefixed names (the rmcp client takes one call and one streamed call per run,",
+            "so it connects once per member). \"Directly\" there means the same client against each member",
+            "on its own: where one member does not speak an era, neither does the row. A virtual server",
+            "offers in `server/discover` only the versions every member supports, so `/mcp/all` (with",
+            "server-everything) is legacy-only; `/mcp/modern` federates the members that speak",
+            "2026-07-28. In the same configuration the fixture's row runs against `/mcp/fixture_v`, a",
+            "virtual server over the fixture alone with `prefix = \"never\"`, which must look exactly like the",
+            "fixture; that is also what `scripts/conformance` compares.",
+        ]
     doc = [
         "# Interoperability matrix",
         "",
@@ -192,6 +325,7 @@ def main() -> int:
         "stdio (a stdio upstream, [stdio.md](stdio.md): one child for all clients, or one per session):",
         "there the cell compares the server over HTTP, directly, with the same server over stdio",
         "through the gateway.",
+        *virtual_text,
         "",
         "✅ passed directly and through every gateway configuration (negotiated protocol · tools listed ·",
         "progress notifications received); — the pair does not speak that era (it fails the same way",

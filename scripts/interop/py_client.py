@@ -2,9 +2,11 @@
 
 Usage: py_client.py URL ERA CASE_JSON [HEADER ...]
   ERA is `legacy` (initialize handshake) or `2026-07-28` (server/discover, sessionless).
-  CASE_JSON: {"call": [tool, args], "progress": [tool, args]}.
+  CASE_JSON: {"call": STEP, "progress": STEP}; a STEP is [tool, args] or a list of them (a
+  virtual server: one per upstream), called in order.
   HEADER: "Name: value", sent on every request.
-Prints one JSON object: {"ok", "protocol", "server", "tools", "call", "progress", "error"}.
+Prints one JSON object: {"ok", "protocol", "server", "tools", "tool_names", "call", "calls",
+"progress", "error"}.
 """
 
 import json
@@ -20,6 +22,10 @@ def text_of(result) -> str:
     return " ".join(getattr(c, "text", "") for c in result.content)
 
 
+def steps(step: list) -> list:
+    return step if step and isinstance(step[0], list) else [step]
+
+
 async def run(url: str, era: str, case: dict, headers: dict) -> dict:
     out: dict = {"ok": False}
     http = httpx2.AsyncClient(headers=headers, timeout=30)
@@ -31,25 +37,36 @@ async def run(url: str, era: str, case: dict, headers: dict) -> dict:
         if era != "legacy" and client.protocol_version != era:
             out["error"] = f"negotiated {client.protocol_version}, not {era}"
             return out
-        tools = await client.list_tools()
-        out["tools"] = len(tools.tools)
-        name, args = case["call"]
-        result = await client.call_tool(name, args)
-        out["call"] = text_of(result)
-        if result.is_error:
-            out["error"] = f"{name} failed: {out['call']}"
-            return out
-        seen: list[float] = []
+        names: list[str] = []
+        cursor = None
+        while True:
+            page = await client.list_tools(cursor=cursor)
+            names += [t.name for t in page.tools]
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        out["tools"] = len(names)
+        out["tool_names"] = names
+        texts: list[str] = []
+        for name, args in steps(case["call"]):
+            result = await client.call_tool(name, args)
+            texts.append(text_of(result))
+            out["call"], out["calls"] = " | ".join(texts), len(texts)
+            if result.is_error:
+                out["error"] = f"{name} failed: {texts[-1]}"
+                return out
+        out["progress"] = 0
+        for name, args in steps(case["progress"]):
+            seen: list[float] = []
 
-        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            seen.append(progress)
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                seen.append(progress)
 
-        name, args = case["progress"]
-        result = await client.call_tool(name, args, progress_callback=on_progress)
-        out["progress"] = len(seen)
-        if result.is_error or not seen:
-            out["error"] = f"{name}: {len(seen)} progress notifications, isError={result.is_error}"
-            return out
+            result = await client.call_tool(name, args, progress_callback=on_progress)
+            out["progress"] += len(seen)
+            if result.is_error or not seen:
+                out["error"] = f"{name}: {len(seen)} progress notifications, isError={result.is_error}"
+                return out
     out["ok"] = True
     return out
 

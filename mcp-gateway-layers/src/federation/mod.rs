@@ -103,6 +103,7 @@ mod layer;
 pub mod names;
 mod service;
 pub mod session;
+pub mod stream;
 
 pub use layer::{VirtualServerLayer, DEFAULT_LIST_TIMEOUT, DEFAULT_SESSION_IDLE};
 pub use service::{VirtualBody, VirtualServer, LEGACY_VERSIONS, OMITTED_META, ORIGIN_META};

@@ -3,6 +3,7 @@
 use super::cursor::{CursorError, CursorKey, Position};
 use super::names::{expose, split_uri, Catalog, Kind, Owner, SEPARATOR};
 use super::session::{MemberSession, SessionTable, VirtualSession};
+use super::stream::{relay_request, unrelay, Hub, HubBody, Relay, MAX_EVENT};
 use super::{Member, OnUpstreamError, Prefix};
 use crate::BoxError;
 use bytes::Bytes;
@@ -27,8 +28,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// The body of a virtual server's answers: an upstream's, streamed, or the gateway's own.
-pub type VirtualBody<B> = Either<B, Full<Bytes>>;
+/// The body of a virtual server's answers: an upstream's, streamed (a legacy call's SSE
+/// answer with its server's requests relayed), the gateway's own, or a legacy client's GET
+/// stream.
+pub type VirtualBody<B> = Either<Relay<B>, Either<Full<Bytes>, HubBody>>;
 
 /// The legacy protocol versions a virtual server answers `initialize` with.
 pub const LEGACY_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
@@ -133,7 +136,7 @@ impl Call<'_> {
 type Answer<B> = Response<VirtualBody<B>>;
 
 fn own<B>(resp: Response<Full<Bytes>>) -> Answer<B> {
-    resp.map(Either::Right)
+    resp.map(|b| Either::Right(Either::Left(b)))
 }
 
 fn error<B>(status: StatusCode, id: Option<&RequestId>, err: JsonRpcError) -> Answer<B> {
@@ -256,14 +259,22 @@ impl<M: Member> VirtualServer<M> {
         if parts.method == Method::DELETE {
             return self.delete(&parts).await;
         }
+        let modern_get = parts
+            .headers
+            .get(MCP_PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(mcp_gateway_core::era::is_modern_version);
+        if parts.method == Method::GET && !modern_get {
+            return self.get_stream(parts);
+        }
         if parts.method != Method::POST {
             let mut resp = JsonRpcError::new(
                 ErrorCode::INVALID_REQUEST,
-                "a virtual server takes POST (and DELETE to end a legacy session); it opens no GET stream",
+                "a virtual server takes POST, and GET and DELETE for legacy sessions",
             )
             .into_response(StatusCode::METHOD_NOT_ALLOWED, None);
             resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+                .insert(header::ALLOW, HeaderValue::from_static("POST, GET, DELETE"));
             return own(resp);
         }
         let bytes = match body.collect().await {
@@ -416,7 +427,12 @@ impl<M: Member> VirtualServer<M> {
         };
         let result = json!({
             "protocolVersion": version,
-            "capabilities": {"tools": {}, "prompts": {}, "resources": {}, "completions": {}},
+            "capabilities": {
+                "tools": {"listChanged": true},
+                "prompts": {"listChanged": true},
+                "resources": {"listChanged": true, "subscribe": true},
+                "completions": {},
+            },
             "serverInfo": {
                 "name": format!("mcp-gateway/{}", self.inner.name),
                 "version": env!("CARGO_PKG_VERSION"),
@@ -568,7 +584,138 @@ impl<M: Member> VirtualServer<M> {
         }
         let opened = Arc::new(opened);
         *slot = Some(opened.clone());
+        if let Some(hub) = s.hub() {
+            self.read_stream(hub, member, opened.clone());
+        }
         Ok(opened)
+    }
+
+    /// A legacy client's GET stream: the streams of its upstream sessions, merged (those
+    /// opened later join it).
+    fn get_stream(&self, parts: Parts) -> Answer<M::Body> {
+        let s = match self.session(&parts, None) {
+            Ok(s) => s,
+            Err(resp) => return *resp,
+        };
+        let (hub, body) = Hub::new(parts);
+        s.set_hub(Some(hub.clone()));
+        let this = self.clone();
+        tokio::spawn(async move {
+            for (i, ms) in s.opened().await {
+                this.read_stream(hub.clone(), i, ms);
+            }
+        });
+        let mut resp = Response::new(Either::Right(Either::Right(body)));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(mcp_gateway_core::headers::EVENT_STREAM),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(
+            mcp_gateway_core::headers::X_ACCEL_BUFFERING,
+            HeaderValue::from_static("no"),
+        );
+        resp
+    }
+
+    /// Reads upstream `member`'s GET stream into `hub` while the client reads it: requests
+    /// relayed, list changes debounced, resource URIs exposed. A stream that ends is opened
+    /// again a second later; an upstream that offers none (405) or lost the session (404)
+    /// is left.
+    fn read_stream(&self, hub: Arc<Hub>, member: usize, ms: Arc<MemberSession>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            while hub.live() {
+                let mut req = this.sub_request(
+                    &hub.parts,
+                    member,
+                    Method::GET,
+                    None,
+                    Bytes::new(),
+                    Some(&ms),
+                    None,
+                    None,
+                );
+                req.headers_mut()
+                    .remove(mcp_gateway_core::headers::LAST_EVENT_ID);
+                let resp = tokio::select! {
+                    r = this.inner.members[member].call(req) => r,
+                    () = hub.ended() => return,
+                };
+                let sse = resp
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(is_event_stream);
+                if !resp.status().is_success() || !sse {
+                    return;
+                }
+                let mut body = Box::pin(resp.into_body());
+                let mut decoder = SseDecoder::new(MAX_EVENT);
+                loop {
+                    let frame = tokio::select! {
+                        f = body.frame() => f.and_then(Result::ok),
+                        () = hub.ended() => return,
+                    };
+                    let Some(frame) = frame else { break };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let mut events = Vec::new();
+                    if decoder
+                        .feed(&data, &mut |item| {
+                            if let SseItem::Event(ev) = item {
+                                events.push(ev.data);
+                            }
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                    for data in events {
+                        let Ok(v) = serde_json::from_str::<Value>(&data) else {
+                            continue;
+                        };
+                        if !this.on_stream_message(&hub, member, v).await {
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = hub.ended() => return,
+                }
+            }
+        });
+    }
+
+    /// One message of upstream `member`'s GET stream; false once the client's stream ended.
+    async fn on_stream_message(&self, hub: &Arc<Hub>, member: usize, mut v: Value) -> bool {
+        if relay_request(member, &mut v) {
+            return hub.send(&v).await;
+        }
+        match v["method"].as_str() {
+            Some("notifications/tools/list_changed") => hub.changed(0),
+            Some("notifications/prompts/list_changed") => hub.changed(1),
+            Some("notifications/resources/list_changed") => hub.changed(2),
+            Some("notifications/resources/updated") => {
+                if let Some(uri) = v["params"]["uri"].as_str() {
+                    let exposed = lock(&self.inner.state.catalog)
+                        .exposed(
+                            Kind::Resources,
+                            self.inner.prefix,
+                            &self.inner.aliases,
+                            member,
+                            uri,
+                        )
+                        .unwrap_or_else(|| uri.to_owned());
+                    v["params"]["uri"] = Value::String(exposed);
+                }
+                return hub.send(&v).await;
+            }
+            _ => return hub.send(&v).await,
+        }
+        hub.live()
     }
 
     /// Forgets upstream `member`'s session for `s` (the upstream no longer knows it).
@@ -1028,7 +1175,18 @@ impl<M: Member> VirtualServer<M> {
                 retried = true;
                 continue;
             }
-            return resp.map(Either::Left);
+            // A legacy call's SSE answer may carry the server's requests: relayed.
+            let sse = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(is_event_stream);
+            return resp.map(|b| {
+                Either::Left(if sse && c.session.is_some() {
+                    Relay::requests_of(b, member)
+                } else {
+                    Relay::plain(b)
+                })
+            });
         }
     }
 
@@ -1089,12 +1247,37 @@ impl<M: Member> VirtualServer<M> {
     /// A client's answer to a server's request: it can be routed only when one upstream
     /// session is open (server-to-client requests are not relayed with ids of their own).
     async fn client_answer(&self, c: &Call<'_>, body: Bytes) -> Answer<M::Body> {
+        if let (Some(s), Some((member, id))) = (&c.session, unrelay(&c.value["id"])) {
+            if member < self.inner.members.len() {
+                if let Ok(ms) = self.member_session(c.parts, s, member).await {
+                    let mut v = c.value.clone();
+                    v["id"] = id;
+                    let req = self.sub_request(
+                        c.parts,
+                        member,
+                        Method::POST,
+                        None,
+                        Bytes::from(v.to_string()),
+                        Some(&ms),
+                        None,
+                        None,
+                    );
+                    return self.inner.members[member]
+                        .call(req)
+                        .await
+                        .map(|b| Either::Left(Relay::plain(b)));
+                }
+            }
+        }
         if let Some(s) = &c.session {
             let opened = s.opened().await;
             if let [(i, ms)] = opened.as_slice() {
                 let req =
                     self.sub_request(c.parts, *i, Method::POST, None, body, Some(ms), None, None);
-                return self.inner.members[*i].call(req).await.map(Either::Left);
+                return self.inner.members[*i]
+                    .call(req)
+                    .await
+                    .map(|b| Either::Left(Relay::plain(b)));
             }
         }
         error(
@@ -1252,6 +1435,7 @@ impl<M: Member> VirtualServer<M> {
             return own(empty(StatusCode::BAD_REQUEST));
         };
         self.inner.state.sessions.remove(sid);
+        s.set_hub(None);
         let opened = s.opened().await;
         let ends = opened
             .iter()

@@ -34,6 +34,8 @@ pub struct VirtualSession {
     inflight: Mutex<(HashMap<String, usize>, VecDeque<String>)>,
     /// When the session was last used (ms since the table's start).
     last_used: AtomicU64,
+    /// The client's GET stream, while it is open.
+    hub: Mutex<Option<Arc<super::stream::Hub>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -58,6 +60,18 @@ impl VirtualSession {
     /// The upstream request `id` went to.
     pub fn owner_of(&self, id: &str) -> Option<usize> {
         lock(&self.inflight).0.get(id).copied()
+    }
+
+    /// The client's GET stream, while it is open.
+    pub fn hub(&self) -> Option<Arc<super::stream::Hub>> {
+        lock(&self.hub).clone().filter(|h| h.live())
+    }
+
+    /// Makes `hub` the client's GET stream, ending the one it replaces.
+    pub(crate) fn set_hub(&self, hub: Option<Arc<super::stream::Hub>>) {
+        if let Some(old) = std::mem::replace(&mut *lock(&self.hub), hub) {
+            old.end();
+        }
     }
 
     /// The upstream sessions opened so far.
@@ -118,6 +132,7 @@ impl SessionTable {
                 .collect(),
             inflight: Mutex::new((HashMap::new(), VecDeque::new())),
             last_used: AtomicU64::new(self.now()),
+            hub: Mutex::new(None),
         });
         let now = self.now();
         let idle = self.idle.as_millis() as u64;

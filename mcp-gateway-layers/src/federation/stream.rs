@@ -1,0 +1,337 @@
+//! Streams of a virtual server's legacy sessions: the client's GET stream, which merges the
+//! GET streams of the upstream sessions opened for it, and the relay of server-to-client
+//! requests (on those streams and on calls' SSE answers) under ids that name their upstream.
+//!
+//! - A server's request (`sampling/createMessage`, `elicitation/create`, `roots/list`) reaches
+//!   the client with its id rewritten to `"mcp-gateway/<upstream index>/<original id>"`: ids
+//!   of different upstreams never collide, and the client's answer goes back to the upstream
+//!   that asked, with its own id.
+//! - `notifications/{tools,prompts,resources}/list_changed` from any upstream become one
+//!   notification to the client at most once a second per list, however often upstreams
+//!   send them.
+//! - `notifications/resources/updated` carries the exposed URI.
+
+use bytes::Bytes;
+use http::request::Parts;
+use http_body::{Body, Frame};
+use mcp_gateway_core::sse::{encode_comment, SseDecoder, SseItem};
+use pin_project_lite::pin_project;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// What a relayed request's id starts with.
+pub const RELAY_PREFIX: &str = "mcp-gateway/";
+/// The shortest time between two notifications of one list to a client.
+pub const NOTIFY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an idle GET stream carries a keep-alive comment.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// The largest event read from an upstream's stream.
+pub(crate) const MAX_EVENT: usize = 4 * 1024 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The relayed id of request `raw` (its id's JSON text) of upstream `member`.
+pub fn relay_id(member: usize, raw: &str) -> String {
+    format!("{RELAY_PREFIX}{member}/{raw}")
+}
+
+/// The upstream and original id of a relayed id.
+pub fn unrelay(id: &Value) -> Option<(usize, Value)> {
+    let rest = id.as_str()?.strip_prefix(RELAY_PREFIX)?;
+    let (m, raw) = rest.split_once('/')?;
+    Some((m.parse().ok()?, serde_json::from_str(raw).ok()?))
+}
+
+/// Rewrites the id of a server's request in `v` (a JSON-RPC message) for the client.
+pub(crate) fn relay_request(member: usize, v: &mut Value) -> bool {
+    if v.get("method").is_some() {
+        if let Some(id) = v.get_mut("id") {
+            *id = Value::String(relay_id(member, &id.to_string()));
+            return true;
+        }
+    }
+    false
+}
+
+/// One decoded item of an upstream's SSE answer, encoded again with relayed request ids.
+fn relay_item(member: usize, item: SseItem) -> Bytes {
+    match item {
+        SseItem::Comment(c) => encode_comment(&c),
+        SseItem::Event(mut ev) => {
+            if let Ok(mut v) = serde_json::from_str::<Value>(&ev.data) {
+                if relay_request(member, &mut v) {
+                    ev.data = v.to_string();
+                }
+            }
+            ev.encode()
+        }
+    }
+}
+
+struct Rewrite {
+    member: usize,
+    decoder: SseDecoder,
+    out: VecDeque<Bytes>,
+    done: bool,
+}
+
+pin_project! {
+    /// An upstream's answer on its way to the client: passed through, or (a legacy call's SSE
+    /// answer) event by event with the ids of the server's requests relayed.
+    pub struct Relay<B> {
+        #[pin]
+        body: B,
+        rewrite: Option<Box<Rewrite>>,
+    }
+}
+
+impl<B> std::fmt::Debug for Relay<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("rewrites", &self.rewrite.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Relay<B> {
+    /// Passes `body` through.
+    pub fn plain(body: B) -> Self {
+        Self {
+            body,
+            rewrite: None,
+        }
+    }
+
+    /// Relays the requests upstream `member` makes in the SSE stream `body`.
+    pub fn requests_of(body: B, member: usize) -> Self {
+        Self {
+            body,
+            rewrite: Some(Box::new(Rewrite {
+                member,
+                decoder: SseDecoder::new(MAX_EVENT),
+                out: VecDeque::new(),
+                done: false,
+            })),
+        }
+    }
+}
+
+impl<B> Body for Relay<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<crate::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let Some(rw) = this.rewrite.as_mut() else {
+            return this.body.poll_frame(cx).map_err(Into::into);
+        };
+        let Rewrite {
+            member,
+            decoder,
+            out,
+            done,
+        } = &mut **rw;
+        loop {
+            if let Some(b) = out.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if *done {
+                return Poll::Ready(None);
+            }
+            match ready!(this.body.as_mut().poll_frame(cx)) {
+                None => *done = true,
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let m = *member;
+                        decoder
+                            .feed(&data, &mut |item| out.push_back(relay_item(m, item)))
+                            .map_err(|e| -> crate::BoxError { Box::new(e) })?;
+                    }
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.rewrite {
+            None => self.body.is_end_stream(),
+            Some(rw) => rw.done && rw.out.is_empty(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Debounce {
+    last: Option<Instant>,
+    scheduled: bool,
+}
+
+/// A legacy client's GET stream: what the upstream streams' readers write to.
+#[derive(Debug)]
+pub struct Hub {
+    tx: mpsc::Sender<Bytes>,
+    /// The GET request's head, which the readers' requests are made from.
+    pub(crate) parts: Parts,
+    kinds: Mutex<[Debounce; 3]>,
+    ended: AtomicBool,
+    stop: Notify,
+}
+
+impl Hub {
+    /// A hub for the GET request `parts`, and the body the client reads.
+    pub(crate) fn new(parts: Parts) -> (Arc<Self>, HubBody) {
+        let (tx, rx) = mpsc::channel(256);
+        let hub = Arc::new(Self {
+            tx,
+            parts,
+            kinds: Mutex::default(),
+            ended: AtomicBool::new(false),
+            stop: Notify::new(),
+        });
+        let keepalive =
+            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        (hub, HubBody { rx, keepalive })
+    }
+
+    /// Whether the client still reads the stream.
+    pub fn live(&self) -> bool {
+        !self.ended.load(Ordering::Acquire) && !self.tx.is_closed()
+    }
+
+    /// Ends the stream (its session ended, or another GET replaced it).
+    pub(crate) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+    }
+
+    /// Resolves once the stream has ended.
+    pub(crate) async fn ended(&self) {
+        loop {
+            let notified = self.stop.notified();
+            if !self.live() {
+                return;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = self.tx.closed() => return,
+            }
+        }
+    }
+
+    /// Sends a message to the client; false once the stream has ended.
+    pub(crate) async fn send(&self, message: &Value) -> bool {
+        let ev = mcp_gateway_core::sse::SseEvent::data(message.to_string()).encode();
+        self.live() && self.tx.send(ev).await.is_ok()
+    }
+
+    /// An upstream's list of `kind` (0 tools, 1 prompts, 2 resources) changed: the client
+    /// hears it now, or a second after it last heard of that list.
+    pub(crate) fn changed(self: &Arc<Self>, kind: usize) {
+        let wait = {
+            let mut kinds = lock(&self.kinds);
+            let d = &mut kinds[kind];
+            if d.scheduled {
+                return;
+            }
+            d.scheduled = true;
+            d.last.map_or(Duration::ZERO, |t| {
+                (t + NOTIFY_INTERVAL).saturating_duration_since(Instant::now())
+            })
+        };
+        let hub = self.clone();
+        tokio::spawn(async move {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            {
+                let mut kinds = lock(&hub.kinds);
+                kinds[kind].scheduled = false;
+                kinds[kind].last = Some(Instant::now());
+            }
+            let method = ["tools", "prompts", "resources"][kind];
+            let note = serde_json::json!({
+                "jsonrpc": "2.0",
+                "method": format!("notifications/{method}/list_changed"),
+            });
+            hub.send(&note).await;
+        });
+    }
+}
+
+/// The body of a legacy client's GET stream.
+#[derive(Debug)]
+pub struct HubBody {
+    rx: mpsc::Receiver<Bytes>,
+    keepalive: tokio::time::Interval,
+}
+
+impl Body for HubBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if self.keepalive.poll_tick(cx).is_ready() {
+                    return Poll::Ready(Some(Ok(Frame::data(encode_comment(" keep-alive")))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use serde_json::json;
+
+    #[test]
+    fn ids_round_trip() {
+        for id in [json!(7), json!("abc/def"), json!(-1)] {
+            let r = relay_id(3, &id.to_string());
+            assert_eq!(unrelay(&json!(r)), Some((3, id)));
+        }
+        assert_eq!(unrelay(&json!("other")), None);
+        assert_eq!(unrelay(&json!(5)), None);
+    }
+
+    #[tokio::test]
+    async fn a_call_stream_relays_requests_only() {
+        let sse = "id: 1\ndata: {\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"roots/list\"}\n\n: ping\n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n";
+        let body = Relay::requests_of(Full::new(Bytes::from(sse)), 2);
+        let out = body.collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.contains("\"id\":\"mcp-gateway/2/9\""), "{text}");
+        assert!(text.contains("id: 1\n"), "event ids kept: {text}");
+        assert!(text.contains(":ping"), "{text}");
+        assert!(
+            text.contains("\"id\":1,\"result\""),
+            "responses untouched: {text}"
+        );
+    }
+}
