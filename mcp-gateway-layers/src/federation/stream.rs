@@ -328,7 +328,7 @@ mod tests {
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.contains("\"id\":\"mcp-gateway/2/9\""), "{text}");
         assert!(text.contains("id: 1\n"), "event ids kept: {text}");
-        assert!(text.contains(":ping"), "{text}");
+        assert!(text.contains(": ping\n\n"), "comments kept: {text}");
         assert!(
             text.contains("\"id\":1,\"result\""),
             "responses untouched: {text}"
