@@ -23,7 +23,7 @@ use mcp_gateway_core::outcome::{self, Outcome};
 use mcp_gateway_core::{Era, McpMessage, McpRequest, ProtocolInfo};
 use mcp_gateway_layers::audit::{AuditSink as _, AuditWriter};
 use mcp_gateway_layers::auth::{MetadataService, OAuthGuardLayer};
-use mcp_gateway_layers::federation::{Member, VirtualBody, VirtualServer};
+use mcp_gateway_layers::federation::{CallerAuthorization, Member, VirtualBody, VirtualServer};
 use mcp_gateway_layers::govern::{Chain, GovernedFuture};
 use mcp_gateway_layers::head::HeadCheck;
 use mcp_gateway_layers::integrity::held::HeldBody;
@@ -188,7 +188,7 @@ pub type RouteBody = Either<StackBody, ResponseBody<VirtualBody<StackBody>>>;
 
 impl RouteStack {
     /// Serves one request.
-    pub async fn serve(&self, req: Request<RequestBody>) -> Response<RouteBody> {
+    pub async fn serve(&self, mut req: Request<RequestBody>) -> Response<RouteBody> {
         match self {
             Self::Upstream(stack) => stack.serve(req).await.map(Either::Left),
             Self::Virtual {
@@ -196,6 +196,11 @@ impl RouteStack {
                 body_limit,
                 server,
             } => {
+                // The route's guard removes the token; each member's guard checks it again
+                // (a cache hit) for its upstream's permissions.
+                if let Some(auth) = req.headers().get(header::AUTHORIZATION).cloned() {
+                    req.extensions_mut().insert(CallerAuthorization(auth));
+                }
                 let inner = tower::service_fn(|req: Request<Full<Bytes>>| async move {
                     Ok::<_, Infallible>(server.serve(req).await)
                 });

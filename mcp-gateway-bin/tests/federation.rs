@@ -527,3 +527,183 @@ async fn server_requests_relayed_and_list_changes_debounced() {
     c.cancel().await.unwrap();
     gw.shutdown().await;
 }
+
+fn keys_file(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("keys.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[keys]]\nsha256 = \"{}\"\nagent = \"alice\"\nscopes = [\"mcp:tools\"]\n[[keys]]\nsha256 = \"{}\"\nagent = \"bob\"\nscopes = [\"mcp:tools\", \"admin\"]\n",
+            sha256_hex("alice-key-0123456789"),
+            sha256_hex("bob-key-0123456789")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_layer_applies_with_the_upstream_and_original_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys_file(dir.path());
+    let log = dir.path().join("audit.jsonl");
+    let fa = Fleet::new("a", 2, 0);
+    let a = fleet_server::spawn(fa.clone()).await.unwrap();
+    let b = fleet_server::spawn(Fleet::new("b", 2, 0)).await.unwrap();
+    let gw = start(&format!(
+        r#"
+[upstreams.a]
+url = "http://{a}/mcp"
+[upstreams.b]
+url = "http://{b}/mcp"
+[virtual.all]
+upstreams = ["a", "b"]
+[auth]
+scopes = ["mcp:tools"]
+api_keys_file = "{keys}"
+# Written per upstream and original name: they hold the same on the virtual route.
+[[auth.permissions]]
+upstream = "b"
+tools = ["b_*"]
+scopes = ["admin"]
+[[auth.permissions]]
+tools = ["wait"]
+scopes = ["admin"]
+[limits]
+key = "agent"
+requests_per_minute = 1000
+[audit]
+path = "{log}"
+"#,
+        keys = keys.display(),
+        log = log.display()
+    ))
+    .await;
+    let base = format!("http://{}", gw.local_addr());
+    let url = format!("{base}/mcp/all");
+    let http = reqwest::Client::new();
+    let as_agent = |key: &'static str, method: &'static str, params: Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut params = params;
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            });
+            let mut req = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", method)
+                .bearer_auth(key);
+            if let Some(n) = params["name"].as_str() {
+                req = req.header("mcp-name", n);
+            }
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+            let resp = req.body(body.to_string()).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let www = resp
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let bytes = resp.bytes().await.unwrap();
+            let v = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .or_else(|| sse_messages(&bytes).pop())
+                .unwrap_or(Value::Null);
+            (status, v, www)
+        }
+    };
+
+    // No token: 401 pointing at the virtual route's own metadata.
+    let (status, _, www) = as_agent("", "tools/list", json!({})).await;
+    assert_eq!(status, 401);
+    let www = www.unwrap();
+    assert!(
+        www.contains("/.well-known/oauth-protected-resource/mcp/all"),
+        "{www}"
+    );
+    let prm: Value = http
+        .get(format!(
+            "{base}/.well-known/oauth-protected-resource/mcp/all"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(prm["resource"].as_str().unwrap().ends_with("/mcp/all"));
+
+    // Lists filtered per caller by the upstreams' own rules.
+    let (_, v, _) = as_agent("alice-key-0123456789", "tools/list", json!({})).await;
+    assert_eq!(tool_names(&v), ["a__a_0", "a__a_1"]);
+    assert_eq!(v["result"]["cacheScope"], "private");
+    let (_, v, _) = as_agent("bob-key-0123456789", "tools/list", json!({})).await;
+    assert_eq!(
+        tool_names(&v),
+        ["a__a_0", "a__a_1", "a__wait", "b__b_0", "b__b_1", "b__wait"]
+    );
+    // Calls refused the same way, before any upstream sees them.
+    let (status, v, _) = as_agent(
+        "alice-key-0123456789",
+        "tools/call",
+        json!({"name": "b__b_0"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    let (status, _, _) = as_agent(
+        "alice-key-0123456789",
+        "tools/call",
+        json!({"name": "a__wait"}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(fa.calls().is_empty());
+    let (status, v, _) = as_agent(
+        "alice-key-0123456789",
+        "tools/call",
+        json!({"name": "a__a_1"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["result"]["content"][0]["text"], "a_1 from a");
+    let (status, _, _) = as_agent(
+        "bob-key-0123456789",
+        "tools/call",
+        json!({"name": "b__b_0"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // The audit records name the upstream, the original tool and the exposed name.
+    gw.shutdown().await;
+    let records: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["method"] == "tools/call")
+        .collect();
+    assert_eq!(calls.len(), 4, "{records:#?}");
+    let ok = calls
+        .iter()
+        .find(|r| r["tool"] == "a_1")
+        .unwrap_or_else(|| panic!("{calls:#?}"));
+    assert_eq!(ok["route"], "a", "{ok}");
+    assert_eq!(ok["agent"], "alice", "{ok}");
+    assert_eq!(
+        ok["virtual"],
+        json!({"server": "all", "upstream": "a", "name": "a__a_1"}),
+        "{ok}"
+    );
+    let denied = calls
+        .iter()
+        .find(|r| r["tool"] == "b_0" && r["agent"] == "alice")
+        .unwrap();
+    assert_eq!(denied["route"], "b", "{denied}");
+    assert_eq!(denied["virtual"]["name"], "b__b_0");
+}

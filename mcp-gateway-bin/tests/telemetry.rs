@@ -858,3 +858,49 @@ headers = {{ Authorization = "Basic abc", X-Tenant = "acme" }}
     }
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_through_a_virtual_server_is_spanned_with_its_upstream_and_both_names() {
+    let (otlp, spans, _) = otlp_receiver().await;
+    let up = stateless_demo().await;
+    let gw = gateway(settings(&format!(
+        r#"
+[upstreams.demo]
+url = "http://{up}/mcp"
+[virtual.all]
+upstreams = ["demo"]
+[telemetry]
+otlp_endpoint = "http://{otlp}/v1/traces"
+"#
+    )))
+    .await;
+    let url = format!("http://{}/mcp/all", gw.local_addr());
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"demo__echo","arguments":{"text":"x"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let resp = common::client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "demo__echo")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("\"x\""));
+    let got = wait_for(&spans, "the call's span", |s| {
+        s.iter()
+            .any(|g| g.kind == SpanKind::Server as i32 && g.name == "tools/call echo")
+    })
+    .await;
+    let span = got
+        .iter()
+        .find(|g| g.kind == SpanKind::Server as i32 && g.name == "tools/call echo")
+        .unwrap();
+    assert_eq!(span.attrs["gen_ai.tool.name"], "echo", "{span:?}");
+    assert_eq!(span.attrs["mcp_gateway.route"], "demo");
+    assert_eq!(span.attrs["mcp_gateway.virtual.server"], "all");
+    assert_eq!(span.attrs["mcp_gateway.virtual.name"], "demo__echo");
+    gw.shutdown().await;
+}

@@ -114,6 +114,13 @@ use http_body_util::Full;
 use std::convert::Infallible;
 use std::future::Future;
 
+/// The caller's `Authorization` header, kept for the members' own authentication when a
+/// layer in front of the virtual server (its OAuthGuard) removed it from the request. Put it
+/// in the request's extensions before that layer; the virtual server gives it back to every
+/// request it makes of a member. Only code in the process can set an extension.
+#[derive(Clone, Debug)]
+pub struct CallerAuthorization(pub http::HeaderValue);
+
 /// Which exposed names carry their upstream's alias.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Prefix {

@@ -470,6 +470,9 @@ impl<M: Member> VirtualServer<M> {
         *req.version_mut() = parts.version;
         let mut headers: HeaderMap = parts.headers.clone();
         headers.remove(header::CONTENT_LENGTH);
+        if let Some(auth) = parts.extensions.get::<super::CallerAuthorization>() {
+            headers.insert(header::AUTHORIZATION, auth.0.clone());
+        }
         headers.remove(MCP_SESSION_ID);
         if let Some(s) = session {
             if let Some(id) = &s.id {

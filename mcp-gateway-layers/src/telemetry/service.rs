@@ -138,6 +138,13 @@ impl Observer for Spans {
                     classify(r, end),
                 )
             });
+        // A call made through a virtual server: the server and the name its client used.
+        let via = self.exchange.update(|r| {
+            r.notes.iter().find(|(k, _)| *k == "virtual").map(|(_, v)| {
+                let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                (text("server"), text("name"))
+            })
+        });
         let tokens_in = tokens_in.or(self.usage_in);
         let tokens_out = tokens_out.or(self.usage_out);
         let agent = principal.as_deref().unwrap_or("anonymous");
@@ -207,6 +214,10 @@ impl Observer for Spans {
         };
         if let Some(d) = &denial {
             attrs.push(KeyValue::new("mcp_gateway.denied_by", d.by));
+        }
+        if let Some((server, name)) = via {
+            attrs.push(KeyValue::new("mcp_gateway.virtual.server", server));
+            attrs.push(KeyValue::new("mcp_gateway.virtual.name", name));
         }
         let name: Cow<'static, str> = match &self.target {
             Some(t) => Cow::Owned(format!("{} {t}", self.method)),
