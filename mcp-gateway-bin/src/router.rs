@@ -605,9 +605,8 @@ impl Router {
                     .as_ref()
                     .is_some_and(|a| !a.permissions.is_empty()),
             );
-            if let Some(key) = settings.sessions.as_ref().and_then(|s| s.key.as_ref()) {
-                layer = layer.cursor_key(key);
-            }
+            // The same upstreams in the same order: sessions, names seen and counters carry
+            // over (and a random cursor key, so that cursors keep opening).
             let old = previous.and_then(|p| {
                 p.virtuals
                     .iter()
@@ -618,11 +617,18 @@ impl Router {
             if let Some(old) = old {
                 layer = layer.carry_over(old);
             }
+            // A configured sessions key seals cursors on every replica alike (after a reload
+            // too: it wins over the carried-over key).
+            if let Some(key) = settings.sessions.as_ref().and_then(|s| s.key.as_ref()) {
+                layer = layer.cursor_key(key);
+            }
             let server = layer.service(members);
             virtuals.push(server.clone());
+            // The virtual route's chain: AuditLog (what it answers itself or refuses, and its
+            // merged lists: a call's record is the member's) and its guard.
             let stack =
                 OriginGuardLayer::new(settings.origins.clone()).layer(RouteStack::Virtual {
-                    chain: Chain::new().with(guard),
+                    chain: Chain::new().with(audit_layer.clone()).with(guard),
                     body_limit: settings.body_limit,
                     server,
                 });

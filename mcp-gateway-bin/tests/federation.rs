@@ -700,6 +700,16 @@ path = "{log}"
         json!({"server": "all", "upstream": "a", "name": "a__a_1"}),
         "{ok}"
     );
+    // One record per client request: a merged list (and a refusal of the virtual route's
+    // own) is the virtual route's record, not one per upstream asked.
+    let lists: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["method"] == "tools/list")
+        .collect();
+    assert_eq!(lists.len(), 3, "{lists:#?}");
+    assert!(lists.iter().all(|r| r["route"] == "all"), "{lists:#?}");
+    assert_eq!(lists[0]["status"], 401);
+    assert_eq!(lists[1]["agent"], "alice");
     let denied = calls
         .iter()
         .find(|r| r["tool"] == "b_0" && r["agent"] == "alice")

@@ -123,6 +123,22 @@ fn header_str<'h>(
     }
 }
 
+/// Encodes `v` for a 2026-07-28 header (`Mcp-Name`): as it is when it is printable ASCII
+/// without surrounding spaces, else in the `=?base64?…?=` form.
+pub fn encode_header_value(v: &str) -> String {
+    let plain = v.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && v.trim() == v
+        && !(v.starts_with("=?") && v.ends_with("?="));
+    if plain {
+        v.to_owned()
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(v)
+        )
+    }
+}
+
 /// Decodes a header value that may use the `=?base64?…?=` form of 2026-07-28.
 pub fn decode_header_value(v: &str) -> Option<String> {
     match v
@@ -350,5 +366,9 @@ mod tests {
         );
         assert_eq!(decode_header_value("plain").unwrap(), "plain");
         assert!(decode_header_value("=?base64?***?=").is_none());
+        for v in ["greet", "Hello, 世界", " padded ", "=?base64?x?="] {
+            assert_eq!(decode_header_value(&encode_header_value(v)).unwrap(), v);
+        }
+        assert_eq!(encode_header_value("greet"), "greet");
     }
 }

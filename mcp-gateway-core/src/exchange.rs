@@ -137,6 +137,10 @@ pub struct Record {
     /// each written as one top-level member (`"integrity": {…}`): tool integrity's
     /// definition changes and approval decisions.
     pub notes: Vec<(&'static str, serde_json::Value)>,
+    /// Another exchange records this request: a virtual server forwarded it to a member, and
+    /// the member's exchange is the call's record (or it is a member's part of a merged list,
+    /// which the virtual route's exchange records). The audit log writes nothing for it.
+    pub audited_elsewhere: bool,
 }
 
 impl Record {

@@ -40,6 +40,7 @@ GATEWAY_CONFIGS = [
     "stdio.toml",
     "reload.toml",
     "integrity.toml",
+    "virtual.toml",
     "passthrough-mimalloc.toml",
     "full-mimalloc.toml",
 ]
@@ -193,7 +194,13 @@ def start_gateway(config, upstream_port, log, tmp):
                          stdout=log, stderr=log)
     wait_port(port, p)
     name = "mcp-gateway " + config.rsplit(".", 1)[0]
-    t = Target(name, "gateway", port, p)
+    # A config may route the load elsewhere than /mcp/bench (`# bench-route: NAME`, a virtual
+    # server) and call the tool by another name (`# bench-tool: NAME`).
+    directive = lambda key: next((l.split(":", 1)[1].strip() for l in text.splitlines()
+                                  if l.startswith(f"# {key}:")), None)
+    t = Target(name, "gateway", port, p, tool=directive("bench-tool") or "payload")
+    if directive("bench-route"):
+        t.path = "/mcp/" + directive("bench-route")
     t.token = token
     return t
 

@@ -50,6 +50,11 @@ impl Auditor {
             r.session_handle();
             r.clone()
         });
+        if snap.audited_elsewhere {
+            // Its record is another exchange's; the place in the queue is given back.
+            drop(slot);
+            return;
+        }
         let mut r = AuditRecord::new(
             self.exchange.started_at(),
             Event::Request,

@@ -99,9 +99,15 @@ impl CursorKey {
         n
     }
 
-    /// Seals `positions` for list `list` of `server` (what binds the cursor: the virtual
-    /// server's name and its upstreams).
-    pub fn seal(&self, server: &str, list: &str, positions: &[Position]) -> Option<String> {
+    /// Seals `positions` for list `list` of virtual server `server`, whose upstreams are
+    /// `upstreams` (a cursor of another set of upstreams is stale).
+    pub fn seal(
+        &self,
+        server: &str,
+        list: &str,
+        upstreams: &str,
+        positions: &[Position],
+    ) -> Option<String> {
         let state: Vec<Option<&str>> = positions
             .iter()
             .map(|p| match p {
@@ -109,7 +115,7 @@ impl CursorKey {
                 Position::Done => None,
             })
             .collect();
-        let mut buf = serde_json::to_vec(&state).ok()?;
+        let mut buf = serde_json::to_vec(&(upstreams, state)).ok()?;
         let nonce = self.nonce(&aad(server, list), &buf);
         self.key
             .seal_in_place_append_tag(
@@ -123,12 +129,12 @@ impl CursorKey {
         Some(URL_SAFE_NO_PAD.encode(out))
     }
 
-    /// Opens a cursor sealed for list `list` of `server` over `members` upstreams.
+    /// Opens a cursor sealed for list `list` of `server` over `upstreams`.
     pub fn open(
         &self,
         server: &str,
         list: &str,
-        members: usize,
+        upstreams: &str,
         text: &str,
     ) -> Result<Vec<Position>, CursorError> {
         if text.len() > MAX_CURSOR {
@@ -150,9 +156,9 @@ impl CursorKey {
                 &mut raw[NONCE_LEN..],
             )
             .map_err(|_| CursorError::Invalid)?;
-        let state: Vec<Option<String>> =
+        let (sealed_for, state): (String, Vec<Option<String>>) =
             serde_json::from_slice(plain).map_err(|_| CursorError::Invalid)?;
-        if state.len() != members {
+        if sealed_for != upstreams {
             return Err(CursorError::Stale);
         }
         Ok(state
@@ -179,44 +185,48 @@ mod tests {
     fn round_trip_and_refusals() {
         let k = CursorKey::random();
         let pos = vec![Position::Next("p2".into()), Position::Done];
-        let c = k.seal("all", "tools/list", &pos).unwrap();
-        assert_eq!(k.open("all", "tools/list", 2, &c).unwrap(), pos);
+        let c = k.seal("all", "tools/list", "a,b", &pos).unwrap();
+        assert_eq!(k.open("all", "tools/list", "a,b", &c).unwrap(), pos);
         // Deterministic: the same state, the same cursor; another state, another nonce.
-        assert_eq!(k.seal("all", "tools/list", &pos).unwrap(), c);
+        assert_eq!(k.seal("all", "tools/list", "a,b", &pos).unwrap(), c);
         let other = k
             .seal(
                 "all",
                 "tools/list",
+                "a,b",
                 &[Position::Next("p3".into()), Position::Done],
             )
             .unwrap();
         assert_ne!(other[..16], c[..16]);
         assert_eq!(
-            k.open("other", "tools/list", 2, &c),
+            k.open("other", "tools/list", "a,b", &c),
             Err(CursorError::Invalid)
         );
         assert_eq!(
-            k.open("all", "prompts/list", 2, &c),
+            k.open("all", "prompts/list", "a,b", &c),
             Err(CursorError::Invalid)
         );
-        assert_eq!(k.open("all", "tools/list", 3, &c), Err(CursorError::Stale));
         assert_eq!(
-            CursorKey::random().open("all", "tools/list", 2, &c),
+            k.open("all", "tools/list", "a,b,c", &c),
+            Err(CursorError::Stale)
+        );
+        assert_eq!(
+            CursorKey::random().open("all", "tools/list", "a,b", &c),
             Err(CursorError::Invalid)
         );
         let mut forged = c.clone();
         forged.replace_range(20..21, if &c[20..21] == "A" { "B" } else { "A" });
         assert_eq!(
-            k.open("all", "tools/list", 2, &forged),
+            k.open("all", "tools/list", "a,b", &forged),
             Err(CursorError::Invalid)
         );
         assert_eq!(
-            k.open("all", "tools/list", 2, "p2"),
+            k.open("all", "tools/list", "a,b", "p2"),
             Err(CursorError::Invalid)
         );
         // Two keys from the same secret open each other's cursors (replicas).
         let (a, b) = (CursorKey::from_secret(b"s"), CursorKey::from_secret(b"s"));
-        let c = a.seal("all", "tools/list", &pos).unwrap();
-        assert_eq!(b.open("all", "tools/list", 2, &c).unwrap(), pos);
+        let c = a.seal("all", "tools/list", "a,b", &pos).unwrap();
+        assert_eq!(b.open("all", "tools/list", "a,b", &c).unwrap(), pos);
     }
 }

@@ -130,7 +130,7 @@ impl VirtualServerLayer {
         });
         VirtualServer {
             inner: Arc::new(Inner {
-                binding: format!("{}\0{}", self.name, aliases.join("\0")),
+                binding: aliases.join("\0"),
                 name: self.name.clone(),
                 aliases,
                 members,

@@ -164,6 +164,8 @@ struct KindCatalog {
     exposed: HashMap<String, Owner>,
     /// Original names listed by more than one upstream.
     clashes: HashMap<String, Vec<usize>>,
+    /// Exposed names that several entries would have.
+    collisions: HashMap<String, Vec<usize>>,
 }
 
 impl Catalog {
@@ -190,7 +192,8 @@ impl Catalog {
     }
 
     /// Rebuilds the exposed names of `kind` for `prefix`, `aliases` naming the upstreams.
-    /// Returns the clashes that are new since the last rebuild.
+    /// Returns the clashes that are new since the last rebuild: original names several
+    /// upstreams list, and exposed names several entries would have.
     pub fn rebuild(
         &mut self,
         kind: Kind,
@@ -217,7 +220,8 @@ impl Catalog {
             .filter(|(n, o)| k.clashes.get(*n) != Some(*o))
             .map(|(n, o)| (n.clone(), o.clone()))
             .collect();
-        let mut exposed = HashMap::with_capacity(owners.len());
+        let mut fresh: Vec<(String, Vec<usize>)> = fresh;
+        let mut exposed: HashMap<String, Owner> = HashMap::with_capacity(owners.len());
         for (m, names) in &k.names {
             for n in names {
                 let clash = clashes.contains_key(n.as_str());
@@ -233,7 +237,30 @@ impl Catalog {
                     }
                     _ => None,
                 };
-                exposed.insert(exposed_of(kind, alias, n), Owner::One(*m, n.clone()));
+                let name = exposed_of(kind, alias, n);
+                // Two entries exposed under one name (an alias with `__` in it, a name equal
+                // to another's prefixed form, a hash collision): neither can be told apart,
+                // so both are withheld, as a clash under `never` is.
+                match exposed.get_mut(&name) {
+                    None => {
+                        exposed.insert(name, Owner::One(*m, n.clone()));
+                    }
+                    Some(Owner::One(other, o)) if *other == *m && o == n => {}
+                    Some(owner) => {
+                        let mut ms = match owner {
+                            Owner::One(other, _) => vec![*other],
+                            Owner::Ambiguous(v) => v.clone(),
+                        };
+                        if !ms.contains(m) {
+                            ms.push(*m);
+                        }
+                        if k.collisions.get(&name) != Some(&ms) {
+                            fresh.push((name.clone(), ms.clone()));
+                        }
+                        k.collisions.insert(name.clone(), ms.clone());
+                        *owner = Owner::Ambiguous(ms);
+                    }
+                }
             }
         }
         k.exposed = exposed;
@@ -259,7 +286,11 @@ impl Catalog {
             Prefix::Never if clash => return None,
             _ => None,
         };
-        Some(exposed_of(kind, alias, name))
+        let exposed = exposed_of(kind, alias, name);
+        match k.exposed.get(&exposed) {
+            Some(Owner::Ambiguous(_)) => None,
+            _ => Some(exposed),
+        }
     }
 
     /// Who owns exposed `name` of `kind`.
@@ -324,6 +355,35 @@ mod tests {
         assert_eq!(u, "mcp-gateway://docs/file:///a/b?c=d");
         assert_eq!(split_uri(&u), Some(("docs", "file:///a/b?c=d")));
         assert_eq!(split_uri("file:///x"), None);
+    }
+
+    #[test]
+    fn colliding_exposed_names_are_withheld() {
+        // Alias "a__b" with tool "c" and alias "a" with tool "b__c" both expose "a__b__c".
+        let aliases: Vec<Arc<str>> = vec!["a__b".into(), "a".into()];
+        let mut c = Catalog::default();
+        c.record(Kind::Tools, 0, true, ["c".into()]);
+        c.record(Kind::Tools, 1, true, ["b__c".into(), "d".into()]);
+        let fresh = c.rebuild(Kind::Tools, Prefix::Always, &aliases);
+        assert_eq!(fresh, vec![("a__b__c".to_owned(), vec![0, 1])]);
+        assert_eq!(
+            c.exposed(Kind::Tools, Prefix::Always, &aliases, 0, "c"),
+            None
+        );
+        assert_eq!(
+            c.exposed(Kind::Tools, Prefix::Always, &aliases, 1, "b__c"),
+            None
+        );
+        assert_eq!(
+            c.exposed(Kind::Tools, Prefix::Always, &aliases, 1, "d")
+                .as_deref(),
+            Some("a__d")
+        );
+        assert_eq!(
+            c.owner(Kind::Tools, "a__b__c"),
+            Some(&Owner::Ambiguous(vec![0, 1]))
+        );
+        assert!(c.rebuild(Kind::Tools, Prefix::Always, &aliases).is_empty());
     }
 
     #[test]

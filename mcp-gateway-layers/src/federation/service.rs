@@ -66,7 +66,7 @@ impl<M> std::fmt::Debug for VirtualServer<M> {
 
 pub(crate) struct Inner<M> {
     pub name: Arc<str>,
-    /// What cursors are bound to: the name and the upstreams, in order.
+    /// The upstreams as cursors name them (a cursor of other upstreams is stale).
     pub binding: String,
     pub aliases: Vec<Arc<str>>,
     pub members: Vec<M>,
@@ -121,6 +121,8 @@ struct Page {
 /// The request being served, as every step needs it.
 struct Call<'a> {
     parts: &'a Parts,
+    /// The request body as the client sent it.
+    body: &'a Bytes,
     value: Value,
     id: Option<RequestId>,
     session: Option<Arc<VirtualSession>>,
@@ -328,6 +330,7 @@ impl<M: Member> VirtualServer<M> {
         };
         let c = Call {
             parts: &parts,
+            body: &bytes,
             value,
             id,
             session,
@@ -336,7 +339,7 @@ impl<M: Member> VirtualServer<M> {
         match kind {
             MessageKind::Notification => return self.notification(&c, &method).await,
             MessageKind::Response | MessageKind::ErrorResponse => {
-                return self.client_answer(&c, bytes).await
+                return self.client_answer(&c, c.body.clone()).await
             }
             MessageKind::Request => {}
         }
@@ -485,7 +488,8 @@ impl<M: Member> VirtualServer<M> {
             if let Some(v) = rpc.and_then(|m| HeaderValue::from_str(m).ok()) {
                 headers.insert(MCP_METHOD, v);
             }
-            match name.and_then(|n| HeaderValue::from_str(n).ok()) {
+            let encoded = name.map(mcp_gateway_core::era::encode_header_value);
+            match encoded.and_then(|n| HeaderValue::from_str(&n).ok()) {
                 Some(v) => {
                     headers.insert(MCP_NAME, v);
                 }
@@ -502,11 +506,16 @@ impl<M: Member> VirtualServer<M> {
                 Some(alias.clone()),
                 ctx.cutoff.clone(),
             ));
-            if let Some(exposed) = exposed {
-                let (x, _) = Exchange::get_or_insert(req.extensions_mut());
-                let note =
-                    json!({"server": &*self.inner.name, "upstream": &*alias, "name": exposed});
-                x.update(|r| r.notes.push(("virtual", note)));
+            // One audit record per client request: a call's is the member's (with the name
+            // the client used); anything else the virtual route's own exchange records.
+            let (x, _) = Exchange::get_or_insert(req.extensions_mut());
+            match exposed {
+                Some(exposed) => {
+                    let note =
+                        json!({"server": &*self.inner.name, "upstream": &*alias, "name": exposed});
+                    x.update(|r| r.notes.push(("virtual", note)));
+                }
+                None => x.update(|r| r.audited_elsewhere = true),
             }
         }
         req
@@ -698,9 +707,21 @@ impl<M: Member> VirtualServer<M> {
             return hub.send(&v).await;
         }
         match v["method"].as_str() {
-            Some("notifications/tools/list_changed") => hub.changed(0),
-            Some("notifications/prompts/list_changed") => hub.changed(1),
-            Some("notifications/resources/list_changed") => hub.changed(2),
+            Some("notifications/tools/list_changed") => {
+                lock(&self.inner.state.catalog).forget(Kind::Tools, member);
+                hub.changed(0);
+            }
+            Some("notifications/prompts/list_changed") => {
+                lock(&self.inner.state.catalog).forget(Kind::Prompts, member);
+                hub.changed(1);
+            }
+            Some("notifications/resources/list_changed") => {
+                let mut cat = lock(&self.inner.state.catalog);
+                cat.forget(Kind::Resources, member);
+                cat.forget(Kind::Templates, member);
+                drop(cat);
+                hub.changed(2);
+            }
             Some("notifications/resources/updated") => {
                 if let Some(uri) = v["params"]["uri"].as_str() {
                     let exposed = lock(&self.inner.state.catalog)
@@ -822,11 +843,11 @@ impl<M: Member> VirtualServer<M> {
     }
 
     /// Counts and logs an upstream's failure in a list.
-    fn upstream_failed(&self, member: usize, kind: Kind, why: &str) {
+    fn upstream_failed(&self, member: usize, method: &'static str, why: &str) {
         let alias = self.inner.aliases[member].clone();
-        tracing::warn!(target: "mcp_gateway::virtual", server = %self.inner.name, upstream = %alias, list = kind.method(), error = %why, "upstream failed in a merged list");
+        tracing::warn!(target: "mcp_gateway::virtual", server = %self.inner.name, upstream = %alias, method, error = %why, "upstream failed in a fanned-out request");
         *lock(&self.inner.state.metrics.upstream_errors)
-            .entry((alias, kind.method()))
+            .entry((alias, method))
             .or_default() += 1;
     }
 
@@ -840,7 +861,7 @@ impl<M: Member> VirtualServer<M> {
                 match self
                     .inner
                     .cursors
-                    .open(&self.inner.binding, kind.method(), n, text)
+                    .open(&self.inner.name, kind.method(), &self.inner.binding, text)
                 {
                     Ok(p) => p.into_iter().map(Some).collect(),
                     Err(CursorError::Invalid) => {
@@ -888,7 +909,7 @@ impl<M: Member> VirtualServer<M> {
                 Ok(Err(Failure::Failed(why))) => why,
                 Err(_) => format!("no answer within list_timeout ({timeout:?})"),
             };
-            self.upstream_failed(i, kind, &why);
+            self.upstream_failed(i, kind.method(), &why);
             if self.inner.on_error == OnUpstreamError::Fail {
                 return error(
                     StatusCode::BAD_GATEWAY,
@@ -913,13 +934,16 @@ impl<M: Member> VirtualServer<M> {
                     .items
                     .iter()
                     .filter_map(|e| e[kind.field()].as_str().map(str::to_owned));
-                cat.record(kind, *i, starts[*i].is_none(), names);
+                // Lists filtered per caller show some of an upstream's names: they are added
+                // to what it listed, and forgotten when it announces a change.
+                let first = starts[*i].is_none() && !self.inner.filtered;
+                cat.record(kind, *i, first, names);
             }
             let fresh = cat.rebuild(kind, self.inner.prefix, &self.inner.aliases);
             for (name, owners) in &fresh {
                 let owners: Vec<&str> = owners.iter().map(|o| &*self.inner.aliases[*o]).collect();
-                if self.inner.prefix == Prefix::Never {
-                    tracing::warn!(target: "mcp_gateway::virtual", server = %self.inner.name, kind = kind.label(), name = %name, upstreams = ?owners, "name listed by several upstreams with prefix = \"never\": removed from the list, calls to it refused");
+                if matches!(cat.owner(kind, name), Some(Owner::Ambiguous(_))) {
+                    tracing::warn!(target: "mcp_gateway::virtual", server = %self.inner.name, kind = kind.label(), name = %name, upstreams = ?owners, "several upstreams' entries have this name (prefix = \"never\", or one alias's names collide with another's): removed from lists, calls to it refused");
                     *lock(&self.inner.state.metrics.clashes)
                         .entry(kind.label())
                         .or_default() += 1;
@@ -958,21 +982,27 @@ impl<M: Member> VirtualServer<M> {
         let mut result = Map::new();
         result.insert(kind.key().into(), Value::Array(items));
         if next.iter().any(|p| matches!(p, Position::Next(_))) {
-            if let Some(cursor) = self
-                .inner
-                .cursors
-                .seal(&self.inner.binding, kind.method(), &next)
+            if let Some(cursor) =
+                self.inner
+                    .cursors
+                    .seal(&self.inner.name, kind.method(), &self.inner.binding, &next)
             {
                 result.insert("nextCursor".into(), Value::String(cursor));
             }
         }
         if c.modern {
             result.insert("resultType".into(), Value::String("complete".into()));
-            let ttl = pages
-                .iter()
-                .filter_map(|(_, p)| p.ttl_ms)
-                .min()
-                .unwrap_or(0);
+            // A page without `ttlMs` is fresh for 0 ms, and a list missing an upstream is not
+            // to be kept at all.
+            let ttl = if omitted.is_empty() {
+                pages
+                    .iter()
+                    .map(|(_, p)| p.ttl_ms.unwrap_or(0))
+                    .min()
+                    .unwrap_or(0)
+            } else {
+                0
+            };
             result.insert("ttlMs".into(), json!(ttl));
             let private = self.inner.filtered || pages.iter().any(|(_, p)| p.private);
             result.insert(
@@ -1024,7 +1054,7 @@ impl<M: Member> VirtualServer<M> {
         let mut cat = lock(&self.inner.state.catalog);
         for r in done {
             match r {
-                Ok((i, names)) => cat.record(kind, i, true, names),
+                Ok((i, names)) => cat.record(kind, i, !self.inner.filtered, names),
                 Err(Failure::Refused(resp)) => return Err(Failure::Refused(resp)),
                 Err(Failure::Failed(_)) => {}
             }
@@ -1140,13 +1170,13 @@ impl<M: Member> VirtualServer<M> {
             Ok(o) => o,
             Err(resp) => return resp,
         };
-        let mut value = c.value.clone();
-        let mut slot = &mut value["params"];
-        for k in path {
-            slot = &mut slot[*k];
+        let Some(body) = replace_param(c.body, path, &original) else {
+            return invalid(c.id.as_ref(), "params could not be rewritten");
+        };
+        // The member's exchange is this call's audit record.
+        if let Some(x) = Exchange::from_extensions(&c.parts.extensions) {
+            x.update(|r| r.audited_elsewhere = true);
         }
-        *slot = Value::String(original.clone());
-        let body = Bytes::from(value.to_string());
         let mut retried = false;
         loop {
             let ms = match &c.session {
@@ -1357,15 +1387,11 @@ impl<M: Member> VirtualServer<M> {
             let (head, bytes, v) = match answer {
                 Ok(Ok(a)) => a,
                 Ok(Err(why)) => {
-                    self.upstream_failed(i, Kind::Tools, &why);
+                    self.upstream_failed(i, "server/discover", &why);
                     continue;
                 }
                 Err(_) => {
-                    self.upstream_failed(
-                        i,
-                        Kind::Tools,
-                        "server/discover: no answer within list_timeout",
-                    );
+                    self.upstream_failed(i, "server/discover", "no answer within list_timeout");
                     continue;
                 }
             };
@@ -1375,8 +1401,8 @@ impl<M: Member> VirtualServer<M> {
             if head.status.is_server_error() {
                 self.upstream_failed(
                     i,
-                    Kind::Tools,
-                    &format!("server/discover answered HTTP {}", head.status),
+                    "server/discover",
+                    &format!("answered HTTP {}", head.status),
                 );
                 continue;
             }
@@ -1461,9 +1487,73 @@ impl<M: Member> VirtualServer<M> {
     }
 }
 
-/// A 401 or 403 from an upstream's stack: the caller is refused, whatever the upstream.
+/// `body` with the string at `params.<path>` replaced by `value`: every other member keeps
+/// its bytes (the arguments, `_meta`, numbers of any size); only the objects on the path are
+/// written again, their members in their order.
+fn replace_param(body: &[u8], path: &[&str], value: &str) -> Option<Bytes> {
+    fn rewrite(raw: &str, path: &[&str], value: &str) -> Option<String> {
+        let (first, rest) = path.split_first()?;
+        let fields = object_in_order(raw)?;
+        let mut text = String::with_capacity(raw.len() + value.len());
+        text.push('{');
+        let mut found = false;
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&serde_json::to_string(k).ok()?);
+            text.push(':');
+            if k == first {
+                found = true;
+                if rest.is_empty() {
+                    text.push_str(&serde_json::to_string(value).ok()?);
+                } else {
+                    text.push_str(&rewrite(v.get(), rest, value)?);
+                }
+            } else {
+                text.push_str(v.get());
+            }
+        }
+        text.push('}');
+        found.then_some(text)
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let mut full = Vec::with_capacity(path.len() + 1);
+    full.push("params");
+    full.extend_from_slice(path);
+    Some(Bytes::from(rewrite(text, &full, value)?))
+}
+
+/// A JSON object's members in their order, each value left as its text.
+fn object_in_order(raw: &str) -> Option<Vec<(String, &serde_json::value::RawValue)>> {
+    use serde::de::{Deserializer as _, MapAccess, Visitor};
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<(String, &'de serde_json::value::RawValue)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(entry) = map.next_entry::<String, &'de serde_json::value::RawValue>()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let out = (&mut de).deserialize_map(V).ok()?;
+    de.end().ok()?;
+    Some(out)
+}
+
+/// A 401, 403 or 429 from an upstream's stack: the caller is refused (or over its budget),
+/// whatever the upstream; the answer goes to the client as it is, `Retry-After` included.
 fn refused(head: &http::response::Parts, bytes: &Bytes) -> Result<(), Failure> {
-    if head.status == StatusCode::UNAUTHORIZED || head.status == StatusCode::FORBIDDEN {
+    if matches!(
+        head.status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+    ) {
         let mut resp = Response::new(Full::new(bytes.clone()));
         *resp.status_mut() = head.status;
         *resp.headers_mut() = head.headers.clone();
