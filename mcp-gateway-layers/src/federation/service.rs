@@ -1213,6 +1213,8 @@ impl<M: Member> VirtualServer<M> {
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .is_some_and(is_event_stream);
+            let mut resp = resp;
+            own_session_id(&mut resp, c.parts);
             return resp.map(|b| {
                 Either::Left(if sse && c.session.is_some() {
                     Relay::requests_of(b, member)
@@ -1295,10 +1297,9 @@ impl<M: Member> VirtualServer<M> {
                         None,
                         None,
                     );
-                    return self.inner.members[member]
-                        .call(req)
-                        .await
-                        .map(|b| Either::Left(Relay::plain(b)));
+                    let mut resp = self.inner.members[member].call(req).await;
+                    own_session_id(&mut resp, c.parts);
+                    return resp.map(|b| Either::Left(Relay::plain(b)));
                 }
             }
         }
@@ -1307,10 +1308,9 @@ impl<M: Member> VirtualServer<M> {
             if let [(i, ms)] = opened.as_slice() {
                 let req =
                     self.sub_request(c.parts, *i, Method::POST, None, body, Some(ms), None, None);
-                return self.inner.members[*i]
-                    .call(req)
-                    .await
-                    .map(|b| Either::Left(Relay::plain(b)));
+                let mut resp = self.inner.members[*i].call(req).await;
+                own_session_id(&mut resp, c.parts);
+                return resp.map(|b| Either::Left(Relay::plain(b)));
             }
         }
         error(
@@ -1545,6 +1545,19 @@ fn object_in_order(raw: &str) -> Option<Vec<(String, &serde_json::value::RawValu
     let out = (&mut de).deserialize_map(V).ok()?;
     de.end().ok()?;
     Some(out)
+}
+
+/// An upstream's answer names the client's session, never the upstream's own (a server may
+/// repeat its session id on every answer, and a client takes the last one it saw).
+fn own_session_id<B>(resp: &mut Response<B>, parts: &Parts) {
+    match parts.headers.get(MCP_SESSION_ID) {
+        Some(sid) => {
+            resp.headers_mut().insert(MCP_SESSION_ID, sid.clone());
+        }
+        None => {
+            resp.headers_mut().remove(MCP_SESSION_ID);
+        }
+    }
 }
 
 /// A 401, 403 or 429 from an upstream's stack: the caller is refused (or over its budget),
