@@ -744,19 +744,21 @@ async fn serve_process(argv: &[std::path::PathBuf], env: &[(&str, String)], port
             a.display()
         );
     }
-    let child = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Child(
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     for _ in 0..300 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Child(child);
+            return child;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
