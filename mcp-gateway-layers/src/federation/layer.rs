@@ -124,6 +124,7 @@ impl VirtualServerLayer {
         let state = self.state.clone().unwrap_or_else(|| {
             Arc::new(Shared {
                 sessions: SessionTable::new(self.session_idle, self.max_sessions),
+                refreshed: Mutex::default(),
                 catalog: Mutex::new(Catalog::default()),
                 metrics: Metrics::default(),
             })

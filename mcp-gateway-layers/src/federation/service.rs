@@ -83,6 +83,8 @@ pub(crate) struct Inner<M> {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub sessions: SessionTable,
+    /// When each kind's names were last listed to resolve a call.
+    pub refreshed: Mutex<[Option<std::time::Instant>; 4]>,
     pub catalog: Mutex<Catalog>,
     pub metrics: Metrics,
 }
@@ -1022,8 +1024,18 @@ impl<M: Member> VirtualServer<M> {
     }
 
     /// Lists `kind` of `members` to the end (every page), so that the catalog knows their
-    /// names: what a call to a name the catalog does not know yet needs.
+    /// names: what a call to a name the catalog does not know yet needs. At most once a
+    /// second per kind: calls to unknown names cannot make the gateway list every upstream
+    /// over and over.
     async fn refresh(&self, c: &Call<'_>, kind: Kind, members: &[usize]) -> Result<(), Failure> {
+        {
+            let mut last = lock(&self.inner.state.refreshed);
+            let now = std::time::Instant::now();
+            if last[kind.index()].is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+                return Ok(());
+            }
+            last[kind.index()] = Some(now);
+        }
         let timeout = self.inner.list_timeout;
         let all = members.iter().map(|&i| async move {
             let mut cursor: Option<String> = None;
@@ -1056,7 +1068,9 @@ impl<M: Member> VirtualServer<M> {
             match r {
                 Ok((i, names)) => cat.record(kind, i, !self.inner.filtered, names),
                 Err(Failure::Refused(resp)) => return Err(Failure::Refused(resp)),
-                Err(Failure::Failed(_)) => {}
+                Err(Failure::Failed(why)) => {
+                    tracing::debug!(target: "mcp_gateway::virtual", server = %self.inner.name, list = kind.method(), error = %why, "an upstream's names could not be listed to resolve a call");
+                }
             }
         }
         cat.rebuild(kind, self.inner.prefix, &self.inner.aliases);

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 /// The most requests remembered per session for routing their cancellations.
 const INFLIGHT: usize = 1024;
+/// The most sessions one authenticated caller (one agent) holds open on a virtual server:
+/// past it, its least recently used session makes way. (Without authentication callers cannot
+/// be told apart; the table's own bound applies.)
+pub const MAX_PER_CALLER: usize = 1000;
 
 /// An upstream session opened for a client session.
 #[derive(Debug)]
@@ -36,6 +40,8 @@ pub struct VirtualSession {
     last_used: AtomicU64,
     /// The client's GET stream, while it is open.
     hub: Mutex<Option<Arc<super::stream::Hub>>>,
+    /// Its place in the order sessions were opened (ties of `last_used` go to the older).
+    seq: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,6 +96,7 @@ impl VirtualSession {
 #[derive(Debug)]
 pub struct SessionTable {
     sessions: Mutex<HashMap<String, Arc<VirtualSession>>>,
+    seq: AtomicU64,
     start: Instant,
     idle: Duration,
     max: usize,
@@ -100,6 +107,7 @@ impl SessionTable {
     pub fn new(idle: Duration, max: usize) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
             start: Instant::now(),
             idle,
             max,
@@ -133,6 +141,7 @@ impl SessionTable {
             inflight: Mutex::new((HashMap::new(), VecDeque::new())),
             last_used: AtomicU64::new(self.now()),
             hub: Mutex::new(None),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
         });
         let now = self.now();
         let idle = self.idle.as_millis() as u64;
@@ -141,6 +150,18 @@ impl SessionTable {
             map.retain(|_, s| now.saturating_sub(s.last_used.load(Ordering::Relaxed)) < idle);
             if map.len() >= self.max {
                 return None;
+            }
+        }
+        // One caller cannot fill the table for everyone: its least recently used session
+        // ends when it opens one too many.
+        let mine: Vec<(&String, (u64, u64))> = map
+            .iter()
+            .filter(|(_, o)| s.principal.is_some() && o.principal == s.principal)
+            .map(|(k, o)| (k, (o.last_used.load(Ordering::Relaxed), o.seq)))
+            .collect();
+        if mine.len() >= MAX_PER_CALLER {
+            if let Some(oldest) = mine.iter().min_by_key(|(_, t)| *t).map(|(k, _)| (*k).clone()) {
+                map.remove(&oldest);
             }
         }
         map.insert(id.clone(), s.clone());
@@ -165,13 +186,38 @@ impl SessionTable {
         lock(&self.sessions).remove(id)
     }
 
-    /// How many sessions are open.
+    /// How many sessions are open (used within the idle time).
     pub fn len(&self) -> usize {
-        lock(&self.sessions).len()
+        let now = self.now();
+        let idle = self.idle.as_millis() as u64;
+        lock(&self.sessions)
+            .values()
+            .filter(|s| now.saturating_sub(s.last_used.load(Ordering::Relaxed)) < idle)
+            .count()
     }
 
     /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
-        lock(&self.sessions).is_empty()
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_caller_cannot_fill_the_table() {
+        let t = SessionTable::new(Duration::from_secs(60), 10_000);
+        let alice: Option<Arc<str>> = Some("alice".into());
+        let first = t.create(Bytes::new(), alice.clone(), 1).unwrap().0;
+        let bob = t.create(Bytes::new(), Some("bob".into()), 1).unwrap().0;
+        for _ in 0..MAX_PER_CALLER {
+            t.create(Bytes::new(), alice.clone(), 1).unwrap();
+        }
+        assert!(t.get(&first).is_none(), "alice's oldest made way");
+        assert!(t.get(&bob).is_some(), "bob's session stays");
+        assert_eq!(t.len(), MAX_PER_CALLER + 1);
     }
 }
