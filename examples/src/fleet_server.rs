@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// A server listing `tools` tools named `{name}_{i}` (plus `wait`), `page` per page, and
-/// serving two unlisted tools: `roots` (asks the client for its roots) and `flap` (announces
-/// `n` tool list changes).
+/// serving three unlisted tools: `roots` (asks the client for its roots), `flap` (announces
+/// `n` tool list changes) and `task` (a task, SEP-2663, that `tasks/get` finds completed).
 #[derive(Clone)]
 pub struct Fleet {
     name: Arc<str>,
@@ -78,6 +78,7 @@ impl ServerHandler for Fleet {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new(&*self.name, env!("CARGO_PKG_VERSION")))
@@ -121,6 +122,34 @@ impl ServerHandler for Fleet {
         Ok(result)
     }
 
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        if request.task_id != "t1" {
+            return Err(ErrorData::invalid_params(
+                format!("no task {:?}", request.task_id),
+                None,
+            ));
+        }
+        let result =
+            CallToolResult::success(vec![ContentBlock::text(format!("task of {}", self.name))]);
+        let result = match serde_json::to_value(result) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let task = rmcp::model::Task::new(
+            "t1",
+            rmcp::model::TaskStatus::Completed,
+            "2026-12-06T00:00:00Z",
+            "2026-12-06T00:00:01Z",
+        );
+        Ok(rmcp::model::GetTaskResult::new(
+            rmcp::model::DetailedTask::new(task, rmcp::model::TaskPayload::Completed { result }),
+        ))
+    }
+
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
@@ -140,6 +169,19 @@ impl ServerHandler for Fleet {
         // Unlisted tools the relay tests call: `roots` asks the client for its roots (a
         // server-to-client request), `flap` announces `n` tool list changes, 20 ms apart,
         // on the session's stream after answering.
+        // `task` makes a task (SEP-2663) of the call when the client takes tasks: every
+        // fleet server names its task "t1", so that only a gateway's handles tell them apart.
+        if name == "task" {
+            let task = rmcp::model::Task::new(
+                "t1",
+                rmcp::model::TaskStatus::Working,
+                "2026-12-06T00:00:00Z",
+                "2026-12-06T00:00:00Z",
+            );
+            return Ok(CallToolResponse::Task(rmcp::model::CreateTaskResult::new(
+                task,
+            )));
+        }
         if name == "roots" {
             // Roots belong to the legacy protocol (deprecated in 2026-07-28), which the relay
             // of server-to-client requests serves.

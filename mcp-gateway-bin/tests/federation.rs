@@ -862,3 +862,81 @@ async fn official_typescript_and_python_clients_over_three_real_servers() {
     assert_eq!(out["call"], "p | d", "{out}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_route_back_to_their_upstream_under_sealed_handles() {
+    let a = fleet_server::spawn(Fleet::new("a", 1, 0)).await.unwrap();
+    let b = fleet_server::spawn(Fleet::new("b", 1, 0)).await.unwrap();
+    let gw = start(&format!(
+        "[upstreams.a]\nurl = \"http://{a}/mcp\"\n[upstreams.b]\nurl = \"http://{b}/mcp\"\n\n[virtual.all]\nupstreams = [\"a\", \"b\"]\n"
+    ))
+    .await;
+    let url = format!("http://{}/mcp/all", gw.local_addr());
+    let http = reqwest::Client::new();
+    // A client that takes tasks (the SEP-2663 extension in its capabilities).
+    let send = |method: &'static str, name: Option<String>, params: Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut params = params;
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {
+                    "extensions": {"io.modelcontextprotocol/tasks": {}}},
+            });
+            let mut req = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", method);
+            if let Some(n) = name {
+                req = req.header("mcp-name", n);
+            }
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+            let bytes = req
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .or_else(|| {
+                    sse_messages(&bytes)
+                        .into_iter()
+                        .find(|m| m.get("result").is_some() || m.get("error").is_some())
+                })
+                .unwrap()
+        }
+    };
+    let mut handles = Vec::new();
+    for tool in ["a__task", "b__task"] {
+        let v = send("tools/call", Some(tool.into()), json!({"name": tool})).await;
+        assert_eq!(v["result"]["resultType"], "task", "{v}");
+        let handle = v["result"]["taskId"].as_str().unwrap().to_owned();
+        assert_ne!(handle, "t1", "the upstream's own id is not given out");
+        handles.push(handle);
+    }
+    // Both upstreams named their task "t1": the handles differ and each reaches its owner.
+    assert_ne!(handles[0], handles[1]);
+    for (handle, owner) in handles.iter().zip(["a", "b"]) {
+        let v = send("tasks/get", Some(handle.clone()), json!({"taskId": handle})).await;
+        assert_eq!(v["result"]["status"], "completed", "{v}");
+        assert_eq!(v["result"]["taskId"], handle.as_str(), "{v}");
+        assert_eq!(
+            v["result"]["result"]["content"][0]["text"],
+            format!("task of {owner}"),
+            "{v}"
+        );
+    }
+    let v = send(
+        "tasks/get",
+        Some("forged".into()),
+        json!({"taskId": "forged"}),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    gw.shutdown().await;
+}

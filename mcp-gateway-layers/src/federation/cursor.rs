@@ -115,7 +115,20 @@ impl CursorKey {
                 Position::Done => None,
             })
             .collect();
-        let mut buf = serde_json::to_vec(&(upstreams, state)).ok()?;
+        self.seal_value(server, list, upstreams, &state)
+    }
+
+    /// Seals any `value` for `purpose` (a list's method, `"task"`) of `server` over
+    /// `upstreams`: the handles the gateway mints and clients echo back.
+    pub fn seal_value<T: serde::Serialize>(
+        &self,
+        server: &str,
+        purpose: &str,
+        upstreams: &str,
+        value: &T,
+    ) -> Option<String> {
+        let mut buf = serde_json::to_vec(&(upstreams, value)).ok()?;
+        let list = purpose;
         let nonce = self.nonce(&aad(server, list), &buf);
         self.key
             .seal_in_place_append_tag(
@@ -137,6 +150,22 @@ impl CursorKey {
         upstreams: &str,
         text: &str,
     ) -> Result<Vec<Position>, CursorError> {
+        let state: Vec<Option<String>> = self.open_value(server, list, upstreams, text)?;
+        Ok(state
+            .into_iter()
+            .map(|c| c.map_or(Position::Done, Position::Next))
+            .collect())
+    }
+
+    /// Opens what [`seal_value`](Self::seal_value) sealed for `purpose`.
+    pub fn open_value<T: serde::de::DeserializeOwned>(
+        &self,
+        server: &str,
+        purpose: &str,
+        upstreams: &str,
+        text: &str,
+    ) -> Result<T, CursorError> {
+        let list = purpose;
         if text.len() > MAX_CURSOR {
             return Err(CursorError::Invalid);
         }
@@ -156,15 +185,12 @@ impl CursorKey {
                 &mut raw[NONCE_LEN..],
             )
             .map_err(|_| CursorError::Invalid)?;
-        let (sealed_for, state): (String, Vec<Option<String>>) =
+        let (sealed_for, value): (String, T) =
             serde_json::from_slice(plain).map_err(|_| CursorError::Invalid)?;
         if sealed_for != upstreams {
             return Err(CursorError::Stale);
         }
-        Ok(state
-            .into_iter()
-            .map(|c| c.map_or(Position::Done, Position::Next))
-            .collect())
+        Ok(value)
     }
 }
 

@@ -358,6 +358,7 @@ impl<M: Member> VirtualServer<M> {
             | "resources/unsubscribe"
             | "completion/complete" => self.call(&c, &method).await,
             "logging/setLevel" => self.set_level(&c).await,
+            "tasks/get" | "tasks/update" | "tasks/cancel" => self.task(&c, &method).await,
             other => error(
                 StatusCode::OK,
                 c.id.as_ref(),
@@ -1229,14 +1230,95 @@ impl<M: Member> VirtualServer<M> {
                 .is_some_and(is_event_stream);
             let mut resp = resp;
             own_session_id(&mut resp, c.parts);
+            // A 2026-07-28 client that takes tasks may get one: its id becomes a handle
+            // naming the upstream.
+            let tasks = c.modern && declares_tasks(c.body);
             return resp.map(|b| {
                 Either::Left(if sse && c.session.is_some() {
                     Relay::requests_of(b, member)
+                } else if tasks {
+                    Relay::edited(b, sse, self.task_edit(member, None))
                 } else {
                     Relay::plain(b)
                 })
             });
         }
+    }
+
+    /// What turns the id of a task upstream `member` created (`resultType: "task"`), or of
+    /// task `original` it reports on, into the handle the client is given.
+    fn task_edit(&self, member: usize, original: Option<String>) -> super::stream::Edit {
+        let this = self.clone();
+        Arc::new(move |v: &mut Value| {
+            let result = &mut v["result"];
+            let created = result["resultType"].as_str() == Some("task");
+            let Some(id) = result["taskId"].as_str() else {
+                return false;
+            };
+            if !created && original.as_deref() != Some(id) {
+                return false;
+            }
+            match this.inner.cursors.seal_value(
+                &this.inner.name,
+                "task",
+                &this.inner.binding,
+                &(member, id),
+            ) {
+                Some(handle) => {
+                    result["taskId"] = Value::String(handle);
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
+    /// `tasks/get`, `tasks/update`, `tasks/cancel`: to the upstream whose task the handle
+    /// names, with its own id; the answer names the handle again.
+    async fn task(&self, c: &Call<'_>, method: &str) -> Answer<M::Body> {
+        let Some(handle) = c.value["params"]["taskId"].as_str() else {
+            return invalid(c.id.as_ref(), "params.taskId is required");
+        };
+        let Ok((member, original)) = self.inner.cursors.open_value::<(usize, String)>(
+            &self.inner.name,
+            "task",
+            &self.inner.binding,
+            handle,
+        ) else {
+            return invalid(
+                c.id.as_ref(),
+                format!(
+                    "unknown task {handle:?}: not a task of virtual server {:?}",
+                    &*self.inner.name
+                ),
+            );
+        };
+        if member >= self.inner.members.len() {
+            return invalid(c.id.as_ref(), "unknown task");
+        }
+        let Some(body) = replace_param(c.body, &["taskId"], &original) else {
+            return invalid(c.id.as_ref(), "params could not be rewritten");
+        };
+        let req = self.sub_request(
+            c.parts,
+            member,
+            Method::POST,
+            Some(method),
+            body,
+            None,
+            Some(&original),
+            Some(handle),
+        );
+        if let Some(x) = Exchange::from_extensions(&c.parts.extensions) {
+            x.update(|r| r.audited_elsewhere = true);
+        }
+        let resp = self.inner.members[member].call(req).await;
+        let sse = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(is_event_stream);
+        let edit = self.task_edit(member, Some(original));
+        resp.map(|b| Either::Left(Relay::edited(b, sse, edit)))
     }
 
     /// The answer to a request upstream `member` could not take.
@@ -1559,6 +1641,12 @@ fn object_in_order(raw: &str) -> Option<Vec<(String, &serde_json::value::RawValu
     let out = (&mut de).deserialize_map(V).ok()?;
     de.end().ok()?;
     Some(out)
+}
+
+/// Whether a 2026-07-28 request's client capabilities take tasks (the tasks extension).
+fn declares_tasks(body: &[u8]) -> bool {
+    const EXT: &[u8] = b"io.modelcontextprotocol/tasks";
+    body.windows(EXT.len()).any(|w| w == EXT)
 }
 
 /// An upstream's answer names the client's session, never the upstream's own (a server may

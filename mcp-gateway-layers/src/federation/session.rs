@@ -160,7 +160,11 @@ impl SessionTable {
             .map(|(k, o)| (k, (o.last_used.load(Ordering::Relaxed), o.seq)))
             .collect();
         if mine.len() >= MAX_PER_CALLER {
-            if let Some(oldest) = mine.iter().min_by_key(|(_, t)| *t).map(|(k, _)| (*k).clone()) {
+            if let Some(oldest) = mine
+                .iter()
+                .min_by_key(|(_, t)| *t)
+                .map(|(k, _)| (*k).clone())
+            {
                 map.remove(&oldest);
             }
         }

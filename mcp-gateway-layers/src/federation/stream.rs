@@ -61,13 +61,19 @@ pub(crate) fn relay_request(member: usize, v: &mut Value) -> bool {
     false
 }
 
-/// One decoded item of an upstream's SSE answer, encoded again with relayed request ids.
-fn relay_item(member: usize, item: SseItem) -> Bytes {
+/// What changes the messages of an answer on their way to the client (true: changed).
+pub type Edit = Arc<dyn Fn(&mut Value) -> bool + Send + Sync>;
+
+/// The largest JSON answer read whole to be edited; a larger one passes untouched.
+const MAX_EDITED_JSON: usize = 1024 * 1024;
+
+/// One decoded item of an upstream's SSE answer, encoded again, edited.
+fn edit_item(edit: &Edit, item: SseItem) -> Bytes {
     match item {
         SseItem::Comment(c) => encode_comment(&c),
         SseItem::Event(mut ev) => {
             if let Ok(mut v) = serde_json::from_str::<Value>(&ev.data) {
-                if relay_request(member, &mut v) {
+                if edit(&mut v) {
                     ev.data = v.to_string();
                 }
             }
@@ -76,9 +82,16 @@ fn relay_item(member: usize, item: SseItem) -> Bytes {
     }
 }
 
+enum Mode {
+    /// An SSE answer, event by event.
+    Sse { decoder: SseDecoder },
+    /// A JSON answer, read whole (up to [`MAX_EDITED_JSON`]).
+    Json { buf: Vec<u8> },
+}
+
 struct Rewrite {
-    member: usize,
-    decoder: SseDecoder,
+    edit: Edit,
+    mode: Mode,
     out: VecDeque<Bytes>,
     done: bool,
 }
@@ -112,11 +125,28 @@ impl<B> Relay<B> {
 
     /// Relays the requests upstream `member` makes in the SSE stream `body`.
     pub fn requests_of(body: B, member: usize) -> Self {
+        Self::edited(
+            body,
+            true,
+            Arc::new(move |v: &mut Value| relay_request(member, v)),
+        )
+    }
+
+    /// `body` (an SSE stream when `sse`, else one JSON message) with `edit` applied to
+    /// every message.
+    pub fn edited(body: B, sse: bool, edit: Edit) -> Self {
+        let mode = if sse {
+            Mode::Sse {
+                decoder: SseDecoder::new(MAX_EVENT),
+            }
+        } else {
+            Mode::Json { buf: Vec::new() }
+        };
         Self {
             body,
             rewrite: Some(Box::new(Rewrite {
-                member,
-                decoder: SseDecoder::new(MAX_EVENT),
+                edit,
+                mode,
                 out: VecDeque::new(),
                 done: false,
             })),
@@ -141,8 +171,8 @@ where
             return this.body.poll_frame(cx).map_err(Into::into);
         };
         let Rewrite {
-            member,
-            decoder,
+            edit,
+            mode,
             out,
             done,
         } = &mut **rw;
@@ -154,15 +184,33 @@ where
                 return Poll::Ready(None);
             }
             match ready!(this.body.as_mut().poll_frame(cx)) {
-                None => *done = true,
+                None => {
+                    *done = true;
+                    if let Mode::Json { buf } = mode {
+                        let whole = std::mem::take(buf);
+                        out.push_back(edit_json(edit, whole));
+                    }
+                }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let m = *member;
-                        decoder
-                            .feed(&data, &mut |item| out.push_back(relay_item(m, item)))
-                            .map_err(|e| -> crate::BoxError { Box::new(e) })?;
-                    }
+                    Ok(data) => match mode {
+                        Mode::Sse { decoder } => {
+                            decoder
+                                .feed(&data, &mut |item| out.push_back(edit_item(edit, item)))
+                                .map_err(|e| -> crate::BoxError { Box::new(e) })?;
+                        }
+                        Mode::Json { buf } => {
+                            if buf.len() + data.len() > MAX_EDITED_JSON {
+                                // Too large to be what is edited (a task, a relayed
+                                // request): the rest passes as it comes.
+                                let mut all = std::mem::take(buf);
+                                all.extend_from_slice(&data);
+                                *this.rewrite = None;
+                                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(all)))));
+                            }
+                            buf.extend_from_slice(&data);
+                        }
+                    },
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
             }
@@ -174,6 +222,20 @@ where
             None => self.body.is_end_stream(),
             Some(rw) => rw.done && rw.out.is_empty(),
         }
+    }
+}
+
+/// One JSON answer, edited (or as it came when it is not JSON or nothing changed).
+fn edit_json(edit: &Edit, whole: Vec<u8>) -> Bytes {
+    match serde_json::from_slice::<Value>(&whole) {
+        Ok(mut v) => {
+            if edit(&mut v) {
+                Bytes::from(v.to_string())
+            } else {
+                Bytes::from(whole)
+            }
+        }
+        Err(_) => Bytes::from(whole),
     }
 }
 
