@@ -221,8 +221,37 @@ async fn rust_client_lists_and_calls_both_eras() {
     assert!(v["error"]["message"].as_str().unwrap().contains("nope__x"));
     let (_, v) = modern(&http, &url, "tools/list", json!({"cursor": "forged"})).await;
     assert_eq!(v["error"]["code"], -32602, "{v}");
-    let (_, v) = modern(&http, &url, "ping", json!({})).await;
-    assert_eq!(v["result"], json!({}));
+    // What a 2026-07-28 server checks, the virtual server checks of what it answers itself.
+    let (status, v) = modern(&http, &url, "ping", json!({})).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!(-32601)),
+        "ping is gone in 2026-07-28: {v}"
+    );
+    let (status, v) = modern(&http, &url, "no/such_method", json!({})).await;
+    assert_eq!((status, &v["error"]["code"]), (404, &json!(-32601)), "{v}");
+    let discover = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+    let resp = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "server/discover")
+        .body(discover.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "no client capabilities");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let (_, v) = modern(&http, &url, "server/discover", json!({})).await;
+    let versions = v["result"]["supportedVersions"].as_array().unwrap();
+    assert!(versions.contains(&json!("2026-07-28")), "{v}");
+    assert!(
+        versions.contains(&json!("2025-11-25")),
+        "the legacy protocol too: {v}"
+    );
     gw.shutdown().await;
 }
 

@@ -1,6 +1,8 @@
 """Runs the official MCP conformance suite against each upstream directly and through each
 gateway configuration of gateways.conf (those without a token), and compares the results check
-by check. Exit status 1 on any unexplained difference.
+by check. Exit status 1 on any unexplained difference. A configuration with --route runs the
+suite against /mcp/ROUTE (e.g. a virtual server over that one upstream) for the upstreams it
+routes, and is skipped for the others.
 
 Usage: conformance.py SUITE=CONFORMANCE_BIN[:ARGS] ... (ARGS: space-separated suite arguments)
 """

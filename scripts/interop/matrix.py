@@ -85,13 +85,18 @@ def sdk_client(cmd: list[str]):
 
 
 def one_step_at_a_time(run):
-    """For a client that takes a single call and progress call (the rmcp `interop-client`): a
-    case with several is run as one client run (one connection) per pair, and the results merged."""
+    """For a client that may take only a single call and progress call (the rmcp
+    `interop-client`, which then fails a case of several with "case: tool name missing"): such
+    a case is run as one client run (one connection) per pair, and the results merged."""
 
     def multi(url: str, era: str, case: dict, headers: list[str]) -> dict:
         calls, progress = steps(case["call"]), steps(case["progress"])
         if len(calls) == 1 and len(progress) == 1:
             return run(url, era, case, headers)
+        whole = run(url, era, case, headers)
+        if "case: tool name missing" not in str(whole.get("error")):
+            return whole  # the client takes lists of steps
+        multi.split = True
         outs = [run(url, era, {"call": c, "progress": p}, headers) for c, p in zip(calls, progress)]
         out = {"ok": all(o.get("ok") for o in outs), "protocol": outs[0].get("protocol"),
                "calls": sum(1 for o in outs if "call" in o),
@@ -108,6 +113,7 @@ def one_step_at_a_time(run):
                 break
         return out
 
+    multi.split = False
     return multi
 
 
@@ -198,15 +204,20 @@ def versions() -> list[str]:
     ]
 
 
-def judge(direct: dict, via: dict) -> tuple[str, bool]:
-    """A cell: the direct run against the runs through each gateway; whether the gateway failed."""
+def judge(direct: dict, via: dict, route: str | None = None) -> tuple[str, bool]:
+    """A cell: the direct run against the runs through each gateway; whether the gateway failed.
+    With `route` (a virtual server's rows), a pair that fails both ways shows the gateway's error
+    too: the virtual server's own answer, not a member's."""
     bad = {n: r for n, r in via.items() if not r.get("ok")}
     if direct.get("ok") and not bad:
         return f"✅ {summary(next(iter(via.values())))}", False
     if direct.get("ok"):
         return "❌ gateway: " + "; ".join(f"{n}: {esc(r.get('error'))}" for n, r in bad.items()), True
     if len(bad) == len(via):
-        return f"— not supported by this pair (direct: {esc(direct.get('error'))})", False
+        through = "; ".join(sorted({esc(r.get("error")) for r in bad.values()}))
+        shown = route and through != esc(direct.get("error"))
+        return (f"— not supported by this pair (direct: {esc(direct.get('error'))}"
+                f"{f'; {route}: {through}' if shown else ''})"), False
     return f"⚠️ fails direct ({esc(direct.get('error'))}) but passes through " + ", ".join(
         sorted(set(via) - set(bad))), False
 
@@ -222,7 +233,10 @@ def virtual_direct(results: dict[str, dict]) -> dict:
     return {"ok": False, "error": "; ".join(f"{MEMBER_TITLES[m]}: {r.get('error')}" for m, r in bad.items())}
 
 
-def check_virtual(r: dict, members: list[str], direct: dict[str, dict]) -> dict:
+COUNTED_ONLY: set[str] = set()  # clients whose virtual rows were checked by the tool count only
+
+
+def check_virtual(r: dict, members: list[str], direct: dict[str, dict], client: str) -> dict:
     """A run against a virtual server, checked against the members' direct runs: the listed tools
     are exactly theirs, prefixed (or, for a client that reports only a count, as many), and
     every member's call answered."""
@@ -234,6 +248,7 @@ def check_virtual(r: dict, members: list[str], direct: dict[str, dict]) -> dict:
         if got != want:
             return {**r, "ok": False, "error": f"tools/list: missing {sorted(want - got)}, unexpected {sorted(got - want)}"}
     else:
+        COUNTED_ONLY.add(client)
         want_n = sum(direct[m].get("tools", 0) for m in members)
         if r.get("tools") != want_n:
             return {**r, "ok": False, "error": f"tools/list: {r.get('tools')} tools, the members list {want_n} directly"}
@@ -281,8 +296,8 @@ def main() -> int:
                     direct = virtual_direct(member_direct)
                     case = virtual_case(members)
                     via = {c.name: check_virtual(run(f"{gateways[c.name]}/mcp/{v}", era, case, c.headers()),
-                                                 members, member_direct) for c in having}
-                    cell, bad = judge(direct, via)
+                                                 members, member_direct, client) for c in having}
+                    cell, bad = judge(direct, via, f"/mcp/{v}")
                     failed |= bad
                     log(f"interop {client} → virtual {v} [{era}]: {cell}")
                     cells.append(cell)
@@ -297,22 +312,28 @@ def main() -> int:
     virtual_text = []
     if virtuals:
         names = ", ".join(f"`{c.name}`" for c in {c.name: c for _, hv in virtuals.values() for c in hv}.values())
+        counted = sorted(COUNTED_ONLY)
+        split = sorted(n for n, run in CLIENTS.items() if getattr(run, "split", False))
         virtual_text = [
             "",
             f"**Virtual servers** (`[virtual.NAME]`, configuration {names}): one endpoint over several",
             "upstreams, names prefixed with the upstream's configuration name (`fixture__echo`,",
             "`everything__echo`, `python__echo`, ...). In a virtual server's row the client connects to",
             "`/mcp/NAME`, lists the tools and checks that the list is exactly the union of what it lists",
-            "from each member directly, prefixed (the rmcp client reports only a count, so for it the count",
-            "must be the sum), then calls every member's echo tool and every member's progress-streaming",
-            "tool under the prefixed names (the rmcp client takes one call and one streamed call per run,",
-            "so it connects once per member). \"Directly\" there means the same client against each member",
-            "on its own: where one member does not speak an era, neither does the row. A virtual server",
-            "offers in `server/discover` only the versions every member supports, so `/mcp/all` (with",
-            "server-everything) is legacy-only; `/mcp/modern` federates the members that speak",
-            "2026-07-28. In the same configuration the fixture's row runs against `/mcp/fixture_v`, a",
-            "virtual server over the fixture alone with `prefix = \"never\"`, which must look exactly like the",
-            "fixture; that is also what `scripts/conformance` compares.",
+            "from each member directly, prefixed"
+            + (f" ({', '.join(counted)} reports only a count: for it the count must be the sum)" if counted else "")
+            + ", then calls every member's echo tool and every member's progress-streaming tool under the",
+            "prefixed names"
+            + (f" ({', '.join(split)} takes one call and one streamed call per run: it connects once per"
+               " member)" if split else "") + ".",
+            "\"Directly\" there means the same client against each member on its own: where a member does",
+            "not speak an era, the row counts as not supported in it, and the cell shows the member's error",
+            "and the virtual server's. A virtual server offers in `server/discover` only the versions",
+            "every member supports; server-everything has no 2026-07-28, so `/mcp/all` is reached with",
+            "`initialize` only, and `/mcp/modern` federates the members that speak 2026-07-28. In the same",
+            "configuration the fixture's row runs against `/mcp/fixture_v`, a virtual server over the",
+            "fixture alone with `prefix = \"never\"`, which must look exactly like the fixture; that is",
+            "also what `scripts/conformance` compares.",
         ]
     doc = [
         "# Interoperability matrix",
@@ -328,7 +349,7 @@ def main() -> int:
         *virtual_text,
         "",
         "✅ passed directly and through every gateway configuration (negotiated protocol · tools listed ·",
-        "progress notifications received); — the pair does not speak that era (it fails the same way",
+        "calls made, for a virtual server · progress notifications received); — the pair does not speak that era (it fails the same way",
         "without the gateway; the direct error is shown); ❌ passed directly but failed through the gateway.",
         "",
         "| client | server | legacy (initialize) | 2026-07-28 (server/discover) |",

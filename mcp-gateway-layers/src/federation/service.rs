@@ -269,7 +269,7 @@ impl<M: Member> VirtualServer<M> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(mcp_gateway_core::era::is_modern_version);
         if parts.method == Method::GET && !modern_get {
-            return self.get_stream(parts);
+            return self.get_stream(parts).await;
         }
         if parts.method != Method::POST {
             let mut resp = JsonRpcError::new(
@@ -321,6 +321,11 @@ impl<M: Member> VirtualServer<M> {
         };
         if !modern && method == "initialize" {
             return self.initialize(&parts, &value, id.as_ref());
+        }
+        if modern && kind == MessageKind::Request {
+            if let Err(resp) = modern_checks(&view, &value, &method, id.as_ref()) {
+                return *resp;
+            }
         }
         let session = if modern {
             None
@@ -607,11 +612,46 @@ impl<M: Member> VirtualServer<M> {
 
     /// A legacy client's GET stream: the streams of its upstream sessions, merged (those
     /// opened later join it).
-    fn get_stream(&self, parts: Parts) -> Answer<M::Body> {
+    async fn get_stream(&self, parts: Parts) -> Answer<M::Body> {
         let s = match self.session(&parts, None) {
             Ok(s) => s,
             Err(resp) => return *resp,
         };
+        // Resuming a call's stream: the upstream that sent it, with its own event id.
+        let resume = parts
+            .headers
+            .get(mcp_gateway_core::headers::LAST_EVENT_ID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::stream::unrelay_event_id)
+            .filter(|(m, _)| *m < self.inner.members.len())
+            .map(|(m, id)| (m, id.to_owned()));
+        if let Some((member, last)) = resume {
+            let ms = match self.member_session(&parts, &s, member).await {
+                Ok(ms) => ms,
+                Err(Failure::Refused(resp)) => return own(*resp),
+                Err(Failure::Failed(why)) => {
+                    return own(JsonRpcError::new(ErrorCode::UPSTREAM_UNAVAILABLE, why)
+                        .into_response(StatusCode::BAD_GATEWAY, None))
+                }
+            };
+            let mut req = self.sub_request(
+                &parts,
+                member,
+                Method::GET,
+                None,
+                Bytes::new(),
+                Some(&ms),
+                None,
+                None,
+            );
+            if let Ok(v) = HeaderValue::from_str(&last) {
+                req.headers_mut()
+                    .insert(mcp_gateway_core::headers::LAST_EVENT_ID, v);
+            }
+            let mut resp = self.inner.members[member].call(req).await;
+            own_session_id(&mut resp, &parts);
+            return resp.map(|b| Either::Left(Relay::requests_of(b, member)));
+        }
         let (hub, body) = Hub::new(parts);
         s.set_hub(Some(hub.clone()));
         let this = self.clone();
@@ -1147,14 +1187,26 @@ impl<M: Member> VirtualServer<M> {
                     .with_data(json!({"name": name, "upstreams": owners})),
                 ))
             }
-            None => Err(invalid(
-                c.id.as_ref(),
-                format!(
-                    "unknown {} {name:?}: no upstream of virtual server {:?} lists it",
-                    kind.label(),
-                    &*self.inner.name
-                ),
-            )),
+            None => {
+                let data = if kind.is_uri() {
+                    json!({"uri": name})
+                } else {
+                    json!({"name": name})
+                };
+                Err(error(
+                    StatusCode::OK,
+                    c.id.as_ref(),
+                    JsonRpcError::new(
+                        ErrorCode::INVALID_PARAMS,
+                        format!(
+                            "unknown {} {name:?}: no upstream of virtual server {:?} lists it",
+                            kind.label(),
+                            &*self.inner.name
+                        ),
+                    )
+                    .with_data(data),
+                ))
+            }
         }
     }
 
@@ -1503,13 +1555,16 @@ impl<M: Member> VirtualServer<M> {
                 continue;
             }
             let result = v.as_ref().map(|v| &v["result"]);
+            // The 2026-07-28 versions it offers (none when it does not discover: it speaks
+            // the legacy protocol only).
             let theirs: Vec<String> = match result.and_then(|r| r["supportedVersions"].as_array()) {
                 Some(a) => a
                     .iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .filter_map(|v| v.as_str())
+                    .filter(|v| mcp_gateway_core::era::is_modern_version(v))
+                    .map(str::to_owned)
                     .collect(),
-                // No discovery: it speaks the legacy protocol only.
-                None => LEGACY_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
+                None => Vec::new(),
             };
             versions = Some(match versions {
                 None => theirs,
@@ -1532,9 +1587,13 @@ impl<M: Member> VirtualServer<M> {
             }
             private |= result.is_some_and(|r| r["cacheScope"].as_str() == Some("private"));
         }
+        // The 2026-07-28 versions every upstream offers, and the legacy ones (the gateway
+        // answers `initialize` itself and opens each upstream's session in it).
+        let mut versions = versions.unwrap_or_default();
+        versions.extend(LEGACY_VERSIONS.iter().map(|v| (*v).to_owned()));
         let result = json!({
             "resultType": "complete",
-            "supportedVersions": versions.unwrap_or_default(),
+            "supportedVersions": versions,
             "capabilities": caps,
             "ttlMs": ttl.unwrap_or(0),
             "cacheScope": if private { "private" } else { "public" },
@@ -1641,6 +1700,79 @@ fn object_in_order(raw: &str) -> Option<Vec<(String, &serde_json::value::RawValu
     let out = (&mut de).deserialize_map(V).ok()?;
     de.end().ok()?;
     Some(out)
+}
+
+/// The 2026-07-28 versions a virtual server speaks itself.
+pub(crate) const MODERN_VERSIONS: [&str; 1] = ["2026-07-28"];
+
+/// The methods 2026-07-28 removed (a 2026-07-28 server answers them as unknown).
+const REMOVED_IN_MODERN: [&str; 5] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// The methods a virtual server serves in 2026-07-28.
+const MODERN_METHODS: [&str; 12] = [
+    "server/discover",
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "tools/call",
+    "prompts/get",
+    "resources/read",
+    "completion/complete",
+    "tasks/get",
+    "tasks/update",
+    "tasks/cancel",
+];
+
+/// What a 2026-07-28 server checks of every request before serving it, for the requests a
+/// virtual server answers itself or sends on: a version it speaks (400, -32022), the client's
+/// capabilities in `_meta` (400, -32602), a method of the version (404, -32601).
+fn modern_checks<B>(
+    view: &McpRequest,
+    value: &Value,
+    method: &str,
+    id: Option<&RequestId>,
+) -> Result<(), Box<Answer<B>>> {
+    let requested = view.protocol().version.as_deref().unwrap_or("");
+    if !MODERN_VERSIONS.contains(&requested) {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            id,
+            JsonRpcError::new(
+                ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
+                format!("unsupported protocol version {requested:?}"),
+            )
+            .with_data(json!({"supported": MODERN_VERSIONS, "requested": requested})),
+        )));
+    }
+    let caps = &value["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"];
+    if !caps.is_object() {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            id,
+            JsonRpcError::new(
+                ErrorCode::INVALID_PARAMS,
+                "params._meta[\"io.modelcontextprotocol/clientCapabilities\"] is required (an object)",
+            ),
+        )));
+    }
+    if REMOVED_IN_MODERN.contains(&method) || !MODERN_METHODS.contains(&method) {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            id,
+            JsonRpcError::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!("method {method:?} does not exist in protocol version {requested}"),
+            ),
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a 2026-07-28 request's client capabilities take tasks (the tasks extension).

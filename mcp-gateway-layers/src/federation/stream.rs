@@ -67,8 +67,10 @@ pub type Edit = Arc<dyn Fn(&mut Value) -> bool + Send + Sync>;
 /// The largest JSON answer read whole to be edited; a larger one passes untouched.
 const MAX_EDITED_JSON: usize = 1024 * 1024;
 
-/// One decoded item of an upstream's SSE answer, encoded again, edited.
-fn edit_item(edit: &Edit, item: SseItem) -> Bytes {
+/// One decoded item of an upstream's SSE answer, encoded again, edited; with `ids`, its
+/// event id names the upstream (`<index>/<id>`), so that a client resuming the stream with
+/// `Last-Event-ID` is sent back to it.
+fn edit_item(edit: &Edit, ids: Option<usize>, item: SseItem) -> Bytes {
     match item {
         SseItem::Comment(c) => encode_comment(&c),
         SseItem::Event(mut ev) => {
@@ -77,9 +79,27 @@ fn edit_item(edit: &Edit, item: SseItem) -> Bytes {
                     ev.data = v.to_string();
                 }
             }
-            ev.encode()
+            if let (Some(m), Some(id)) = (ids, ev.id.as_mut()) {
+                *id = format!("{m}/{id}");
+            }
+            let bytes = ev.encode();
+            if ev.data.is_empty() && !bytes.starts_with(b"data:") {
+                // An event with an id and empty data (a stream's priming event) keeps its
+                // `data:` line: without one a client would not dispatch it, nor learn its id.
+                let mut b = bytes.to_vec();
+                b.pop();
+                b.extend_from_slice(b"data:\n\n");
+                return Bytes::from(b);
+            }
+            bytes
         }
     }
+}
+
+/// The upstream and its own event id in a `Last-Event-ID` a relayed stream gave.
+pub fn unrelay_event_id(id: &str) -> Option<(usize, &str)> {
+    let (m, rest) = id.split_once('/')?;
+    Some((m.parse().ok()?, rest))
 }
 
 enum Mode {
@@ -91,6 +111,8 @@ enum Mode {
 
 struct Rewrite {
     edit: Edit,
+    /// The upstream whose event ids are prefixed (legacy streams, which can be resumed).
+    ids: Option<usize>,
     mode: Mode,
     out: VecDeque<Bytes>,
     done: bool,
@@ -125,11 +147,15 @@ impl<B> Relay<B> {
 
     /// Relays the requests upstream `member` makes in the SSE stream `body`.
     pub fn requests_of(body: B, member: usize) -> Self {
-        Self::edited(
+        let mut relay = Self::edited(
             body,
             true,
             Arc::new(move |v: &mut Value| relay_request(member, v)),
-        )
+        );
+        if let Some(rw) = relay.rewrite.as_mut() {
+            rw.ids = Some(member);
+        }
+        relay
     }
 
     /// `body` (an SSE stream when `sse`, else one JSON message) with `edit` applied to
@@ -146,6 +172,7 @@ impl<B> Relay<B> {
             body,
             rewrite: Some(Box::new(Rewrite {
                 edit,
+                ids: None,
                 mode,
                 out: VecDeque::new(),
                 done: false,
@@ -172,6 +199,7 @@ where
         };
         let Rewrite {
             edit,
+            ids,
             mode,
             out,
             done,
@@ -196,7 +224,9 @@ where
                     Ok(data) => match mode {
                         Mode::Sse { decoder } => {
                             decoder
-                                .feed(&data, &mut |item| out.push_back(edit_item(edit, item)))
+                                .feed(&data, &mut |item| {
+                                    out.push_back(edit_item(edit, *ids, item))
+                                })
                                 .map_err(|e| -> crate::BoxError { Box::new(e) })?;
                         }
                         Mode::Json { buf } => {
@@ -372,6 +402,14 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use serde_json::json;
 
+    #[tokio::test]
+    async fn a_priming_event_keeps_its_data_line() {
+        let body = Relay::requests_of(Full::new(Bytes::from_static(b"id: 0/0\ndata:\n\n")), 1);
+        let out = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"id: 1/0/0\ndata:\n\n");
+        assert_eq!(unrelay_event_id("1/0/0"), Some((1, "0/0")));
+    }
+
     #[test]
     fn ids_round_trip() {
         for id in [json!(7), json!("abc/def"), json!(-1)] {
@@ -389,7 +427,10 @@ mod tests {
         let out = body.collect().await.unwrap().to_bytes();
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.contains("\"id\":\"mcp-gateway/2/9\""), "{text}");
-        assert!(text.contains("id: 1\n"), "event ids kept: {text}");
+        assert!(
+            text.contains("id: 2/1\n"),
+            "event ids name the upstream: {text}"
+        );
         assert!(text.contains(": ping\n\n"), "comments kept: {text}");
         assert!(
             text.contains("\"id\":1,\"result\""),
