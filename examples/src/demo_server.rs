@@ -221,6 +221,9 @@ pub async fn serve_service<S: ServerHandler + Clone + Send + 'static>(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Events are small writes: without it, Nagle's algorithm holds each one until the
+        // peer's delayed acknowledgement of the one before (tens of milliseconds).
+        let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(svc.clone());
         tokio::spawn(async move {
             let _ = Builder::new(TokioExecutor::new())
