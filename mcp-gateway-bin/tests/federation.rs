@@ -969,3 +969,47 @@ async fn tasks_route_back_to_their_upstream_under_sealed_handles() {
     assert_eq!(v["error"]["code"], -32602, "{v}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shortened_names_reach_their_tool_on_any_gateway() {
+    // Tools named "dot.ted_0", "dot.ted_1": a '.' is not allowed in an exposed name.
+    let fd = Fleet::new("dot.ted", 2, 0);
+    let d = fleet_server::spawn(fd.clone()).await.unwrap();
+    let config =
+        format!("[upstreams.d]\nurl = \"http://{d}/mcp\"\n\n[virtual.all]\nupstreams = [\"d\"]\n");
+    let gw = start(&config).await;
+    let http = reqwest::Client::new();
+    let (_, v) = modern(
+        &http,
+        &format!("http://{}/mcp/all", gw.local_addr()),
+        "tools/list",
+        json!({}),
+    )
+    .await;
+    let names = tool_names(&v);
+    assert_eq!(names.len(), 3, "{names:?}");
+    let short = names[1].clone();
+    assert!(
+        short.starts_with("d__dot_ted_1-") && short.len() == "d__dot_ted_1-".len() + 8,
+        "{short}"
+    );
+    assert!(short
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    // A gateway that never listed maps it back too (it lists the upstream on the miss).
+    let gw2 = start(&config).await;
+    let (_, v) = modern(
+        &http,
+        &format!("http://{}/mcp/all", gw2.local_addr()),
+        "tools/call",
+        json!({"name": short}),
+    )
+    .await;
+    assert_eq!(
+        v["result"]["content"][0]["text"], "dot.ted_1 from dot.ted",
+        "{v}"
+    );
+    assert_eq!(fd.calls(), ["dot.ted_1"]);
+    gw.shutdown().await;
+    gw2.shutdown().await;
+}

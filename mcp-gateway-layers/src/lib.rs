@@ -81,6 +81,14 @@
     not(feature = "reload"),
     doc = "| `reload` | `Reload` | `[server] watch_config` | a swappable cell in front of any service: a new stack for new requests, the old one kept by those running; a polling file watcher |"
 )]
+#![cfg_attr(
+    feature = "federation",
+    doc = "| [`federation`] | `VirtualServer` | `[virtual.NAME]` | one MCP endpoint over several upstreams: `alias__name` names, merged lists with sealed cursors, calls routed to their owner, both protocol eras (`virtual` is a Rust keyword: the module is named for what it does) |"
+)]
+#![cfg_attr(
+    not(feature = "federation"),
+    doc = "| `federation` | `VirtualServer` | `[virtual.NAME]` | one MCP endpoint over several upstreams: `alias__name` names, merged lists with sealed cursors, calls routed to their owner, both protocol eras (`virtual` is a Rust keyword: the module is named for what it does) |"
+)]
 //!
 //! What they share, always compiled:
 //!

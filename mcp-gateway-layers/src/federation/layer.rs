@@ -106,8 +106,8 @@ impl VirtualServerLayer {
         self
     }
 
-    /// Takes over `old`'s sessions, names seen and counters (a reload that kept the virtual
-    /// server's upstreams, in the same order).
+    /// Takes over `old`'s sessions, names seen, counters and cursor key (a reload that kept
+    /// the virtual server's upstreams, in the same order); a key given after this wins.
     pub fn carry_over<M: Member>(mut self, old: &VirtualServer<M>) -> Self {
         self.state = Some(old.inner.state.clone());
         self.cursors = old.inner.cursors.clone();

@@ -26,8 +26,12 @@
 //!   smallest, `cacheScope` `private` when any upstream or the caller's permissions make it so).
 //! - **Calls** (`tools/call`, `prompts/get`, `resources/read`, `resources/subscribe`,
 //!   `completion/complete`) go to the owning upstream only, the original name restored in
-//!   the body and in `Mcp-Name`; the answer streams back untouched. `ping` is answered
-//!   here. A legacy `notifications/cancelled` goes only to the upstream the request went to.
+//!   the body and in `Mcp-Name`; the answer streams back (a legacy SSE answer with the
+//!   server's requests relayed under ids naming the upstream; a 2026-07-28 task's id turned
+//!   into a sealed handle). A legacy `ping` is answered here. A legacy
+//!   `notifications/cancelled` goes only to the upstream the request went to.
+//! - **Legacy streams** ([`stream`]): the client's GET stream merges its upstream sessions'
+//!   streams; `list_changed` reaches the client at most once a second per list.
 //!
 //! Each upstream is a [`Member`]: any service that takes a request and answers (a tower
 //! service through [`ServiceMember`]). In the binary each member is the upstream's own

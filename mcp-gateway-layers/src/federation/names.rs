@@ -60,6 +60,16 @@ pub fn expose(alias: Option<&str>, name: &str) -> String {
     out
 }
 
+/// Whether `name` has the form of a shortened name (`-` and 8 lowercase hex digits at its
+/// end): only the names the upstreams listed map such a name back.
+pub fn is_shortened(name: &str) -> bool {
+    name.len() > 9
+        && name.as_bytes()[name.len() - 9] == b'-'
+        && name[name.len() - 8..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// The exposed URI of resource `uri` of upstream `alias`.
 pub fn expose_uri(alias: Option<&str>, uri: &str) -> String {
     match alias {
@@ -146,7 +156,8 @@ impl Kind {
 pub enum Owner {
     /// One upstream (its index) and the original name.
     One(usize, String),
-    /// Several upstreams list the same original name and the prefix is `never`.
+    /// Several entries have this exposed name (upstreams that list the same original name
+    /// under `never`, or names that collide once exposed): refused.
     Ambiguous(Vec<usize>),
 }
 
@@ -186,7 +197,7 @@ impl Catalog {
         list.extend(names);
     }
 
-    /// Forgets what `member` listed of `kind` (its list failed).
+    /// Forgets what `member` listed of `kind` (it announced that the list changed).
     pub fn forget(&mut self, kind: Kind, member: usize) {
         self.kinds[kind.index()].names.remove(&member);
     }
@@ -269,7 +280,7 @@ impl Catalog {
     }
 
     /// The exposed name of `member`'s entry `name` as the last rebuild decided; `None` when
-    /// it is ambiguous (prefix `never`).
+    /// it is withheld (a clash under `never`, or a name several entries would have).
     pub fn exposed(
         &self,
         kind: Kind,
@@ -347,6 +358,14 @@ mod tests {
         assert!(dotted.starts_with("fs__read_file-"));
         assert_ne!(dotted, expose(Some("fs"), "read/file"));
         assert!(is_valid_name(&expose(None, "")));
+    }
+
+    #[test]
+    fn shortened_names_are_recognised() {
+        assert!(is_shortened(&expose(Some("fs"), "read.file")));
+        assert!(is_shortened(&expose(Some("docs"), &"x".repeat(80))));
+        assert!(!is_shortened("github__create_issue"));
+        assert!(!is_shortened("-1234abcd"));
     }
 
     #[test]

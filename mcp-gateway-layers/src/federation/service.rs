@@ -363,7 +363,9 @@ impl<M: Member> VirtualServer<M> {
             | "resources/unsubscribe"
             | "completion/complete" => self.call(&c, &method).await,
             "logging/setLevel" => self.set_level(&c).await,
-            "tasks/get" | "tasks/update" | "tasks/cancel" => self.task(&c, &method).await,
+            "tasks/get" | "tasks/update" | "tasks/cancel" if c.modern => {
+                self.task(&c, &method).await
+            }
             other => error(
                 StatusCode::OK,
                 c.id.as_ref(),
@@ -935,7 +937,16 @@ impl<M: Member> VirtualServer<M> {
                     (i, page.await)
                 }
             });
-        let answers = join_all(asked).await;
+        let mut answers = join_all(asked).await;
+        // A refusal of the caller (401, 403, 429) is the answer, whatever else failed.
+        if let Some(pos) = answers
+            .iter()
+            .position(|(_, a)| matches!(a, Ok(Err(Failure::Refused(_)))))
+        {
+            if let (_, Ok(Err(Failure::Refused(resp)))) = answers.swap_remove(pos) {
+                return own(*resp);
+            }
+        }
         let mut next = vec![Position::Done; n];
         let mut pages = Vec::with_capacity(n);
         let mut omitted = Vec::new();
@@ -983,17 +994,7 @@ impl<M: Member> VirtualServer<M> {
                 cat.record(kind, *i, first, names);
             }
             let fresh = cat.rebuild(kind, self.inner.prefix, &self.inner.aliases);
-            for (name, owners) in &fresh {
-                let owners: Vec<&str> = owners.iter().map(|o| &*self.inner.aliases[*o]).collect();
-                if matches!(cat.owner(kind, name), Some(Owner::Ambiguous(_))) {
-                    tracing::warn!(target: "mcp_gateway::virtual", server = %self.inner.name, kind = kind.label(), name = %name, upstreams = ?owners, "several upstreams' entries have this name (prefix = \"never\", or one alias's names collide with another's): removed from lists, calls to it refused");
-                    *lock(&self.inner.state.metrics.clashes)
-                        .entry(kind.label())
-                        .or_default() += 1;
-                } else {
-                    tracing::info!(target: "mcp_gateway::virtual", server = %self.inner.name, kind = kind.label(), name = %name, upstreams = ?owners, "name listed by several upstreams: exposed with their prefixes");
-                }
-            }
+            self.report_clashes(&cat, kind, &fresh);
             for (i, page) in pages.iter_mut() {
                 for mut e in page.items.drain(..) {
                     let Some(original) = e[kind.field()].as_str().map(str::to_owned) else {
@@ -1064,6 +1065,21 @@ impl<M: Member> VirtualServer<M> {
         own(result_response(c.id_raw(), &Value::Object(result)))
     }
 
+    /// Logs and counts the clashes a rebuild of the names found new.
+    fn report_clashes(&self, cat: &Catalog, kind: Kind, fresh: &[(String, Vec<usize>)]) {
+        for (name, owners) in fresh {
+            let owners: Vec<&str> = owners.iter().map(|o| &*self.inner.aliases[*o]).collect();
+            if matches!(cat.owner(kind, name), Some(Owner::Ambiguous(_))) {
+                tracing::warn!(target: "mcp_gateway::virtual", server = %self.inner.name, kind = kind.label(), name = %name, upstreams = ?owners, "several upstreams' entries have this name (prefix = \"never\", or names that collide once exposed): removed from lists, calls to it refused");
+                *lock(&self.inner.state.metrics.clashes)
+                    .entry(kind.label())
+                    .or_default() += 1;
+            } else {
+                tracing::info!(target: "mcp_gateway::virtual", server = %self.inner.name, kind = kind.label(), name = %name, upstreams = ?owners, "name listed by several upstreams: exposed with their prefixes");
+            }
+        }
+    }
+
     /// Lists `kind` of `members` to the end (every page), so that the catalog knows their
     /// names: what a call to a name the catalog does not know yet needs. At most once a
     /// second per kind: calls to unknown names cannot make the gateway list every upstream
@@ -1114,7 +1130,8 @@ impl<M: Member> VirtualServer<M> {
                 }
             }
         }
-        cat.rebuild(kind, self.inner.prefix, &self.inner.aliases);
+        let fresh = cat.rebuild(kind, self.inner.prefix, &self.inner.aliases);
+        self.report_clashes(&cat, kind, &fresh);
         Ok(())
     }
 
@@ -1126,21 +1143,6 @@ impl<M: Member> VirtualServer<M> {
         name: &str,
     ) -> Result<(usize, String), Answer<M::Body>> {
         let alias_index = |a: &str| self.inner.aliases.iter().position(|x| &**x == a);
-        if self.inner.prefix == Prefix::Always {
-            if kind.is_uri() {
-                if let Some((a, original)) = split_uri(name) {
-                    if let Some(i) = alias_index(a) {
-                        return Ok((i, original.to_owned()));
-                    }
-                }
-            } else if let Some((a, original)) = name.split_once(SEPARATOR) {
-                if let Some(i) = alias_index(a) {
-                    if expose(Some(a), original) == name {
-                        return Ok((i, original.to_owned()));
-                    }
-                }
-            }
-        }
         let lookup = |kind: Kind| -> Option<Result<(usize, String), Vec<usize>>> {
             let cat = lock(&self.inner.state.catalog);
             match cat.owner(kind, name) {
@@ -1153,7 +1155,22 @@ impl<M: Member> VirtualServer<M> {
                 None => None,
             }
         };
+        // The names the upstreams listed decide; with `always`, a name they did not list yet
+        // is read directly: the alias before the first `__` (or in the URI), the original
+        // after it, unless it has the form of a shortened name (which only the lists map back).
         let mut found = lookup(kind);
+        if found.is_none() && self.inner.prefix == Prefix::Always {
+            let direct = if kind.is_uri() {
+                split_uri(name)
+            } else {
+                name.split_once(SEPARATOR).filter(|(a, o)| {
+                    expose(Some(a), o) == name && !super::names::is_shortened(name)
+                })
+            };
+            if let Some(i) = direct.and_then(|(a, o)| alias_index(a).map(|i| (i, o))) {
+                found = Some(Ok((i.0, i.1.to_owned())));
+            }
+        }
         if found.is_none() {
             let all: Vec<usize> = (0..self.inner.members.len()).collect();
             let kinds: &[Kind] = if kind == Kind::Resources {
@@ -1178,7 +1195,7 @@ impl<M: Member> VirtualServer<M> {
                     JsonRpcError::new(
                         ErrorCode::INVALID_PARAMS,
                         format!(
-                            "{} {name:?} is ambiguous on virtual server {:?}: upstreams {} all have it (prefix = \"never\")",
+                            "{} {name:?} is ambiguous on virtual server {:?}: upstreams {} all have it",
                             kind.label(),
                             &*self.inner.name,
                             owners.join(", ")
@@ -1240,10 +1257,6 @@ impl<M: Member> VirtualServer<M> {
         let Some(body) = replace_param(c.body, path, &original) else {
             return invalid(c.id.as_ref(), "params could not be rewritten");
         };
-        // The member's exchange is this call's audit record.
-        if let Some(x) = Exchange::from_extensions(&c.parts.extensions) {
-            x.update(|r| r.audited_elsewhere = true);
-        }
         let mut retried = false;
         loop {
             let ms = match &c.session {
@@ -1266,12 +1279,23 @@ impl<M: Member> VirtualServer<M> {
                 Some(&original),
                 Some(exposed),
             );
+            // The member's exchange is this call's audit record (a call that could not be
+            // sent is the virtual route's).
+            if let Some(x) = Exchange::from_extensions(&c.parts.extensions) {
+                x.update(|r| r.audited_elsewhere = true);
+            }
+            let attempt = Exchange::from_extensions(req.extensions()).cloned();
             let resp = self.inner.members[member].call(req).await;
             // The upstream lost its session (it restarted): opened again, sent once more.
             if let (StatusCode::NOT_FOUND, Some(s), Some(ms), false) =
                 (resp.status(), &c.session, &ms, retried)
             {
                 self.forget_member(s, member, ms).await;
+                // Sent again: the second attempt is the call's record.
+                if let Some(x) = &attempt {
+                    x.update(|r| r.audited_elsewhere = true);
+                }
+                drop(resp);
                 retried = true;
                 continue;
             }
@@ -1284,7 +1308,7 @@ impl<M: Member> VirtualServer<M> {
             own_session_id(&mut resp, c.parts);
             // A 2026-07-28 client that takes tasks may get one: its id becomes a handle
             // naming the upstream.
-            let tasks = c.modern && declares_tasks(c.body);
+            let tasks = c.modern && declares_tasks(&c.value);
             return resp.map(|b| {
                 Either::Left(if sse && c.session.is_some() {
                     Relay::requests_of(b, member)
@@ -1364,7 +1388,8 @@ impl<M: Member> VirtualServer<M> {
         if let Some(x) = Exchange::from_extensions(&c.parts.extensions) {
             x.update(|r| r.audited_elsewhere = true);
         }
-        let resp = self.inner.members[member].call(req).await;
+        let mut resp = self.inner.members[member].call(req).await;
+        own_session_id(&mut resp, c.parts);
         let sse = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -1561,7 +1586,7 @@ impl<M: Member> VirtualServer<M> {
                 Some(a) => a
                     .iter()
                     .filter_map(|v| v.as_str())
-                    .filter(|v| mcp_gateway_core::era::is_modern_version(v))
+                    .filter(|v| MODERN_VERSIONS.contains(v))
                     .map(str::to_owned)
                     .collect(),
                 None => Vec::new(),
@@ -1582,9 +1607,9 @@ impl<M: Member> VirtualServer<M> {
                     caps.insert("tools".into(), json!({}));
                 }
             }
-            if let Some(t) = result.and_then(|r| r["ttlMs"].as_u64()) {
-                ttl = Some(ttl.map_or(t, |m| m.min(t)));
-            }
+            // No `ttlMs`: fresh for 0 ms, as in merged lists.
+            let t = result.and_then(|r| r["ttlMs"].as_u64()).unwrap_or(0);
+            ttl = Some(ttl.map_or(t, |m| m.min(t)));
             private |= result.is_some_and(|r| r["cacheScope"].as_str() == Some("private"));
         }
         // The 2026-07-28 versions every upstream offers, and the legacy ones (the gateway
@@ -1776,9 +1801,10 @@ fn modern_checks<B>(
 }
 
 /// Whether a 2026-07-28 request's client capabilities take tasks (the tasks extension).
-fn declares_tasks(body: &[u8]) -> bool {
-    const EXT: &[u8] = b"io.modelcontextprotocol/tasks";
-    body.windows(EXT.len()).any(|w| w == EXT)
+fn declares_tasks(request: &Value) -> bool {
+    request["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]["extensions"]
+        .get("io.modelcontextprotocol/tasks")
+        .is_some()
 }
 
 /// An upstream's answer names the client's session, never the upstream's own (a server may
@@ -1824,7 +1850,7 @@ impl<M: Member> crate::prometheus::RenderPrometheus for Vec<VirtualServer<M>> {
                 let _ = writeln!(out, "mcp_gateway_virtual_upstream_errors_total{{virtual=\"{}\",upstream=\"{up}\",list=\"{list}\"}} {n}", v.inner.name);
             }
         }
-        out.push_str("# HELP mcp_gateway_virtual_name_clashes_total Names several upstreams of a virtual server list, with prefix = \"never\" (removed from lists).\n# TYPE mcp_gateway_virtual_name_clashes_total counter\n");
+        out.push_str("# HELP mcp_gateway_virtual_name_clashes_total Names withheld from a virtual server's lists: listed by several upstreams with prefix = \"never\", or colliding once exposed.\n# TYPE mcp_gateway_virtual_name_clashes_total counter\n");
         for v in self {
             for (kind, n) in lock(&v.inner.state.metrics.clashes).iter() {
                 let _ = writeln!(
