@@ -1013,3 +1013,57 @@ async fn shortened_names_reach_their_tool_on_any_gateway() {
     gw.shutdown().await;
     gw2.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_an_unchanged_virtual_servers_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = demo(DemoOptions::default()).await;
+    let f = fleet_server::spawn(Fleet::new("f", 1, 0)).await.unwrap();
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.demo]\nurl = \"http://{demo}/mcp\"\n[upstreams.f]\nurl = \"http://{f}/mcp\"\n[virtual.all]\nupstreams = [\"demo\", \"f\"]\n"
+    );
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, &base).unwrap();
+    let gw = gateway(mcp_gateway::config::load(&path).unwrap()).await;
+    let url = format!("http://{}/mcp/all", gw.local_addr());
+    let admin = format!("http://{}", gw.admin_addr().unwrap());
+    let c = client(ProtocolVersion::V_2025_11_25)
+        .serve(StreamableHttpClientTransport::from_uri(url.clone()))
+        .await
+        .unwrap();
+    assert_eq!(call(&c, "demo__increment", json!({})).await, "1");
+
+    // Another virtual server is added; `all` is unchanged: its sessions (and the upstream
+    // sessions behind them) carry over.
+    std::fs::write(
+        &path,
+        format!("{base}[virtual.more]\nupstreams = [\"f\"]\nprefix = \"never\"\n"),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let resp = http.post(format!("{admin}/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert_eq!(call(&c, "demo__increment", json!({})).await, "2");
+    let (_, v) = modern(
+        &http,
+        &format!("http://{}/mcp/more", gw.local_addr()),
+        "tools/list",
+        json!({}),
+    )
+    .await;
+    assert_eq!(tool_names(&v), ["f_0", "wait"]);
+    let metrics = http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mcp_gateway_virtual_sessions{virtual=\"all\"} 1"),
+        "{metrics}"
+    );
+    c.cancel().await.unwrap();
+    gw.shutdown().await;
+}

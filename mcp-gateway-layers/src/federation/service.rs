@@ -125,7 +125,13 @@ struct Call<'a> {
     parts: &'a Parts,
     /// The request body as the client sent it.
     body: &'a Bytes,
-    value: Value,
+    /// The parsed view of the request (its method, name, `_meta` span).
+    view: McpRequest,
+    /// The whole message as JSON, parsed when a step needs more than the view (a call does
+    /// not: its arguments are never parsed).
+    value: std::sync::OnceLock<Value>,
+    /// `params._meta`, parsed when needed.
+    meta: std::sync::OnceLock<Value>,
     id: Option<RequestId>,
     session: Option<Arc<VirtualSession>>,
     modern: bool,
@@ -134,6 +140,39 @@ struct Call<'a> {
 impl Call<'_> {
     fn id_raw(&self) -> &str {
         self.id.as_ref().map_or("null", RequestId::as_raw)
+    }
+
+    /// The message as JSON (the body was checked to be JSON when the view was made).
+    fn value(&self) -> &Value {
+        self.value
+            .get_or_init(|| serde_json::from_slice(self.body).unwrap_or(Value::Null))
+    }
+
+    /// `params._meta` (`Null` when absent).
+    fn meta(&self) -> &Value {
+        self.meta.get_or_init(|| {
+            let msg = self.view.single();
+            let text = msg
+                .and_then(|m| m.meta_span())
+                .zip(self.view.body())
+                .and_then(|(span, body)| body.get(span));
+            text.and_then(|t| serde_json::from_slice(t).ok())
+                .unwrap_or(Value::Null)
+        })
+    }
+
+    /// A string of `params` at `path`: from the view for a tool's or prompt's name and a
+    /// resource's URI, else from the parsed message.
+    fn param(&self, path: &[&str]) -> Option<&str> {
+        let msg = self.view.single();
+        match path {
+            ["name"] => msg.and_then(|m| m.name()),
+            ["uri"] => msg.and_then(|m| m.uri()),
+            _ => path
+                .iter()
+                .try_fold(&self.value()["params"], |v, k| v.get(*k))
+                .and_then(Value::as_str),
+        }
     }
 }
 
@@ -309,23 +348,9 @@ impl<M: Member> VirtualServer<M> {
         let method = msg.method().unwrap_or("").to_owned();
         let kind = msg.kind();
         let modern = view.protocol().era == Era::Modern;
-        let value: Value = match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    JsonRpcError::new(ErrorCode::PARSE_ERROR, format!("invalid JSON: {e}")),
-                )
-            }
-        };
         if !modern && method == "initialize" {
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             return self.initialize(&parts, &value, id.as_ref());
-        }
-        if modern && kind == MessageKind::Request {
-            if let Err(resp) = modern_checks(&view, &value, &method, id.as_ref()) {
-                return *resp;
-            }
         }
         let session = if modern {
             None
@@ -338,11 +363,18 @@ impl<M: Member> VirtualServer<M> {
         let c = Call {
             parts: &parts,
             body: &bytes,
-            value,
+            view,
+            value: std::sync::OnceLock::new(),
+            meta: std::sync::OnceLock::new(),
             id,
             session,
             modern,
         };
+        if modern && kind == MessageKind::Request {
+            if let Err(resp) = modern_checks(&c.view, c.meta(), &method, c.id.as_ref()) {
+                return *resp;
+            }
+        }
         match kind {
             MessageKind::Notification => return self.notification(&c, &method).await,
             MessageKind::Response | MessageKind::ErrorResponse => {
@@ -810,8 +842,8 @@ impl<M: Member> VirtualServer<M> {
         // The client's `_meta` (a 2026-07-28 request's protocol version and capabilities),
         // and this upstream's cursor.
         let mut params = Map::new();
-        if let Some(meta) = c.value["params"].get("_meta") {
-            params.insert("_meta".into(), meta.clone());
+        if !c.meta().is_null() {
+            params.insert("_meta".into(), c.meta().clone());
         }
         if let Some(cur) = cursor {
             params.insert("cursor".into(), Value::String(cur.to_owned()));
@@ -900,7 +932,7 @@ impl<M: Member> VirtualServer<M> {
     /// entries renamed, in upstream order, and a sealed cursor carrying every upstream's own.
     async fn list(&self, c: &Call<'_>, kind: Kind) -> Answer<M::Body> {
         let n = self.inner.members.len();
-        let starts: Vec<Option<Position>> = match c.value["params"].get("cursor") {
+        let starts: Vec<Option<Position>> = match c.value()["params"].get("cursor") {
             None | Some(Value::Null) => vec![None; n],
             Some(Value::String(text)) => {
                 match self
@@ -965,18 +997,7 @@ impl<M: Member> VirtualServer<M> {
             };
             self.upstream_failed(i, kind.method(), &why);
             if self.inner.on_error == OnUpstreamError::Fail {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    c.id.as_ref(),
-                    JsonRpcError::new(
-                        ErrorCode::UPSTREAM_UNAVAILABLE,
-                        format!(
-                            "upstream {:?} of virtual server {:?} failed: {why}",
-                            &*self.inner.aliases[i], &*self.inner.name
-                        ),
-                    )
-                    .with_data(json!({"upstream": &*self.inner.aliases[i], "reason": why})),
-                );
+                return self.failed(c, i, Failure::Failed(why));
             }
             omitted.push(json!({"upstream": &*self.inner.aliases[i], "error": why}));
         }
@@ -1159,7 +1180,9 @@ impl<M: Member> VirtualServer<M> {
         // is read directly: the alias before the first `__` (or in the URI), the original
         // after it, unless it has the form of a shortened name (which only the lists map back).
         let mut found = lookup(kind);
-        if found.is_none() && self.inner.prefix == Prefix::Always {
+        // A prefixed URI names its upstream under any prefix mode (a template's expansion is in
+        // no list).
+        if found.is_none() && (self.inner.prefix == Prefix::Always || kind.is_uri()) {
             let direct = if kind.is_uri() {
                 split_uri(name)
             } else {
@@ -1230,21 +1253,16 @@ impl<M: Member> VirtualServer<M> {
     /// A call routed to the upstream that owns its tool, prompt or resource, the original
     /// name restored.
     async fn call(&self, c: &Call<'_>, method: &str) -> Answer<M::Body> {
-        let params = &c.value["params"];
         let (kind, path): (Kind, &[&str]) = match method {
             "tools/call" => (Kind::Tools, &["name"]),
             "prompts/get" => (Kind::Prompts, &["name"]),
-            "completion/complete" => match params["ref"]["type"].as_str() {
+            "completion/complete" => match c.param(&["ref", "type"]) {
                 Some("ref/prompt") => (Kind::Prompts, &["ref", "name"]),
                 _ => (Kind::Resources, &["ref", "uri"]),
             },
             _ => (Kind::Resources, &["uri"]),
         };
-        let Some(exposed) = path
-            .iter()
-            .try_fold(params, |v, k| v.get(*k))
-            .and_then(Value::as_str)
-        else {
+        let Some(exposed) = c.param(path) else {
             return invalid(
                 c.id.as_ref(),
                 format!("params.{} is required", path.join(".")),
@@ -1308,7 +1326,7 @@ impl<M: Member> VirtualServer<M> {
             own_session_id(&mut resp, c.parts);
             // A 2026-07-28 client that takes tasks may get one: its id becomes a handle
             // naming the upstream.
-            let tasks = c.modern && declares_tasks(&c.value);
+            let tasks = c.modern && declares_tasks(c.meta());
             return resp.map(|b| {
                 Either::Left(if sse && c.session.is_some() {
                     Relay::requests_of(b, member)
@@ -1352,7 +1370,7 @@ impl<M: Member> VirtualServer<M> {
     /// `tasks/get`, `tasks/update`, `tasks/cancel`: to the upstream whose task the handle
     /// names, with its own id; the answer names the handle again.
     async fn task(&self, c: &Call<'_>, method: &str) -> Answer<M::Body> {
-        let Some(handle) = c.value["params"]["taskId"].as_str() else {
+        let Some(handle) = c.param(&["taskId"]) else {
             return invalid(c.id.as_ref(), "params.taskId is required");
         };
         let Ok((member, original)) = self.inner.cursors.open_value::<(usize, String)>(
@@ -1427,12 +1445,12 @@ impl<M: Member> VirtualServer<M> {
         let targets: Vec<usize> = match method {
             "notifications/initialized" => Vec::new(),
             "notifications/cancelled" => {
-                let rid = c.value["params"]["requestId"].to_string();
+                let rid = c.value()["params"]["requestId"].to_string();
                 s.owner_of(&rid).into_iter().collect()
             }
             _ => s.opened().await.into_iter().map(|(i, _)| i).collect(),
         };
-        let body = Bytes::from(c.value.to_string());
+        let body = c.body.clone();
         for i in targets {
             let Ok(ms) = self.member_session(c.parts, s, i).await else {
                 continue;
@@ -1455,10 +1473,10 @@ impl<M: Member> VirtualServer<M> {
     /// A client's answer to a server's request: it can be routed only when one upstream
     /// session is open (server-to-client requests are not relayed with ids of their own).
     async fn client_answer(&self, c: &Call<'_>, body: Bytes) -> Answer<M::Body> {
-        if let (Some(s), Some((member, id))) = (&c.session, unrelay(&c.value["id"])) {
+        if let (Some(s), Some((member, id))) = (&c.session, unrelay(&c.value()["id"])) {
             if member < self.inner.members.len() {
                 if let Ok(ms) = self.member_session(c.parts, s, member).await {
-                    let mut v = c.value.clone();
+                    let mut v = c.value().clone();
                     v["id"] = id;
                     let req = self.sub_request(
                         c.parts,
@@ -1498,7 +1516,7 @@ impl<M: Member> VirtualServer<M> {
 
     /// `logging/setLevel`: every upstream is told; the answer is the gateway's.
     async fn set_level(&self, c: &Call<'_>) -> Answer<M::Body> {
-        let body = Bytes::from(c.value.to_string());
+        let body = c.body.clone();
         let all = (0..self.inner.members.len()).map(|i| {
             let body = body.clone();
             async move {
@@ -1530,7 +1548,7 @@ impl<M: Member> VirtualServer<M> {
     /// `server/discover`, answered by the gateway: the protocol versions every upstream
     /// supports, and the capabilities any of them has.
     async fn discover(&self, c: &Call<'_>) -> Answer<M::Body> {
-        let body = Bytes::from(c.value.to_string());
+        let body = c.body.clone();
         let timeout = self.inner.list_timeout;
         let all = (0..self.inner.members.len()).map(|i| {
             let body = body.clone();
@@ -1760,7 +1778,7 @@ const MODERN_METHODS: [&str; 12] = [
 /// capabilities in `_meta` (400, -32602), a method of the version (404, -32601).
 fn modern_checks<B>(
     view: &McpRequest,
-    value: &Value,
+    meta: &Value,
     method: &str,
     id: Option<&RequestId>,
 ) -> Result<(), Box<Answer<B>>> {
@@ -1776,7 +1794,7 @@ fn modern_checks<B>(
             .with_data(json!({"supported": MODERN_VERSIONS, "requested": requested})),
         )));
     }
-    let caps = &value["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"];
+    let caps = &meta["io.modelcontextprotocol/clientCapabilities"];
     if !caps.is_object() {
         return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
@@ -1801,8 +1819,8 @@ fn modern_checks<B>(
 }
 
 /// Whether a 2026-07-28 request's client capabilities take tasks (the tasks extension).
-fn declares_tasks(request: &Value) -> bool {
-    request["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]["extensions"]
+fn declares_tasks(meta: &Value) -> bool {
+    meta["io.modelcontextprotocol/clientCapabilities"]["extensions"]
         .get("io.modelcontextprotocol/tasks")
         .is_some()
 }
