@@ -201,6 +201,17 @@ impl RouteStack {
                 if let Some(auth) = req.headers().get(header::AUTHORIZATION).cloned() {
                     req.extensions_mut().insert(CallerAuthorization(auth));
                 }
+                if chain.is_empty() {
+                    // No layer on the route itself: read and classify the request, nothing
+                    // more (each member's stack governs what reaches it).
+                    return match mcp_gateway_layers::parse::read_request(req, *body_limit).await {
+                        Ok(req) => server
+                            .serve(req)
+                            .await
+                            .map(|b| Either::Right(ResponseBody::inner(b))),
+                        Err(refusal) => refusal.map(|b| Either::Right(ResponseBody::full(b))),
+                    };
+                }
                 let inner = tower::service_fn(|req: Request<Full<Bytes>>| async move {
                     Ok::<_, Infallible>(server.serve(req).await)
                 });

@@ -78,6 +78,8 @@ pub struct McpMessage {
     uri: Option<Text>,
     meta_protocol_version: Option<Text>,
     span: Range<usize>,
+    name_span: Option<Range<usize>>,
+    uri_span: Option<Range<usize>>,
     params: Option<Range<usize>>,
     meta: Option<Range<usize>>,
     arguments: Option<Range<usize>>,
@@ -107,6 +109,14 @@ impl McpMessage {
     /// `params.uri`: the resource of `resources/read`, `resources/subscribe`, ….
     pub fn uri(&self) -> Option<&str> {
         self.uri.as_ref().map(Text::as_str)
+    }
+    /// Where the JSON string of `params.name` sits in the body (its quotes included).
+    pub fn name_span(&self) -> Option<Range<usize>> {
+        self.name_span.clone()
+    }
+    /// Where the JSON string of `params.uri` sits in the body (its quotes included).
+    pub fn uri_span(&self) -> Option<Range<usize>> {
+        self.uri_span.clone()
     }
     /// What the request acts on, as the `Mcp-Name` header names it: the tool name for
     /// `tools/call`, the prompt name for `prompts/get`, the URI for `resources/read`.
@@ -197,6 +207,8 @@ impl McpMessage {
         for r in [
             &mut self.params,
             &mut self.meta,
+            &mut self.name_span,
+            &mut self.uri_span,
             &mut self.arguments,
             &mut self.result,
             &mut self.result_meta,
@@ -247,6 +259,41 @@ impl ParsedBody {
             }
         }
         out
+    }
+
+    /// The classification of a one-message body whose `params.name` (or, without one,
+    /// `params.uri`) JSON string was replaced by `quoted` (the new string, quoted and escaped)
+    /// and that now reads `value`: every span moves as the bytes did, nothing is classified
+    /// again. `None` for a batch, or a message with neither.
+    pub fn with_target(&self, quoted_len: usize, value: &str) -> Option<Self> {
+        let Messages::One(m) = &self.messages else {
+            return None;
+        };
+        let (span, is_name) = match (&m.name_span, &m.uri_span) {
+            (Some(s), _) => (s.clone(), true),
+            (None, Some(s)) => (s.clone(), false),
+            (None, None) => return None,
+        };
+        let edit = Edit {
+            at: span.start,
+            removed: span.end - span.start,
+            inserted: quoted_len,
+            new_params: None,
+            new_meta: None,
+        };
+        let mut out = self.edited(std::slice::from_ref(&edit));
+        let Messages::One(m) = &mut out.messages else {
+            return None;
+        };
+        let new_span = span.start..span.start + quoted_len;
+        if is_name {
+            m.name = Some(value.into());
+            m.name_span = Some(new_span);
+        } else {
+            m.uri = Some(value.into());
+            m.uri_span = Some(new_span);
+        }
+        Some(out)
     }
 
     fn messages_mut(&mut self) -> &mut [McpMessage] {
@@ -382,6 +429,8 @@ fn from_fields(body: &[u8], f: Fields) -> Result<McpMessage, ClassifyError> {
         uri: text(&f.uri),
         meta_protocol_version: text(&f.protocol_version),
         span: f.span,
+        name_span: f.name.clone(),
+        uri_span: f.uri.clone(),
         params: f.params,
         meta: f.meta,
         arguments: f.arguments,
@@ -460,6 +509,26 @@ mod tests {
             r#"{"text":"x","deep":[1,{"a":2}]}"#
         );
         assert!(body[m.meta_span().unwrap()].starts_with("{\"progressToken\""));
+        assert_eq!(&body[m.name_span().unwrap()], "\"echo\"");
+        // The same message with another name: spliced, every span moved, nothing re-read.
+        let protocol = crate::ProtocolInfo {
+            era: crate::Era::Modern,
+            version: Some("2026-07-28".into()),
+            session_id: None,
+        };
+        let view = crate::McpRequest::from_parts(
+            Some(bytes::Bytes::from(body)),
+            Some(classify(body.as_bytes()).unwrap()),
+            protocol,
+        );
+        let moved = view
+            .with_target("a__e\"cho", view.protocol().clone())
+            .unwrap();
+        let text = std::str::from_utf8(moved.body().unwrap()).unwrap();
+        let again = classify(text.as_bytes()).unwrap();
+        let (a, b) = (moved.single().unwrap(), again.single().unwrap());
+        assert_eq!(a.name(), Some("a__e\"cho"));
+        assert_eq!(a, b, "as if classified again");
         assert_eq!(&body[m.span()], body);
     }
 

@@ -105,6 +105,28 @@ impl McpRequest {
         }))
     }
 
+    /// The view of this request sent on with its target (`params.name`, else `params.uri`)
+    /// replaced by `value`, as `protocol` (a virtual server sends a call to the upstream
+    /// that owns it: the original name, the upstream's session). The body is spliced and the
+    /// spans moved, nothing is parsed again; `None` when the request has no such target.
+    pub fn with_target(&self, value: &str, protocol: ProtocolInfo) -> Option<Self> {
+        let parsed = self.0.parsed.as_ref()?;
+        let body = self.0.body.as_ref()?;
+        let m = parsed.single()?;
+        let span = m.name_span().or_else(|| m.uri_span())?;
+        let quoted = serde_json::to_string(value).ok()?;
+        let mut out = Vec::with_capacity(body.len() + quoted.len());
+        out.extend_from_slice(body.get(..span.start)?);
+        out.extend_from_slice(quoted.as_bytes());
+        out.extend_from_slice(body.get(span.end..)?);
+        let parsed = parsed.with_target(quoted.len(), value)?;
+        Some(Self(Arc::new(Inner {
+            body: Some(Bytes::from(out)),
+            parsed: Some(parsed),
+            protocol,
+        })))
+    }
+
     /// The view inserted by an earlier layer, if any.
     pub fn from_extensions(ext: &Extensions) -> Option<&Self> {
         ext.get::<Self>()

@@ -240,14 +240,19 @@ impl<B> ReadRequest<B> {
             exchange: None,
         };
         if let Some(view) = McpRequest::from_extensions(&parts.extensions) {
-            // An earlier layer already read and classified this request.
+            // An earlier layer already read and classified this request (or made its view
+            // with its body: a virtual server's call to an upstream). The record gets the view
+            // when it has none yet.
             let view = view.clone();
             let bytes = view.body().cloned().unwrap_or_default();
+            this.exchange = Exchange::from_extensions(&parts.extensions)
+                .filter(|x| x.update(|r| r.request.is_none()))
+                .cloned();
             this.step = Step::Done(Some(Ok((
                 Request::from_parts(parts, Full::new(bytes)),
                 view,
             ))));
-            return this;
+            return this.recorded();
         }
         this.exchange = Exchange::from_extensions(&parts.extensions).cloned();
         let answer = match parts.method {

@@ -161,6 +161,28 @@ impl Call<'_> {
         })
     }
 
+    /// The body with the string at `params.<path>` replaced by `value`: a splice at the
+    /// name's or URI's place the view knows, else [`replace_param`].
+    fn replace(&self, path: &[&str], value: &str) -> Option<Bytes> {
+        let msg = self.view.single();
+        let span = match path {
+            ["name"] => msg.and_then(|m| m.name_span()),
+            ["uri"] => msg.and_then(|m| m.uri_span()),
+            _ => None,
+        };
+        match (span, self.view.body()) {
+            (Some(span), Some(body)) if span.end <= body.len() => {
+                let quoted = serde_json::to_string(value).ok()?;
+                let mut out = Vec::with_capacity(body.len() + quoted.len());
+                out.extend_from_slice(&body[..span.start]);
+                out.extend_from_slice(quoted.as_bytes());
+                out.extend_from_slice(&body[span.end..]);
+                Some(Bytes::from(out))
+            }
+            _ => replace_param(self.body, path, value),
+        }
+    }
+
     /// A string of `params` at `path`: from the view for a tool's or prompt's name and a
     /// resource's URI, else from the parsed message.
     fn param(&self, path: &[&str]) -> Option<&str> {
@@ -1272,8 +1294,20 @@ impl<M: Member> VirtualServer<M> {
             Ok(o) => o,
             Err(resp) => return resp,
         };
-        let Some(body) = replace_param(c.body, path, &original) else {
-            return invalid(c.id.as_ref(), "params could not be rewritten");
+        // The member gets the view of its request with it (nothing parsed again) when the
+        // name is where the view knows it; else the body alone.
+        let splice = c.view.single().is_some_and(|m| match path {
+            ["name"] => m.name_span().is_some(),
+            ["uri"] => m.name_span().is_none() && m.uri_span().is_some(),
+            _ => false,
+        });
+        let body = if splice {
+            None
+        } else {
+            match c.replace(path, &original) {
+                Some(b) => Some(b),
+                None => return invalid(c.id.as_ref(), "params could not be rewritten"),
+            }
         };
         let mut retried = false;
         loop {
@@ -1287,16 +1321,44 @@ impl<M: Member> VirtualServer<M> {
                 },
                 None => None,
             };
-            let req = self.sub_request(
+            let view = splice
+                .then(|| {
+                    let protocol = mcp_gateway_core::ProtocolInfo {
+                        era: c.view.protocol().era,
+                        version: match &ms {
+                            Some(ms) => ms.version.to_str().ok().map(Into::into),
+                            None => c.view.protocol().version.clone(),
+                        },
+                        session_id: ms
+                            .as_ref()
+                            .and_then(|ms| ms.id.as_ref())
+                            .and_then(|id| id.to_str().ok())
+                            .map(Into::into),
+                    };
+                    c.view.with_target(&original, protocol)
+                })
+                .flatten();
+            let sent = match (&view, &body) {
+                (Some(v), _) => v.body().cloned().unwrap_or_default(),
+                (None, Some(b)) => b.clone(),
+                (None, None) => match c.replace(path, &original) {
+                    Some(b) => b,
+                    None => return invalid(c.id.as_ref(), "params could not be rewritten"),
+                },
+            };
+            let mut req = self.sub_request(
                 c.parts,
                 member,
                 Method::POST,
                 Some(method),
-                body.clone(),
+                sent,
                 ms.as_deref(),
                 Some(&original),
                 Some(exposed),
             );
+            if let Some(v) = view {
+                req.extensions_mut().insert(v);
+            }
             // The member's exchange is this call's audit record (a call that could not be
             // sent is the virtual route's).
             if let Some(x) = Exchange::from_extensions(&c.parts.extensions) {
