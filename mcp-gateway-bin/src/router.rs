@@ -188,38 +188,47 @@ pub type RouteBody = Either<StackBody, ResponseBody<VirtualBody<StackBody>>>;
 
 impl RouteStack {
     /// Serves one request.
-    pub async fn serve(&self, mut req: Request<RequestBody>) -> Response<RouteBody> {
+    pub async fn serve(&self, req: Request<RequestBody>) -> Response<RouteBody> {
         match self {
             Self::Upstream(stack) => stack.serve(req).await.map(Either::Left),
+            // Boxed: a virtual server's future is large (its fan-outs and their answers), and
+            // an upstream route's future, which would be as large, must stay small.
             Self::Virtual {
                 chain,
                 body_limit,
                 server,
-            } => {
-                // The route's guard removes the token; each member's guard checks it again
-                // (a cache hit) for its upstream's permissions.
-                if let Some(auth) = req.headers().get(header::AUTHORIZATION).cloned() {
-                    req.extensions_mut().insert(CallerAuthorization(auth));
-                }
-                if chain.is_empty() {
-                    // No layer on the route itself: read and classify the request, nothing
-                    // more (each member's stack governs what reaches it).
-                    return match mcp_gateway_layers::parse::read_request(req, *body_limit).await {
-                        Ok(req) => server
-                            .serve(req)
-                            .await
-                            .map(|b| Either::Right(ResponseBody::inner(b))),
-                        Err(refusal) => refusal.map(|b| Either::Right(ResponseBody::full(b))),
-                    };
-                }
-                let inner = tower::service_fn(|req: Request<Full<Bytes>>| async move {
-                    Ok::<_, Infallible>(server.serve(req).await)
-                });
-                match GovernedFuture::new(chain.clone(), inner, req, *body_limit).await {
-                    Ok(resp) => resp.map(Either::Right),
-                    Err(never) => match never {},
-                }
-            }
+            } => Box::pin(Self::serve_virtual(chain, *body_limit, server, req)).await,
+        }
+    }
+
+    async fn serve_virtual(
+        chain: &Chain,
+        body_limit: usize,
+        server: &VirtualServer<Stack>,
+        mut req: Request<RequestBody>,
+    ) -> Response<RouteBody> {
+        // The route's guard removes the token; each member's guard checks it again (a cache
+        // hit) for its upstream's permissions.
+        if let Some(auth) = req.headers().get(header::AUTHORIZATION).cloned() {
+            req.extensions_mut().insert(CallerAuthorization(auth));
+        }
+        if chain.is_empty() {
+            // No layer on the route itself: read and classify the request, nothing more
+            // (each member's stack governs what reaches it).
+            return match mcp_gateway_layers::parse::read_request(req, body_limit).await {
+                Ok(req) => server
+                    .serve(req)
+                    .await
+                    .map(|b| Either::Right(ResponseBody::inner(b))),
+                Err(refusal) => refusal.map(|b| Either::Right(ResponseBody::full(b))),
+            };
+        }
+        let inner = tower::service_fn(|req: Request<Full<Bytes>>| async move {
+            Ok::<_, Infallible>(server.serve(req).await)
+        });
+        match GovernedFuture::new(chain.clone(), inner, req, body_limit).await {
+            Ok(resp) => resp.map(Either::Right),
+            Err(never) => match never {},
         }
     }
 }
