@@ -287,3 +287,9 @@ pub use toggle::{Toggle, Toggled, WrapBody};
 
 /// The boxed error type bodies and services report (the core's, so the two crates agree).
 pub use mcp_gateway_core::observe::BoxError;
+
+/// A mutex's guard, whether or not a thread panicked while holding it: the layers' shared
+/// maps and counters stay usable (each update is one step, never left half done).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

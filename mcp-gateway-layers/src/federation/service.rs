@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -100,9 +100,7 @@ pub(crate) struct Metrics {
     pub lists: AtomicU64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::lock;
 
 /// Why an upstream's part of a request failed.
 enum Failure {
@@ -690,20 +688,7 @@ impl<M: Member> VirtualServer<M> {
                         .into_response(StatusCode::BAD_GATEWAY, None))
                 }
             };
-            let mut req = self.sub_request(
-                &parts,
-                member,
-                Method::GET,
-                None,
-                Bytes::new(),
-                Some(&ms),
-                None,
-                None,
-            );
-            if let Ok(v) = HeaderValue::from_str(&last) {
-                req.headers_mut()
-                    .insert(mcp_gateway_core::headers::LAST_EVENT_ID, v);
-            }
+            let req = self.stream_request(&parts, member, &ms, Some(&last));
             let mut resp = self.inner.members[member].call(req).await;
             own_session_id(&mut resp, &parts);
             return resp.map(|b| Either::Left(Relay::requests_of(b, member)));
@@ -730,6 +715,32 @@ impl<M: Member> VirtualServer<M> {
         resp
     }
 
+    /// A GET of upstream `member`'s session stream, resumed after its event `last` if given.
+    fn stream_request(
+        &self,
+        parts: &Parts,
+        member: usize,
+        ms: &MemberSession,
+        last: Option<&str>,
+    ) -> Request<Full<Bytes>> {
+        let mut req = self.sub_request(
+            parts,
+            member,
+            Method::GET,
+            None,
+            Bytes::new(),
+            Some(ms),
+            None,
+            None,
+        );
+        let h = req.headers_mut();
+        h.remove(mcp_gateway_core::headers::LAST_EVENT_ID);
+        if let Some(v) = last.and_then(|l| HeaderValue::from_str(l).ok()) {
+            h.insert(mcp_gateway_core::headers::LAST_EVENT_ID, v);
+        }
+        req
+    }
+
     /// Reads upstream `member`'s GET stream into `hub` while the client reads it: requests
     /// relayed, list changes debounced, resource URIs exposed. A stream that ends is opened
     /// again a second later; an upstream that offers none (405) or lost the session (404)
@@ -738,18 +749,7 @@ impl<M: Member> VirtualServer<M> {
         let this = self.clone();
         tokio::spawn(async move {
             while hub.live() {
-                let mut req = this.sub_request(
-                    &hub.parts,
-                    member,
-                    Method::GET,
-                    None,
-                    Bytes::new(),
-                    Some(&ms),
-                    None,
-                    None,
-                );
-                req.headers_mut()
-                    .remove(mcp_gateway_core::headers::LAST_EVENT_ID);
+                let req = this.stream_request(&hub.parts, member, &ms, None);
                 let resp = tokio::select! {
                     r = this.inner.members[member].call(req) => r,
                     () = hub.ended() => return,
@@ -1136,46 +1136,55 @@ impl<M: Member> VirtualServer<M> {
             }
             last[kind.index()] = Some(now);
         }
+        let all = members
+            .iter()
+            .map(|&i| async move { (i, self.all_names(c, i, kind).await) });
+        let done = join_all(all).await;
+        let mut failed = Vec::new();
+        {
+            let mut cat = lock(&self.inner.state.catalog);
+            for (i, r) in done {
+                match r {
+                    Ok(names) => cat.record(kind, i, !self.inner.filtered, names),
+                    Err(Failure::Refused(resp)) => return Err(Failure::Refused(resp)),
+                    Err(Failure::Failed(why)) => failed.push((i, why)),
+                }
+            }
+            let fresh = cat.rebuild(kind, self.inner.prefix, &self.inner.aliases);
+            self.report_clashes(&cat, kind, &fresh);
+        }
+        // The call may then get "unknown tool": the upstreams' failures are logged and
+        // counted, not lost in that answer.
+        for (i, why) in failed {
+            self.upstream_failed(i, kind.method(), &why);
+        }
+        Ok(())
+    }
+
+    /// Every name upstream `i` lists of `kind`, page by page (at most 1,000 pages).
+    async fn all_names(&self, c: &Call<'_>, i: usize, kind: Kind) -> Result<Vec<String>, Failure> {
         let timeout = self.inner.list_timeout;
-        let all = members.iter().map(|&i| async move {
-            let mut cursor: Option<String> = None;
-            let mut names = Vec::new();
-            for _ in 0..1000 {
-                let page = match tokio::time::timeout(
-                    timeout,
-                    self.fetch_page(c, i, kind, cursor.as_deref()),
-                )
-                .await
+        let mut cursor: Option<String> = None;
+        let mut names = Vec::new();
+        for _ in 0..1000 {
+            let page =
+                match tokio::time::timeout(timeout, self.fetch_page(c, i, kind, cursor.as_deref()))
+                    .await
                 {
                     Ok(p) => p?,
                     Err(_) => return Err(Failure::Failed("no answer within list_timeout".into())),
                 };
-                names.extend(
-                    page.items
-                        .iter()
-                        .filter_map(|e| e[kind.field()].as_str().map(str::to_owned)),
-                );
-                match page.next {
-                    Some(n) => cursor = Some(n),
-                    None => break,
-                }
-            }
-            Ok((i, names))
-        });
-        let done = join_all(all).await;
-        let mut cat = lock(&self.inner.state.catalog);
-        for r in done {
-            match r {
-                Ok((i, names)) => cat.record(kind, i, !self.inner.filtered, names),
-                Err(Failure::Refused(resp)) => return Err(Failure::Refused(resp)),
-                Err(Failure::Failed(why)) => {
-                    tracing::debug!(target: "mcp_gateway::virtual", server = %self.inner.name, list = kind.method(), error = %why, "an upstream's names could not be listed to resolve a call");
-                }
+            names.extend(
+                page.items
+                    .iter()
+                    .filter_map(|e| e[kind.field()].as_str().map(str::to_owned)),
+            );
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
             }
         }
-        let fresh = cat.rebuild(kind, self.inner.prefix, &self.inner.aliases);
-        self.report_clashes(&cat, kind, &fresh);
-        Ok(())
+        Ok(names)
     }
 
     /// The upstream and original name of exposed `name` of `kind`.

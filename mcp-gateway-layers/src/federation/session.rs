@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The most requests remembered per session for routing their cancellations.
@@ -44,9 +44,7 @@ pub struct VirtualSession {
     seq: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::lock;
 
 impl VirtualSession {
     /// Remembers that request `id` went to upstream `member`.

@@ -20,7 +20,7 @@ use serde_json::Value;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -34,9 +34,7 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The largest event read from an upstream's stream.
 pub(crate) const MAX_EVENT: usize = 4 * 1024 * 1024;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::lock;
 
 /// The relayed id of request `raw` (its id's JSON text) of upstream `member`.
 pub fn relay_id(member: usize, raw: &str) -> String {

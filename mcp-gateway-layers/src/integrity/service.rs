@@ -545,9 +545,7 @@ fn approves(answer: &Value) -> bool {
         && answer.pointer("/content/approve").and_then(Value::as_bool) == Some(true)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::lock;
 
 /// A 2026-07-28 retry carrying the client's answer: approved only when it is the same
 /// principal, the same arguments and the same definition, within the rule's timeout, once.

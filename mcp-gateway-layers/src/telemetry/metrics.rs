@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Bucket bounds of `mcp.server.operation.duration`, in seconds, as the OpenTelemetry MCP
@@ -140,9 +140,7 @@ fn key(op: &Operation<'_>, tool: &str, agent: &str) -> String {
     k
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::lock;
 
 impl Metrics {
     /// An empty registry.
