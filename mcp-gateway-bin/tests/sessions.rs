@@ -49,9 +49,15 @@ impl Instance {
         Self { addr, calls, tasks }
     }
 
-    fn kill(&self) {
-        for t in self.tasks.lock().unwrap().drain(..) {
+    /// Stops the instance: its listener and every connection closed once this returns (an
+    /// aborted task ends at its next turn, not at `abort`).
+    async fn kill(&self) {
+        let tasks: Vec<AbortHandle> = self.tasks.lock().unwrap().drain(..).collect();
+        for t in &tasks {
             t.abort();
+        }
+        while !tasks.iter().all(AbortHandle::is_finished) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 }
@@ -298,7 +304,7 @@ async fn sessions_continue_across_two_gateways_and_survive_a_dead_instance() {
     // Kill the instance that owns session 0: its sessions get 404 (fast), re-initialize and
     // count again from 1 on a live instance; the others continue untouched.
     let dead = owners[0];
-    instances[dead].kill();
+    instances[dead].kill().await;
     for (s, sid) in sessions.iter_mut().enumerate() {
         let url = gws[s % 2];
         if owners[s] == dead {
@@ -385,13 +391,78 @@ async fn an_instance_killed_between_calls_fails_no_new_work() {
 
     // Kill one; nothing has told either gateway yet. Every new session still starts, on
     // the live instances, and counts from 1.
-    instances[1].kill();
+    instances[1].kill().await;
     for i in 0..40 {
         let sid = init(&c, gws[i % 2], ALICE).await;
         let before = counts(&instances);
         assert_eq!(increment(&c, gws[(i + 1) % 2], ALICE, &sid).await, Ok(1));
         assert_ne!(owner(&instances, &before), 1);
     }
+}
+
+/// An instance that takes every request and closes the connection without a byte of answer
+/// (a server dying mid-request): it counts what it took.
+async fn dropping_instance() -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let taken = Arc::new(AtomicU64::new(0));
+    let t = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let t = t.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                // The whole head and the body it announces, then the connection closed.
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + len {
+                            t.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, taken)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initialize_an_instance_took_and_dropped_is_sent_to_another() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(dir.path());
+    let live = Instance::start().await;
+    let (dropping, taken) = dropping_instance().await;
+    let (_g, url) = gateway(dir.path(), "a", &[dropping, live.addr], "");
+    let c = reqwest::Client::new();
+    // Every new session starts, on the live instance, whether or not it was first sent to
+    // the one that drops requests (that one is ejected after its first failure; the ejection
+    // ends after a while, and each time it takes one more initialize, which moves on).
+    for _ in 0..10 {
+        let sid = init(&c, &url, ALICE).await;
+        assert_eq!(increment(&c, &url, ALICE, &sid).await, Ok(1));
+    }
+    assert!(
+        taken.load(Ordering::SeqCst) >= 1,
+        "the dropping instance was never tried"
+    );
+    // A session's own request is never sent again elsewhere: none reached the dropping one.
+    assert_eq!(live.calls.load(Ordering::SeqCst), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

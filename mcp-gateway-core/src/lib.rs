@@ -55,5 +55,7 @@ pub use jsonrpc::{ErrorCode, JsonRpcError, RequestId};
 pub use message::{classify, McpMessage, MessageKind, ParsedBody};
 pub use observe::{EndReason, Ending, ObservedBody, ObservedMessage, Observer};
 pub use outcome::Outcome;
-pub use principal::{InstanceUnreachable, Principal, PrincipalKind, UpstreamAuthorization};
+pub use principal::{
+    ConnectionLost, InstanceUnreachable, Principal, PrincipalKind, UpstreamAuthorization,
+};
 pub use request::McpRequest;

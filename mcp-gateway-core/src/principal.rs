@@ -118,3 +118,11 @@ pub struct UpstreamAuthorization(pub http::HeaderValue);
 /// while, and a session layer answers 404 for the sessions it owned instead of a 5xx.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InstanceUnreachable;
+
+/// A response extension an instance's service sets when the instance closed the connection
+/// after the request was written and before any byte of an answer (typically an instance
+/// that has just died, on a connection reused from the pool). The request may have reached
+/// it, so only a request that is safe to repeat elsewhere is sent again: a session layer
+/// resends a legacy `initialize` (at worst the first instance keeps a session nobody uses).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionLost;

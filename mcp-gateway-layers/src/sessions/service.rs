@@ -9,7 +9,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use mcp_gateway_core::exchange::{Denial, DenialKind, Exchange};
 use mcp_gateway_core::headers::MCP_SESSION_ID;
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
-use mcp_gateway_core::{Era, InstanceUnreachable, McpRequest, Principal};
+use mcp_gateway_core::{ConnectionLost, Era, InstanceUnreachable, McpRequest, Principal};
 use pin_project_lite::pin_project;
 use std::cell::Cell;
 use std::future::Future;
@@ -619,8 +619,10 @@ impl<S: Clone + Send + Sync + 'static> SessionAffinity<S> {
     /// What [`serve`](Self::serve) does, and more: a request that belongs to no session and
     /// could not be sent to its instance at all (the answer carries [`InstanceUnreachable`]:
     /// not a byte reached the instance) is sent once more, to another live instance, instead
-    /// of failing. Nothing is retried once any of it may have reached an instance, and a
-    /// session's request is never moved (its owner is the only instance that knows it).
+    /// of failing. Once any of it may have reached an instance, only a legacy `initialize`
+    /// whose connection closed before any answer ([`ConnectionLost`]) is sent again (the
+    /// session it may have opened there is never named to the client); a session's request
+    /// is never moved (its owner is the only instance that knows it).
     ///
     /// The request is copied before it is sent, and only when another instance could take
     /// it, so its body must be `Clone` (a buffered body such as `Full<Bytes>` is); `call` is
@@ -636,7 +638,14 @@ impl<S: Clone + Send + Sync + 'static> SessionAffinity<S> {
         F: FnMut(S, Request<B>) -> Fut,
         Fut: Future<Output = Response<RB>>,
     {
-        let id = McpRequest::from_extensions(req.extensions()).and_then(|v| v.reply_id().cloned());
+        let view = McpRequest::from_extensions(req.extensions());
+        let id = view.and_then(|v| v.reply_id().cloned());
+        // A legacy `initialize` is safe to send again elsewhere even when it may have reached
+        // an instance that then dropped the connection: the session it would have opened
+        // there is never named to the client.
+        let opens_session = view
+            .and_then(McpRequest::single)
+            .is_some_and(|m| m.method() == Some("initialize"));
         let routed = match self.routed(&mut req).await {
             Ok(r) => r,
             Err(r) => return refused(r.into_response(id.as_ref())),
@@ -646,12 +655,19 @@ impl<S: Clone + Send + Sync + 'static> SessionAffinity<S> {
         let mut routed = routed;
         let mut resp = call(routed.service().clone(), req).await;
         if let Some(mut again) = spare {
-            if resp.extensions().get::<InstanceUnreachable>().is_some() {
+            let unsent = resp.extensions().get::<InstanceUnreachable>().is_some();
+            let lost = opens_session && resp.extensions().get::<ConnectionLost>().is_some();
+            if unsent || lost {
                 // Ejected first, so that routing anew passes it by.
                 self.placement.outcome(&routed.inst, true);
                 if let Decision::Pass(next) = self.route(&mut again) {
                     if !Arc::ptr_eq(&next.inst, &routed.inst) {
-                        tracing::warn!(target: "mcp_gateway::sessions", instance = %routed.inst.name, to = %next.inst.name, "instance unreachable before the request was sent: sending it to another instance");
+                        let why = if unsent {
+                            "instance unreachable before the request was sent"
+                        } else {
+                            "instance closed the connection before answering initialize"
+                        };
+                        tracing::warn!(target: "mcp_gateway::sessions", instance = %routed.inst.name, to = %next.inst.name, "{why}: sending it to another instance");
                         routed = next;
                         resp = call(routed.service().clone(), again).await;
                     }

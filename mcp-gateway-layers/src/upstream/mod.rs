@@ -48,7 +48,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use mcp_gateway_core::headers::{is_event_stream, MCP_SESSION_ID, X_ACCEL_BUFFERING};
 use mcp_gateway_core::jsonrpc::{ErrorCode, JsonRpcError, RequestId};
-use mcp_gateway_core::{InstanceUnreachable, McpRequest, UpstreamAuthorization};
+use mcp_gateway_core::{ConnectionLost, InstanceUnreachable, McpRequest, UpstreamAuthorization};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -502,6 +502,7 @@ impl Failure {
     ) -> Response<UpstreamBody> {
         let name = &shared.name;
         let unreachable = matches!(self, Failure::Connect(_));
+        let lost = matches!(&self, Failure::Send(e) if e.is_incomplete_message());
         let (status, code, message) = match self {
             Failure::Connect(ConnectError::Timeout) => {
                 tracing::warn!(upstream = %name, instance = idx, timeout = ?shared.config.connect_timeout, "upstream connect timed out");
@@ -543,6 +544,11 @@ impl Failure {
         if unreachable {
             // Nothing was sent: a balancing layer above may eject this instance.
             resp.extensions_mut().insert(InstanceUnreachable);
+        }
+        if lost {
+            // Written, and the connection closed before any answer: a balancing layer may
+            // send again what is safe to repeat.
+            resp.extensions_mut().insert(ConnectionLost);
         }
         resp
     }
