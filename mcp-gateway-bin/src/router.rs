@@ -642,6 +642,11 @@ impl Router {
             if let Some(key) = settings.sessions.as_ref().and_then(|s| s.key.as_ref()) {
                 layer = layer.cursor_key(key);
             }
+            // Under `[sessions]`, legacy sessions are shared as SessionAffinity's are: ids
+            // sealed with its key, ends and upstream sessions in its store.
+            if let Some(sl) = sessions.as_ref().filter(|_| settings.sessions.is_some()) {
+                layer = layer.shared_sessions(sl);
+            }
             let server = layer.service(members);
             virtuals.push(server.clone());
             // The virtual route's chain: AuditLog (what it answers itself or refuses, and its

@@ -1067,3 +1067,127 @@ async fn a_reload_keeps_an_unchanged_virtual_servers_sessions() {
     c.cancel().await.unwrap();
     gw.shutdown().await;
 }
+
+/// `increment` (the demo server's per-session counter) through virtual server `url` in legacy
+/// session `sid`: the count, or the HTTP status of a refusal.
+async fn increment_in(c: &reqwest::Client, url: &str, sid: &str) -> Result<u64, u16> {
+    let resp = mcp_post(
+        c,
+        url,
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"demo__increment","arguments":{}}}"#,
+    )
+    .header("mcp-session-id", sid)
+    .header("mcp-protocol-version", "2025-11-25")
+    .send()
+    .await
+    .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    if status != 200 {
+        assert!(status != 404 || text.contains("-32001"), "{text}");
+        return Err(status);
+    }
+    let at = text.find(r#""text":""#).unwrap_or_else(|| panic!("{text}")) + 8;
+    Ok(text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_sessions_are_shared_by_replicas_through_the_sessions_store() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("\n!!! SKIPPED: redis-server is not installed (scripts/test installs it) !!!\n");
+        return;
+    }
+    let rport = free_port();
+    let _redis = Child(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &rport.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--bind", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let demo_addr = demo(DemoOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_mcp-gateway"));
+    let keygen = std::process::Command::new(&bin)
+        .args(["keygen", "--out"])
+        .arg(dir.path().join("session.key"))
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    // Two replicas: the same key and the same Redis store.
+    let mut replicas = Vec::new();
+    let mut urls = Vec::new();
+    for name in ["a", "b"] {
+        let port = free_port();
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n\
+                 [upstreams.demo]\nurl = \"http://{demo_addr}/mcp\"\n\
+                 [virtual.all]\nupstreams = [\"demo\"]\n\
+                 [sessions]\nkey_file = \"{}\"\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:{rport}/0\"\n",
+                dir.path().join("session.key").display()
+            ),
+        )
+        .unwrap();
+        let argv = [bin.clone(), "serve".into(), "--config".into(), cfg.clone()];
+        replicas.push(serve_process(&argv, &[], port).await);
+        urls.push(format!("http://127.0.0.1:{port}/mcp/all"));
+    }
+    let (a, b) = (urls[0].as_str(), urls[1].as_str());
+    let c = reqwest::Client::new();
+
+    // A session opened on A goes on on B with the same upstream session (its counter), and
+    // back on A: whichever replica answers, the client's calls reach one upstream session.
+    let sid = session(&c, a).await;
+    assert_eq!(increment_in(&c, a, &sid).await, Ok(1));
+    assert_eq!(increment_in(&c, b, &sid).await, Ok(2));
+    assert_eq!(increment_in(&c, a, &sid).await, Ok(3));
+    // Opened first on B (the upstream session then opens there): the same on A.
+    let other = session(&c, b).await;
+    assert_ne!(other, sid);
+    assert_eq!(increment_in(&c, b, &other).await, Ok(1));
+    assert_eq!(increment_in(&c, a, &other).await, Ok(2));
+    // Neither id reaches the other's counter.
+    assert_eq!(increment_in(&c, b, &sid).await, Ok(4));
+
+    // A forged or altered id is refused on either replica.
+    let mut forged = sid.clone();
+    forged.replace_range(10..11, if &sid[10..11] == "A" { "B" } else { "A" });
+    assert_eq!(increment_in(&c, b, &forged).await, Err(404));
+    assert_eq!(increment_in(&c, a, "not-a-session").await, Err(404));
+
+    // DELETE on B ends the session on A too (the store says so), and its upstream session.
+    let del = c
+        .delete(b)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    assert_eq!(increment_in(&c, a, &sid).await, Err(404));
+    assert_eq!(increment_in(&c, b, &sid).await, Err(404));
+    // The other session goes on.
+    assert_eq!(increment_in(&c, a, &other).await, Ok(3));
+    drop(replicas);
+}

@@ -27,6 +27,7 @@ pub struct VirtualServerLayer {
     cursors: Arc<CursorKey>,
     session_idle: Duration,
     max_sessions: usize,
+    shared: Option<super::session::SharedSessions>,
     state: Option<Arc<Shared>>,
 }
 
@@ -45,6 +46,7 @@ impl VirtualServerLayer {
             cursors: Arc::new(CursorKey::random()),
             session_idle: DEFAULT_SESSION_IDLE,
             max_sessions: 100_000,
+            shared: None,
             state: None,
         }
     }
@@ -106,6 +108,22 @@ impl VirtualServerLayer {
         self
     }
 
+    /// Shares legacy sessions with the other replicas as `sessions` (the SessionAffinity
+    /// layer) shares its own: session ids sealed with its key (any replica opens them; the
+    /// caller they were issued to is sealed in), their ends (DELETE) and idle time kept in its
+    /// store, and the upstream sessions each one opens bound to it there — with the Redis
+    /// store, a client's calls reach the same upstream sessions whichever replica answers.
+    /// Sealing with the key also seals cursors with it ([`cursor_key`](Self::cursor_key)).
+    pub fn shared_sessions(mut self, sessions: &crate::sessions::SessionAffinityLayer) -> Self {
+        let (store, idle, lifetime) = sessions.sharing();
+        self.shared = Some(super::session::SharedSessions {
+            store,
+            idle,
+            lifetime,
+        });
+        self.cursor_key(&sessions.key())
+    }
+
     /// Takes over `old`'s sessions, names seen, counters and cursor key (a reload that kept
     /// the virtual server's upstreams, in the same order); a key given after this wins.
     pub fn carry_over<M: Member>(mut self, old: &VirtualServer<M>) -> Self {
@@ -141,6 +159,7 @@ impl VirtualServerLayer {
                 filtered: self.filtered,
                 body_limit: self.body_limit,
                 cursors: self.cursors.clone(),
+                shared: self.shared.clone(),
                 state,
             }),
         }

@@ -1,7 +1,7 @@
 //! [`VirtualServer`]: one MCP endpoint over several upstreams.
 
 use super::cursor::{CursorError, CursorKey, Position};
-use super::names::{expose, split_uri, Catalog, Kind, Owner, SEPARATOR};
+use super::names::{split_uri, Catalog, Kind, Owner, SEPARATOR};
 use super::session::{MemberSession, SessionTable, VirtualSession};
 use super::stream::{relay_request, unrelay, Hub, HubBody, Relay, MAX_EVENT};
 use super::{Member, OnUpstreamError, Prefix};
@@ -35,6 +35,10 @@ pub type VirtualBody<B> = Either<Relay<B>, Either<Full<Bytes>, HubBody>>;
 
 /// The legacy protocol versions a virtual server answers `initialize` with.
 pub const LEGACY_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+
+/// The longest `initialize` params a shared session's id seals whole (longer: the protocol
+/// version, capabilities and the client's name, version and title).
+const MAX_SEALED_INIT: usize = 2048;
 
 /// The `_meta` key naming the upstreams a merged list omitted.
 pub const OMITTED_META: &str = "mcp-gateway/omitted";
@@ -76,6 +80,8 @@ pub(crate) struct Inner<M> {
     pub filtered: bool,
     pub body_limit: usize,
     pub cursors: Arc<CursorKey>,
+    /// Where legacy sessions are shared with other replicas, when they are.
+    pub shared: Option<super::session::SharedSessions>,
     pub state: Arc<Shared>,
 }
 
@@ -120,7 +126,8 @@ struct Page {
 
 /// The request being served, as every step needs it.
 struct Call<'a> {
-    parts: &'a Parts,
+    /// The client's request head (a call moves its headers out to the member's request).
+    parts: &'a mut Parts,
     /// The request body as the client sent it.
     body: &'a Bytes,
     /// The parsed view of the request (its method, name, `_meta` span).
@@ -318,9 +325,11 @@ impl<M: Member> VirtualServer<M> {
     /// Serves one request: answered here (`initialize`, `server/discover`, `ping`, merged
     /// lists) or forwarded to the upstream that owns it.
     pub async fn serve(&self, req: Request<Full<Bytes>>) -> Answer<M::Body> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // What is not a call is boxed: the future of a call, the common case, stays small
+        // (it is moved into the route's box whole).
         if parts.method == Method::DELETE {
-            return self.delete(&parts).await;
+            return Box::pin(self.delete(&parts)).await;
         }
         let modern_get = parts
             .headers
@@ -328,7 +337,7 @@ impl<M: Member> VirtualServer<M> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(mcp_gateway_core::era::is_modern_version);
         if parts.method == Method::GET && !modern_get {
-            return self.get_stream(parts).await;
+            return Box::pin(self.get_stream(parts)).await;
         }
         if parts.method != Method::POST {
             let mut resp = JsonRpcError::new(
@@ -375,13 +384,13 @@ impl<M: Member> VirtualServer<M> {
         let session = if modern {
             None
         } else {
-            match self.session(&parts, id.as_ref()) {
+            match self.session(&parts, id.as_ref()).await {
                 Ok(s) => Some(s),
                 Err(resp) => return *resp,
             }
         };
-        let c = Call {
-            parts: &parts,
+        let mut c = Call {
+            parts: &mut parts,
             body: &bytes,
             view,
             value: std::sync::OnceLock::new(),
@@ -396,27 +405,27 @@ impl<M: Member> VirtualServer<M> {
             }
         }
         match kind {
-            MessageKind::Notification => return self.notification(&c, &method).await,
+            MessageKind::Notification => return Box::pin(self.notification(&c, &method)).await,
             MessageKind::Response | MessageKind::ErrorResponse => {
-                return self.client_answer(&c, c.body.clone()).await
+                return Box::pin(self.client_answer(&c, c.body.clone())).await
             }
             MessageKind::Request => {}
         }
         if let Some(list) = Kind::of_list(&method) {
-            return self.list(&c, list).await;
+            return Box::pin(self.list(&c, list)).await;
         }
         match method.as_str() {
             "ping" => own(result_response(c.id_raw(), &json!({}))),
-            "server/discover" => self.discover(&c).await,
+            "server/discover" => Box::pin(self.discover(&c)).await,
             "tools/call"
             | "prompts/get"
             | "resources/read"
             | "resources/subscribe"
             | "resources/unsubscribe"
-            | "completion/complete" => self.call(&c, &method).await,
-            "logging/setLevel" => self.set_level(&c).await,
+            | "completion/complete" => self.call(&mut c, &method).await,
+            "logging/setLevel" => Box::pin(self.set_level(&c)).await,
             "tasks/get" | "tasks/update" | "tasks/cancel" if c.modern => {
-                self.task(&c, &method).await
+                Box::pin(self.task(&c, &method)).await
             }
             other => error(
                 StatusCode::OK,
@@ -432,8 +441,9 @@ impl<M: Member> VirtualServer<M> {
         }
     }
 
-    /// The legacy session a request names.
-    fn session(
+    /// The legacy session a request names: held here, or (sessions shared) sealed by any
+    /// replica and alive in the shared store.
+    async fn session(
         &self,
         parts: &Parts,
         id: Option<&RequestId>,
@@ -452,17 +462,70 @@ impl<M: Member> VirtualServer<M> {
                 ),
             )));
         };
-        match self.inner.state.sessions.get(sid) {
-            Some(s) if s.principal == principal_key(parts) => Ok(s),
-            _ => Err(Box::new(error(
+        let gone = || {
+            Box::new(error(
                 StatusCode::NOT_FOUND,
                 id,
                 JsonRpcError::new(
                     ErrorCode::SESSION_NOT_FOUND,
                     "session not found: it ended or expired; initialize again without a session id",
                 ),
-            ))),
+            ))
+        };
+        let principal = principal_key(parts);
+        let held = self.inner.state.sessions.get(sid);
+        let Some(shared) = &self.inner.shared else {
+            return match held {
+                Some(s) if s.principal == principal => Ok(s),
+                _ => Err(gone()),
+            };
+        };
+        // Shared: a session another replica issued is opened from its sealed id; every use is
+        // checked with the store (ended by a DELETE elsewhere, or idle).
+        let s = match held {
+            Some(s) if s.principal == principal => s,
+            Some(_) => return Err(gone()),
+            None => {
+                let Ok(sealed) = self.inner.cursors.open_value::<super::session::Sealed>(
+                    &self.inner.name,
+                    "session",
+                    &self.inner.binding,
+                    sid,
+                ) else {
+                    return Err(gone());
+                };
+                if sealed.p.as_deref() != principal.as_deref()
+                    || shared.use_at(sealed.t).expires_ms <= super::session::now_ms()
+                {
+                    return Err(gone());
+                }
+                let handle = crate::sessions::SessionHandle(sealed.n);
+                match self.inner.state.sessions.insert(
+                    sid.to_owned(),
+                    Bytes::from(sealed.i),
+                    principal,
+                    self.inner.members.len(),
+                    Some((handle, sealed.t)),
+                ) {
+                    Some(s) => s,
+                    None => return Err(gone()),
+                }
+            }
+        };
+        if let Some((handle, issued)) = s.shared {
+            match shared.store.touch(handle, shared.use_at(issued)).await {
+                Ok(crate::sessions::SessionState::Alive) => {}
+                Ok(_) => {
+                    self.inner.state.sessions.remove(sid);
+                    return Err(gone());
+                }
+                // The store is unreachable: the sealed id stands (as SessionAffinity's does).
+                Err(e) => {
+                    tracing::warn!(virtual_server = %self.inner.name, error = %e, "session store unavailable: serving the session from its sealed id");
+                }
+            }
         }
+        Ok(s)
     }
 
     /// `initialize`, answered by the gateway: upstream sessions open on first use.
@@ -474,13 +537,55 @@ impl<M: Member> VirtualServer<M> {
             .find(|v| **v == requested)
             .copied()
             .unwrap_or(LEGACY_VERSIONS[0]);
-        let init = Bytes::from(params.to_string());
-        let Some((sid, _)) =
-            self.inner
-                .state
-                .sessions
-                .create(init, principal_key(parts), self.inner.members.len())
-        else {
+        let init = params.to_string();
+        let principal = principal_key(parts);
+        let members = self.inner.members.len();
+        let table = &self.inner.state.sessions;
+        // Shared with other replicas: the id is sealed (handle, caller, params, issue time).
+        let sealed = self.inner.shared.as_ref().and_then(|_| {
+            let mut n = [0u8; 12];
+            getrandom::fill(&mut n).ok()?;
+            let t = super::session::now_ms();
+            // What opening an upstream session needs, and no more when the client sent much
+            // (its id stays a header of reasonable size).
+            let i = if init.len() <= MAX_SEALED_INIT {
+                init.clone()
+            } else {
+                let info = &params["clientInfo"];
+                json!({
+                    "protocolVersion": params["protocolVersion"],
+                    "capabilities": params["capabilities"],
+                    "clientInfo": {"name": info["name"], "version": info["version"], "title": info["title"]},
+                })
+                .to_string()
+            };
+            let v = super::session::Sealed {
+                n,
+                p: principal.as_deref().map(Into::into),
+                i,
+                t,
+            };
+            let sid = self.inner.cursors.seal_value(
+                &self.inner.name,
+                "session",
+                &self.inner.binding,
+                &v,
+            )?;
+            Some((sid, crate::sessions::SessionHandle(n), t))
+        });
+        let created = match sealed {
+            Some((sid, handle, t)) => table
+                .insert(
+                    sid.clone(),
+                    Bytes::from(init),
+                    principal,
+                    members,
+                    Some((handle, t)),
+                )
+                .map(|s| (sid, s)),
+            None => table.create(Bytes::from(init), principal, members),
+        };
+        let Some((sid, _)) = created else {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 id,
@@ -529,11 +634,38 @@ impl<M: Member> VirtualServer<M> {
         name: Option<&str>,
         exposed: Option<&str>,
     ) -> Request<Full<Bytes>> {
+        self.sub_request_with(
+            parts.headers.clone(),
+            parts,
+            member,
+            method,
+            rpc,
+            body,
+            session,
+            name,
+            exposed,
+        )
+    }
+
+    /// [`sub_request`](Self::sub_request) with the client's headers given (moved out of the
+    /// request when nothing needs them again: a call's).
+    #[allow(clippy::too_many_arguments)]
+    fn sub_request_with(
+        &self,
+        mut headers: HeaderMap,
+        parts: &Parts,
+        member: usize,
+        method: Method,
+        rpc: Option<&str>,
+        body: Bytes,
+        session: Option<&MemberSession>,
+        name: Option<&str>,
+        exposed: Option<&str>,
+    ) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = parts.uri.clone();
         *req.version_mut() = parts.version;
-        let mut headers: HeaderMap = parts.headers.clone();
         headers.remove(header::CONTENT_LENGTH);
         if let Some(auth) = parts.extensions.get::<super::CallerAuthorization>() {
             headers.insert(header::AUTHORIZATION, auth.0.clone());
@@ -594,6 +726,66 @@ impl<M: Member> VirtualServer<M> {
         if let Some(m) = &*slot {
             return Ok(m.clone());
         }
+        // Shared: an upstream session another replica opened for this client session is
+        // the one to use.
+        let field = format!("m:{}", self.inner.aliases[member]);
+        let shared = self.inner.shared.as_ref().zip(s.shared);
+        if let Some((sh, (handle, _))) = shared {
+            match sh.store.bound(handle, &field).await {
+                Ok(Some(text)) => {
+                    if let Some(found) = MemberSession::decode(&text) {
+                        let found = Arc::new(found);
+                        *slot = Some(found.clone());
+                        if let Some(hub) = s.hub() {
+                            self.read_stream(hub, member, found.clone());
+                        }
+                        return Ok(found);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(virtual_server = %self.inner.name, error = %e, "session store unavailable: opening an upstream session here");
+                }
+            }
+        }
+        // Opened once per session and upstream: boxed, so that a call's future, which holds
+        // this one, stays small.
+        let mut opened = Box::pin(self.open_member(parts, s, member)).await?;
+        if let Some((sh, (handle, issued))) = shared {
+            // Two replicas may open one at once: the first bound wins, for both.
+            let mine = opened.encode();
+            match sh
+                .store
+                .bind(handle, &field, &mine, sh.use_at(issued))
+                .await
+            {
+                Ok(won) if won != mine => {
+                    if let Some(first) = MemberSession::decode(&won) {
+                        opened = first;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(virtual_server = %self.inner.name, error = %e, "session store unavailable: the upstream session is known to this replica only");
+                }
+            }
+        }
+        let opened = Arc::new(opened);
+        *slot = Some(opened.clone());
+        if let Some(hub) = s.hub() {
+            self.read_stream(hub, member, opened.clone());
+        }
+        Ok(opened)
+    }
+
+    /// Opens upstream `member`'s session for legacy session `s`: `initialize` with the
+    /// client's parameters, then `notifications/initialized`.
+    async fn open_member(
+        &self,
+        parts: &Parts,
+        s: &VirtualSession,
+        member: usize,
+    ) -> Result<MemberSession, Failure> {
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":"mcp-gateway-initialize","method":"initialize","params":{}}}"#,
             String::from_utf8_lossy(&s.init)
@@ -656,18 +848,13 @@ impl<M: Member> VirtualServer<M> {
                 "notifications/initialized answered HTTP {status}"
             )));
         }
-        let opened = Arc::new(opened);
-        *slot = Some(opened.clone());
-        if let Some(hub) = s.hub() {
-            self.read_stream(hub, member, opened.clone());
-        }
         Ok(opened)
     }
 
     /// A legacy client's GET stream: the streams of its upstream sessions, merged (those
     /// opened later join it).
     async fn get_stream(&self, parts: Parts) -> Answer<M::Body> {
-        let s = match self.session(&parts, None) {
+        let s = match self.session(&parts, None).await {
             Ok(s) => s,
             Err(resp) => return *resp,
         };
@@ -690,7 +877,7 @@ impl<M: Member> VirtualServer<M> {
             };
             let req = self.stream_request(&parts, member, &ms, Some(&last));
             let mut resp = self.inner.members[member].call(req).await;
-            own_session_id(&mut resp, &parts);
+            own_session_id(&mut resp, parts.headers.get(MCP_SESSION_ID));
             return resp.map(|b| Either::Left(Relay::requests_of(b, member)));
         }
         let (hub, body) = Hub::new(parts);
@@ -1217,8 +1404,10 @@ impl<M: Member> VirtualServer<M> {
             let direct = if kind.is_uri() {
                 split_uri(name)
             } else {
-                name.split_once(SEPARATOR).filter(|(a, o)| {
-                    expose(Some(a), o) == name && !super::names::is_shortened(name)
+                // `alias__original` is its own exposed name exactly when it is a valid name
+                // (what `expose` would give unchanged): checked without building it.
+                name.split_once(SEPARATOR).filter(|_| {
+                    super::names::is_valid_name(name) && !super::names::is_shortened(name)
                 })
             };
             if let Some(i) = direct.and_then(|(a, o)| alias_index(a).map(|i| (i, o))) {
@@ -1233,7 +1422,7 @@ impl<M: Member> VirtualServer<M> {
                 std::slice::from_ref(&kind)
             };
             for k in kinds {
-                if let Err(Failure::Refused(resp)) = self.refresh(c, *k, &all).await {
+                if let Err(Failure::Refused(resp)) = Box::pin(self.refresh(c, *k, &all)).await {
                     return Err(own(*resp));
                 }
             }
@@ -1283,7 +1472,7 @@ impl<M: Member> VirtualServer<M> {
 
     /// A call routed to the upstream that owns its tool, prompt or resource, the original
     /// name restored.
-    async fn call(&self, c: &Call<'_>, method: &str) -> Answer<M::Body> {
+    async fn call(&self, c: &mut Call<'_>, method: &str) -> Answer<M::Body> {
         let (kind, path): (Kind, &[&str]) = match method {
             "tools/call" => (Kind::Tools, &["name"]),
             "prompts/get" => (Kind::Prompts, &["name"]),
@@ -1293,12 +1482,21 @@ impl<M: Member> VirtualServer<M> {
             },
             _ => (Kind::Resources, &["uri"]),
         };
-        let Some(exposed) = c.param(path) else {
+        // Read from a handle of the view (an `Arc`), so that the client's headers can be
+        // moved out of the request below.
+        let view = c.view.clone();
+        let exposed: Option<std::borrow::Cow<'_, str>> = match path {
+            ["name"] => view.single().and_then(|m| m.name()).map(Into::into),
+            ["uri"] => view.single().and_then(|m| m.uri()).map(Into::into),
+            _ => c.param(path).map(|p| p.to_owned().into()),
+        };
+        let Some(exposed) = exposed else {
             return invalid(
                 c.id.as_ref(),
                 format!("params.{} is required", path.join(".")),
             );
         };
+        let exposed = &*exposed;
         let (member, original) = match self.resolve(c, kind, exposed).await {
             Ok(o) => o,
             Err(resp) => return resp,
@@ -1318,6 +1516,14 @@ impl<M: Member> VirtualServer<M> {
                 None => return invalid(c.id.as_ref(), "params could not be rewritten"),
             }
         };
+        // The client's headers move to the member's request, unless a legacy session's call
+        // may be sent again (its upstream lost the session): then they are copied.
+        let client_sid = c.parts.headers.get(MCP_SESSION_ID).cloned();
+        let mut headers = c
+            .session
+            .is_none()
+            .then(|| std::mem::take(&mut c.parts.headers));
+        let c = &*c;
         let mut retried = false;
         loop {
             let ms = match &c.session {
@@ -1355,7 +1561,8 @@ impl<M: Member> VirtualServer<M> {
                     None => return invalid(c.id.as_ref(), "params could not be rewritten"),
                 },
             };
-            let mut req = self.sub_request(
+            let mut req = self.sub_request_with(
+                headers.take().unwrap_or_else(|| c.parts.headers.clone()),
                 c.parts,
                 member,
                 Method::POST,
@@ -1394,7 +1601,7 @@ impl<M: Member> VirtualServer<M> {
                 .get(header::CONTENT_TYPE)
                 .is_some_and(is_event_stream);
             let mut resp = resp;
-            own_session_id(&mut resp, c.parts);
+            own_session_id(&mut resp, client_sid.as_ref());
             // A 2026-07-28 client that takes tasks may get one: its id becomes a handle
             // naming the upstream.
             let tasks = c.modern && declares_tasks(c.meta());
@@ -1478,7 +1685,7 @@ impl<M: Member> VirtualServer<M> {
             x.update(|r| r.audited_elsewhere = true);
         }
         let mut resp = self.inner.members[member].call(req).await;
-        own_session_id(&mut resp, c.parts);
+        own_session_id(&mut resp, c.parts.headers.get(MCP_SESSION_ID));
         let sse = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -1560,7 +1767,7 @@ impl<M: Member> VirtualServer<M> {
                         None,
                     );
                     let mut resp = self.inner.members[member].call(req).await;
-                    own_session_id(&mut resp, c.parts);
+                    own_session_id(&mut resp, c.parts.headers.get(MCP_SESSION_ID));
                     return resp.map(|b| Either::Left(Relay::plain(b)));
                 }
             }
@@ -1571,7 +1778,7 @@ impl<M: Member> VirtualServer<M> {
                 let req =
                     self.sub_request(c.parts, *i, Method::POST, None, body, Some(ms), None, None);
                 let mut resp = self.inner.members[*i].call(req).await;
-                own_session_id(&mut resp, c.parts);
+                own_session_id(&mut resp, c.parts.headers.get(MCP_SESSION_ID));
                 return resp.map(|b| Either::Left(Relay::plain(b)));
             }
         }
@@ -1721,7 +1928,7 @@ impl<M: Member> VirtualServer<M> {
 
     /// DELETE: ends the client's session and every upstream session opened for it.
     async fn delete(&self, parts: &Parts) -> Answer<M::Body> {
-        let s = match self.session(parts, None) {
+        let s = match self.session(parts, None).await {
             Ok(s) => s,
             Err(resp) => return *resp,
         };
@@ -1734,7 +1941,24 @@ impl<M: Member> VirtualServer<M> {
         };
         self.inner.state.sessions.remove(sid);
         s.set_hub(None);
-        let opened = s.opened().await;
+        let mut opened = s.opened().await;
+        if let (Some(sh), Some((handle, issued))) = (&self.inner.shared, s.shared) {
+            // Ended on every replica; the upstream sessions other replicas opened end too.
+            if let Err(e) = sh.store.end(handle, sh.use_at(issued)).await {
+                tracing::warn!(virtual_server = %self.inner.name, error = %e, "session store unavailable: the session ends on this replica only");
+            }
+            for i in 0..self.inner.members.len() {
+                if opened.iter().any(|(o, _)| *o == i) {
+                    continue;
+                }
+                let field = format!("m:{}", self.inner.aliases[i]);
+                if let Ok(Some(ms)) = sh.store.bound(handle, &field).await {
+                    if let Some(ms) = MemberSession::decode(&ms) {
+                        opened.push((i, Arc::new(ms)));
+                    }
+                }
+            }
+        }
         let ends = opened
             .iter()
             .filter(|(_, ms)| ms.id.is_some())
@@ -1898,8 +2122,8 @@ fn declares_tasks(meta: &Value) -> bool {
 
 /// An upstream's answer names the client's session, never the upstream's own (a server may
 /// repeat its session id on every answer, and a client takes the last one it saw).
-fn own_session_id<B>(resp: &mut Response<B>, parts: &Parts) {
-    match parts.headers.get(MCP_SESSION_ID) {
+fn own_session_id<B>(resp: &mut Response<B>, client: Option<&HeaderValue>) {
+    match client {
         Some(sid) => {
             resp.headers_mut().insert(MCP_SESSION_ID, sid.clone());
         }

@@ -16,6 +16,61 @@ const INFLIGHT: usize = 1024;
 /// be told apart; the table's own bound applies.)
 pub const MAX_PER_CALLER: usize = 1000;
 
+/// Where a virtual server's legacy sessions are shared with the other replicas: the sessions
+/// layer's store (Redis, say) and lifetimes. Client session ids are then sealed (any replica
+/// opens them), and the upstream sessions a client session opens are bound to it in the store
+/// (any replica sharing the store reaches the same ones).
+#[derive(Clone)]
+pub struct SharedSessions {
+    /// The store shared with the other replicas.
+    pub store: Arc<dyn crate::sessions::SessionStore>,
+    /// Unused this long, a session ends (`None`: never).
+    pub idle: Option<Duration>,
+    /// A session ends this long after `initialize` in any case.
+    pub lifetime: Duration,
+}
+
+impl std::fmt::Debug for SharedSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSessions")
+            .field("idle", &self.idle)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedSessions {
+    /// A use of a session issued at `created_ms`, now.
+    pub fn use_at(&self, created_ms: u64) -> crate::sessions::Use {
+        let now = now_ms();
+        crate::sessions::Use::new(
+            now,
+            self.idle,
+            created_ms.saturating_add(self.lifetime.as_millis() as u64),
+        )
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a shared session's id seals: any replica holding the key opens it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Sealed {
+    /// Its handle in the store (random).
+    pub n: [u8; 12],
+    /// The caller it belongs to (its agent key), when authenticated.
+    pub p: Option<String>,
+    /// The client's `initialize` params (each upstream session is opened with them).
+    pub i: String,
+    /// When it was issued (ms since the Unix epoch).
+    pub t: u64,
+}
+
 /// An upstream session opened for a client session.
 #[derive(Debug)]
 pub struct MemberSession {
@@ -42,9 +97,35 @@ pub struct VirtualSession {
     hub: Mutex<Option<Arc<super::stream::Hub>>>,
     /// Its place in the order sessions were opened (ties of `last_used` go to the older).
     seq: u64,
+    /// Its handle in the shared store and when it was issued, when sessions are shared.
+    pub shared: Option<(crate::sessions::SessionHandle, u64)>,
 }
 
 use crate::lock;
+
+impl MemberSession {
+    /// The form bound in a shared store: the version, a newline, the id (empty: none).
+    pub fn encode(&self) -> String {
+        format!(
+            "{}\n{}",
+            self.version.to_str().unwrap_or(""),
+            self.id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
+        )
+    }
+
+    /// What [`encode`](Self::encode) wrote.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (version, id) = text.split_once('\n')?;
+        Some(Self {
+            version: HeaderValue::from_str(version).ok()?,
+            id: if id.is_empty() {
+                None
+            } else {
+                Some(HeaderValue::from_str(id).ok()?)
+            },
+        })
+    }
+}
 
 impl VirtualSession {
     /// Remembers that request `id` went to upstream `member`.
@@ -130,6 +211,20 @@ impl SessionTable {
             id.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
             id.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
         }
+        let s = self.insert(id.clone(), init, principal, members, None)?;
+        Some((id, s))
+    }
+
+    /// Holds session `id` (a shared one: its handle and issue time), issued here or by
+    /// another replica; `None` when the table is full of live sessions.
+    pub fn insert(
+        &self,
+        id: String,
+        init: Bytes,
+        principal: Option<Arc<str>>,
+        members: usize,
+        shared: Option<(crate::sessions::SessionHandle, u64)>,
+    ) -> Option<Arc<VirtualSession>> {
         let s = Arc::new(VirtualSession {
             init,
             principal,
@@ -140,6 +235,7 @@ impl SessionTable {
             last_used: AtomicU64::new(self.now()),
             hub: Mutex::new(None),
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            shared,
         });
         let now = self.now();
         let idle = self.idle.as_millis() as u64;
@@ -166,8 +262,8 @@ impl SessionTable {
                 map.remove(&oldest);
             }
         }
-        map.insert(id.clone(), s.clone());
-        Some((id, s))
+        map.insert(id, s.clone());
+        Some(s)
     }
 
     /// The live session `id`, touched.

@@ -130,6 +130,22 @@ impl SessionAffinityLayer {
         self.settings.keys.clone()
     }
 
+    /// The key that seals session ids.
+    pub(crate) fn key(&self) -> SessionKey {
+        self.settings.key.clone()
+    }
+
+    /// The store, the idle timeout and the longest lifetime: what another kind of session
+    /// (a virtual server's) shares the same way.
+    #[cfg(feature = "federation")]
+    pub(crate) fn sharing(&self) -> (Arc<dyn SessionStore>, Option<Duration>, Duration) {
+        (
+            self.settings.store.clone(),
+            self.settings.idle_timeout,
+            self.settings.max_lifetime,
+        )
+    }
+
     /// The store of session ends, shared by the replicas when it is Redis.
     pub fn session_store(&self) -> Arc<dyn SessionStore> {
         self.settings.store.clone()

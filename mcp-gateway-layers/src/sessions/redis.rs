@@ -126,6 +126,61 @@ impl SessionStore for RedisStore {
     fn claim(&self, session: SessionHandle, u: Use) -> StoreFuture<bool> {
         self.mark_ended(session, u, true)
     }
+
+    /// One command: `SET key:field value NX GET PX ttl` (Redis 7) sets the field unless it
+    /// is set and answers the value it had: nil when this replica's value was bound.
+    fn bind(
+        &self,
+        session: SessionHandle,
+        field: &str,
+        value: &str,
+        u: Use,
+    ) -> StoreFuture<String> {
+        let mut conn = match self.shell.conn() {
+            Ok(c) => c,
+            Err(e) => return Either::Left(futures_util::future::ready(Err(StoreError(e)))),
+        };
+        let store = self.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}:{field}", self.key(session)))
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ttl(&u));
+        let value = value.to_owned();
+        Either::Right(
+            async move {
+                let before: Option<String> = store
+                    .shell
+                    .run(cmd.query_async(&mut conn))
+                    .await
+                    .map_err(StoreError)?;
+                Ok(before.unwrap_or(value))
+            }
+            .boxed(),
+        )
+    }
+
+    fn bound(&self, session: SessionHandle, field: &str) -> StoreFuture<Option<String>> {
+        let mut conn = match self.shell.conn() {
+            Ok(c) => c,
+            Err(e) => return Either::Left(futures_util::future::ready(Err(StoreError(e)))),
+        };
+        let store = self.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("{}:{field}", self.key(session)));
+        Either::Right(
+            async move {
+                store
+                    .shell
+                    .run(cmd.query_async(&mut conn))
+                    .await
+                    .map_err(StoreError)
+            }
+            .boxed(),
+        )
+    }
 }
 
 impl RedisStore {

@@ -100,6 +100,28 @@ pub trait SessionStore: Send + Sync + 'static {
             Ok(true)
         }))
     }
+
+    /// Binds `value` to `field` of `session` unless the field has a value already, and
+    /// answers the value it has now: `value`, or the one another replica bound first (kept
+    /// until `u.expires_ms`). What a session opens later than its id is issued — a virtual
+    /// server's upstream sessions — is found this way by every replica. The default keeps
+    /// nothing and answers `value`.
+    fn bind(
+        &self,
+        session: SessionHandle,
+        field: &str,
+        value: &str,
+        u: Use,
+    ) -> StoreFuture<String> {
+        let _ = (session, field, u);
+        Either::Left(futures_util::future::ready(Ok(value.to_owned())))
+    }
+
+    /// The value bound to `field` of `session`, if any (the default keeps nothing).
+    fn bound(&self, session: SessionHandle, field: &str) -> StoreFuture<Option<String>> {
+        let _ = (session, field);
+        Either::Left(futures_util::future::ready(Ok(None)))
+    }
 }
 
 /// A source of wall-clock time: injectable, so tests move time without sleeping.
@@ -159,12 +181,17 @@ struct Shard {
 
 const SHARDS: usize = 64;
 
+/// (session, field) → (value, when it expires, ms since the epoch).
+type Fields = HashMap<(SessionHandle, Box<str>), (Box<str>, u64)>;
+
 /// Sessions in this process's memory: 64 shards, each behind its own short lock, chosen by the
 /// handle's first byte (random), so concurrent sessions rarely meet on a lock. An entry is
 /// kept until its session's `max_lifetime` is over (swept as shards grow); about 60 bytes per
 /// session.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
+    /// Values bound to sessions' fields ([`SessionStore::bind`]), until they expire.
+    fields: Mutex<Fields>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -186,6 +213,7 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            fields: Mutex::default(),
         }
     }
 
@@ -265,6 +293,32 @@ impl MemoryStore {
         true
     }
 
+    /// The synchronous form of [`SessionStore::bind`].
+    pub fn bind_now(&self, session: SessionHandle, field: &str, value: &str, u: Use) -> String {
+        let mut fields = self.fields.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (session, Box::<str>::from(field));
+        if let Some((v, expires)) = fields.get(&key) {
+            if *expires > u.now_ms {
+                return v.to_string();
+            }
+        }
+        // Swept as it grows: at most one entry per upstream session a virtual session opened.
+        if fields.len() >= 1024 && fields.len().is_power_of_two() {
+            fields.retain(|_, (_, expires)| *expires > u.now_ms);
+        }
+        fields.insert(key, (value.into(), u.expires_ms));
+        value.to_owned()
+    }
+
+    /// The synchronous form of [`SessionStore::bound`].
+    pub fn bound_now(&self, session: SessionHandle, field: &str, now_ms: u64) -> Option<String> {
+        let fields = self.fields.lock().unwrap_or_else(PoisonError::into_inner);
+        fields
+            .get(&(session, Box::<str>::from(field)))
+            .filter(|(_, expires)| *expires > now_ms)
+            .map(|(v, _)| v.to_string())
+    }
+
     /// Ends `session` (the synchronous form of [`SessionStore::end`]).
     pub fn end_now(&self, session: SessionHandle, u: Use) {
         let mut shard = self.shard(&session);
@@ -291,6 +345,25 @@ impl SessionStore for MemoryStore {
     fn claim(&self, session: SessionHandle, u: Use) -> StoreFuture<bool> {
         Either::Left(futures_util::future::ready(Ok(self.claim_now(session, u))))
     }
+    fn bind(
+        &self,
+        session: SessionHandle,
+        field: &str,
+        value: &str,
+        u: Use,
+    ) -> StoreFuture<String> {
+        Either::Left(futures_util::future::ready(Ok(
+            self.bind_now(session, field, value, u)
+        )))
+    }
+    fn bound(&self, session: SessionHandle, field: &str) -> StoreFuture<Option<String>> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Either::Left(futures_util::future::ready(Ok(
+            self.bound_now(session, field, now)
+        )))
+    }
 }
 
 impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
@@ -302,6 +375,18 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
     }
     fn claim(&self, session: SessionHandle, u: Use) -> StoreFuture<bool> {
         (**self).claim(session, u)
+    }
+    fn bind(
+        &self,
+        session: SessionHandle,
+        field: &str,
+        value: &str,
+        u: Use,
+    ) -> StoreFuture<String> {
+        (**self).bind(session, field, value, u)
+    }
+    fn bound(&self, session: SessionHandle, field: &str) -> StoreFuture<Option<String>> {
+        (**self).bound(session, field)
     }
 }
 
@@ -323,6 +408,27 @@ mod tests {
     use super::*;
 
     const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_field_is_bound_once_until_it_expires() {
+        let s = MemoryStore::new();
+        let u = Use::new(1_000, None, 10_000);
+        let h = SessionHandle([5; 12]);
+        assert_eq!(s.bound_now(h, "m0", 1_000), None);
+        assert_eq!(s.bind_now(h, "m0", "first", u), "first");
+        assert_eq!(
+            s.bind_now(h, "m0", "second", u),
+            "first",
+            "the first binding stays"
+        );
+        assert_eq!(s.bind_now(h, "m1", "other", u), "other");
+        assert_eq!(s.bound_now(h, "m0", 9_999).as_deref(), Some("first"));
+        assert_eq!(s.bound_now(SessionHandle([6; 12]), "m0", 1_000), None);
+        // Past its session's lifetime the field is gone, and may be bound again.
+        assert_eq!(s.bound_now(h, "m0", 10_000), None);
+        let later = Use::new(10_000, None, 20_000);
+        assert_eq!(s.bind_now(h, "m0", "third", later), "third");
+    }
 
     #[test]
     fn a_claim_wins_once() {
