@@ -157,11 +157,13 @@ impl Stack {
 /// request reaches it exactly as one of its own route would, through its governing chain.
 impl Member for Stack {
     type Body = StackBody;
-    fn call(
-        &self,
-        req: Request<Full<Bytes>>,
-    ) -> impl std::future::Future<Output = Response<StackBody>> + Send {
-        self.serve(req)
+    async fn call(&self, req: Request<Full<Bytes>>) -> Response<StackBody> {
+        match self {
+            // No governing layer: the virtual route read and parsed the request, and the
+            // view is in its extensions.
+            Self::Plain(parse) => parse.serve_parsed(req).await.map(Either::Left),
+            Self::Governed { .. } => self.serve(req).await,
+        }
     }
 }
 

@@ -82,6 +82,8 @@ pub struct McpMessage {
     uri_span: Option<Range<usize>>,
     params: Option<Range<usize>>,
     meta: Option<Range<usize>>,
+    /// `params._meta["io.modelcontextprotocol/clientCapabilities"]`.
+    client_caps: Option<Range<usize>>,
     arguments: Option<Range<usize>>,
     result: Option<Range<usize>>,
     result_meta: Option<Range<usize>>,
@@ -143,6 +145,11 @@ impl McpMessage {
     /// Where `params._meta` sits in the body (an object when well-formed).
     pub fn meta_span(&self) -> Option<Range<usize>> {
         self.meta.clone()
+    }
+    /// Where `params._meta["io.modelcontextprotocol/clientCapabilities"]` sits in the body
+    /// (its first copy), as 2026-07-28 requests carry it.
+    pub fn client_capabilities_span(&self) -> Option<Range<usize>> {
+        self.client_caps.clone()
     }
     /// Where `params.arguments` sits in the body.
     pub fn arguments_span(&self) -> Option<Range<usize>> {
@@ -207,6 +214,7 @@ impl McpMessage {
         for r in [
             &mut self.params,
             &mut self.meta,
+            &mut self.client_caps,
             &mut self.name_span,
             &mut self.uri_span,
             &mut self.arguments,
@@ -433,6 +441,7 @@ fn from_fields(body: &[u8], f: Fields) -> Result<McpMessage, ClassifyError> {
         uri_span: f.uri.clone(),
         params: f.params,
         meta: f.meta,
+        client_caps: f.client_caps,
         arguments: f.arguments,
         error_code: f
             .error_code
@@ -675,6 +684,26 @@ mod tests {
             r#"{"jsonrpc":"2.0","method":"b"}"#
         );
         assert!(!p.is_fire_and_forget());
+    }
+
+    #[test]
+    fn client_capabilities_located_and_moved_by_edits() {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":{"x":{"io.modelcontextprotocol/clientCapabilities":1},"io.modelcontextprotocol/clientCapabilities":{"extensions":{}},"io.modelcontextprotocol/clientCapabilities":2}}}"#;
+        let m = one(body);
+        // The top-level key's first copy, not the nested one.
+        let span = m.client_capabilities_span().unwrap();
+        assert_eq!(&body[span], r#"{"extensions":{}}"#);
+        assert_eq!(
+            one(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":{"_meta":{}}}"#)
+                .client_capabilities_span(),
+            None
+        );
+        // A longer name: the span moves with the bytes.
+        let parsed = classify(body.as_bytes()).unwrap();
+        let moved = parsed.with_target(r#""abcdef""#.len(), "abcdef").unwrap();
+        let edited = body.replacen(r#""name":"a""#, r#""name":"abcdef""#, 1);
+        let span = moved.single().unwrap().client_capabilities_span().unwrap();
+        assert_eq!(&edited[span], r#"{"extensions":{}}"#);
     }
 
     #[test]

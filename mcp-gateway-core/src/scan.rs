@@ -11,6 +11,8 @@ use std::ops::Range;
 
 /// The `_meta` key that carries the protocol version of a 2026-07-28 request.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// The `_meta` key that carries the client's capabilities on a 2026-07-28 request.
+pub(crate) const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 
 /// Nesting limit, as `serde_json`'s.
 const MAX_DEPTH: u32 = 128;
@@ -52,6 +54,8 @@ pub(crate) struct Fields {
     pub(crate) meta: Option<Range<usize>>,
     pub(crate) arguments: Option<Range<usize>>,
     pub(crate) protocol_version: Option<Range<usize>>,
+    /// `params._meta["io.modelcontextprotocol/clientCapabilities"]` (its first copy).
+    pub(crate) client_caps: Option<Range<usize>>,
     /// `result.isError` of a response.
     pub(crate) is_error: Option<Range<usize>>,
     /// `result._meta` of a response.
@@ -353,6 +357,7 @@ impl<'a> Scanner<'a> {
                         *field = Some(r);
                         if role == Role::Meta {
                             f.protocol_version = inner.protocol_version;
+                            f.client_caps = inner.client_caps;
                         }
                         Ok(())
                     }
@@ -393,6 +398,10 @@ impl<'a> Scanner<'a> {
                             ))
                         }
                     }
+                    Ok(())
+                } else if key == META_CLIENT_CAPABILITIES.as_bytes() {
+                    let r = s.skip()?;
+                    f.client_caps.get_or_insert(r);
                     Ok(())
                 } else {
                     s.skip().map(drop)
@@ -440,6 +449,7 @@ impl<'a> Scanner<'a> {
                     f.meta = inner.meta;
                     f.arguments = inner.arguments;
                     f.protocol_version = inner.protocol_version;
+                    f.client_caps = inner.client_caps;
                 }
                 Role::Result => {
                     f.is_error = inner.is_error;

@@ -516,6 +516,25 @@ impl ParseMcp<crate::upstream::Upstream> {
             Err(resp) => refused(resp),
         }
     }
+
+    /// [`serve`](Self::serve) for a request already read and parsed by an outer service,
+    /// its body whole and its view in its extensions (a virtual server's request to one of
+    /// its upstreams): sent on with that view, nothing read or parsed again. Without a view
+    /// it is [`serve`](Self::serve).
+    pub async fn serve_parsed(
+        &self,
+        mut req: Request<Full<Bytes>>,
+    ) -> Response<Refused<crate::upstream::UpstreamBody>> {
+        let Some(view) = req.extensions_mut().remove::<McpRequest>() else {
+            return self.serve(req).await;
+        };
+        let back = self.view_on_response.then(|| view.clone());
+        let mut resp = self.inner.forward(req, Some(view)).await.map(Either::Left);
+        if let Some(view) = back {
+            resp.extensions_mut().insert(view);
+        }
+        resp
+    }
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ParseMcp<S>

@@ -137,6 +137,9 @@ struct Call<'a> {
     value: std::sync::OnceLock<Value>,
     /// `params._meta`, parsed when needed.
     meta: std::sync::OnceLock<Value>,
+    /// What a 2026-07-28 request's `_meta` says of the client's capabilities, read without
+    /// building the JSON (every such request needs it).
+    caps: std::sync::OnceLock<Caps>,
     id: Option<RequestId>,
     session: Option<Arc<VirtualSession>>,
     modern: bool,
@@ -151,6 +154,19 @@ impl Call<'_> {
     fn value(&self) -> &Value {
         self.value
             .get_or_init(|| serde_json::from_slice(self.body).unwrap_or(Value::Null))
+    }
+
+    /// The client's capabilities as `_meta` declares them.
+    fn caps(&self) -> Caps {
+        *self.caps.get_or_init(|| {
+            // Located by the parse: nothing of `_meta` is read again.
+            self.view
+                .single()
+                .and_then(|m| m.client_capabilities_span())
+                .zip(self.view.body())
+                .and_then(|(span, body)| body.get(span))
+                .map_or(Caps::default(), Caps::of)
+        })
     }
 
     /// `params._meta` (`Null` when absent).
@@ -395,12 +411,13 @@ impl<M: Member> VirtualServer<M> {
             view,
             value: std::sync::OnceLock::new(),
             meta: std::sync::OnceLock::new(),
+            caps: std::sync::OnceLock::new(),
             id,
             session,
             modern,
         };
         if modern && kind == MessageKind::Request {
-            if let Err(resp) = modern_checks(&c.view, c.meta(), &method, c.id.as_ref()) {
+            if let Err(resp) = modern_checks(&c.view, c.caps(), &method, c.id.as_ref()) {
                 return *resp;
             }
         }
@@ -678,8 +695,13 @@ impl<M: Member> VirtualServer<M> {
             headers.insert(MCP_PROTOCOL_VERSION, s.version.clone());
         }
         // 2026-07-28 headers describe this request, not the client's.
-        if headers.contains_key(MCP_METHOD) {
-            if let Some(v) = rpc.and_then(|m| HeaderValue::from_str(m).ok()) {
+        if let Some(current) = headers.get(MCP_METHOD) {
+            // A call's method is the client's own: the header stays as it is.
+            let same = rpc.is_some_and(|m| current.as_bytes() == m.as_bytes());
+            if let Some(v) = rpc
+                .filter(|_| !same)
+                .and_then(|m| HeaderValue::from_str(m).ok())
+            {
                 headers.insert(MCP_METHOD, v);
             }
             let encoded = name.map(mcp_gateway_core::era::encode_header_value);
@@ -1604,7 +1626,7 @@ impl<M: Member> VirtualServer<M> {
             own_session_id(&mut resp, client_sid.as_ref());
             // A 2026-07-28 client that takes tasks may get one: its id becomes a handle
             // naming the upstream.
-            let tasks = c.modern && declares_tasks(c.meta());
+            let tasks = c.modern && c.caps().tasks;
             return resp.map(|b| {
                 Either::Left(if sse && c.session.is_some() {
                     Relay::requests_of(b, member)
@@ -2073,7 +2095,7 @@ const MODERN_METHODS: [&str; 12] = [
 /// capabilities in `_meta` (400, -32602), a method of the version (404, -32601).
 fn modern_checks<B>(
     view: &McpRequest,
-    meta: &Value,
+    caps: Caps,
     method: &str,
     id: Option<&RequestId>,
 ) -> Result<(), Box<Answer<B>>> {
@@ -2089,8 +2111,7 @@ fn modern_checks<B>(
             .with_data(json!({"supported": MODERN_VERSIONS, "requested": requested})),
         )));
     }
-    let caps = &meta["io.modelcontextprotocol/clientCapabilities"];
-    if !caps.is_object() {
+    if !caps.declared {
         return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             id,
@@ -2114,10 +2135,47 @@ fn modern_checks<B>(
 }
 
 /// Whether a 2026-07-28 request's client capabilities take tasks (the tasks extension).
-fn declares_tasks(meta: &Value) -> bool {
-    meta["io.modelcontextprotocol/clientCapabilities"]["extensions"]
-        .get("io.modelcontextprotocol/tasks")
-        .is_some()
+/// What `_meta` says of the client's capabilities.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Caps {
+    /// `io.modelcontextprotocol/clientCapabilities` is an object.
+    declared: bool,
+    /// Its `extensions` name `io.modelcontextprotocol/tasks`.
+    tasks: bool,
+}
+
+impl Caps {
+    /// Reads the capabilities' own text (the value of the `_meta` key), borrowing.
+    fn of(caps: &[u8]) -> Self {
+        use serde_json::value::RawValue;
+        #[derive(serde::Deserialize)]
+        struct Capabilities<'a> {
+            #[serde(borrow)]
+            extensions: Option<&'a RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Extensions<'a> {
+            #[serde(borrow, rename = "io.modelcontextprotocol/tasks")]
+            tasks: Option<&'a RawValue>,
+        }
+        if caps.first() != Some(&b'{') {
+            return Self::default();
+        }
+        // Read whole only when the extension's name is in it at all (rarely).
+        const TASKS: &[u8] = b"io.modelcontextprotocol/tasks";
+        let named = caps.windows(TASKS.len()).any(|w| w == TASKS);
+        let tasks = named
+            && serde_json::from_slice::<Capabilities<'_>>(caps)
+                .ok()
+                .and_then(|c| c.extensions)
+                .filter(|e| e.get().starts_with('{'))
+                .and_then(|e| serde_json::from_str::<Extensions<'_>>(e.get()).ok())
+                .is_some_and(|e| e.tasks.is_some());
+        Self {
+            declared: true,
+            tasks,
+        }
+    }
 }
 
 /// An upstream's answer names the client's session, never the upstream's own (a server may
@@ -2232,5 +2290,38 @@ where
                 .serve(Request::from_parts(parts, Full::new(bytes)))
                 .await)
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::Caps;
+
+    #[test]
+    fn caps_are_read_as_the_json_says() {
+        let caps = |t: &str| Caps::of(t.as_bytes());
+        let none = Caps::default();
+        assert_eq!(caps("null"), none);
+        assert_eq!(caps("[]"), none);
+        assert_eq!(caps("\"x\""), none);
+        let declared = Caps {
+            declared: true,
+            tasks: false,
+        };
+        assert_eq!(caps("{}"), declared);
+        assert_eq!(caps(r#"{"extensions": {"x": {}}}"#), declared);
+        // Named, but not as an extension.
+        assert_eq!(
+            caps(r#"{"sampling": {"io.modelcontextprotocol/tasks": {}}}"#),
+            declared
+        );
+        assert_eq!(
+            caps(r#"{"sampling": {}, "extensions": {"io.modelcontextprotocol/tasks": {}}}"#),
+            Caps {
+                declared: true,
+                tasks: true
+            }
+        );
     }
 }
