@@ -1191,3 +1191,198 @@ async fn legacy_sessions_are_shared_by_replicas_through_the_sessions_store() {
     assert_eq!(increment_in(&c, a, &other).await, Ok(3));
     drop(replicas);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_lost_its_sessions_is_opened_again_and_the_call_resent() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use mcp_gateway_examples::demo_server::service_counting;
+    use std::sync::atomic::AtomicU64;
+    // The rmcp demo server behind a switch: "restarting" it swaps in a fresh server, whose
+    // session manager knows none of the old sessions (it answers 404 for them), on the same
+    // address and the same open connections.
+    let first_calls = Arc::new(AtomicU64::new(0));
+    let current = Arc::new(std::sync::Mutex::new(service_counting(
+        DemoOptions::default(),
+        first_calls.clone(),
+    )));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cur = current.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let cur = cur.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let svc = cur.lock().unwrap().clone();
+                tower::ServiceExt::oneshot(svc, req)
+            });
+            tokio::spawn(async move {
+                let _ = Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let gw = start(&format!(
+        "[upstreams.demo]\nurl = \"http://{addr}/mcp\"\n\n[virtual.all]\nupstreams = [\"demo\"]\n"
+    ))
+    .await;
+    let url = format!("http://{}/mcp/all", gw.local_addr());
+    let c = reqwest::Client::new();
+    let sid = session(&c, &url).await;
+    assert_eq!(increment_in(&c, &url, &sid).await, Ok(1));
+    assert_eq!(increment_in(&c, &url, &sid).await, Ok(2));
+    assert_eq!(first_calls.load(Ordering::SeqCst), 2);
+
+    // The upstream restarts: its sessions are gone.
+    let second_calls = Arc::new(AtomicU64::new(0));
+    *current.lock().unwrap() = service_counting(DemoOptions::default(), second_calls.clone());
+    // The client's session goes on: the call that met the 404 was sent once more, on an
+    // upstream session opened again, and answered (the new server counts from 1).
+    assert_eq!(increment_in(&c, &url, &sid).await, Ok(1));
+    assert_eq!(increment_in(&c, &url, &sid).await, Ok(2));
+    assert_eq!(
+        first_calls.load(Ordering::SeqCst),
+        2,
+        "the old server took nothing more"
+    );
+    assert_eq!(second_calls.load(Ordering::SeqCst), 2, "each call ran once");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2026_client_listens_to_every_upstream_through_one_stream() {
+    use futures_util::StreamExt;
+    let python = root().join(".tools/venv/bin/python");
+    let pp = free_port();
+    let _python = serve_process(
+        &[
+            python,
+            root().join("scripts/interop/py_changing_server.py"),
+            pp.to_string().into(),
+        ],
+        &[],
+        pp,
+    )
+    .await;
+    // With the rmcp demo server, which does not serve subscriptions/listen: left out.
+    let demo = demo(DemoOptions::default()).await;
+    let gw = start(&format!(
+        "[upstreams.py]\nurl = \"http://127.0.0.1:{pp}/mcp\"\n[upstreams.demo]\nurl = \"http://{demo}/mcp\"\n\n[virtual.all]\nupstreams = [\"py\", \"demo\"]\n"
+    ))
+    .await;
+    let url = format!("http://{}/mcp/all", gw.local_addr());
+    let http = reqwest::Client::new();
+    let (_, discover) = modern(&http, &url, "server/discover", json!({})).await;
+    assert_eq!(
+        discover["result"]["capabilities"]["tools"]["listChanged"], true,
+        "{discover}"
+    );
+    let (_, before) = modern(&http, &url, "tools/list", json!({})).await;
+    assert!(!tool_names(&before)
+        .iter()
+        .any(|n| n.starts_with("py__added_")));
+
+    let listen = json!({"jsonrpc": "2.0", "id": "sub-1", "method": "subscriptions/listen", "params": {
+        "notifications": {"toolsListChanged": true},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        },
+    }});
+    let resp = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .body(listen.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    // Messages as they arrive, with when.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Value)>();
+    tokio::spawn(async move {
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = buf.drain(..end + 2).collect();
+                for m in sse_messages(&event) {
+                    let _ = tx.send((Instant::now(), m));
+                }
+            }
+        }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .1;
+    assert_eq!(
+        first["method"], "notifications/subscriptions/acknowledged",
+        "{first}"
+    );
+    assert_eq!(
+        first["params"]["notifications"],
+        json!({"toolsListChanged": true})
+    );
+    assert_eq!(
+        first["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        "sub-1"
+    );
+    // Let the upstream listens open before the flapping starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The Python server adds 50 tools, a list change after each, as fast as it can.
+    let started = Instant::now();
+    let (status, out) = modern(
+        &http,
+        &url,
+        "tools/call",
+        json!({"name": "py__change", "arguments": {"n": 50}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        out["result"]["content"][0]["text"], "50 tools added",
+        "{out}"
+    );
+    let mut seen = Vec::new();
+    while started.elapsed() < Duration::from_millis(3500) {
+        let left = Duration::from_millis(3500).saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((at, m))) => seen.push((at, m)),
+            _ => break,
+        }
+    }
+    assert!(!seen.is_empty(), "no notification within 3.5 s");
+    for (_, m) in &seen {
+        assert_eq!(m["method"], "notifications/tools/list_changed", "{m}");
+        assert_eq!(
+            m["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "sub-1",
+            "{m}"
+        );
+    }
+    // At most one a second, however fast the upstream changes.
+    assert!(seen.len() <= 4, "{} notifications in 3.5 s", seen.len());
+    for w in seen.windows(2) {
+        let gap = w[1].0 - w[0].0;
+        assert!(
+            gap >= Duration::from_millis(900),
+            "two notifications {gap:?} apart"
+        );
+    }
+    // The merged list has the new tools.
+    let (_, after) = modern(&http, &url, "tools/list", json!({})).await;
+    let names = tool_names(&after);
+    assert!(names.contains(&"py__added_50".to_owned()), "{names:?}");
+    assert!(names.contains(&"demo__echo".to_owned()), "{names:?}");
+    gw.shutdown().await;
+}

@@ -190,6 +190,24 @@ impl SseDecoder {
         Ok(())
     }
 
+    /// Whether `chunk` may pass by this decoder untouched: it holds nothing of an unfinished
+    /// line or event, and `chunk` is whole events and comments (it ends with a blank line)
+    /// and does not start the stream with a byte order mark. Then it is taken as passed (a
+    /// caller that relays events can send `chunk` on as it is) and true is returned; else
+    /// nothing changes, and the chunk is to be [fed](Self::feed).
+    pub fn pass(&mut self, chunk: &[u8]) -> bool {
+        let idle = self.line.is_empty() && !self.has_fields && !self.skip_lf;
+        let whole =
+            chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n") || chunk.ends_with(b"\r\r");
+        let bom = !self.bom_checked && chunk.first() == Some(&0xEF);
+        if idle && whole && !bom && chunk.len() <= self.max_event_bytes {
+            self.bom_checked = true;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Ends the stream. A trailing event without its blank line is discarded, as the SSE
     /// standard requires; this returns true when that happened.
     pub fn finish(&mut self) -> bool {
@@ -311,6 +329,27 @@ mod tests {
         assert_eq!(evs[1].data, "{\"x\":1}\nsecond");
         assert_eq!(evs[1].event.as_deref(), Some("message"));
         assert_eq!(evs[2].data, "nospace");
+    }
+
+    #[test]
+    fn whole_events_pass_only_from_a_clean_state() {
+        let mut d = SseDecoder::new(1024);
+        // A byte order mark at the start is the decoder's to strip.
+        assert!(!d.pass(b"\xEF\xBB\xBFdata: x\n\n"));
+        let mut d = SseDecoder::new(1024);
+        assert!(d.pass(b"data: x\n\n"));
+        assert!(d.pass(b": c\r\n\r\n"));
+        // Not ending on a blank line: fed.
+        assert!(!d.pass(b"data: y\n"));
+        // Half an event held: nothing passes until it is over.
+        d.feed(b"data: y\n", &mut |_| {}).unwrap();
+        assert!(!d.pass(b"\ndata: z\n\n"));
+        let mut seen = Vec::new();
+        d.feed(b"\n", &mut |i| seen.push(i)).unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(d.pass(b"data: z\n\n"));
+        // Larger than an event may be: fed (and refused there).
+        assert!(!SseDecoder::new(4).pass(b"data: x\n\n"));
     }
 
     #[test]

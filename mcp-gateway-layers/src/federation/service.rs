@@ -3,7 +3,7 @@
 use super::cursor::{CursorError, CursorKey, Position};
 use super::names::{split_uri, Catalog, Kind, Owner, SEPARATOR};
 use super::session::{MemberSession, SessionTable, VirtualSession};
-use super::stream::{relay_request, unrelay, Hub, HubBody, Relay, MAX_EVENT};
+use super::stream::{relay_request, unrelay, Hub, HubBody, Relay, MAX_EVENT, SUBSCRIPTION_ID_META};
 use super::{Member, OnUpstreamError, Prefix};
 use crate::BoxError;
 use bytes::Bytes;
@@ -441,6 +441,7 @@ impl<M: Member> VirtualServer<M> {
             | "resources/unsubscribe"
             | "completion/complete" => self.call(&mut c, &method).await,
             "logging/setLevel" => Box::pin(self.set_level(&c)).await,
+            "subscriptions/listen" if c.modern => Box::pin(self.listen(&c)).await,
             "tasks/get" | "tasks/update" | "tasks/cancel" if c.modern => {
                 Box::pin(self.task(&c, &method)).await
             }
@@ -871,6 +872,190 @@ impl<M: Member> VirtualServer<M> {
             )));
         }
         Ok(opened)
+    }
+
+    /// 2026-07-28 `subscriptions/listen`: the client's stream (acknowledged first), fed by a
+    /// listen stream to each upstream asking the same of it (a resource subscription only of
+    /// the upstream that owns the resource, under its own URI). List changes reach the client
+    /// at most once a second per list; resource updates under their exposed URIs; every
+    /// message carries the client's subscription id. An upstream that does not serve it is
+    /// left out; one whose stream ends is listened to again a second later (and the lists
+    /// asked for are then said to have changed: a change may have been missed).
+    async fn listen(&self, c: &Call<'_>) -> Answer<M::Body> {
+        let Some(id) = c.id.as_ref() else {
+            return invalid(None, "subscriptions/listen requires a request id");
+        };
+        let asked = &c.value()["params"]["notifications"];
+        if !asked.is_object() {
+            return invalid(
+                Some(id),
+                "params.notifications is required (an object of the notifications wanted)",
+            );
+        }
+        let flags = [
+            "toolsListChanged",
+            "promptsListChanged",
+            "resourcesListChanged",
+        ];
+        let kinds = flags.map(|k| asked[k].as_bool() == Some(true));
+        // The resources subscribed to, by owning upstream, under their own URIs (an unknown
+        // URI is honored, and never fires).
+        let members = self.inner.members.len();
+        let mut owned: Vec<Vec<String>> = vec![Vec::new(); members];
+        let mut uris = Vec::new();
+        for u in asked["resourceSubscriptions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            uris.push(u.to_owned());
+            if let Ok((m, original)) = self.resolve(c, Kind::Resources, u).await {
+                owned[m].push(original);
+            }
+        }
+        let mut honored = Map::new();
+        for (k, on) in flags.iter().zip(kinds) {
+            if on {
+                honored.insert((*k).into(), Value::Bool(true));
+            }
+        }
+        let sub_id: Value = serde_json::from_str(id.as_raw()).unwrap_or(Value::Null);
+        let mut head = Request::new(()).into_parts().0;
+        head.method = c.parts.method.clone();
+        head.uri = c.parts.uri.clone();
+        head.version = c.parts.version;
+        head.headers = c.parts.headers.clone();
+        if let Some(a) = c.parts.extensions.get::<super::CallerAuthorization>() {
+            head.extensions.insert(a.clone());
+        }
+        let (hub, body) = Hub::listening(head, sub_id);
+        let mut ack = honored.clone();
+        if !uris.is_empty() {
+            ack.insert("resourceSubscriptions".into(), json!(uris));
+        }
+        hub.send(&json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": ack},
+        }))
+        .await;
+        let meta = c.meta().clone();
+        for (i, mine) in owned.into_iter().enumerate() {
+            let mut theirs = honored.clone();
+            if !mine.is_empty() {
+                theirs.insert("resourceSubscriptions".into(), json!(mine));
+            }
+            if theirs.is_empty() {
+                continue;
+            }
+            let body = json!({
+                "jsonrpc": "2.0",
+                "id": "mcp-gateway-listen",
+                "method": "subscriptions/listen",
+                "params": {"notifications": theirs, "_meta": meta},
+            });
+            self.read_listen(hub.clone(), i, Bytes::from(body.to_string()), kinds);
+        }
+        let mut resp = Response::new(Either::Right(Either::Right(body)));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(mcp_gateway_core::headers::EVENT_STREAM),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(
+            mcp_gateway_core::headers::X_ACCEL_BUFFERING,
+            HeaderValue::from_static("no"),
+        );
+        resp
+    }
+
+    /// Reads upstream `member`'s listen stream (`body` asks for it) into `hub` while the
+    /// client's stream is open.
+    fn read_listen(&self, hub: Arc<Hub>, member: usize, body: Bytes, kinds: [bool; 3]) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            while hub.live() {
+                let req = this.sub_request(
+                    &hub.parts,
+                    member,
+                    Method::POST,
+                    Some("subscriptions/listen"),
+                    body.clone(),
+                    None,
+                    None,
+                    None,
+                );
+                let resp = tokio::select! {
+                    r = this.inner.members[member].call(req) => r,
+                    () = hub.ended() => return,
+                };
+                let sse = resp
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(is_event_stream);
+                if !resp.status().is_success() || !sse {
+                    // Not served there (an error, or a server without it): left out.
+                    tracing::debug!(virtual_server = %this.inner.name, upstream = %this.inner.aliases[member], status = %resp.status(), "upstream does not serve subscriptions/listen");
+                    return;
+                }
+                if !first {
+                    for (k, on) in kinds.iter().enumerate() {
+                        if *on {
+                            hub.changed(k);
+                        }
+                    }
+                }
+                first = false;
+                let mut body = Box::pin(resp.into_body());
+                let mut decoder = SseDecoder::new(MAX_EVENT);
+                'stream: loop {
+                    let frame = tokio::select! {
+                        f = body.frame() => f.and_then(Result::ok),
+                        () = hub.ended() => return,
+                    };
+                    let Some(frame) = frame else { break };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let mut events = Vec::new();
+                    if decoder
+                        .feed(&data, &mut |item| {
+                            if let SseItem::Event(ev) = item {
+                                events.push(ev.data);
+                            }
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                    for data in events {
+                        let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
+                            continue;
+                        };
+                        // The listen's own answer ends it (the upstream closed it).
+                        if v.get("method").is_none() {
+                            break 'stream;
+                        }
+                        if v["method"] == "notifications/subscriptions/acknowledged" {
+                            continue;
+                        }
+                        if let Some(m) = v["params"]["_meta"].as_object_mut() {
+                            m.remove(SUBSCRIPTION_ID_META);
+                        }
+                        if !this.on_stream_message(&hub, member, v).await {
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = hub.ended() => return,
+                }
+            }
+        });
     }
 
     /// A legacy client's GET stream: the streams of its upstream sessions, merged (those
@@ -1631,7 +1816,7 @@ impl<M: Member> VirtualServer<M> {
                 Either::Left(if sse && c.session.is_some() {
                     Relay::requests_of(b, member)
                 } else if tasks {
-                    Relay::edited(b, sse, self.task_edit(member, None))
+                    Relay::edited_naming(b, sse, self.task_edit(member, None), "\"taskId\"")
                 } else {
                     Relay::plain(b)
                 })
@@ -1713,7 +1898,7 @@ impl<M: Member> VirtualServer<M> {
             .get(header::CONTENT_TYPE)
             .is_some_and(is_event_stream);
         let edit = self.task_edit(member, Some(original));
-        resp.map(|b| Either::Left(Relay::edited(b, sse, edit)))
+        resp.map(|b| Either::Left(Relay::edited_naming(b, sse, edit, "\"taskId\"")))
     }
 
     /// The answer to a request upstream `member` could not take.
@@ -1916,8 +2101,16 @@ impl<M: Member> VirtualServer<M> {
             match result.and_then(|r| r["capabilities"].as_object()) {
                 Some(their) => {
                     for k in ["tools", "prompts", "resources", "completions"] {
-                        if their.contains_key(k) {
-                            caps.insert(k.into(), json!({}));
+                        let Some(their_k) = their.get(k) else {
+                            continue;
+                        };
+                        let mine = caps.entry(k).or_insert_with(|| json!({}));
+                        // What one upstream notifies of reaches the client through
+                        // `subscriptions/listen`.
+                        for flag in ["listChanged", "subscribe"] {
+                            if k != "completions" && their_k[flag].as_bool() == Some(true) {
+                                mine[flag] = Value::Bool(true);
+                            }
                         }
                     }
                 }
@@ -2075,8 +2268,9 @@ const REMOVED_IN_MODERN: [&str; 5] = [
 ];
 
 /// The methods a virtual server serves in 2026-07-28.
-const MODERN_METHODS: [&str; 12] = [
+const MODERN_METHODS: [&str; 13] = [
     "server/discover",
+    "subscriptions/listen",
     "tools/list",
     "prompts/list",
     "resources/list",

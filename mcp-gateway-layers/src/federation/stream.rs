@@ -68,13 +68,15 @@ const MAX_EDITED_JSON: usize = 1024 * 1024;
 /// One decoded item of an upstream's SSE answer, encoded again, edited; with `ids`, its
 /// event id names the upstream (`<index>/<id>`), so that a client resuming the stream with
 /// `Last-Event-ID` is sent back to it.
-fn edit_item(edit: &Edit, ids: Option<usize>, item: SseItem) -> Bytes {
+fn edit_item(edit: &Edit, needle: Option<&str>, ids: Option<usize>, item: SseItem) -> Bytes {
     match item {
         SseItem::Comment(c) => encode_comment(&c),
         SseItem::Event(mut ev) => {
-            if let Ok(mut v) = serde_json::from_str::<Value>(&ev.data) {
-                if edit(&mut v) {
-                    ev.data = v.to_string();
+            if might_edit(needle, &ev.data) {
+                if let Ok(mut v) = serde_json::from_str::<Value>(&ev.data) {
+                    if edit(&mut v) {
+                        ev.data = v.to_string();
+                    }
                 }
             }
             if let (Some(m), Some(id)) = (ids, ev.id.as_mut()) {
@@ -94,6 +96,57 @@ fn edit_item(edit: &Edit, ids: Option<usize>, item: SseItem) -> Bytes {
     }
 }
 
+/// Whether a message's text may be one the edit changes: it names `needle` (a key the edit
+/// looks for), or has an escape that could spell it otherwise. Most messages (a call's
+/// result) are then passed on without being parsed.
+fn might_edit(needle: Option<&str>, data: &str) -> bool {
+    needle.is_none_or(|n| data.contains(n) || data.contains("\\u"))
+}
+
+/// [`might_edit`] of raw bytes (an edit with no needle reads every message).
+fn might_edit_bytes(needle: Option<&str>, data: &[u8]) -> bool {
+    let has = |n: &[u8]| memchr::memmem::find(data, n).is_some();
+    needle.is_none_or(|n| has(n.as_bytes()) || has(b"\\u"))
+}
+
+/// Whole SSE events `chunk`, each event id prefixed with `member/` (as [`edit_item`] does),
+/// by splicing: the rest of the bytes as they came. `None` for an `id` line without a colon
+/// (then the events are decoded and written again).
+fn prefix_ids(chunk: &Bytes, member: Option<usize>) -> Option<Bytes> {
+    let Some(m) = member else {
+        return Some(chunk.clone());
+    };
+    let b = &chunk[..];
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    for p in memchr::memmem::find_iter(b, b"id") {
+        // A field name starts a line.
+        if p > 0 && !matches!(b[p - 1], b'\n' | b'\r') {
+            continue;
+        }
+        match b.get(p + 2) {
+            Some(b':') => {
+                let at = p + 3 + usize::from(b.get(p + 3) == Some(&b' '));
+                let o = out.get_or_insert_with(|| Vec::with_capacity(b.len() + 8));
+                o.extend_from_slice(&b[copied..at]);
+                o.extend_from_slice(m.to_string().as_bytes());
+                o.push(b'/');
+                copied = at;
+            }
+            None | Some(b'\n' | b'\r') => return None,
+            // Another field whose name starts so.
+            Some(_) => {}
+        }
+    }
+    Some(match out {
+        None => chunk.clone(),
+        Some(mut o) => {
+            o.extend_from_slice(&b[copied..]);
+            Bytes::from(o)
+        }
+    })
+}
+
 /// The upstream and its own event id in a `Last-Event-ID` a relayed stream gave.
 pub fn unrelay_event_id(id: &str) -> Option<(usize, &str)> {
     let (m, rest) = id.split_once('/')?;
@@ -109,6 +162,9 @@ enum Mode {
 
 struct Rewrite {
     edit: Edit,
+    /// A key every message the edit changes has (`"method"` for a server's request): a
+    /// message without it is not parsed.
+    needle: Option<&'static str>,
     /// The upstream whose event ids are prefixed (legacy streams, which can be resumed).
     ids: Option<usize>,
     mode: Mode,
@@ -152,6 +208,18 @@ impl<B> Relay<B> {
         );
         if let Some(rw) = relay.rewrite.as_mut() {
             rw.ids = Some(member);
+            // A server's request has a method (a result or an error has none).
+            rw.needle = Some("\"method\"");
+        }
+        relay
+    }
+
+    /// [`edited`](Self::edited), for an edit that changes only messages whose text names
+    /// `needle` (as a JSON key, quoted): the others are not parsed.
+    pub fn edited_naming(body: B, sse: bool, edit: Edit, needle: &'static str) -> Self {
+        let mut relay = Self::edited(body, sse, edit);
+        if let Some(rw) = relay.rewrite.as_mut() {
+            rw.needle = Some(needle);
         }
         relay
     }
@@ -170,6 +238,7 @@ impl<B> Relay<B> {
             body,
             rewrite: Some(Box::new(Rewrite {
                 edit,
+                needle: None,
                 ids: None,
                 mode,
                 out: VecDeque::new(),
@@ -197,6 +266,7 @@ where
         };
         let Rewrite {
             edit,
+            needle,
             ids,
             mode,
             out,
@@ -214,18 +284,30 @@ where
                     *done = true;
                     if let Mode::Json { buf } = mode {
                         let whole = std::mem::take(buf);
-                        out.push_back(edit_json(edit, whole));
+                        out.push_back(if might_edit(*needle, &String::from_utf8_lossy(&whole)) {
+                            edit_json(edit, whole)
+                        } else {
+                            Bytes::from(whole)
+                        });
                     }
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => match mode {
                         Mode::Sse { decoder } => {
-                            decoder
-                                .feed(&data, &mut |item| {
-                                    out.push_back(edit_item(edit, *ids, item))
-                                })
-                                .map_err(|e| -> crate::BoxError { Box::new(e) })?;
+                            // Whole events that nothing edits (a call's result): on as they
+                            // came, their ids prefixed in place.
+                            let passed = (!might_edit_bytes(*needle, &data) && decoder.pass(&data))
+                                .then(|| prefix_ids(&data, *ids))
+                                .flatten();
+                            match passed {
+                                Some(b) => out.push_back(b),
+                                None => decoder
+                                    .feed(&data, &mut |item| {
+                                        out.push_back(edit_item(edit, *needle, *ids, item))
+                                    })
+                                    .map_err(|e| -> crate::BoxError { Box::new(e) })?,
+                            }
                         }
                         Mode::Json { buf } => {
                             if buf.len() + data.len() > MAX_EDITED_JSON {
@@ -273,12 +355,19 @@ struct Debounce {
     scheduled: bool,
 }
 
-/// A legacy client's GET stream: what the upstream streams' readers write to.
+/// The `_meta` key naming the `subscriptions/listen` stream a notification belongs to.
+pub const SUBSCRIPTION_ID_META: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// A client's stream of what its upstreams send on their own: a legacy client's GET stream,
+/// or a 2026-07-28 client's `subscriptions/listen` stream. The upstream streams' readers
+/// write to it.
 #[derive(Debug)]
 pub struct Hub {
     tx: mpsc::Sender<Bytes>,
-    /// The GET request's head, which the readers' requests are made from.
+    /// The client request's head, which the readers' requests are made from.
     pub(crate) parts: Parts,
+    /// A listen stream's id (its request's id): every message sent carries it in `_meta`.
+    subscription: Option<Value>,
     kinds: Mutex<[Debounce; 3]>,
     ended: AtomicBool,
     stop: Notify,
@@ -287,10 +376,20 @@ pub struct Hub {
 impl Hub {
     /// A hub for the GET request `parts`, and the body the client reads.
     pub(crate) fn new(parts: Parts) -> (Arc<Self>, HubBody) {
+        Self::with(parts, None)
+    }
+
+    /// A hub for the `subscriptions/listen` request `parts` whose id is `id`.
+    pub(crate) fn listening(parts: Parts, id: Value) -> (Arc<Self>, HubBody) {
+        Self::with(parts, Some(id))
+    }
+
+    fn with(parts: Parts, subscription: Option<Value>) -> (Arc<Self>, HubBody) {
         let (tx, rx) = mpsc::channel(256);
         let hub = Arc::new(Self {
             tx,
             parts,
+            subscription,
             kinds: Mutex::default(),
             ended: AtomicBool::new(false),
             stop: Notify::new(),
@@ -327,7 +426,21 @@ impl Hub {
 
     /// Sends a message to the client; false once the stream has ended.
     pub(crate) async fn send(&self, message: &Value) -> bool {
-        let ev = mcp_gateway_core::sse::SseEvent::data(message.to_string()).encode();
+        let text = match &self.subscription {
+            None => message.to_string(),
+            Some(id) => {
+                let mut m = message.clone();
+                if !m["params"].is_object() {
+                    m["params"] = Value::Object(serde_json::Map::new());
+                }
+                if !m["params"]["_meta"].is_object() {
+                    m["params"]["_meta"] = Value::Object(serde_json::Map::new());
+                }
+                m["params"]["_meta"][SUBSCRIPTION_ID_META] = id.clone();
+                m.to_string()
+            }
+        };
+        let ev = mcp_gateway_core::sse::SseEvent::data(text).encode();
         self.live() && self.tx.send(ev).await.is_ok()
     }
 
@@ -406,6 +519,49 @@ mod tests {
         let out = body.collect().await.unwrap().to_bytes();
         assert_eq!(&out[..], b"id: 1/0/0\ndata:\n\n");
         assert_eq!(unrelay_event_id("1/0/0"), Some((1, "0/0")));
+    }
+
+    #[tokio::test]
+    async fn whole_events_pass_as_they_came_with_their_ids_prefixed() {
+        // A result event and a comment, in one chunk: bytes kept, the id prefixed.
+        let sse = "id: 7\r\nevent: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\r\n\r\n: c\n\n";
+        let out = Relay::requests_of(Full::new(Bytes::from(sse)), 3)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(
+            &out[..],
+            "id: 3/7\r\nevent: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\r\n\r\n: c\n\n".as_bytes()
+        );
+        // A request among them: decoded, its id relayed.
+        let sse = "data: {\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"roots/list\"}\n\n";
+        let out = Relay::requests_of(Full::new(Bytes::from(sse)), 1)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(String::from_utf8_lossy(&out).contains("\"mcp-gateway/1/9\""));
+        // A key spelled with an escape is read too.
+        let sse = "data: {\"jsonrpc\":\"2.0\",\"id\":9,\"\\u006dethod\":\"roots/list\"}\n\n";
+        let out = Relay::requests_of(Full::new(Bytes::from(sse)), 1)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(String::from_utf8_lossy(&out).contains("\"mcp-gateway/1/9\""));
+        // An event split over chunks: decoded (the same result).
+        let chunks = ["id: 4\ndata: {\"a\":", "1}\n\n"];
+        let body =
+            http_body_util::StreamBody::new(futures_util::stream::iter(chunks.map(|c| {
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(c)))
+            })));
+        let out = Relay::requests_of(body, 2)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&out[..], b"id: 2/4\ndata: {\"a\":1}\n\n");
     }
 
     #[test]
