@@ -1386,3 +1386,34 @@ async fn a_2026_client_listens_to_every_upstream_through_one_stream() {
     assert!(names.contains(&"demo__echo".to_owned()), "{names:?}");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_request_counts_once_however_many_upstreams_it_reaches() {
+    let ups: Vec<_> = futures_util::future::join_all(
+        ["a", "b", "c"]
+            .map(|n| async move { fleet_server::spawn(Fleet::new(n, 2, 0)).await.unwrap() }),
+    )
+    .await;
+    let gw = start(&format!(
+        "[upstreams.a]\nurl = \"http://{}/mcp\"\n[upstreams.b]\nurl = \"http://{}/mcp\"\n[upstreams.c]\nurl = \"http://{}/mcp\"\n\n[virtual.all]\nupstreams = [\"a\", \"b\", \"c\"]\n\n[limits]\nkey = \"ip\"\nrequests_per_minute = 4\n",
+        ups[0], ups[1], ups[2]
+    ))
+    .await;
+    let url = format!("http://{}/mcp/all", gw.local_addr());
+    let http = reqwest::Client::new();
+    // A call whose name no one listed yet: the gateway lists every upstream to find it, on
+    // its own account; the call counts 1.
+    let (status, v) = modern(&http, &url, "tools/call", json!({"name": "b__b_1"})).await;
+    assert_eq!(status, 200, "{v}");
+    // Merged lists of three upstreams count 1 each: three more fit in the budget of 4 (a
+    // refill of one request every 15 s does not come within the test).
+    for i in 0..3 {
+        let (status, v) = modern(&http, &url, "tools/list", json!({})).await;
+        assert_eq!(status, 200, "list {i}: {v}");
+        assert_eq!(tool_names(&v).len(), 9, "{v}");
+    }
+    // The fifth request is over the budget: 429 before any upstream is asked for it.
+    let (status, v) = modern(&http, &url, "tools/list", json!({})).await;
+    assert_eq!(status, 429, "{v}");
+    gw.shutdown().await;
+}

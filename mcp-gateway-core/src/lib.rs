@@ -56,6 +56,7 @@ pub use message::{classify, McpMessage, MessageKind, ParsedBody};
 pub use observe::{EndReason, Ending, ObservedBody, ObservedMessage, Observer};
 pub use outcome::Outcome;
 pub use principal::{
-    ConnectionLost, InstanceUnreachable, Principal, PrincipalKind, UpstreamAuthorization,
+    ChargedElsewhere, ConnectionLost, InstanceUnreachable, Principal, PrincipalKind,
+    UpstreamAuthorization,
 };
 pub use request::McpRequest;

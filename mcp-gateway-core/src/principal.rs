@@ -119,6 +119,14 @@ pub struct UpstreamAuthorization(pub http::HeaderValue);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InstanceUnreachable;
 
+/// A request extension: this request is part of a client request that is charged to its
+/// budgets once, by another request made for it — a virtual server's fan-out to its
+/// upstreams beyond the first, or a request the gateway makes on its own behalf (opening an
+/// upstream's session, resending after the upstream lost it, looking up a name). A limits
+/// layer lets it pass without charging it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChargedElsewhere;
+
 /// A response extension an instance's service sets when the instance closed the connection
 /// after the request was written and before any byte of an answer (typically an instance
 /// that has just died, on a connection reused from the pool). The request may have reached

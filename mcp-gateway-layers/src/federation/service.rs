@@ -221,6 +221,23 @@ impl Call<'_> {
 
 type Answer<B> = Response<VirtualBody<B>>;
 
+/// `req`, marked as charged to the caller's budgets by another request made for the same
+/// client request (a fan-out beyond its first, or the gateway's own bookkeeping).
+fn uncharged<B>(mut req: Request<B>) -> Request<B> {
+    req.extensions_mut()
+        .insert(mcp_gateway_core::ChargedElsewhere);
+    req
+}
+
+/// `req`, [`uncharged`] unless `charge`.
+fn charged_if<B>(req: Request<B>, charge: bool) -> Request<B> {
+    if charge {
+        req
+    } else {
+        uncharged(req)
+    }
+}
+
 fn own<B>(resp: Response<Full<Bytes>>) -> Answer<B> {
     resp.map(|b| Either::Right(Either::Left(b)))
 }
@@ -813,7 +830,8 @@ impl<M: Member> VirtualServer<M> {
             r#"{{"jsonrpc":"2.0","id":"mcp-gateway-initialize","method":"initialize","params":{}}}"#,
             String::from_utf8_lossy(&s.init)
         );
-        let mut req = self.sub_request(
+        // The gateway's own requests: the client's request that needed them is charged.
+        let mut req = uncharged(self.sub_request(
             parts,
             member,
             Method::POST,
@@ -822,7 +840,7 @@ impl<M: Member> VirtualServer<M> {
             None,
             None,
             None,
-        );
+        ));
         req.headers_mut().remove(MCP_PROTOCOL_VERSION);
         let resp = self.inner.members[member].call(req).await;
         let (head, bytes, v) = read_answer(resp, self.inner.body_limit)
@@ -853,7 +871,7 @@ impl<M: Member> VirtualServer<M> {
             version,
         };
         let note = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-        let req = self.sub_request(
+        let req = uncharged(self.sub_request(
             parts,
             member,
             Method::POST,
@@ -862,7 +880,7 @@ impl<M: Member> VirtualServer<M> {
             Some(&opened),
             None,
             None,
-        );
+        ));
         let resp = self.inner.members[member].call(req).await;
         let status = resp.status();
         drop(resp);
@@ -941,6 +959,8 @@ impl<M: Member> VirtualServer<M> {
         }))
         .await;
         let meta = c.meta().clone();
+        // The client's listen is charged once: by the first upstream's.
+        let mut charge = true;
         for (i, mine) in owned.into_iter().enumerate() {
             let mut theirs = honored.clone();
             if !mine.is_empty() {
@@ -955,7 +975,8 @@ impl<M: Member> VirtualServer<M> {
                 "method": "subscriptions/listen",
                 "params": {"notifications": theirs, "_meta": meta},
             });
-            self.read_listen(hub.clone(), i, Bytes::from(body.to_string()), kinds);
+            self.read_listen(hub.clone(), i, Bytes::from(body.to_string()), kinds, charge);
+            charge = false;
         }
         let mut resp = Response::new(Either::Right(Either::Right(body)));
         let h = resp.headers_mut();
@@ -973,20 +994,31 @@ impl<M: Member> VirtualServer<M> {
 
     /// Reads upstream `member`'s listen stream (`body` asks for it) into `hub` while the
     /// client's stream is open.
-    fn read_listen(&self, hub: Arc<Hub>, member: usize, body: Bytes, kinds: [bool; 3]) {
+    fn read_listen(
+        &self,
+        hub: Arc<Hub>,
+        member: usize,
+        body: Bytes,
+        kinds: [bool; 3],
+        charge: bool,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut first = true;
             while hub.live() {
-                let req = this.sub_request(
-                    &hub.parts,
-                    member,
-                    Method::POST,
-                    Some("subscriptions/listen"),
-                    body.clone(),
-                    None,
-                    None,
-                    None,
+                // Listened to again: the gateway's own doing.
+                let req = charged_if(
+                    this.sub_request(
+                        &hub.parts,
+                        member,
+                        Method::POST,
+                        Some("subscriptions/listen"),
+                        body.clone(),
+                        None,
+                        None,
+                        None,
+                    ),
+                    charge && first,
                 );
                 let resp = tokio::select! {
                     r = this.inner.members[member].call(req) => r,
@@ -1085,6 +1117,8 @@ impl<M: Member> VirtualServer<M> {
             let req = self.stream_request(&parts, member, &ms, Some(&last));
             let mut resp = self.inner.members[member].call(req).await;
             own_session_id(&mut resp, parts.headers.get(MCP_SESSION_ID));
+            // Edited on the way (event ids): its length is no longer the upstream's.
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
             return resp.map(|b| Either::Left(Relay::requests_of(b, member)));
         }
         let (hub, body) = Hub::new(parts);
@@ -1250,6 +1284,7 @@ impl<M: Member> VirtualServer<M> {
         member: usize,
         kind: Kind,
         cursor: Option<&str>,
+        charge: bool,
     ) -> Result<Page, Failure> {
         let ms = match &c.session {
             Some(s) => Some(self.member_session(c.parts, s, member).await?),
@@ -1270,15 +1305,18 @@ impl<M: Member> VirtualServer<M> {
             kind.method(),
             Value::Object(params)
         );
-        let req = self.sub_request(
-            c.parts,
-            member,
-            Method::POST,
-            Some(kind.method()),
-            Bytes::from(body),
-            ms.as_deref(),
-            None,
-            None,
+        let req = charged_if(
+            self.sub_request(
+                c.parts,
+                member,
+                Method::POST,
+                Some(kind.method()),
+                Bytes::from(body),
+                ms.as_deref(),
+                None,
+                None,
+            ),
+            charge,
         );
         let resp = self.inner.members[member].call(req).await;
         let (head, bytes, v) = read_answer(resp, self.inner.body_limit)
@@ -1375,13 +1413,16 @@ impl<M: Member> VirtualServer<M> {
             .iter()
             .enumerate()
             .filter(|(_, p)| !matches!(p, Some(Position::Done)))
-            .map(|(i, p)| {
+            .enumerate()
+            .map(|(n, (i, p))| {
                 let cursor = match p {
                     Some(Position::Next(c)) => Some(c.as_str()),
                     _ => None,
                 };
+                // The client's list is charged once: by the first upstream asked.
                 async move {
-                    let page = tokio::time::timeout(timeout, self.fetch_page(c, i, kind, cursor));
+                    let page =
+                        tokio::time::timeout(timeout, self.fetch_page(c, i, kind, cursor, n == 0));
                     (i, page.await)
                 }
             });
@@ -1562,7 +1603,11 @@ impl<M: Member> VirtualServer<M> {
         let mut names = Vec::new();
         for _ in 0..1000 {
             let page =
-                match tokio::time::timeout(timeout, self.fetch_page(c, i, kind, cursor.as_deref()))
+                // Looked up for the caller's request, which is charged.
+                match tokio::time::timeout(
+                    timeout,
+                    self.fetch_page(c, i, kind, cursor.as_deref(), false),
+                )
                     .await
                 {
                     Ok(p) => p?,
@@ -1782,6 +1827,11 @@ impl<M: Member> VirtualServer<M> {
             if let Some(v) = view {
                 req.extensions_mut().insert(v);
             }
+            // Sent again: the first attempt was charged.
+            if retried {
+                req.extensions_mut()
+                    .insert(mcp_gateway_core::ChargedElsewhere);
+            }
             // The member's exchange is this call's audit record (a call that could not be
             // sent is the virtual route's).
             if let Some(x) = Exchange::from_extensions(&c.parts.extensions) {
@@ -1812,6 +1862,10 @@ impl<M: Member> VirtualServer<M> {
             // A 2026-07-28 client that takes tasks may get one: its id becomes a handle
             // naming the upstream.
             let tasks = c.modern && c.caps().tasks;
+            if (sse && c.session.is_some()) || tasks {
+                // Edited on the way: its length may no longer be the upstream's.
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             return resp.map(|b| {
                 Either::Left(if sse && c.session.is_some() {
                     Relay::requests_of(b, member)
@@ -1898,6 +1952,8 @@ impl<M: Member> VirtualServer<M> {
             .get(header::CONTENT_TYPE)
             .is_some_and(is_event_stream);
         let edit = self.task_edit(member, Some(original));
+        // Edited on the way: its length may no longer be the upstream's.
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
         resp.map(|b| Either::Left(Relay::edited_naming(b, sse, edit, "\"taskId\"")))
     }
 
@@ -1936,20 +1992,26 @@ impl<M: Member> VirtualServer<M> {
             _ => s.opened().await.into_iter().map(|(i, _)| i).collect(),
         };
         let body = c.body.clone();
+        // Charged once, by the first sent.
+        let mut charge = true;
         for i in targets {
             let Ok(ms) = self.member_session(c.parts, s, i).await else {
                 continue;
             };
-            let req = self.sub_request(
-                c.parts,
-                i,
-                Method::POST,
-                Some(method),
-                body.clone(),
-                Some(&ms),
-                None,
-                None,
+            let req = charged_if(
+                self.sub_request(
+                    c.parts,
+                    i,
+                    Method::POST,
+                    Some(method),
+                    body.clone(),
+                    Some(&ms),
+                    None,
+                    None,
+                ),
+                charge,
             );
+            charge = false;
             drop(self.inner.members[i].call(req).await);
         }
         own(empty(StatusCode::ACCEPTED))
@@ -2012,15 +2074,18 @@ impl<M: Member> VirtualServer<M> {
                     },
                     None => None,
                 };
-                let req = self.sub_request(
-                    c.parts,
-                    i,
-                    Method::POST,
-                    Some("logging/setLevel"),
-                    body,
-                    ms.as_deref(),
-                    None,
-                    None,
+                let req = charged_if(
+                    self.sub_request(
+                        c.parts,
+                        i,
+                        Method::POST,
+                        Some("logging/setLevel"),
+                        body,
+                        ms.as_deref(),
+                        None,
+                        None,
+                    ),
+                    i == 0,
                 );
                 let call = self.inner.members[i].call(req);
                 drop(tokio::time::timeout(self.inner.list_timeout, call).await);
@@ -2038,15 +2103,18 @@ impl<M: Member> VirtualServer<M> {
         let all = (0..self.inner.members.len()).map(|i| {
             let body = body.clone();
             async move {
-                let req = self.sub_request(
-                    c.parts,
-                    i,
-                    Method::POST,
-                    Some("server/discover"),
-                    body,
-                    None,
-                    None,
-                    None,
+                let req = charged_if(
+                    self.sub_request(
+                        c.parts,
+                        i,
+                        Method::POST,
+                        Some("server/discover"),
+                        body,
+                        None,
+                        None,
+                        None,
+                    ),
+                    i == 0,
                 );
                 let call = async {
                     let resp = self.inner.members[i].call(req).await;

@@ -333,6 +333,14 @@ where
             Some(rw) => rw.done && rw.out.is_empty(),
         }
     }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.rewrite {
+            None => self.body.size_hint(),
+            // Edited: the length may change.
+            Some(_) => http_body::SizeHint::default(),
+        }
+    }
 }
 
 /// One JSON answer, edited (or as it came when it is not JSON or nothing changed).

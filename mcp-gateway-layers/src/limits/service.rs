@@ -478,6 +478,14 @@ impl Governor {
 
 impl Govern for Governor {
     fn admit(&self, req: Request<Full<Bytes>>, x: &Exchange) -> Decision<Request<Full<Bytes>>> {
+        // Part of a client request charged once, by another request made for it.
+        if req
+            .extensions()
+            .get::<mcp_gateway_core::ChargedElsewhere>()
+            .is_some()
+        {
+            return Decision::Pass(req);
+        }
         let budgets = &self.budgets;
         let (key, route) = budgets.key(req.headers(), x);
         let view = McpRequest::from_extensions(req.extensions());
