@@ -1265,10 +1265,11 @@ async fn a_2026_client_listens_to_every_upstream_through_one_stream() {
         pp,
     )
     .await;
-    // With the rmcp demo server, which does not serve subscriptions/listen: left out.
+    // With the rmcp demo server, which does not serve subscriptions/listen: left out. Limits
+    // keyed by the client's address: the upstreams' listens are the client's.
     let demo = demo(DemoOptions::default()).await;
     let gw = start(&format!(
-        "[upstreams.py]\nurl = \"http://127.0.0.1:{pp}/mcp\"\n[upstreams.demo]\nurl = \"http://{demo}/mcp\"\n\n[virtual.all]\nupstreams = [\"py\", \"demo\"]\n"
+        "[upstreams.py]\nurl = \"http://127.0.0.1:{pp}/mcp\"\n[upstreams.demo]\nurl = \"http://{demo}/mcp\"\n\n[virtual.all]\nupstreams = [\"py\", \"demo\"]\n\n[limits]\nkey = \"ip\"\nrequests_per_minute = 1000\n"
     ))
     .await;
     let url = format!("http://{}/mcp/all", gw.local_addr());
@@ -1307,7 +1308,7 @@ async fn a_2026_client_listens_to_every_upstream_through_one_stream() {
         .starts_with("text/event-stream"));
     // Messages as they arrive, with when.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Value)>();
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         let mut stream = resp.bytes_stream();
         let mut buf = Vec::new();
         while let Some(Ok(chunk)) = stream.next().await {
@@ -1384,7 +1385,15 @@ async fn a_2026_client_listens_to_every_upstream_through_one_stream() {
     let names = tool_names(&after);
     assert!(names.contains(&"py__added_50".to_owned()), "{names:?}");
     assert!(names.contains(&"demo__echo".to_owned()), "{names:?}");
+    // The client closes its stream (a stream left open would hold the shutdown's drain).
+    reader.abort();
+    let started = Instant::now();
     gw.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

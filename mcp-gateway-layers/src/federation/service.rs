@@ -947,6 +947,11 @@ impl<M: Member> VirtualServer<M> {
         if let Some(a) = c.parts.extensions.get::<super::CallerAuthorization>() {
             head.extensions.insert(a.clone());
         }
+        // The client's address and the exchange's context: the upstreams' listens are
+        // keyed by it for limits and recorded as this one's (not each on its own).
+        if let Some(x) = c.parts.extensions.get::<ExchangeContext>() {
+            head.extensions.insert(x.clone());
+        }
         let (hub, body) = Hub::listening(head, sub_id);
         let mut ack = honored.clone();
         if !uris.is_empty() {
