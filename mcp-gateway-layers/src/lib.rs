@@ -290,6 +290,7 @@ pub use mcp_gateway_core::observe::BoxError;
 
 /// A mutex's guard, whether or not a thread panicked while holding it: the layers' shared
 /// maps and counters stay usable (each update is one step, never left half done).
+#[cfg(any(feature = "telemetry", feature = "federation", feature = "integrity"))]
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
