@@ -238,6 +238,41 @@ fn charged_if<B>(req: Request<B>, charge: bool) -> Request<B> {
     }
 }
 
+/// The next messages of an upstream's stream read into `hub`: `None` once the stream ends or
+/// breaks, or the client's stream has ended.
+async fn next_messages<B>(
+    body: &mut std::pin::Pin<Box<B>>,
+    decoder: &mut SseDecoder,
+    hub: &Hub,
+) -> Option<Vec<Value>>
+where
+    B: Body<Data = Bytes>,
+{
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f.and_then(Result::ok),
+            () = hub.ended() => None,
+        }?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let mut events = Vec::new();
+        decoder
+            .feed(&data, &mut |item| {
+                if let SseItem::Event(ev) = item {
+                    events.push(ev.data);
+                }
+            })
+            .ok()?;
+        return Some(
+            events
+                .iter()
+                .filter_map(|d| serde_json::from_str(d).ok())
+                .collect(),
+        );
+    }
+}
+
 fn own<B>(resp: Response<Full<Bytes>>) -> Answer<B> {
     resp.map(|b| Either::Right(Either::Left(b)))
 }
@@ -1048,30 +1083,10 @@ impl<M: Member> VirtualServer<M> {
                 first = false;
                 let mut body = Box::pin(resp.into_body());
                 let mut decoder = SseDecoder::new(MAX_EVENT);
-                'stream: loop {
-                    let frame = tokio::select! {
-                        f = body.frame() => f.and_then(Result::ok),
-                        () = hub.ended() => return,
-                    };
-                    let Some(frame) = frame else { break };
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    let mut events = Vec::new();
-                    if decoder
-                        .feed(&data, &mut |item| {
-                            if let SseItem::Event(ev) = item {
-                                events.push(ev.data);
-                            }
-                        })
-                        .is_err()
-                    {
-                        break;
-                    }
-                    for data in events {
-                        let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
-                            continue;
-                        };
+                'stream: while let Some(messages) =
+                    next_messages(&mut body, &mut decoder, &hub).await
+                {
+                    for mut v in messages {
                         // The listen's own answer ends it (the upstream closed it).
                         if v.get("method").is_none() {
                             break 'stream;
@@ -1196,30 +1211,8 @@ impl<M: Member> VirtualServer<M> {
                 }
                 let mut body = Box::pin(resp.into_body());
                 let mut decoder = SseDecoder::new(MAX_EVENT);
-                loop {
-                    let frame = tokio::select! {
-                        f = body.frame() => f.and_then(Result::ok),
-                        () = hub.ended() => return,
-                    };
-                    let Some(frame) = frame else { break };
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    let mut events = Vec::new();
-                    if decoder
-                        .feed(&data, &mut |item| {
-                            if let SseItem::Event(ev) = item {
-                                events.push(ev.data);
-                            }
-                        })
-                        .is_err()
-                    {
-                        break;
-                    }
-                    for data in events {
-                        let Ok(v) = serde_json::from_str::<Value>(&data) else {
-                            continue;
-                        };
+                while let Some(messages) = next_messages(&mut body, &mut decoder, &hub).await {
+                    for v in messages {
                         if !this.on_stream_message(&hub, member, v).await {
                             return;
                         }
