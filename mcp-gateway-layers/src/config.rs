@@ -590,7 +590,10 @@ impl StoreSpec {
 }
 
 /// Test support: a section parsed out of a whole file, so that locations are the file's.
+/// (Used by the configuration tests of most features, not all: a build with one feature alone
+/// may not use it.)
 #[cfg(test)]
+#[allow(dead_code)]
 pub(crate) mod testing {
     use super::{from_toml, Diagnostics};
     use serde::de::DeserializeOwned;

@@ -131,6 +131,7 @@ impl SessionAffinityLayer {
     }
 
     /// The key that seals session ids.
+    #[cfg(feature = "federation")]
     pub(crate) fn key(&self) -> SessionKey {
         self.settings.key.clone()
     }

@@ -69,6 +69,7 @@ impl SessionKey {
     }
 
     /// The key's bytes, for keys derived from it inside the crate.
+    #[cfg(feature = "federation")]
     pub(crate) fn secret(&self) -> &[u8] {
         &self.0
     }
