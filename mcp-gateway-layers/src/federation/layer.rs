@@ -115,11 +115,12 @@ impl VirtualServerLayer {
     /// store, a client's calls reach the same upstream sessions whichever replica answers.
     /// Sealing with the key also seals cursors with it ([`cursor_key`](Self::cursor_key)).
     pub fn shared_sessions(mut self, sessions: &crate::sessions::SessionAffinityLayer) -> Self {
-        let (store, idle, lifetime) = sessions.sharing();
+        let (store, idle, lifetime, clock) = sessions.sharing();
         self.shared = Some(super::session::SharedSessions {
             store,
             idle,
             lifetime,
+            clock,
         });
         self.cursor_key(&sessions.key())
     }

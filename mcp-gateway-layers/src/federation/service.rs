@@ -273,6 +273,23 @@ where
     }
 }
 
+/// The answer carrying a client's stream (a legacy GET stream, a listen): an event stream,
+/// not cached, not buffered by a proxy in front.
+fn event_stream<B>(body: HubBody) -> Answer<B> {
+    let mut resp = Response::new(Either::Right(Either::Right(body)));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(mcp_gateway_core::headers::EVENT_STREAM),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        mcp_gateway_core::headers::X_ACCEL_BUFFERING,
+        HeaderValue::from_static("no"),
+    );
+    resp
+}
+
 fn own<B>(resp: Response<Full<Bytes>>) -> Answer<B> {
     resp.map(|b| Either::Right(Either::Left(b)))
 }
@@ -565,7 +582,7 @@ impl<M: Member> VirtualServer<M> {
                     return Err(gone());
                 };
                 if sealed.p.as_deref() != principal.as_deref()
-                    || shared.use_at(sealed.t).expires_ms <= super::session::now_ms()
+                    || shared.use_at(sealed.t).expires_ms <= shared.clock.now_ms()
                 {
                     return Err(gone());
                 }
@@ -612,10 +629,10 @@ impl<M: Member> VirtualServer<M> {
         let members = self.inner.members.len();
         let table = &self.inner.state.sessions;
         // Shared with other replicas: the id is sealed (handle, caller, params, issue time).
-        let sealed = self.inner.shared.as_ref().and_then(|_| {
+        let sealed = self.inner.shared.as_ref().and_then(|shared| {
             let mut n = [0u8; 12];
             getrandom::fill(&mut n).ok()?;
-            let t = super::session::now_ms();
+            let t = shared.clock.now_ms();
             // What opening an upstream session needs, and no more when the client sent much
             // (its id stays a header of reasonable size).
             let i = if init.len() <= MAX_SEALED_INIT {
@@ -1018,18 +1035,7 @@ impl<M: Member> VirtualServer<M> {
             self.read_listen(hub.clone(), i, Bytes::from(body.to_string()), kinds, charge);
             charge = false;
         }
-        let mut resp = Response::new(Either::Right(Either::Right(body)));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(mcp_gateway_core::headers::EVENT_STREAM),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert(
-            mcp_gateway_core::headers::X_ACCEL_BUFFERING,
-            HeaderValue::from_static("no"),
-        );
-        resp
+        event_stream(body)
     }
 
     /// Reads upstream `member`'s listen stream (`body` asks for it) into `hub` while the
@@ -1069,8 +1075,19 @@ impl<M: Member> VirtualServer<M> {
                     .get(header::CONTENT_TYPE)
                     .is_some_and(is_event_stream);
                 if !resp.status().is_success() || !sse {
-                    // Not served there (an error, or a server without it): left out.
-                    tracing::debug!(virtual_server = %this.inner.name, upstream = %this.inner.aliases[member], status = %resp.status(), "upstream does not serve subscriptions/listen");
+                    // Left out. Not served there (a JSON answer, 404, 405) is expected of a
+                    // server without it; anything else (a refusal, a failure) is said aloud.
+                    let status = resp.status();
+                    let unserved = status.is_success()
+                        || matches!(
+                            status,
+                            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                        );
+                    if unserved {
+                        tracing::debug!(virtual_server = %this.inner.name, upstream = %this.inner.aliases[member], %status, "upstream does not serve subscriptions/listen: left out of the client's stream");
+                    } else {
+                        tracing::warn!(virtual_server = %this.inner.name, upstream = %this.inner.aliases[member], %status, "upstream refused or failed subscriptions/listen: left out of the client's stream");
+                    }
                     return;
                 }
                 if !first {
@@ -1149,18 +1166,7 @@ impl<M: Member> VirtualServer<M> {
                 this.read_stream(hub.clone(), i, ms);
             }
         });
-        let mut resp = Response::new(Either::Right(Either::Right(body)));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(mcp_gateway_core::headers::EVENT_STREAM),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert(
-            mcp_gateway_core::headers::X_ACCEL_BUFFERING,
-            HeaderValue::from_static("no"),
-        );
-        resp
+        event_stream(body)
     }
 
     /// A GET of upstream `member`'s session stream, resumed after its event `last` if given.

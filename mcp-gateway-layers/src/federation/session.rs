@@ -28,6 +28,8 @@ pub struct SharedSessions {
     pub idle: Option<Duration>,
     /// A session ends this long after `initialize` in any case.
     pub lifetime: Duration,
+    /// The sessions layer's clock (ms since the Unix epoch).
+    pub clock: Arc<dyn crate::sessions::Clock>,
 }
 
 impl std::fmt::Debug for SharedSessions {
@@ -42,20 +44,12 @@ impl std::fmt::Debug for SharedSessions {
 impl SharedSessions {
     /// A use of a session issued at `created_ms`, now.
     pub fn use_at(&self, created_ms: u64) -> crate::sessions::Use {
-        let now = now_ms();
         crate::sessions::Use::new(
-            now,
+            self.clock.now_ms(),
             self.idle,
             created_ms.saturating_add(self.lifetime.as_millis() as u64),
         )
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What a shared session's id seals: any replica holding the key opens it.

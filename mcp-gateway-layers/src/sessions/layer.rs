@@ -136,14 +136,22 @@ impl SessionAffinityLayer {
         self.settings.key.clone()
     }
 
-    /// The store, the idle timeout and the longest lifetime: what another kind of session
-    /// (a virtual server's) shares the same way.
+    /// The store, the idle timeout, the longest lifetime and the clock: what another kind
+    /// of session (a virtual server's) shares the same way.
     #[cfg(feature = "federation")]
-    pub(crate) fn sharing(&self) -> (Arc<dyn SessionStore>, Option<Duration>, Duration) {
+    pub(crate) fn sharing(
+        &self,
+    ) -> (
+        Arc<dyn SessionStore>,
+        Option<Duration>,
+        Duration,
+        Arc<dyn super::store::Clock>,
+    ) {
         (
             self.settings.store.clone(),
             self.settings.idle_timeout,
             self.settings.max_lifetime,
+            self.settings.clock.clone(),
         )
     }
 

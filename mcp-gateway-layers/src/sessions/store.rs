@@ -357,12 +357,11 @@ impl SessionStore for MemoryStore {
         )))
     }
     fn bound(&self, session: SessionHandle, field: &str) -> StoreFuture<Option<String>> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        Either::Left(futures_util::future::ready(Ok(
-            self.bound_now(session, field, now)
-        )))
+        Either::Left(futures_util::future::ready(Ok(self.bound_now(
+            session,
+            field,
+            SystemClock.now_ms(),
+        ))))
     }
 }
 
